@@ -1,0 +1,268 @@
+/**
+ * The job queue. Every state change is one SQL statement (or one D1 batch, which runs as a transaction), guarded
+ * by the state it expects, so concurrent callers cannot both win: a job is leased by one runner, completed once,
+ * and an expired lease is requeued or failed exactly once.
+ */
+import { and, desc, eq, inArray, lt, sql } from "drizzle-orm";
+import { transaction } from "../batch.ts";
+import type { Db } from "../index.ts";
+import { images, jobs, usageCounters, type JobStatus } from "../schema.ts";
+import { utcDay } from "./usage.ts";
+
+export type Job = typeof jobs.$inferSelect;
+export type NewJob = typeof jobs.$inferInsert;
+export type Image = typeof images.$inferSelect;
+export type NewImage = typeof images.$inferInsert;
+
+export const ACTIVE: JobStatus[] = ["queued", "running"];
+export const TERMINAL: JobStatus[] = ["succeeded", "failed", "canceled"];
+
+export interface Caps {
+  maxConcurrentJobs: number;
+  maxImagesPerDay: number;
+}
+
+export type InsertOutcome = { ok: true; job: Job } | { ok: false; reason: "concurrency" | "daily_images" };
+
+/**
+ * Inserts a queued job only if the tenant is under its caps, and counts its images against today's usage,
+ * in one transaction: two concurrent creates cannot both slip under a cap.
+ */
+export async function insertJobWithinCaps(db: Db, job: NewJob & { createdAt: number }, caps: Caps): Promise<InsertOutcome> {
+  const day = utcDay(job.createdAt);
+  const guard = sql`(SELECT count(*) FROM jobs WHERE tenant_id = ${job.tenantId} AND status IN ('queued', 'running')) < ${caps.maxConcurrentJobs}
+    AND coalesce((SELECT images FROM usage_counters WHERE tenant_id = ${job.tenantId} AND day = ${day}), 0) + ${job.imageCount} <= ${caps.maxImagesPerDay}`;
+  const insert = sql`INSERT INTO jobs (id, tenant_id, api_key_id, model_id, status, request, addon_refs, image_count, attempts,
+      max_attempts, idempotency_key, request_hash, webhook_url, created_at)
+    SELECT ${job.id}, ${job.tenantId}, ${job.apiKeyId ?? null}, ${job.modelId}, 'queued', ${JSON.stringify(job.request)},
+      ${JSON.stringify(job.addonRefs)}, ${job.imageCount}, 0, ${job.maxAttempts}, ${job.idempotencyKey ?? null},
+      ${job.requestHash ?? null}, ${job.webhookUrl ?? null}, ${job.createdAt}
+    WHERE ${guard}`;
+  const count = sql`INSERT INTO usage_counters (tenant_id, day, jobs, images, inference_ms)
+    SELECT ${job.tenantId}, ${day}, 1, ${job.imageCount}, 0 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ${job.id})
+    ON CONFLICT (tenant_id, day) DO UPDATE SET jobs = jobs + 1, images = images + excluded.images`;
+  await transaction(db, [insert, count]);
+  const created = await db.query.jobs.findFirst({ where: eq(jobs.id, job.id) });
+  if (created) return { ok: true, job: created };
+  const active = await db.$count(jobs, and(eq(jobs.tenantId, job.tenantId), inArray(jobs.status, ACTIVE)));
+  return { ok: false, reason: active >= caps.maxConcurrentJobs ? "concurrency" : "daily_images" };
+}
+
+export async function findByIdempotencyKey(db: Db, tenantId: string, key: string): Promise<Job | undefined> {
+  return db.query.jobs.findFirst({ where: and(eq(jobs.tenantId, tenantId), eq(jobs.idempotencyKey, key)) });
+}
+
+export async function getJob(db: Db, tenantId: string, id: string): Promise<Job | undefined> {
+  return db.query.jobs.findFirst({ where: and(eq(jobs.id, id), eq(jobs.tenantId, tenantId)) });
+}
+
+export async function getJobAnyTenant(db: Db, id: string): Promise<Job | undefined> {
+  return db.query.jobs.findFirst({ where: eq(jobs.id, id) });
+}
+
+export async function jobImages(db: Db, jobIds: string[]): Promise<Image[]> {
+  if (jobIds.length === 0) return [];
+  return db.select().from(images).where(inArray(images.jobId, jobIds)).orderBy(images.jobId, images.index);
+}
+
+export interface ListFilter {
+  status?: JobStatus;
+  modelId?: string;
+  /** Id of the last job of the previous page: ids sort by creation time. */
+  after?: string;
+  limit: number;
+}
+
+/** Newest first, one page plus one row to tell whether more exist. */
+export async function listJobs(db: Db, tenantId: string, f: ListFilter): Promise<{ jobs: Job[]; hasMore: boolean }> {
+  const rows = await db
+    .select()
+    .from(jobs)
+    .where(
+      and(
+        eq(jobs.tenantId, tenantId),
+        f.status ? eq(jobs.status, f.status) : undefined,
+        f.modelId ? eq(jobs.modelId, f.modelId) : undefined,
+        f.after ? lt(jobs.id, f.after) : undefined,
+      ),
+    )
+    .orderBy(desc(jobs.id))
+    .limit(f.limit + 1);
+  return { jobs: rows.slice(0, f.limit), hasMore: rows.length > f.limit };
+}
+
+/** Cancels a queued or running job; a running job's runner learns of it on its next heartbeat. */
+export async function cancelJob(db: Db, tenantId: string, id: string, now: number): Promise<Job | undefined> {
+  const [row] = await db
+    .update(jobs)
+    .set({ status: "canceled", finishedAt: now, errorCode: "canceled", errorMessage: "The job was canceled." })
+    .where(and(eq(jobs.id, id), eq(jobs.tenantId, tenantId), inArray(jobs.status, ACTIVE)))
+    .returning();
+  return row;
+}
+
+export interface LeaseRequest {
+  runnerId: string;
+  models: string[];
+  warmAddons: string[];
+  leaseId: string;
+  now: number;
+  leaseTtlMs: number;
+  /** Jobs older than this are preferred over warm-add-on matches: affinity never starves a job. */
+  affinityMaxWaitMs: number;
+  /** How many of each tenant's oldest queued jobs compete: enough for affinity to find a warm match. */
+  headsPerTenant?: number;
+}
+
+/**
+ * Leases one queued job, atomically (one UPDATE … WHERE id = (SELECT …) AND status = 'queued').
+ * Order: tenants with the fewest running jobs first (a burst from one tenant cannot starve another), then jobs
+ * that have waited past the affinity bound, then jobs whose add-ons this runner holds warm, then the oldest.
+ */
+export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined> {
+  const heads = r.headsPerTenant ?? 8;
+  const pick = sql`(
+    SELECT h.id FROM (
+      SELECT q.id, q.tenant_id, q.created_at, q.addon_refs,
+        ROW_NUMBER() OVER (PARTITION BY q.tenant_id ORDER BY q.id) AS rn
+      FROM jobs q
+      WHERE q.status = 'queued' AND q.model_id IN (SELECT value FROM json_each(${JSON.stringify(r.models)}))
+    ) h
+    WHERE h.rn <= ${heads}
+    ORDER BY
+      (SELECT count(*) FROM jobs b WHERE b.tenant_id = h.tenant_id AND b.status = 'running') ASC,
+      (h.created_at <= ${r.now - r.affinityMaxWaitMs}) DESC,
+      (SELECT count(*) FROM json_each(h.addon_refs) a
+        WHERE a.value IN (SELECT value FROM json_each(${JSON.stringify(r.warmAddons)}))) DESC,
+      h.id ASC
+    LIMIT 1)`;
+  const [row] = await db
+    .update(jobs)
+    .set({
+      status: "running",
+      leaseId: r.leaseId,
+      leaseOwner: r.runnerId,
+      leaseExpiresAt: r.now + r.leaseTtlMs,
+      attempts: sql`${jobs.attempts} + 1`,
+      startedAt: sql`coalesce(${jobs.startedAt}, ${r.now})`,
+      progressStep: null,
+      progressTotal: null,
+    })
+    .where(and(sql`${jobs.id} = ${pick}`, eq(jobs.status, "queued")))
+    .returning();
+  return row;
+}
+
+/**
+ * Puts jobs whose lease expired back in the queue, or fails them once they used up their attempts.
+ * Returns the jobs it changed so the caller can wake runners (requeued) and watchers (failed).
+ */
+export async function expireLeases(db: Db, now: number): Promise<Array<Pick<Job, "id" | "status" | "tenantId">>> {
+  const exhausted = sql`${jobs.attempts} >= ${jobs.maxAttempts}`;
+  return db
+    .update(jobs)
+    .set({
+      status: sql`CASE WHEN ${exhausted} THEN 'failed' ELSE 'queued' END`,
+      errorCode: sql`CASE WHEN ${exhausted} THEN 'lease_expired' ELSE ${jobs.errorCode} END`,
+      errorMessage: sql`CASE WHEN ${exhausted} THEN 'The runner working on this job stopped answering, ' || ${jobs.attempts} || ' times; the job was given up.' ELSE ${jobs.errorMessage} END`,
+      finishedAt: sql`CASE WHEN ${exhausted} THEN ${now} ELSE NULL END`,
+      leaseId: null,
+      leaseOwner: null,
+      leaseExpiresAt: null,
+    })
+    .where(and(eq(jobs.status, "running"), lt(jobs.leaseExpiresAt, now)))
+    .returning({ id: jobs.id, status: jobs.status, tenantId: jobs.tenantId });
+}
+
+export type LeaseCheck =
+  | { ok: true; job: Job }
+  | { ok: false; reason: "not_found" | "lease_lost" | "canceled" | "already_finished"; job?: Job };
+
+/** Whether `leaseId` still holds job `id` for runner `runnerId`. */
+export async function checkLease(db: Db, id: string, runnerId: string, leaseId: string): Promise<LeaseCheck> {
+  const job = await getJobAnyTenant(db, id);
+  if (!job) return { ok: false, reason: "not_found" };
+  if (job.leaseId !== leaseId || job.leaseOwner !== runnerId) return { ok: false, reason: "lease_lost", job };
+  if (job.status === "canceled") return { ok: false, reason: "canceled", job };
+  if (job.status !== "running") return { ok: false, reason: "already_finished", job };
+  return { ok: true, job };
+}
+
+export async function heartbeat(
+  db: Db,
+  h: { id: string; runnerId: string; leaseId: string; now: number; leaseTtlMs: number; step?: number; total?: number },
+): Promise<Job | undefined> {
+  const [row] = await db
+    .update(jobs)
+    .set({
+      leaseExpiresAt: h.now + h.leaseTtlMs,
+      ...(h.step !== undefined ? { progressStep: h.step } : {}),
+      ...(h.total !== undefined ? { progressTotal: h.total } : {}),
+    })
+    .where(and(eq(jobs.id, h.id), eq(jobs.leaseId, h.leaseId), eq(jobs.leaseOwner, h.runnerId), eq(jobs.status, "running")))
+    .returning();
+  return row;
+}
+
+export interface Completion {
+  id: string;
+  runnerId: string;
+  leaseId: string;
+  now: number;
+  images: NewImage[];
+  timings: Record<string, number>;
+  provenance: Record<string, unknown>;
+}
+
+/** Completes a job held by this lease, with its images, in one transaction. Repeating it changes nothing. */
+export async function completeJob(db: Db, c: Completion): Promise<Job | undefined> {
+  const holds = and(eq(jobs.id, c.id), eq(jobs.leaseId, c.leaseId), eq(jobs.leaseOwner, c.runnerId));
+  const finish = db
+    .update(jobs)
+    .set({
+      status: "succeeded",
+      finishedAt: c.now,
+      timings: c.timings,
+      provenance: c.provenance,
+      progressStep: sql`${jobs.progressTotal}`,
+      leaseExpiresAt: null,
+    })
+    .where(and(holds, eq(jobs.status, "running")));
+  const day = utcDay(c.now);
+  const inferenceMs = c.timings.inference_ms ?? 0;
+  const usage = sql`UPDATE usage_counters SET inference_ms = inference_ms + ${inferenceMs}
+    WHERE tenant_id = (SELECT tenant_id FROM jobs WHERE id = ${c.id}) AND day = ${day}
+      AND changes() > 0`;
+  const imageInserts = c.images.map((img) =>
+    db
+      .insert(images)
+      .values(img)
+      .onConflictDoNothing({ target: [images.jobId, images.index] }),
+  );
+  await transaction(db, [finish, usage, ...imageInserts]);
+  const job = await getJobAnyTenant(db, c.id);
+  return job && job.status === "succeeded" && job.leaseId === c.leaseId ? job : undefined;
+}
+
+/** Fails a job held by this lease; a retryable failure goes back to the queue while attempts remain. */
+export async function failJob(
+  db: Db,
+  f: { id: string; runnerId: string; leaseId: string; now: number; code: string; message: string; retryable: boolean },
+): Promise<Job | undefined> {
+  const retry = f.retryable ? sql`${jobs.attempts} < ${jobs.maxAttempts}` : sql`0`;
+  const [row] = await db
+    .update(jobs)
+    .set({
+      status: sql`CASE WHEN ${retry} THEN 'queued' ELSE 'failed' END`,
+      errorCode: f.code,
+      errorMessage: f.message,
+      finishedAt: sql`CASE WHEN ${retry} THEN NULL ELSE ${f.now} END`,
+      leaseId: sql`CASE WHEN ${retry} THEN NULL ELSE ${jobs.leaseId} END`,
+      leaseOwner: sql`CASE WHEN ${retry} THEN NULL ELSE ${jobs.leaseOwner} END`,
+      leaseExpiresAt: null,
+    })
+    .where(and(eq(jobs.id, f.id), eq(jobs.leaseId, f.leaseId), eq(jobs.leaseOwner, f.runnerId), eq(jobs.status, "running")))
+    .returning();
+  return row;
+}
+

@@ -1,0 +1,247 @@
+/**
+ * The system of record (D1 / SQLite). Times are integer milliseconds since the epoch; JSON columns hold
+ * documents that are read whole. Every index below serves a query on a hot path, named beside it.
+ */
+import { sql } from "drizzle-orm";
+import { index, integer, primaryKey, real, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+
+export const tenants = sqliteTable("tenants", {
+  id: text("id").primaryKey(),
+  name: text("name").notNull(),
+  status: text("status", { enum: ["active", "suspended"] }).notNull().default("active"),
+  /** Per-tenant limits; null means the deployment default from env. */
+  maxConcurrentJobs: integer("max_concurrent_jobs"),
+  maxImagesPerDay: integer("max_images_per_day"),
+  rateLimitPerMinute: integer("rate_limit_per_minute"),
+  retentionDays: integer("retention_days"),
+  createdAt: integer("created_at").notNull(),
+});
+
+export const users = sqliteTable(
+  "users",
+  {
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    email: text("email").notNull(),
+    role: text("role", { enum: ["owner", "member"] }).notNull().default("member"),
+    createdAt: integer("created_at").notNull(),
+  },
+  (t) => [uniqueIndex("users_tenant_email").on(t.tenantId, t.email)],
+);
+
+export const apiKeys = sqliteTable(
+  "api_keys",
+  {
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    userId: text("user_id").references(() => users.id),
+    name: text("name").notNull(),
+    /** The first characters of the key, kept for display ("igk_AbCd…"). */
+    prefix: text("prefix").notNull(),
+    /** SHA-256 of the whole key, hex. Keys are 256-bit random, so a fast hash is enough. */
+    hash: text("hash").notNull(),
+    scopes: text("scopes", { mode: "json" }).$type<string[]>().notNull(),
+    createdAt: integer("created_at").notNull(),
+    lastUsedAt: integer("last_used_at"),
+    expiresAt: integer("expires_at"),
+    revokedAt: integer("revoked_at"),
+  },
+  (t) => [
+    uniqueIndex("api_keys_hash").on(t.hash), // every authenticated request
+    index("api_keys_tenant").on(t.tenantId, t.createdAt), // key list
+  ],
+);
+
+export const models = sqliteTable("models", {
+  id: text("id").primaryKey(),
+  family: text("family").notNull(),
+  displayName: text("display_name").notNull(),
+  /** Request limits and defaults derived from the bundle's manifest (see edge/src/schemas/models.ts). */
+  spec: text("spec", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
+  status: text("status", { enum: ["active", "disabled"] }).notNull().default("active"),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+});
+
+export const addons = sqliteTable(
+  "addons",
+  {
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    kind: text("kind", { enum: ["lora", "controlnet"] }).notNull(),
+    name: text("name").notNull(),
+    family: text("family").notNull(),
+    visibility: text("visibility", { enum: ["private", "tenant", "public"] }).notNull().default("private"),
+    latestVersion: integer("latest_version").notNull().default(0),
+    createdAt: integer("created_at").notNull(),
+    updatedAt: integer("updated_at").notNull(),
+    deletedAt: integer("deleted_at"),
+  },
+  (t) => [
+    uniqueIndex("addons_tenant_name").on(t.tenantId, t.name), // create / lookup by name
+    index("addons_public").on(t.visibility, t.family), // public catalogue
+  ],
+);
+
+export const addonVersions = sqliteTable(
+  "addon_versions",
+  {
+    addonId: text("addon_id").notNull().references(() => addons.id),
+    version: integer("version").notNull(),
+    status: text("status", { enum: ["pending", "validating", "ready", "rejected"] }).notNull().default("pending"),
+    rejectionReason: text("rejection_reason"),
+    sizeBytes: integer("size_bytes"),
+    sha256: text("sha256"),
+    storageKey: text("storage_key").notNull(),
+    /** What validation found (rank, targets, residual names...). */
+    details: text("details", { mode: "json" }).$type<Record<string, unknown>>(),
+    createdAt: integer("created_at").notNull(),
+    updatedAt: integer("updated_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.addonId, t.version] })],
+);
+
+export const jobStatuses = ["queued", "running", "succeeded", "failed", "canceled"] as const;
+export type JobStatus = (typeof jobStatuses)[number];
+
+export const jobs = sqliteTable(
+  "jobs",
+  {
+    /** Time-sortable id: list order and cursors use it. */
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    apiKeyId: text("api_key_id"),
+    modelId: text("model_id").notNull(),
+    status: text("status", { enum: jobStatuses }).notNull().default("queued"),
+    /** The normalised request (defaults applied, seed chosen, add-ons resolved to versions and hashes). */
+    request: text("request", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
+    /** "addon_id@version" of every add-on the job needs: lease affinity matches it against a runner's warm set. */
+    addonRefs: text("addon_refs", { mode: "json" }).$type<string[]>().notNull(),
+    imageCount: integer("image_count").notNull(),
+    attempts: integer("attempts").notNull().default(0),
+    maxAttempts: integer("max_attempts").notNull(),
+    leaseId: text("lease_id"),
+    leaseOwner: text("lease_owner"),
+    leaseExpiresAt: integer("lease_expires_at"),
+    progressStep: integer("progress_step"),
+    progressTotal: integer("progress_total"),
+    errorCode: text("error_code"),
+    errorMessage: text("error_message"),
+    /** queue_ms, addon_load_ms, inference_ms, upload_ms, total_ms ... */
+    timings: text("timings", { mode: "json" }).$type<Record<string, number>>(),
+    /** What produced the images: model and add-on hashes, sampler, steps, seed, runner. */
+    provenance: text("provenance", { mode: "json" }).$type<Record<string, unknown>>(),
+    idempotencyKey: text("idempotency_key"),
+    requestHash: text("request_hash"),
+    webhookUrl: text("webhook_url"),
+    createdAt: integer("created_at").notNull(),
+    startedAt: integer("started_at"),
+    finishedAt: integer("finished_at"),
+  },
+  (t) => [
+    index("jobs_queue").on(t.status, t.tenantId, t.createdAt), // lease: queued heads per tenant
+    index("jobs_lease_expiry").on(t.status, t.leaseExpiresAt), // requeue of expired leases
+    index("jobs_tenant_list").on(t.tenantId, t.id), // list with cursor
+    index("jobs_tenant_status").on(t.tenantId, t.status), // concurrency cap, list filter
+    uniqueIndex("jobs_idempotency").on(t.tenantId, t.idempotencyKey), // Idempotency-Key
+  ],
+);
+
+export const images = sqliteTable(
+  "images",
+  {
+    id: text("id").primaryKey(),
+    jobId: text("job_id").notNull().references(() => jobs.id),
+    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    index: integer("index").notNull(),
+    storageKey: text("storage_key").notNull(),
+    width: integer("width").notNull(),
+    height: integer("height").notNull(),
+    seed: integer("seed").notNull(),
+    sha256: text("sha256").notNull(),
+    sizeBytes: integer("size_bytes").notNull(),
+    createdAt: integer("created_at").notNull(),
+    deletedAt: integer("deleted_at"),
+  },
+  (t) => [
+    uniqueIndex("images_job_index").on(t.jobId, t.index), // job's images; completing twice cannot add twice
+    index("images_retention").on(t.tenantId, t.createdAt), // retention sweep
+  ],
+);
+
+export const runners = sqliteTable("runners", {
+  id: text("id").primaryKey(),
+  name: text("name").notNull(),
+  /** SHA-256 of the runner token: a secret of its own kind, never a tenant key. */
+  tokenHash: text("token_hash").notNull().unique(),
+  status: text("status", { enum: ["active", "disabled"] }).notNull().default("active"),
+  capacity: integer("capacity").notNull().default(1),
+  warmAddons: text("warm_addons", { mode: "json" }).$type<string[]>().notNull().default(sql`'[]'`),
+  models: text("models", { mode: "json" }).$type<string[]>().notNull().default(sql`'[]'`),
+  lastSeenAt: integer("last_seen_at"),
+  createdAt: integer("created_at").notNull(),
+});
+
+export const webhookEndpoints = sqliteTable(
+  "webhook_endpoints",
+  {
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    url: text("url").notNull(),
+    secret: text("secret").notNull(),
+    events: text("events", { mode: "json" }).$type<string[]>().notNull(),
+    disabledAt: integer("disabled_at"),
+    createdAt: integer("created_at").notNull(),
+  },
+  (t) => [index("webhook_endpoints_tenant").on(t.tenantId)],
+);
+
+export const webhookDeliveries = sqliteTable(
+  "webhook_deliveries",
+  {
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    endpointId: text("endpoint_id"),
+    url: text("url").notNull(),
+    jobId: text("job_id"),
+    event: text("event").notNull(),
+    payload: text("payload", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
+    status: text("status", { enum: ["pending", "delivered", "failed"] }).notNull().default("pending"),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: integer("next_attempt_at"),
+    lastResponseStatus: integer("last_response_status"),
+    lastError: text("last_error"),
+    createdAt: integer("created_at").notNull(),
+  },
+  (t) => [
+    index("webhook_deliveries_due").on(t.status, t.nextAttemptAt), // delivery sweep
+    index("webhook_deliveries_tenant").on(t.tenantId, t.createdAt), // delivery list
+  ],
+);
+
+export const usageCounters = sqliteTable(
+  "usage_counters",
+  {
+    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    /** UTC day, YYYY-MM-DD. */
+    day: text("day").notNull(),
+    jobs: integer("jobs").notNull().default(0),
+    images: integer("images").notNull().default(0),
+    inferenceMs: real("inference_ms").notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.tenantId, t.day] })], // daily image cap on every create
+);
+
+export const auditLog = sqliteTable(
+  "audit_log",
+  {
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id"),
+    actor: text("actor").notNull(),
+    action: text("action").notNull(),
+    target: text("target"),
+    details: text("details", { mode: "json" }).$type<Record<string, unknown>>(),
+    createdAt: integer("created_at").notNull(),
+  },
+  (t) => [index("audit_log_tenant").on(t.tenantId, t.createdAt)],
+);

@@ -1,0 +1,46 @@
+import type { Doorbell } from "./dispatch/doorbell.ts";
+import type { RateLimiter } from "./limits/rate-limiter.ts";
+
+/** The Worker's bindings, as wrangler.toml declares them. */
+export interface Env {
+  DB: D1Database;
+  DOORBELL: DurableObjectNamespace<Doorbell>;
+  RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
+  ADMIN_TOKEN?: string;
+  DEFAULT_RATE_LIMIT_PER_MINUTE: string;
+  DEFAULT_MAX_CONCURRENT_JOBS: string;
+  DEFAULT_MAX_IMAGES_PER_DAY: string;
+  LEASE_TTL_MS: string;
+  MAX_JOB_ATTEMPTS: string;
+  AFFINITY_MAX_WAIT_MS: string;
+  DEFAULT_MODEL: string;
+}
+
+/** The edge's settings, read once per request from env (one config loader). */
+export interface Settings {
+  defaultRateLimitPerMinute: number;
+  defaultMaxConcurrentJobs: number;
+  defaultMaxImagesPerDay: number;
+  leaseTtlMs: number;
+  maxJobAttempts: number;
+  affinityMaxWaitMs: number;
+  defaultModel: string;
+}
+
+function intVar(env: Env, name: keyof Env, fallback: number): number {
+  const raw = env[name];
+  const value = typeof raw === "string" ? Number.parseInt(raw, 10) : Number.NaN;
+  return Number.isFinite(value) && value > 0 ? value : fallback;
+}
+
+export function loadSettings(env: Env): Settings {
+  return {
+    defaultRateLimitPerMinute: intVar(env, "DEFAULT_RATE_LIMIT_PER_MINUTE", 600),
+    defaultMaxConcurrentJobs: intVar(env, "DEFAULT_MAX_CONCURRENT_JOBS", 16),
+    defaultMaxImagesPerDay: intVar(env, "DEFAULT_MAX_IMAGES_PER_DAY", 5000),
+    leaseTtlMs: intVar(env, "LEASE_TTL_MS", 30_000),
+    maxJobAttempts: intVar(env, "MAX_JOB_ATTEMPTS", 3),
+    affinityMaxWaitMs: intVar(env, "AFFINITY_MAX_WAIT_MS", 2_000),
+    defaultModel: env.DEFAULT_MODEL || "tiny-shapes",
+  };
+}

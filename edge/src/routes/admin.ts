@@ -1,0 +1,190 @@
+/** The operator's API (`/admin/v1`, ADMIN_TOKEN): tenants, their keys and limits, runners, models, demo add-ons. */
+import { createRoute, z } from "@hono/zod-openapi";
+import { addonsTable, apiKeysTable, auditTable, modelsTable, runnersTable, tenantsTable } from "@imagegen/db";
+import type { Context } from "hono";
+import { displayPrefix, API_KEY_PREFIX, RUNNER_TOKEN_PREFIX } from "../auth/secrets.ts";
+import { router, type AppEnv } from "../context.ts";
+import type { Settings } from "../env.ts";
+import { ApiError } from "../errors.ts";
+import { newSecret, sha256Hex } from "../lib/crypto.ts";
+import { newId } from "../lib/ids.ts";
+import {
+  Addon,
+  ApiKey,
+  CreatedApiKey,
+  CreatedRunner,
+  CreateKeyBody,
+  CreateRunnerBody,
+  CreateTenantBody,
+  RegisterAddonBody,
+  Tenant,
+  UpdateTenantBody,
+} from "../schemas/admin.ts";
+import { errorResponses, IdParam, iso } from "../schemas/common.ts";
+import { Model, UpsertModelBody } from "../schemas/models.ts";
+import { presentAddon } from "./addons.ts";
+import { presentModel } from "./models.ts";
+
+export function presentTenant(t: tenantsTable.Tenant, s: Settings): z.infer<typeof Tenant> {
+  return {
+    id: t.id,
+    object: "tenant",
+    name: t.name,
+    status: t.status,
+    limits: {
+      max_concurrent_jobs: t.maxConcurrentJobs ?? s.defaultMaxConcurrentJobs,
+      max_images_per_day: t.maxImagesPerDay ?? s.defaultMaxImagesPerDay,
+      rate_limit_per_minute: t.rateLimitPerMinute ?? s.defaultRateLimitPerMinute,
+      retention_days: t.retentionDays ?? 30,
+    },
+    created_at: iso(t.createdAt)!,
+  };
+}
+
+export function presentKey(k: apiKeysTable.ApiKey): z.infer<typeof ApiKey> {
+  return {
+    id: k.id,
+    object: "api_key",
+    tenant_id: k.tenantId,
+    name: k.name,
+    prefix: k.prefix,
+    scopes: k.scopes,
+    created_at: iso(k.createdAt)!,
+    last_used_at: iso(k.lastUsedAt),
+    expires_at: iso(k.expiresAt),
+    revoked_at: iso(k.revokedAt),
+  };
+}
+
+/** Creates an API key; the secret is returned once and only its hash is stored. Shared with /v1/keys. */
+export async function createKey(c: Context<AppEnv>, tenantId: string, body: z.infer<typeof CreateKeyBody>, actor: string) {
+  const secret = newSecret(API_KEY_PREFIX);
+  const now = Date.now();
+  const key = await apiKeysTable.insertKey(c.var.db, {
+    id: newId("key", now),
+    tenantId,
+    name: body.name,
+    prefix: displayPrefix(secret),
+    hash: await sha256Hex(secret),
+    scopes: body.scopes,
+    createdAt: now,
+    expiresAt: body.expires_in_days ? now + body.expires_in_days * 86_400_000 : null,
+  });
+  await audit(c, { tenantId, actor, action: "api_key.create", target: key.id, details: { name: key.name, scopes: key.scopes } });
+  return { ...presentKey(key), secret };
+}
+
+export function audit(c: Context<AppEnv>, e: { tenantId?: string; actor: string; action: string; target?: string; details?: Record<string, unknown> }) {
+  return auditTable.auditInsert(c.var.db, {
+    id: newId("aud"),
+    tenantId: e.tenantId ?? null,
+    actor: e.actor,
+    action: e.action,
+    target: e.target ?? null,
+    details: { ...e.details, request_id: c.var.requestId },
+    createdAt: Date.now(),
+  });
+}
+
+const limitsToColumns = (l: z.infer<typeof CreateTenantBody>["limits"]) => ({
+  ...(l?.max_concurrent_jobs !== undefined ? { maxConcurrentJobs: l.max_concurrent_jobs } : {}),
+  ...(l?.max_images_per_day !== undefined ? { maxImagesPerDay: l.max_images_per_day } : {}),
+  ...(l?.rate_limit_per_minute !== undefined ? { rateLimitPerMinute: l.rate_limit_per_minute } : {}),
+  ...(l?.retention_days !== undefined ? { retentionDays: l.retention_days } : {}),
+});
+
+const json = <T extends z.ZodType>(schema: T) => ({ content: { "application/json": { schema } }, required: true });
+const ok = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { "application/json": { schema } } });
+const TenantId = IdParam("tenant id", "ten_01hzy3k8m2q9w7e4r5t6y7u8i9");
+
+export const admin = router()
+  .openapi(
+    createRoute({ method: "post", path: "/tenants", tags: ["admin"], summary: "Create a tenant", request: { body: json(CreateTenantBody) }, responses: { 201: ok(Tenant, "Created"), ...errorResponses(400, 401, 403) } }),
+    async (c) => {
+      const body = c.req.valid("json");
+      const tenant = await tenantsTable.insertTenant(c.var.db, { id: newId("ten"), name: body.name, createdAt: Date.now(), ...limitsToColumns(body.limits) });
+      await audit(c, { tenantId: tenant.id, actor: "admin", action: "tenant.create", target: tenant.id, details: { name: body.name } });
+      return c.json(presentTenant(tenant, c.var.settings), 201);
+    },
+  )
+  .openapi(
+    createRoute({ method: "get", path: "/tenants", tags: ["admin"], summary: "List tenants", responses: { 200: ok(z.object({ object: z.literal("list"), data: z.array(Tenant) }), "Tenants"), ...errorResponses(401, 403) } }),
+    async (c) => c.json({ object: "list" as const, data: (await tenantsTable.listTenants(c.var.db)).map((t) => presentTenant(t, c.var.settings)) }, 200),
+  )
+  .openapi(
+    createRoute({ method: "patch", path: "/tenants/{id}", tags: ["admin"], summary: "Update a tenant's name, status or limits", request: { params: TenantId, body: json(UpdateTenantBody) }, responses: { 200: ok(Tenant, "Updated"), ...errorResponses(400, 401, 403, 404) } }),
+    async (c) => {
+      const { id } = c.req.valid("param");
+      const body = c.req.valid("json");
+      const tenant = await tenantsTable.updateTenant(c.var.db, id, {
+        ...(body.name ? { name: body.name } : {}),
+        ...(body.status ? { status: body.status } : {}),
+        ...limitsToColumns(body.limits),
+      });
+      if (!tenant) throw ApiError.notFound("tenant", id, "id");
+      await audit(c, { tenantId: id, actor: "admin", action: "tenant.update", target: id, details: body });
+      return c.json(presentTenant(tenant, c.var.settings), 200);
+    },
+  )
+  .openapi(
+    createRoute({ method: "post", path: "/tenants/{id}/keys", tags: ["admin"], summary: "Create an API key for a tenant (the secret is shown once)", request: { params: TenantId, body: json(CreateKeyBody) }, responses: { 201: ok(CreatedApiKey, "Created"), ...errorResponses(400, 401, 403, 404) } }),
+    async (c) => {
+      const { id } = c.req.valid("param");
+      if (!(await tenantsTable.getTenant(c.var.db, id))) throw ApiError.notFound("tenant", id, "id");
+      return c.json(await createKey(c, id, c.req.valid("json"), "admin"), 201);
+    },
+  )
+  .openapi(
+    createRoute({ method: "post", path: "/runners", tags: ["admin"], summary: "Register a runner and issue its token (shown once)", request: { body: json(CreateRunnerBody) }, responses: { 201: ok(CreatedRunner, "Created"), ...errorResponses(400, 401, 403) } }),
+    async (c) => {
+      const body = c.req.valid("json");
+      const token = newSecret(RUNNER_TOKEN_PREFIX);
+      const runner = await runnersTable.insertRunner(c.var.db, { id: newId("run"), name: body.name, capacity: body.capacity, tokenHash: await sha256Hex(token), createdAt: Date.now() });
+      await audit(c, { actor: "admin", action: "runner.create", target: runner.id, details: { name: body.name } });
+      return c.json(
+        { id: runner.id, object: "runner" as const, name: runner.name, status: runner.status, capacity: runner.capacity, warm_addons: runner.warmAddons, models: runner.models, last_seen_at: null, token },
+        201,
+      );
+    },
+  )
+  .openapi(
+    createRoute({ method: "put", path: "/models/{id}", tags: ["admin"], summary: "Register or update a model", request: { params: IdParam("model id", "tiny-shapes"), body: json(UpsertModelBody) }, responses: { 200: ok(Model, "Registered"), ...errorResponses(400, 401, 403) } }),
+    async (c) => {
+      const { id } = c.req.valid("param");
+      const body = c.req.valid("json");
+      const now = Date.now();
+      const model = await modelsTable.upsertModel(c.var.db, { id, family: body.family, displayName: body.display_name, spec: body.spec, status: body.status, createdAt: now, updatedAt: now });
+      await audit(c, { actor: "admin", action: "model.upsert", target: id, details: { family: body.family, status: body.status } });
+      return c.json(presentModel(model), 200);
+    },
+  )
+  .openapi(
+    createRoute({ method: "post", path: "/addons", tags: ["admin"], summary: "Register an add-on already in storage (demo and public add-ons)", request: { body: json(RegisterAddonBody) }, responses: { 201: ok(Addon, "Registered"), ...errorResponses(400, 401, 403, 404) } }),
+    async (c) => {
+      const b = c.req.valid("json");
+      if (!(await tenantsTable.getTenant(c.var.db, b.tenant_id))) throw ApiError.notFound("tenant", b.tenant_id, "tenant_id");
+      const now = Date.now();
+      const id = newId("addon", now);
+      const { addon } = await addonsTable.insertAddonWithVersion(
+        c.var.db,
+        { id, tenantId: b.tenant_id, kind: b.kind, name: b.name, family: b.family, visibility: b.visibility, latestVersion: 1, createdAt: now, updatedAt: now },
+        { addonId: id, version: 1, status: b.status, storageKey: b.storage_key, sha256: b.sha256 ?? null, sizeBytes: b.size_bytes ?? null, createdAt: now, updatedAt: now },
+      );
+      await audit(c, { tenantId: b.tenant_id, actor: "admin", action: "addon.register", target: id, details: { name: b.name, kind: b.kind, visibility: b.visibility } });
+      return c.json(presentAddon(addon, b.tenant_id), 201);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/audit",
+      tags: ["admin"],
+      summary: "The audit log of administrative actions",
+      request: { query: z.object({ tenant_id: z.string().max(64).optional() }) },
+      responses: { 200: ok(z.object({ object: z.literal("list"), data: z.array(z.record(z.string(), z.unknown())) }), "Entries"), ...errorResponses(401, 403) },
+    }),
+    async (c) => {
+      const rows = await auditTable.listAudit(c.var.db, c.req.valid("query").tenant_id);
+      return c.json({ object: "list" as const, data: rows.map((r) => ({ ...r, createdAt: iso(r.createdAt) })) }, 200);
+    },
+  );

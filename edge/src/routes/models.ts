@@ -1,0 +1,25 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import { modelsTable } from "@imagegen/db";
+import { router } from "../context.ts";
+import { ApiError } from "../errors.ts";
+import { errorResponses, IdParam, iso } from "../schemas/common.ts";
+import { Model, ModelList, ModelSpec } from "../schemas/models.ts";
+
+export function presentModel(m: modelsTable.Model): z.infer<typeof Model> {
+  return { id: m.id, object: "model", family: m.family, display_name: m.displayName, spec: ModelSpec.parse(m.spec), created_at: iso(m.createdAt)! };
+}
+
+export const models = router()
+  .openapi(
+    createRoute({ method: "get", path: "/models", tags: ["models"], summary: "List models", responses: { 200: { description: "Models", content: { "application/json": { schema: ModelList } } }, ...errorResponses(401, 429) } }),
+    async (c) => c.json({ object: "list" as const, data: (await modelsTable.listModels(c.var.db)).map(presentModel) }, 200),
+  )
+  .openapi(
+    createRoute({ method: "get", path: "/models/{id}", tags: ["models"], summary: "Get a model", request: { params: IdParam("model id", "tiny-shapes") }, responses: { 200: { description: "The model", content: { "application/json": { schema: Model } } }, ...errorResponses(401, 404, 429) } }),
+    async (c) => {
+      const { id } = c.req.valid("param");
+      const m = await modelsTable.getModel(c.var.db, id);
+      if (!m || m.status !== "active") throw ApiError.notFound("model", id, "id");
+      return c.json(presentModel(m), 200);
+    },
+  );

@@ -1,0 +1,204 @@
+/**
+ * The runner protocol (`/internal/v1`): lease (long-poll on the queue's doorbell), heartbeat (extends the lease,
+ * reports progress, learns of cancel), complete and fail (idempotent for the lease that holds the job).
+ */
+import { createRoute, z } from "@hono/zod-openapi";
+import { jobsTable, runnersTable } from "@imagegen/db";
+import { router } from "../context.ts";
+import { doorbell, jobTopic, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
+import { expireLeases } from "../dispatch/expiry.ts";
+import { ApiError } from "../errors.ts";
+import { randomBase32 } from "../lib/ids.ts";
+import { errorResponses, iso } from "../schemas/common.ts";
+import type { GenerationRequest } from "../schemas/generations.ts";
+import { CompleteBody, FailBody, HeartbeatBody, HeartbeatResult, LeaseBody, LeasedJob, RunnerJobResult } from "../schemas/runner.ts";
+import { loadPresentedJob } from "../routes/generations.ts";
+
+const JobId = z.object({ id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" } }) });
+
+const lease = createRoute({
+  method: "post",
+  path: "/lease",
+  tags: ["runner"],
+  summary: "Lease a job (long poll)",
+  request: { body: { content: { "application/json": { schema: LeaseBody } }, required: true } },
+  responses: {
+    200: { description: "A leased job", content: { "application/json": { schema: LeasedJob } } },
+    204: { description: "No job within wait_ms" },
+    ...errorResponses(400, 401),
+  },
+});
+
+const heartbeatRoute = createRoute({
+  method: "post",
+  path: "/jobs/{id}/heartbeat",
+  tags: ["runner"],
+  summary: "Extend a lease and report progress",
+  request: { params: JobId, body: { content: { "application/json": { schema: HeartbeatBody } }, required: true } },
+  responses: { 200: { description: "Lease extended, or cancel", content: { "application/json": { schema: HeartbeatResult } } }, ...errorResponses(400, 401, 404, 409) },
+});
+
+const complete = createRoute({
+  method: "post",
+  path: "/jobs/{id}/complete",
+  tags: ["runner"],
+  summary: "Complete a leased job with its images",
+  request: { params: JobId, body: { content: { "application/json": { schema: CompleteBody } }, required: true } },
+  responses: { 200: { description: "Completed", content: { "application/json": { schema: RunnerJobResult } } }, ...errorResponses(400, 401, 404, 409) },
+});
+
+const fail = createRoute({
+  method: "post",
+  path: "/jobs/{id}/fail",
+  tags: ["runner"],
+  summary: "Fail a leased job (retryable failures are requeued while attempts remain)",
+  request: { params: JobId, body: { content: { "application/json": { schema: FailBody } }, required: true } },
+  responses: { 200: { description: "Failed or requeued", content: { "application/json": { schema: RunnerJobResult } } }, ...errorResponses(400, 401, 404, 409) },
+});
+
+/** Why a runner's call on a job it does not (or no longer) hold is refused. */
+function leaseError(check: jobsTable.LeaseCheck & { ok: false }, id: string): ApiError {
+  switch (check.reason) {
+    case "not_found":
+      return ApiError.notFound("job", id, "id");
+    case "lease_lost":
+      return ApiError.conflict("lease_lost", `This runner does not hold the lease on job '${id}' (it expired or belongs to another runner).`);
+    case "canceled":
+      return ApiError.conflict("job_canceled", `Job '${id}' was canceled.`);
+    case "already_finished":
+      return ApiError.conflict("job_already_finished", `Job '${id}' already ${check.job?.status}.`);
+  }
+}
+
+export const runnerApi = router()
+  .openapi(lease, async (c) => {
+    const body = c.req.valid("json");
+    const { db, settings, runner } = c.var;
+    const deadline = Date.now() + body.wait_ms;
+    await runnersTable.reportRunner(db, runner.id, { warmAddons: body.warm_addons, models: body.models, capacity: body.capacity }, Date.now());
+    const bell = doorbell(c.env, QUEUE_TOPIC);
+    for (;;) {
+      const seq = await bell.current();
+      await expireLeases(c.env, db);
+      const now = Date.now();
+      const job = await jobsTable.leaseJob(db, {
+        runnerId: runner.id,
+        models: body.models,
+        warmAddons: body.warm_addons,
+        leaseId: `lease_${randomBase32(20)}`,
+        now,
+        leaseTtlMs: settings.leaseTtlMs,
+        affinityMaxWaitMs: settings.affinityMaxWaitMs,
+      });
+      if (job) {
+        await doorbell(c.env, jobTopic(job.id)).ring();
+        return c.json(
+          {
+            lease_id: job.leaseId!,
+            lease_expires_at: iso(job.leaseExpiresAt)!,
+            job: {
+              id: job.id,
+              tenant_id: job.tenantId,
+              attempt: job.attempts,
+              queued_ms: now - job.createdAt,
+              request: job.request as GenerationRequest,
+            },
+          },
+          200,
+        );
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) return c.body(null, 204);
+      // Also wake in time for the next lease expiry, which no ring announces.
+      await bell.wait(seq, Math.min(left, settings.leaseTtlMs));
+    }
+  })
+  .openapi(heartbeatRoute, async (c) => {
+    const { id } = c.req.valid("param");
+    const body = c.req.valid("json");
+    const { db, settings, runner } = c.var;
+    const now = Date.now();
+    if (body.warm_addons) await runnersTable.reportRunner(db, runner.id, { warmAddons: body.warm_addons }, now);
+    const job = await jobsTable.heartbeat(db, {
+      id,
+      runnerId: runner.id,
+      leaseId: body.lease_id,
+      now,
+      leaseTtlMs: settings.leaseTtlMs,
+      step: body.progress?.step,
+      total: body.progress?.total,
+    });
+    if (job) {
+      if (body.progress) await doorbell(c.env, jobTopic(id)).ring();
+      return c.json({ cancel: false, lease_expires_at: iso(job.leaseExpiresAt) }, 200);
+    }
+    const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
+    if (!check.ok && check.reason === "canceled") return c.json({ cancel: true, lease_expires_at: null }, 200);
+    throw leaseError(check as jobsTable.LeaseCheck & { ok: false }, id);
+  })
+  .openapi(complete, async (c) => {
+    const { id } = c.req.valid("param");
+    const body = c.req.valid("json");
+    const { db, runner } = c.var;
+    const held = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
+    const replay = !held.ok && held.reason === "already_finished" && held.job?.status === "succeeded";
+    if (!held.ok && !replay) throw leaseError(held, id);
+    const job = held.job!;
+    const count = (job.request as GenerationRequest).n;
+    const indexes = new Set(body.images.map((i) => i.index));
+    if (indexes.size !== body.images.length || body.images.some((i) => i.index >= count) || body.images.length !== count) {
+      throw ApiError.invalid("invalid_images", `Job '${id}' asked for ${count} images with distinct indexes 0..${count - 1}.`, "images");
+    }
+    const now = Date.now();
+    const done = await jobsTable.completeJob(db, {
+      id,
+      runnerId: runner.id,
+      leaseId: body.lease_id,
+      now,
+      images: body.images.map((img) => ({
+        id: `img_${id.slice(4)}_${img.index}`,
+        jobId: id,
+        tenantId: job.tenantId,
+        index: img.index,
+        storageKey: img.storage_key,
+        width: img.width,
+        height: img.height,
+        seed: img.seed,
+        sha256: img.sha256,
+        sizeBytes: img.size_bytes,
+        createdAt: now,
+      })),
+      timings: { queue_ms: Math.max(0, (job.startedAt ?? now) - job.createdAt), ...body.timings, total_ms: now - job.createdAt },
+      provenance: { ...body.provenance, runner: runner.id },
+    });
+    if (!done) {
+      // Lost a race with cancel or expiry between the check and the write.
+      const again = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
+      throw leaseError(again.ok ? { ok: false, reason: "lease_lost", job: again.job } : again, id);
+    }
+    if (!replay) await doorbell(c.env, jobTopic(id)).ring();
+    return c.json({ job: await loadPresentedJob(db, done) }, 200);
+  })
+  .openapi(fail, async (c) => {
+    const { id } = c.req.valid("param");
+    const body = c.req.valid("json");
+    const { db, runner } = c.var;
+    const failed = await jobsTable.failJob(db, {
+      id,
+      runnerId: runner.id,
+      leaseId: body.lease_id,
+      now: Date.now(),
+      code: body.error.code,
+      message: body.error.message,
+      retryable: body.retryable,
+    });
+    if (failed) {
+      await doorbell(c.env, failed.status === "queued" ? QUEUE_TOPIC : jobTopic(id)).ring();
+      return c.json({ job: await loadPresentedJob(db, failed) }, 200);
+    }
+    const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
+    if (!check.ok && check.reason === "already_finished" && check.job?.status === "failed") {
+      return c.json({ job: await loadPresentedJob(db, check.job) }, 200);
+    }
+    throw leaseError(check.ok ? { ok: false, reason: "lease_lost" } : check, id);
+  });

@@ -1,0 +1,56 @@
+import { z } from "@hono/zod-openapi";
+
+export const SamplerName = z.enum(["ddim", "lcm", "rectified-flow"]).openapi("SamplerName");
+export type SamplerName = z.infer<typeof SamplerName>;
+
+export const SamplerLimits = z
+  .object({
+    min_steps: z.number().int().positive(),
+    max_steps: z.number().int().positive(),
+    default_steps: z.number().int().positive(),
+    default_guidance: z.number().nonnegative(),
+    max_guidance: z.number().nonnegative(),
+  })
+  .strict();
+
+/** What a model accepts, derived from its bundle's manifest when it is registered. */
+export const ModelSpec = z
+  .object({
+    default_width: z.number().int().positive(),
+    default_height: z.number().int().positive(),
+    min_size: z.number().int().positive(),
+    max_size: z.number().int().positive(),
+    multiple_of: z.number().int().positive(),
+    max_images: z.number().int().positive().max(16),
+    default_sampler: SamplerName,
+    samplers: z.partialRecord(SamplerName, SamplerLimits),
+    supports_lora: z.boolean(),
+    supports_controlnet: z.boolean(),
+    supports_deepcache: z.boolean(),
+  })
+  .strict()
+  .openapi("ModelSpec");
+export type ModelSpec = z.infer<typeof ModelSpec>;
+
+export const Model = z
+  .object({
+    id: z.string().openapi({ example: "tiny-shapes" }),
+    object: z.literal("model"),
+    family: z.string(),
+    display_name: z.string(),
+    spec: ModelSpec,
+    created_at: z.string(),
+  })
+  .openapi("Model");
+
+export const ModelList = z.object({ object: z.literal("list"), data: z.array(Model) }).openapi("ModelList");
+
+export const UpsertModelBody = z
+  .object({
+    family: z.string().min(1).max(64),
+    display_name: z.string().min(1).max(128),
+    spec: ModelSpec,
+    status: z.enum(["active", "disabled"]).default("active"),
+  })
+  .strict()
+  .openapi("UpsertModel");

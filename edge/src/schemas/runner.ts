@@ -1,0 +1,76 @@
+import { z } from "@hono/zod-openapi";
+import { Generation, GenerationRequest } from "./generations.ts";
+
+export const LeaseBody = z
+  .object({
+    models: z.array(z.string().min(1).max(64)).min(1).max(32),
+    /** "addon_id@version" of every add-on this runner holds parsed and ready. */
+    warm_addons: z.array(z.string().max(128)).max(1000).default([]),
+    capacity: z.number().int().min(1).max(64).default(1),
+    /** How long to wait for a job before answering 204 (long poll). */
+    wait_ms: z.number().int().min(0).max(60_000).default(25_000),
+  })
+  .strict()
+  .openapi("LeaseRequest");
+
+export const LeasedJob = z
+  .object({
+    lease_id: z.string(),
+    lease_expires_at: z.string(),
+    job: z.object({
+      id: z.string(),
+      tenant_id: z.string(),
+      attempt: z.number().int(),
+      queued_ms: z.number().int(),
+      request: GenerationRequest,
+    }),
+  })
+  .openapi("LeasedJob");
+
+export const Progress = z.object({ step: z.number().int().min(0), total: z.number().int().min(1) }).strict();
+
+export const HeartbeatBody = z
+  .object({
+    lease_id: z.string().min(1).max(64),
+    progress: Progress.optional(),
+    warm_addons: z.array(z.string().max(128)).max(1000).optional(),
+  })
+  .strict()
+  .openapi("Heartbeat");
+
+export const HeartbeatResult = z
+  .object({ cancel: z.boolean(), lease_expires_at: z.string().nullable() })
+  .openapi("HeartbeatResult");
+
+export const CompletedImage = z
+  .object({
+    index: z.number().int().min(0).max(63),
+    storage_key: z.string().min(1).max(512),
+    width: z.number().int().positive(),
+    height: z.number().int().positive(),
+    seed: z.number().int().min(0),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    size_bytes: z.number().int().positive(),
+  })
+  .strict();
+
+export const CompleteBody = z
+  .object({
+    lease_id: z.string().min(1).max(64),
+    images: z.array(CompletedImage).min(1).max(64),
+    timings: z.record(z.string().max(64), z.number().min(0)).default({}),
+    provenance: z.record(z.string().max(64), z.unknown()).default({}),
+  })
+  .strict()
+  .openapi("Complete");
+
+export const FailBody = z
+  .object({
+    lease_id: z.string().min(1).max(64),
+    error: z.object({ code: z.string().min(1).max(64), message: z.string().min(1).max(2000) }).strict(),
+    retryable: z.boolean().default(false),
+  })
+  .strict()
+  .openapi("Fail");
+
+export const RunnerJobResult = z.object({ job: Generation }).openapi("RunnerJobResult");

@@ -1,0 +1,91 @@
+/** Drives the Worker as a client would: real HTTP requests through its fetch handler, real D1 and Durable Objects. */
+import { exports } from "cloudflare:workers";
+
+export const ADMIN = "test-admin-token";
+
+export interface Answer<T = any> {
+  status: number;
+  headers: Headers;
+  body: T;
+}
+
+export async function call<T = any>(
+  method: string,
+  path: string,
+  opts: { token?: string; body?: unknown; headers?: Record<string, string>; raw?: BodyInit } = {},
+): Promise<Answer<T>> {
+  const headers: Record<string, string> = { ...opts.headers };
+  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  let body: BodyInit | undefined = opts.raw;
+  if (opts.body !== undefined) {
+    body = JSON.stringify(opts.body);
+    headers["content-type"] ??= "application/json";
+  }
+  const res = await exports.default.fetch(new Request(`http://edge.test${path}`, { method, headers, body }));
+  const text = await res.text();
+  return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) : null };
+}
+
+export const TINY_SPEC = {
+  default_width: 64,
+  default_height: 64,
+  min_size: 64,
+  max_size: 64,
+  multiple_of: 64,
+  max_images: 8,
+  default_sampler: "lcm",
+  samplers: {
+    ddim: { min_steps: 1, max_steps: 200, default_steps: 50, default_guidance: 4, max_guidance: 20 },
+    lcm: { min_steps: 1, max_steps: 8, default_steps: 4, default_guidance: 1.5, max_guidance: 4 },
+  },
+  supports_lora: true,
+  supports_controlnet: true,
+  supports_deepcache: true,
+};
+
+export async function registerModel(id = "tiny-shapes", family = "tiny-shapes") {
+  const r = await call("PUT", `/admin/v1/models/${id}`, { token: ADMIN, body: { family, display_name: id, spec: TINY_SPEC } });
+  if (r.status !== 200) throw new Error(`model: ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+export async function newTenant(name: string, limits: Record<string, number> = {}, scopes?: string[]) {
+  const t = await call("POST", "/admin/v1/tenants", { token: ADMIN, body: { name, limits } });
+  if (t.status !== 201) throw new Error(`tenant: ${JSON.stringify(t.body)}`);
+  const k = await call("POST", `/admin/v1/tenants/${t.body.id}/keys`, { token: ADMIN, body: scopes ? { scopes } : {} });
+  if (k.status !== 201) throw new Error(`key: ${JSON.stringify(k.body)}`);
+  return { id: t.body.id as string, key: k.body.secret as string, keyId: k.body.id as string };
+}
+
+export async function newRunner(name = "runner") {
+  const r = await call("POST", "/admin/v1/runners", { token: ADMIN, body: { name } });
+  if (r.status !== 201) throw new Error(`runner: ${JSON.stringify(r.body)}`);
+  return { id: r.body.id as string, token: r.body.token as string };
+}
+
+export async function registerAddon(tenantId: string, name: string, opts: Record<string, unknown> = {}) {
+  const r = await call("POST", "/admin/v1/addons", {
+    token: ADMIN,
+    body: { tenant_id: tenantId, kind: "lora", name, family: "tiny-shapes", storage_key: `addons/${tenantId}/${name}`, ...opts },
+  });
+  if (r.status !== 201) throw new Error(`addon: ${JSON.stringify(r.body)}`);
+  return r.body.id as string;
+}
+
+export const generate = (key: string, body: Record<string, unknown> = {}, headers: Record<string, string> = {}) =>
+  call("POST", "/v1/generations", { token: key, body: { prompt: "a large red circle on the left, blue background", ...body }, headers });
+
+export const lease = (runnerToken: string, body: Record<string, unknown> = {}) =>
+  call("POST", "/internal/v1/lease", { token: runnerToken, body: { models: ["tiny-shapes"], wait_ms: 0, ...body } });
+
+export function fakeImages(n: number, seed = 1) {
+  return Array.from({ length: n }, (_, index) => ({
+    index,
+    storage_key: `outputs/x/${index}.png`,
+    width: 64,
+    height: 64,
+    seed: seed + index,
+    sha256: "a".repeat(64),
+    size_bytes: 1234,
+  }));
+}

@@ -1,0 +1,73 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import { call, fakeImages, generate, lease, newRunner, newTenant, registerModel } from "./helpers.ts";
+
+beforeAll(async () => {
+  await registerModel();
+});
+
+describe("limits", () => {
+  it("per-key rate limit: headers on every answer, 429 with Retry-After when exceeded", async () => {
+    const t = await newTenant("rl", { rate_limit_per_minute: 5 });
+    const answers = [];
+    for (let i = 0; i < 7; i++) answers.push(await call("GET", "/v1/generations", { token: t.key }));
+    for (const a of answers) {
+      expect(a.headers.get("ratelimit-limit")).toBe("5");
+      expect(a.headers.get("ratelimit-remaining")).toMatch(/^\d+$/);
+      expect(a.headers.get("ratelimit-reset")).toMatch(/^\d+$/);
+    }
+    expect(answers.slice(0, 5).map((a) => a.status)).toEqual([200, 200, 200, 200, 200]);
+    expect(answers[4]!.headers.get("ratelimit-remaining")).toBe("0");
+    const limited = answers[5]!;
+    expect(limited.status).toBe(429);
+    expect(limited.body.error.type).toBe("rate_limit_error");
+    expect(Number(limited.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    // Another key of another tenant is unaffected.
+    const u = await newTenant("rl-other", { rate_limit_per_minute: 5 });
+    expect((await call("GET", "/v1/generations", { token: u.key })).status).toBe(200);
+  });
+
+  it("per-tenant cap on concurrent jobs frees up when a job ends", async () => {
+    const t = await newTenant("cap", { max_concurrent_jobs: 2 });
+    const j1 = await generate(t.key);
+    const j2 = await generate(t.key);
+    expect([j1.status, j2.status]).toEqual([202, 202]);
+    const j3 = await generate(t.key);
+    expect(j3.status).toBe(429);
+    expect(j3.body.error.code).toBe("concurrency_limit_exceeded");
+    expect(j3.headers.get("retry-after")).toBeTruthy();
+    await call("POST", `/v1/generations/${j1.body.id}/cancel`, { token: t.key });
+    const j4 = await generate(t.key);
+    expect(j4.status).toBe(202);
+  });
+
+  it("concurrent creates cannot slip past the cap", async () => {
+    const t = await newTenant("cap-race", { max_concurrent_jobs: 3 });
+    const results = await Promise.all(Array.from({ length: 10 }, () => generate(t.key)));
+    expect(results.filter((r) => r.status === 202)).toHaveLength(3);
+    expect(results.filter((r) => r.status === 429)).toHaveLength(7);
+  });
+
+  it("per-tenant images per day, counted at creation", async () => {
+    const t = await newTenant("daily", { max_images_per_day: 3 });
+    const runner = await newRunner("daily-runner");
+    const first = await generate(t.key, { n: 2 });
+    expect(first.status).toBe(202);
+    const l = await lease(runner.token);
+    await call("POST", `/internal/v1/jobs/${l.body.job.id}/complete`, { token: runner.token, body: { lease_id: l.body.lease_id, images: fakeImages(2) } });
+    const second = await generate(t.key, { n: 2 });
+    expect(second.status).toBe(429);
+    expect(second.body.error.code).toBe("daily_image_quota_exceeded");
+    const third = await generate(t.key, { n: 1 });
+    expect(third.status).toBe(202);
+  });
+
+  it("limits are configurable per tenant by the admin", async () => {
+    const t = await newTenant("tunable", { max_concurrent_jobs: 1 });
+    expect((await generate(t.key)).status).toBe(202);
+    expect((await generate(t.key)).status).toBe(429);
+    const patch = await call("PATCH", `/admin/v1/tenants/${t.id}`, { token: "test-admin-token", body: { limits: { max_concurrent_jobs: 5 } } });
+    expect(patch.status).toBe(200);
+    expect(patch.body.limits.max_concurrent_jobs).toBe(5);
+    expect((await generate(t.key)).status).toBe(202);
+  });
+});

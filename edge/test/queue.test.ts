@@ -1,0 +1,223 @@
+import { env } from "cloudflare:workers";
+import { beforeAll, describe, expect, it } from "vitest";
+import { call, fakeImages, generate, lease, newRunner, newTenant, registerAddon, registerModel } from "./helpers.ts";
+
+beforeAll(async () => {
+  await registerModel();
+});
+
+const complete = (token: string, id: string, leaseId: string, n = 1) =>
+  call("POST", `/internal/v1/jobs/${id}/complete`, { token, body: { lease_id: leaseId, images: fakeImages(n), timings: { inference_ms: 120 } } });
+const heartbeat = (token: string, id: string, body: Record<string, unknown>) => call("POST", `/internal/v1/jobs/${id}/heartbeat`, { token, body });
+const expireLease = (id: string) => env.DB.prepare("UPDATE jobs SET lease_expires_at = ? WHERE id = ?").bind(Date.now() - 1, id).run();
+
+describe("lease", () => {
+  it("under many concurrent lease calls, every job is leased by exactly one runner", async () => {
+    const t = await newTenant("hammer", { max_concurrent_jobs: 100 });
+    const runners = await Promise.all([newRunner("r1"), newRunner("r2"), newRunner("r3"), newRunner("r4")]);
+    const created = await Promise.all(Array.from({ length: 24 }, (_, i) => generate(t.key, { seed: i })));
+    expect(created.every((r) => r.status === 202)).toBe(true);
+    const answers = await Promise.all(Array.from({ length: 80 }, (_, i) => lease(runners[i % 4]!.token)));
+    const leased = answers.filter((a) => a.status === 200);
+    expect(answers.filter((a) => a.status !== 200 && a.status !== 204)).toEqual([]);
+    const ids = leased.map((a) => a.body.job.id);
+    expect(ids).toHaveLength(24);
+    expect(new Set(ids).size).toBe(24);
+    const rows = await env.DB.prepare("SELECT count(*) AS n FROM jobs WHERE tenant_id = ? AND status = 'running' AND attempts = 1").bind(t.id).first<{ n: number }>();
+    expect(rows!.n).toBe(24);
+  });
+
+  it("an idle runner is woken by a new job instead of sleeping (queued → leased)", async () => {
+    const t = await newTenant("latency");
+    const runner = await newRunner("idle");
+    const samples: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const waiting = lease(runner.token, { wait_ms: 5000 });
+      await new Promise((r) => setTimeout(r, 50));
+      const created = await generate(t.key, { seed: i });
+      const createdAt = Date.parse(created.body.created_at);
+      const got = await waiting;
+      const leasedAt = Date.now();
+      expect(got.status).toBe(200);
+      expect(got.body.job.id).toBe(created.body.id);
+      samples.push(leasedAt - createdAt);
+      await complete(runner.token, got.body.job.id, got.body.lease_id);
+    }
+    samples.sort((x, y) => x - y);
+    console.log(`queued → leased (idle runner, long poll), ms: ${samples.join(", ")}; median ${samples[2]}`);
+    // A sleeping poll would take up to wait_ms (5 s); the doorbell answers in milliseconds.
+    expect(samples[2]).toBeLessThan(100);
+  });
+
+  it("answers 204 when nothing is queued within wait_ms", async () => {
+    const runner = await newRunner("empty");
+    const start = Date.now();
+    const r = await lease(runner.token, { models: ["model-without-jobs"], wait_ms: 300 });
+    expect(r.status).toBe(204);
+    expect(Date.now() - start).toBeGreaterThanOrEqual(250);
+  });
+
+  it("prefers the runner's warm add-ons, but never past the affinity bound", async () => {
+    const t = await newTenant("affinity", { max_concurrent_jobs: 50 });
+    const addon = await registerAddon(t.id, "warm-style");
+    const runner = await newRunner("warm");
+    const plain = await generate(t.key, { seed: 1 });
+    const styled = await generate(t.key, { seed: 2, loras: [{ id: addon }] });
+    const got = await lease(runner.token, { warm_addons: [`${addon}@1`] });
+    expect(got.body.job.id).toBe(styled.body.id);
+    expect(got.body.job.request.loras[0].id).toBe(addon);
+    await complete(runner.token, got.body.job.id, got.body.lease_id);
+
+    // An old plain job beats a fresh warm one once it has waited past AFFINITY_MAX_WAIT_MS.
+    const old = await generate(t.key, { seed: 3 });
+    await env.DB.prepare("UPDATE jobs SET created_at = ? WHERE id = ?").bind(Date.now() - 60_000, old.body.id).run();
+    await env.DB.prepare("UPDATE jobs SET status = 'canceled' WHERE id = ?").bind(plain.body.id).run();
+    await generate(t.key, { seed: 4, loras: [{ id: addon }] });
+    const next = await lease(runner.token, { warm_addons: [`${addon}@1`] });
+    expect(next.body.job.id).toBe(old.body.id);
+  });
+
+  it("is fair across tenants: a burst from one tenant does not starve another", async () => {
+    const burst = await newTenant("burst", { max_concurrent_jobs: 100 });
+    const quiet = await newTenant("quiet");
+    const runner = await newRunner("fair");
+    for (let i = 0; i < 15; i++) await generate(burst.key, { seed: i });
+    const lone = await generate(quiet.key);
+    const first = await lease(runner.token);
+    const second = await lease(runner.token);
+    expect([first.body.job.tenant_id, second.body.job.tenant_id]).toContain(quiet.id);
+    expect([first.body.job.id, second.body.job.id]).toContain(lone.body.id);
+  });
+});
+
+describe("heartbeat, complete, fail", () => {
+  it("heartbeat extends the lease and carries progress; cancel reaches the runner; completing after cancel fails", async () => {
+    const t = await newTenant("hb");
+    const runner = await newRunner("hb");
+    const job = await generate(t.key);
+    const l = await lease(runner.token);
+    const before = Date.parse(l.body.lease_expires_at);
+    await new Promise((r) => setTimeout(r, 20));
+    const hb = await heartbeat(runner.token, job.body.id, { lease_id: l.body.lease_id, progress: { step: 2, total: 4 } });
+    expect(hb.status).toBe(200);
+    expect(hb.body.cancel).toBe(false);
+    expect(Date.parse(hb.body.lease_expires_at)).toBeGreaterThan(before);
+    const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(seen.body.status).toBe("running");
+    expect(seen.body.progress).toEqual({ step: 2, total: 4 });
+
+    const cancel = await call("POST", `/v1/generations/${job.body.id}/cancel`, { token: t.key });
+    expect(cancel.body.status).toBe("canceled");
+    const hb2 = await heartbeat(runner.token, job.body.id, { lease_id: l.body.lease_id });
+    expect(hb2.body.cancel).toBe(true);
+    const done = await complete(runner.token, job.body.id, l.body.lease_id);
+    expect(done.status).toBe(409);
+    expect(done.body.error.code).toBe("job_canceled");
+  });
+
+  it("complete is idempotent: a repeat changes nothing and a job is never completed twice", async () => {
+    const t = await newTenant("complete");
+    const runner = await newRunner("c1");
+    const intruder = await newRunner("c2");
+    const job = await generate(t.key, { n: 2 });
+    const l = await lease(runner.token);
+    const stranger = await complete(intruder.token, job.body.id, l.body.lease_id, 2);
+    expect(stranger.status).toBe(409);
+    expect(stranger.body.error.code).toBe("lease_lost");
+    const wrongLease = await complete(runner.token, job.body.id, "lease_forged", 2);
+    expect(wrongLease.status).toBe(409);
+    const tooFew = await complete(runner.token, job.body.id, l.body.lease_id, 1);
+    expect(tooFew.status).toBe(400);
+
+    const [a, b] = await Promise.all([complete(runner.token, job.body.id, l.body.lease_id, 2), complete(runner.token, job.body.id, l.body.lease_id, 2)]);
+    expect(a.status).toBe(200);
+    expect(b.status).toBe(200);
+    const again = await complete(runner.token, job.body.id, l.body.lease_id, 2);
+    expect(again.status).toBe(200);
+    expect(again.body.job.status).toBe("succeeded");
+    const images = await env.DB.prepare("SELECT count(*) AS n FROM images WHERE job_id = ?").bind(job.body.id).first<{ n: number }>();
+    expect(images!.n).toBe(2);
+    const usage = await env.DB.prepare("SELECT inference_ms FROM usage_counters WHERE tenant_id = ?").bind(t.id).first<{ inference_ms: number }>();
+    expect(usage!.inference_ms).toBe(120);
+    const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(seen.body.status).toBe("succeeded");
+    expect(seen.body.images).toHaveLength(2);
+    expect(seen.body.timings.inference_ms).toBe(120);
+    expect(seen.body.timings.queue_ms).toBeGreaterThanOrEqual(0);
+    expect(seen.body.provenance.runner).toBe(runner.id);
+  });
+
+  it("an expired lease is requeued, leased by another runner, and the old lease can no longer complete", async () => {
+    const t = await newTenant("expiry");
+    const dead = await newRunner("dead");
+    const alive = await newRunner("alive");
+    const job = await generate(t.key);
+    const first = await lease(dead.token);
+    await expireLease(job.body.id);
+    const second = await lease(alive.token);
+    expect(second.status).toBe(200);
+    expect(second.body.job.id).toBe(job.body.id);
+    expect(second.body.job.attempt).toBe(2);
+    const late = await complete(dead.token, job.body.id, first.body.lease_id);
+    expect(late.status).toBe(409);
+    const lateBeat = await heartbeat(dead.token, job.body.id, { lease_id: first.body.lease_id });
+    expect(lateBeat.status).toBe(409);
+    const ok = await complete(alive.token, job.body.id, second.body.lease_id);
+    expect(ok.status).toBe(200);
+  });
+
+  it("after its last attempt an expired job fails with a clear error", async () => {
+    const t = await newTenant("exhausted");
+    const runner = await newRunner("flaky");
+    await registerModel("exhaust-model");
+    const job = await generate(t.key, { model: "exhaust-model" });
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const l = await lease(runner.token, { models: ["exhaust-model"] });
+      expect(l.body.job.attempt).toBe(attempt);
+      await expireLease(job.body.id);
+    }
+    const none = await lease(runner.token, { models: ["exhaust-model"] });
+    expect(none.status).toBe(204);
+    const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(seen.body.status).toBe("failed");
+    expect(seen.body.error.code).toBe("lease_expired");
+    expect(seen.body.error.message).toMatch(/stopped answering, 3 times/);
+  });
+
+  it("a retryable failure requeues while attempts remain; a final one fails the job", async () => {
+    const t = await newTenant("failing");
+    const runner = await newRunner("f");
+    const job = await generate(t.key);
+    const l1 = await lease(runner.token);
+    const f1 = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, { token: runner.token, body: { lease_id: l1.body.lease_id, error: { code: "oom", message: "out of memory" }, retryable: true } });
+    expect(f1.body.job.status).toBe("queued");
+    const l2 = await lease(runner.token);
+    expect(l2.body.job.id).toBe(job.body.id);
+    const body = { lease_id: l2.body.lease_id, error: { code: "bad_addon", message: "LoRA key matches no layer" }, retryable: false };
+    const f2 = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, { token: runner.token, body });
+    expect(f2.body.job.status).toBe("failed");
+    const f3 = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, { token: runner.token, body });
+    expect(f3.status).toBe(200);
+    const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(seen.body.error).toEqual({ code: "bad_addon", message: "LoRA key matches no layer" });
+  });
+
+  it("Prefer: wait=N answers with the finished job", async () => {
+    const t = await newTenant("sync");
+    const runner = await newRunner("sync");
+    const worker = (async () => {
+      const l = await lease(runner.token, { wait_ms: 5000 });
+      await heartbeat(runner.token, l.body.job.id, { lease_id: l.body.lease_id, progress: { step: 1, total: 4 } });
+      return complete(runner.token, l.body.job.id, l.body.lease_id);
+    })();
+    const r = await generate(t.key, {}, { prefer: "wait=10" });
+    await worker;
+    expect(r.status).toBe(200);
+    expect(r.body.status).toBe("succeeded");
+    expect(r.body.images).toHaveLength(1);
+    expect(r.headers.get("preference-applied")).toBe("wait=10");
+    const timeout = await generate(t.key, {}, { prefer: "wait=1" });
+    expect(timeout.status).toBe(202);
+    expect(timeout.body.status).toBe("queued");
+  });
+});

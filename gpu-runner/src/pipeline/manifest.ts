@@ -1,0 +1,213 @@
+/**
+ * The model-bundle contract (DESIGN.md, "Model bundles"): the one place where the manifest is declared.
+ * The zoo's export validates against `gpu-runner/manifest.schema.json`, generated from this file by
+ * `npm run schema -w gpu-runner`; the runner's bundle loader validates with the same zod schema and then
+ * checks every declared tensor against the ONNX sessions' real inputs and outputs.
+ */
+import { z } from "zod";
+
+/** A dimension: a fixed size, or a symbolic name for a dynamic axis ("batch", "rank", ...). */
+export const Dim = z.union([z.number().int().nonnegative(), z.string().min(1)]);
+
+export const TensorSpec = z
+  .object({
+    name: z.string().min(1),
+    dtype: z.enum(["float32", "float16", "int64", "int32"]),
+    shape: z.array(Dim),
+  })
+  .strict();
+export type TensorSpec = z.infer<typeof TensorSpec>;
+
+export const ComponentSpec = z
+  .object({
+    /** Path of the ONNX file relative to the bundle folder, e.g. `unet/model.onnx`. */
+    path: z.string().min(1),
+    inputs: z.array(TensorSpec),
+    outputs: z.array(TensorSpec).min(1),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+  })
+  .strict();
+export type ComponentSpec = z.infer<typeof ComponentSpec>;
+
+export const PredictionType = z.enum(["epsilon", "v_prediction", "flow"]);
+export type PredictionType = z.infer<typeof PredictionType>;
+
+export const SamplerName = z.enum(["ddim", "lcm", "rectified-flow"]);
+export type SamplerName = z.infer<typeof SamplerName>;
+
+export const SchedulerSpec = z
+  .object({
+    num_train_timesteps: z.number().int().positive(),
+    beta_schedule: z.enum(["scaled_linear", "linear"]),
+    beta_start: z.number().positive(),
+    beta_end: z.number().positive(),
+    /** LCM skeleton: k = num_train_timesteps / original_inference_steps. */
+    original_inference_steps: z.number().int().positive().optional(),
+    /** LCM boundary-condition timestep scaling (10 in diffusers). */
+    timestep_scaling: z.number().positive().optional(),
+  })
+  .strict();
+export type SchedulerSpec = z.infer<typeof SchedulerSpec>;
+
+export const TokenizerSpec = z
+  .object({
+    type: z.literal("word"),
+    vocab: z.string().min(1),
+    max_length: z.number().int().positive(),
+    lowercase: z.boolean(),
+    pad_id: z.number().int().nonnegative(),
+    unk_id: z.number().int().nonnegative(),
+    bos_id: z.number().int().nonnegative(),
+    eos_id: z.number().int().nonnegative(),
+  })
+  .strict();
+export type TokenizerSpec = z.infer<typeof TokenizerSpec>;
+
+export const LoraTarget = z
+  .object({
+    /** The module's path in the training framework, e.g. `down_blocks.1.attn.to_q`. kohya keys are derived from it. */
+    module: z.string().min(1),
+    kind: z.enum(["linear", "conv1x1", "conv3x3"]),
+    in_features: z.number().int().positive(),
+    out_features: z.number().int().positive(),
+    /** Which U-Net component(s) contain the layer (the split parts too). */
+    components: z.array(z.string()).min(1),
+    /** Branch inputs (mode "branch"): [batch, rank, in] and [batch, out, rank]. */
+    down_input: z.string().optional(),
+    up_input: z.string().optional(),
+    /** Initializer names of W (and b) for mode "merge", per component. */
+    weight: z.record(z.string(), z.string()).optional(),
+  })
+  .strict();
+export type LoraTarget = z.infer<typeof LoraTarget>;
+
+export const LoraSpec = z
+  .object({
+    mode: z.enum(["branch", "merge"]),
+    /** Largest total rank the runner may stack into one branch (sum over stacked LoRAs). */
+    max_rank: z.number().int().positive(),
+    targets: z.array(LoraTarget).min(1),
+  })
+  .strict();
+export type LoraSpec = z.infer<typeof LoraSpec>;
+
+export const CacheSpec = z
+  .object({
+    kind: z.literal("deepcache"),
+    head: z.string(),
+    deep: z.string(),
+    tail: z.string(),
+    /** Output of `deep` that a cached step reuses; an input of `tail` with the same name. */
+    cached_feature: z.string(),
+    /** The skip branch index at which the deep part starts (DeepCache's branch k). */
+    branch: z.number().int().nonnegative(),
+  })
+  .strict();
+export type CacheSpec = z.infer<typeof CacheSpec>;
+
+export const GuidanceSpec = z
+  .object({
+    /** Classifier-free guidance: the runner runs an unconditional pass on the empty prompt. */
+    cfg: z.boolean(),
+    default_scale: z.number().nonnegative(),
+    /** LCM-distilled models take w = scale − 1 embedded (sin first, then cos) as an input. */
+    embedding: z
+      .object({ input: z.string(), dim: z.number().int().positive(), w_scale: z.number().positive() })
+      .strict()
+      .optional(),
+  })
+  .strict();
+export type GuidanceSpec = z.infer<typeof GuidanceSpec>;
+
+export const ImageSpec = z
+  .object({
+    width: z.number().int().positive(),
+    height: z.number().int().positive(),
+    channels: z.literal(3),
+    /** Smallest and largest sizes a request may ask for, and the multiple sizes must be of. */
+    min_size: z.number().int().positive(),
+    max_size: z.number().int().positive(),
+    multiple_of: z.number().int().positive(),
+  })
+  .strict();
+
+export const LatentSpec = z
+  .object({
+    channels: z.number().int().positive(),
+    downsample: z.number().int().positive(),
+    scaling_factor: z.number().positive(),
+  })
+  .strict();
+
+export const ControlNetInputSpec = z
+  .object({
+    /** Residual names the U-Net accepts (zeros when no ControlNet is used), in skip order then mid. */
+    residuals: z.array(z.string()).min(1),
+  })
+  .strict();
+
+export const ModelManifest = z
+  .object({
+    schema_version: z.literal(1),
+    kind: z.literal("diffusion"),
+    name: z.string().min(1),
+    /** Base-model family: add-ons declare the family they were trained for. */
+    family: z.string().min(1),
+    version: z.string().min(1),
+    description: z.string().optional(),
+    prediction_type: PredictionType,
+    samplers: z.array(SamplerName).min(1),
+    default_sampler: SamplerName,
+    default_steps: z.number().int().positive(),
+    image: ImageSpec,
+    latent: LatentSpec,
+    scheduler: SchedulerSpec,
+    guidance: GuidanceSpec,
+    tokenizer: TokenizerSpec,
+    components: z
+      .object({
+        text_encoder: ComponentSpec,
+        unet: ComponentSpec,
+        vae_decoder: ComponentSpec,
+        vae_encoder: ComponentSpec.optional(),
+        unet_head: ComponentSpec.optional(),
+        unet_deep: ComponentSpec.optional(),
+        unet_tail: ComponentSpec.optional(),
+      })
+      .strict(),
+    lora: LoraSpec.optional(),
+    cache: CacheSpec.optional(),
+    controlnet: ControlNetInputSpec.optional(),
+  })
+  .strict();
+export type ModelManifest = z.infer<typeof ModelManifest>;
+
+/** A ControlNet add-on is its own bundle: one ONNX producing the residuals a family's U-Net accepts. */
+export const ControlNetManifest = z
+  .object({
+    schema_version: z.literal(1),
+    kind: z.literal("controlnet"),
+    name: z.string().min(1),
+    family: z.string().min(1),
+    version: z.string().min(1),
+    description: z.string().optional(),
+    /** What the control image is: a binary mask, an edge map, ... */
+    conditioning: z
+      .object({
+        type: z.enum(["mask", "edges", "depth"]),
+        width: z.number().int().positive(),
+        height: z.number().int().positive(),
+        channels: z.union([z.literal(1), z.literal(3)]),
+        /** How pixel values map into the network's input range. */
+        range: z.tuple([z.number(), z.number()]),
+      })
+      .strict(),
+    components: z.object({ controlnet: ComponentSpec }).strict(),
+    /** Maps each ControlNet output to the U-Net residual input it feeds. */
+    residuals: z.record(z.string(), z.string()),
+  })
+  .strict();
+export type ControlNetManifest = z.infer<typeof ControlNetManifest>;
+
+export const BundleManifest = z.discriminatedUnion("kind", [ModelManifest, ControlNetManifest]);
+export type BundleManifest = z.infer<typeof BundleManifest>;
