@@ -1,6 +1,9 @@
 /** Drives the Worker as a client would: real HTTP requests through its fetch handler, real D1 and Durable Objects. */
 import { exports } from "cloudflare:workers";
 
+/** The Worker under test (its default export), as `wrangler.toml` declares it. */
+const worker = (exports as unknown as { default: Fetcher }).default;
+
 export const ADMIN = "test-admin-token";
 
 export interface Answer<T = any> {
@@ -21,7 +24,7 @@ export async function call<T = any>(
     body = JSON.stringify(opts.body);
     headers["content-type"] ??= "application/json";
   }
-  const res = await exports.default.fetch(new Request(`http://edge.test${path}`, { method, headers, body }));
+  const res = await worker.fetch(new Request(`http://edge.test${path}`, { method, headers, body }));
   const text = await res.text();
   return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) : null };
 }

@@ -1,0 +1,41 @@
+/**
+ * What the edge accepts for a model follows from its bundle's manifest (the runner's contract), so a model is
+ * registered from the very file the runner loads, never described twice by hand.
+ */
+import type { ModelManifest } from "../../../gpu-runner/src/pipeline/manifest.ts";
+import type { ModelSpec, SamplerName } from "./models.ts";
+
+/** Step ranges each sampler is meant for: few-step samplers are distilled for their range. */
+const STEP_RANGE: Record<SamplerName, { min: number; max: number; fallback: number }> = {
+  ddim: { min: 1, max: 200, fallback: 50 },
+  lcm: { min: 1, max: 8, fallback: 4 },
+  "rectified-flow": { min: 1, max: 50, fallback: 1 },
+};
+
+export function modelSpecFromManifest(m: ModelManifest): ModelSpec {
+  const samplers: ModelSpec["samplers"] = {};
+  for (const name of m.samplers) {
+    const range = STEP_RANGE[name];
+    const defaultGuidance = m.guidance.cfg || m.guidance.embedding ? m.guidance.default_scale : 1;
+    samplers[name] = {
+      min_steps: range.min,
+      max_steps: range.max,
+      default_steps: name === m.default_sampler ? m.default_steps : range.fallback,
+      default_guidance: defaultGuidance,
+      max_guidance: m.guidance.cfg || m.guidance.embedding ? 20 : 1,
+    };
+  }
+  return {
+    default_width: m.image.width,
+    default_height: m.image.height,
+    min_size: m.image.min_size,
+    max_size: m.image.max_size,
+    multiple_of: m.image.multiple_of,
+    max_images: 8,
+    default_sampler: m.default_sampler,
+    samplers,
+    supports_lora: m.lora !== undefined,
+    supports_controlnet: m.controlnet !== undefined,
+    supports_deepcache: m.cache !== undefined,
+  };
+}

@@ -1,0 +1,151 @@
+#!/usr/bin/env node
+/**
+ * Brings the whole stack up on 127.0.0.1: applies the D1 migrations, starts the edge in workerd (wrangler dev),
+ * seeds a demo tenant, API key and the default models, and writes what scripts need to .state/stack.json.
+ * Ctrl-C stops everything. Ports and secrets come from the environment (EDGE_PORT, ADMIN_TOKEN, STATE_DIR).
+ */
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const stateDir = resolve(root, process.env.STATE_DIR ?? ".state");
+const edgePort = Number(process.env.EDGE_PORT ?? 8787);
+const edgeUrl = `http://127.0.0.1:${edgePort}`;
+mkdirSync(stateDir, { recursive: true });
+const statePath = join(stateDir, "stack.json");
+const previous = existsSync(statePath) ? JSON.parse(readFileSync(statePath, "utf8")) : {};
+const adminToken = process.env.ADMIN_TOKEN ?? previous.admin_token ?? `adm_${randomBytes(24).toString("base64url")}`;
+const persist = join(stateDir, "wrangler");
+const wrangler = join(root, "node_modules/.bin/wrangler");
+const children = [];
+
+function log(msg) {
+  process.stderr.write(`[start] ${msg}\n`);
+}
+
+function run(cmd, args, opts = {}) {
+  return new Promise((ok, fail) => {
+    const p = spawn(cmd, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CI: "1" }, ...opts });
+    let out = "";
+    p.stdout.on("data", (d) => (out += d));
+    p.stderr.on("data", (d) => (out += d));
+    p.on("exit", (code) => (code === 0 ? ok(out) : fail(new Error(`${cmd} ${args.join(" ")} exited ${code}:\n${out}`))));
+  });
+}
+
+function stopAll(code = 0) {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
+  setTimeout(() => process.exit(code), 500).unref();
+}
+process.on("SIGINT", () => (log("stopping"), stopAll(0)));
+process.on("SIGTERM", () => stopAll(0));
+
+async function api(method, path, token, body) {
+  const res = await fetch(`${edgeUrl}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const json = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(`${method} ${path} → ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+async function waitForEdge(deadlineMs) {
+  const end = Date.now() + deadlineMs;
+  while (Date.now() < end) {
+    try {
+      if ((await fetch(`${edgeUrl}/healthz`)).ok) return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`the edge did not answer on ${edgeUrl} within ${deadlineMs / 1000} s`);
+}
+
+/** Registers every model bundle under gpu-runner/zoo/models with the limits its manifest implies. */
+async function registerModels() {
+  const dir = join(root, "gpu-runner/zoo/models");
+  const registered = [];
+  if (!existsSync(dir)) return registered;
+  // Node 22 strips the types of the edge's TypeScript module: one mapping from manifest to model limits.
+  const { modelSpecFromManifest } = await import("../../edge/src/schemas/model-from-manifest.ts");
+  for (const name of readdirSync(dir)) {
+    const path = join(dir, name, "manifest.json");
+    if (!existsSync(path)) continue;
+    const manifest = JSON.parse(readFileSync(path, "utf8"));
+    if (manifest.kind !== "diffusion") continue;
+    await api("PUT", `/admin/v1/models/${manifest.name}`, adminToken, {
+      family: manifest.family,
+      display_name: manifest.description ?? manifest.name,
+      spec: modelSpecFromManifest(manifest),
+    });
+    registered.push(manifest.name);
+  }
+  return registered;
+}
+
+async function main() {
+  log("applying D1 migrations");
+  await run(wrangler, ["d1", "migrations", "apply", "imagegen", "--local", "--persist-to", persist]);
+
+  log(`starting the edge on ${edgeUrl}`);
+  const edge = spawn(wrangler, ["dev", "--ip", "127.0.0.1", "--port", String(edgePort), "--persist-to", persist, "--var", `ADMIN_TOKEN:${adminToken}`, "--show-interactive-dev-session=false"], {
+    cwd: root,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, CI: "1" },
+  });
+  children.push(edge);
+  const edgeLog = [];
+  const keep = (d) => edgeLog.push(String(d)) > 200 && edgeLog.shift();
+  edge.stdout.on("data", keep);
+  edge.stderr.on("data", keep);
+  edge.on("exit", (code) => {
+    log(`the edge exited (${code}); its last output:\n${edgeLog.join("")}`);
+    stopAll(code ?? 1);
+  });
+  await waitForEdge(120_000);
+
+  let tenant = previous.demo_tenant_id;
+  let apiKey = previous.demo_api_key;
+  if (!tenant || !apiKey || !(await fetch(`${edgeUrl}/v1/models`, { headers: { authorization: `Bearer ${apiKey}` } })).ok) {
+    log("seeding the demo tenant and API key");
+    tenant = (await api("POST", "/admin/v1/tenants", adminToken, { name: "demo" })).id;
+    apiKey = (await api("POST", `/admin/v1/tenants/${tenant}/keys`, adminToken, { name: "demo" })).secret;
+  }
+  const models = await registerModels();
+
+  const state = {
+    edge_url: edgeUrl,
+    dashboard_url: `${edgeUrl}/dashboard`,
+    openapi_url: `${edgeUrl}/v1/openapi.json`,
+    admin_token: adminToken,
+    demo_tenant_id: tenant,
+    demo_api_key: apiKey,
+    models,
+  };
+  writeFileSync(statePath, JSON.stringify(state, null, 2) + "\n", { mode: 0o600 });
+  const curl = `curl -s ${edgeUrl}/v1/generations -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" -H "Prefer: wait=30" -d '{"prompt":"a large red circle on the left, blue background"}'`;
+  process.stdout.write(
+    [
+      "",
+      `imagegen is up (Ctrl-C stops it)`,
+      `  edge        ${edgeUrl}`,
+      `  OpenAPI     ${state.openapi_url}`,
+      `  demo key    ${apiKey}`,
+      `  models      ${models.length ? models.join(", ") : "(none registered yet)"}`,
+      `  state file  ${statePath}`,
+      "",
+      "Try:",
+      `  ${curl}`,
+      "",
+    ].join("\n"),
+  );
+}
+
+main().catch((err) => {
+  log(String(err?.stack ?? err));
+  stopAll(1);
+});
