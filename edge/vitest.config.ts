@@ -11,7 +11,15 @@ export default defineConfig(async () => {
       cloudflareTest({
         wrangler: { configPath: "../wrangler.toml" },
         miniflare: {
-          bindings: { ADMIN_TOKEN: "test-admin-token", TEST_MIGRATIONS: migrations, LEASE_TTL_MS: "30000" },
+          bindings: {
+            ADMIN_TOKEN: "test-admin-token",
+            TEST_MIGRATIONS: migrations,
+            LEASE_TTL_MS: "30000",
+            // Presigning is local computation; the tests read and write the bucket through the R2 binding.
+            S3_ENDPOINT: "http://127.0.0.1:8787/cdn-cgi/local/r2/s3",
+            S3_ACCESS_KEY_ID: "local-dev-access-key",
+            S3_SECRET_ACCESS_KEY: "local-dev-secret-key-not-for-production",
+          },
         },
       }),
     ],

@@ -4,6 +4,13 @@ import type { RateLimiter } from "./limits/rate-limiter.ts";
 /** The Worker's bindings, as wrangler.toml declares them. */
 export interface Env {
   DB: D1Database;
+  /** The R2 bucket behind S3_ENDPOINT, for the edge's own reads; absent with a non-R2 store. */
+  BUCKET?: R2Bucket;
+  S3_ENDPOINT?: string;
+  S3_REGION?: string;
+  S3_BUCKET?: string;
+  S3_ACCESS_KEY_ID?: string;
+  S3_SECRET_ACCESS_KEY?: string;
   DOORBELL: DurableObjectNamespace<Doorbell>;
   RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
   ADMIN_TOKEN?: string;

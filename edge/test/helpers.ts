@@ -1,5 +1,5 @@
 /** Drives the Worker as a client would: real HTTP requests through its fetch handler, real D1 and Durable Objects. */
-import { exports } from "cloudflare:workers";
+import { env, exports } from "cloudflare:workers";
 
 /** The Worker under test (its default export), as `wrangler.toml` declares it. */
 const worker = (exports as unknown as { default: Fetcher }).default;
@@ -81,14 +81,18 @@ export const generate = (key: string, body: Record<string, unknown> = {}, header
 export const lease = (runnerToken: string, body: Record<string, unknown> = {}) =>
   call("POST", "/internal/v1/lease", { token: runnerToken, body: { models: ["tiny-shapes"], wait_ms: 0, ...body } });
 
-export function fakeImages(n: number, seed = 1) {
-  return Array.from({ length: n }, (_, index) => ({
-    index,
-    storage_key: `outputs/x/${index}.png`,
-    width: 64,
-    height: 64,
-    seed: seed + index,
-    sha256: "a".repeat(64),
-    size_bytes: 1234,
-  }));
+/** What a runner does at the end of a job: PUT each image where the lease said, then report them. */
+export async function uploadOutputs(leased: { outputs: Array<{ index: number; storage_key: string }> }, count = leased.outputs.length) {
+  const images = [];
+  for (const out of leased.outputs.slice(0, count)) {
+    const bytes = new TextEncoder().encode(`png ${out.storage_key}`);
+    await env.BUCKET!.put(out.storage_key, bytes, { httpMetadata: { contentType: "image/png" } });
+    images.push({ index: out.index, storage_key: out.storage_key, width: 64, height: 64, seed: 1 + out.index, sha256: "a".repeat(64), size_bytes: bytes.byteLength });
+  }
+  return images;
+}
+
+export async function completeLeased(runnerToken: string, leased: any, opts: { count?: number; timings?: Record<string, number> } = {}) {
+  const images = await uploadOutputs(leased, opts.count);
+  return call("POST", `/internal/v1/jobs/${leased.job.id}/complete`, { token: runnerToken, body: { lease_id: leased.lease_id, images, timings: opts.timings ?? {} } });
 }

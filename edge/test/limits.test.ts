@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { call, fakeImages, generate, lease, newRunner, newTenant, registerModel } from "./helpers.ts";
+import { call, completeLeased, generate, lease, newRunner, newTenant, registerModel } from "./helpers.ts";
 
 beforeAll(async () => {
   await registerModel();
@@ -53,7 +53,7 @@ describe("limits", () => {
     const first = await generate(t.key, { n: 2 });
     expect(first.status).toBe(202);
     const l = await lease(runner.token);
-    await call("POST", `/internal/v1/jobs/${l.body.job.id}/complete`, { token: runner.token, body: { lease_id: l.body.lease_id, images: fakeImages(2) } });
+    expect((await completeLeased(runner.token, l.body)).status).toBe(200);
     const second = await generate(t.key, { n: 2 });
     expect(second.status).toBe(429);
     expect(second.body.error.code).toBe("daily_image_quota_exceeded");

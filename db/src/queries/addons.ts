@@ -61,3 +61,32 @@ export async function resolveVisibleVersion(
     .limit(1);
   return row;
 }
+
+/** The stored versions behind a job's "id@version" refs (whoever owns them: the job was authorised at create). */
+export async function versionsForRefs(db: Db, refs: string[]): Promise<ResolvedAddon[]> {
+  if (refs.length === 0) return [];
+  const rows = await db
+    .select({ addon: addons, version: addonVersions })
+    .from(addons)
+    .innerJoin(addonVersions, eq(addonVersions.addonId, addons.id))
+    .where(
+      and(
+        isNull(addons.deletedAt),
+        or(...refs.map((r) => {
+          const [id, v] = r.split("@");
+          return and(eq(addons.id, id!), eq(addonVersions.version, Number(v)));
+        })),
+      ),
+    );
+  return rows;
+}
+
+/** Soft-deletes an add-on its tenant owns; queued jobs that use it fail at lease with a clear error. */
+export async function deleteOwnedAddon(db: Db, tenantId: string, id: string, now: number): Promise<Addon | undefined> {
+  const [row] = await db
+    .update(addons)
+    .set({ deletedAt: now, updatedAt: now })
+    .where(and(eq(addons.id, id), eq(addons.tenantId, tenantId), isNull(addons.deletedAt)))
+    .returning();
+  return row;
+}

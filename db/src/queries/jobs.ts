@@ -266,3 +266,16 @@ export async function failJob(
   return row;
 }
 
+
+/** Images past their tenant's retention that are still stored (oldest first, a bounded batch per sweep). */
+export async function imagesPastRetention(db: Db, now: number, defaultRetentionDays: number, limit = 200): Promise<Image[]> {
+  return db.all<Image>(sql`SELECT i.id, i.job_id AS jobId, i.tenant_id AS tenantId, i."index" AS "index", i.storage_key AS storageKey,
+      i.width, i.height, i.seed, i.sha256, i.size_bytes AS sizeBytes, i.created_at AS createdAt, i.deleted_at AS deletedAt
+    FROM images i JOIN tenants t ON t.id = i.tenant_id
+    WHERE i.deleted_at IS NULL AND i.created_at < ${now} - coalesce(t.retention_days, ${defaultRetentionDays}) * 86400000
+    ORDER BY i.created_at LIMIT ${limit}`);
+}
+
+export async function markImagesDeleted(db: Db, ids: string[], now: number): Promise<void> {
+  if (ids.length) await db.update(images).set({ deletedAt: now }).where(inArray(images.id, ids));
+}

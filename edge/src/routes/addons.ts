@@ -38,4 +38,16 @@ export const addons = router()
       if (!a) throw ApiError.notFound("add-on", id, "id");
       return c.json(presentAddon(a, c.var.auth.tenant.id), 200);
     },
+  )
+  .openapi(
+    createRoute({ method: "delete", path: "/addons/{id}", tags: ["addons"], summary: "Delete an add-on this tenant owns", request: { params: IdParam("add-on id", "addon_01hzy3k8m2q9w7e4r5t6y7u8i9") }, responses: { 200: { description: "Deleted", content: { "application/json": { schema: Addon } } }, ...errorResponses(401, 403, 404, 429) } }),
+    async (c) => {
+      requireScope(c, "addons:write");
+      const { id } = c.req.valid("param");
+      const tenantId = c.var.auth.tenant.id;
+      const deleted = await addonsTable.deleteOwnedAddon(c.var.db, tenantId, id, Date.now());
+      // Someone else's add-on, public or not, is not this tenant's to delete: the same 404 as a missing one.
+      if (!deleted) throw ApiError.notFound("add-on", id, "id");
+      return c.json(presentAddon(deleted, tenantId), 200);
+    },
   );

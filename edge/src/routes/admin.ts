@@ -24,6 +24,7 @@ import { errorResponses, IdParam, iso } from "../schemas/common.ts";
 import { Model, UpsertModelBody } from "../schemas/models.ts";
 import { presentAddon } from "./addons.ts";
 import { presentModel } from "./models.ts";
+import { DEFAULT_RETENTION_DAYS } from "../storage/retention.ts";
 
 export function presentTenant(t: tenantsTable.Tenant, s: Settings): z.infer<typeof Tenant> {
   return {
@@ -35,7 +36,7 @@ export function presentTenant(t: tenantsTable.Tenant, s: Settings): z.infer<type
       max_concurrent_jobs: t.maxConcurrentJobs ?? s.defaultMaxConcurrentJobs,
       max_images_per_day: t.maxImagesPerDay ?? s.defaultMaxImagesPerDay,
       rate_limit_per_minute: t.rateLimitPerMinute ?? s.defaultRateLimitPerMinute,
-      retention_days: t.retentionDays ?? 30,
+      retention_days: t.retentionDays ?? DEFAULT_RETENTION_DAYS,
     },
     created_at: iso(t.createdAt)!,
   };

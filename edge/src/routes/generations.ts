@@ -13,12 +13,18 @@ import {
   GenerationList,
   ListGenerationsQuery,
   MAX_SEED,
+  SignedImageUrl,
+  SignImageBody,
   type GenerationRequest,
 } from "../schemas/generations.ts";
 import { ModelSpec } from "../schemas/models.ts";
 import type { Context } from "hono";
+import type { Env } from "../env.ts";
+import { objectStore, storageConfigured } from "../storage/index.ts";
 
-export function presentJob(job: jobsTable.Job, images: jobsTable.Image[]): Generation {
+export type SignedUrls = Map<string, { url: string; expiresAt: number }>;
+
+export function presentJob(job: jobsTable.Job, images: jobsTable.Image[], urls: SignedUrls = new Map()): Generation {
   return {
     id: job.id,
     object: "generation",
@@ -34,7 +40,8 @@ export function presentJob(job: jobsTable.Job, images: jobsTable.Image[]): Gener
         seed: img.seed,
         sha256: img.sha256,
         size_bytes: img.sizeBytes,
-        url: null,
+        url: urls.get(img.id)?.url ?? null,
+        url_expires_at: iso(urls.get(img.id)?.expiresAt),
       })),
     error: job.errorCode && job.status !== "succeeded" ? { code: job.errorCode, message: job.errorMessage ?? "" } : null,
     attempts: job.attempts,
@@ -46,8 +53,30 @@ export function presentJob(job: jobsTable.Job, images: jobsTable.Image[]): Gener
   };
 }
 
-export async function loadPresentedJob(db: Db, job: jobsTable.Job): Promise<Generation> {
-  return presentJob(job, job.status === "succeeded" ? await jobsTable.jobImages(db, [job.id]) : []);
+/** Signs a GET URL for each image with its job's output TTL (none when storage is not configured). */
+async function signImages(env: Env, jobs: jobsTable.Job[], images: jobsTable.Image[]): Promise<SignedUrls> {
+  const urls: SignedUrls = new Map();
+  if (!storageConfigured(env) || images.length === 0) return urls;
+  const store = objectStore(env);
+  const ttlOf = new Map(jobs.map((j) => [j.id, (j.request as GenerationRequest).output_ttl_seconds]));
+  const now = Date.now();
+  await Promise.all(
+    images.map(async (img) => {
+      const ttl = ttlOf.get(img.jobId) ?? 3600;
+      urls.set(img.id, { url: await store.presignGet(img.storageKey, ttl), expiresAt: now + ttl * 1000 });
+    }),
+  );
+  return urls;
+}
+
+export async function presentJobs(env: Env, db: Db, jobs: jobsTable.Job[]): Promise<Generation[]> {
+  const images = await jobsTable.jobImages(db, jobs.filter((j) => j.status === "succeeded").map((j) => j.id));
+  const urls = await signImages(env, jobs, images);
+  return jobs.map((j) => presentJob(j, images, urls));
+}
+
+export async function loadPresentedJob(env: Env, db: Db, job: jobsTable.Job): Promise<Generation> {
+  return (await presentJobs(env, db, [job]))[0]!;
 }
 
 const TERMINAL = new Set(jobsTable.TERMINAL);
@@ -211,6 +240,21 @@ const cancel = createRoute({
   },
 });
 
+const sign = createRoute({
+  method: "post",
+  path: "/generations/{id}/images/{index}/url",
+  tags: ["generations"],
+  summary: "Sign a new GET URL for an image, with its own lifetime",
+  request: {
+    params: z.object({
+      id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" } }),
+      index: z.coerce.number().int().min(0).max(63).openapi({ param: { name: "index", in: "path" } }),
+    }),
+    body: { content: { "application/json": { schema: SignImageBody } }, required: false },
+  },
+  responses: { 200: { description: "A signed URL", content: { "application/json": { schema: SignedImageUrl } } }, ...errorResponses(400, 401, 404, 429) },
+});
+
 export const generations = router()
   .openapi(create, async (c) => {
     requireScope(c, "generations:write");
@@ -227,7 +271,7 @@ export const generations = router()
         throw new ApiError(422, "idempotency_error", "idempotency_key_reused", "This Idempotency-Key was used with a different request body.");
       }
       c.header("Idempotent-Replayed", "true");
-      return c.json(await loadPresentedJob(db, existing), 200);
+      return c.json(await loadPresentedJob(c.env, db, existing), 200);
     };
     if (idempotencyKey) {
       const existing = await jobsTable.findByIdempotencyKey(db, tenant.id, idempotencyKey);
@@ -284,29 +328,39 @@ export const generations = router()
       job = (await waitForJob(c, tenant.id, job.id, wait)) ?? job;
     }
     c.header("Location", `/v1/generations/${job.id}`);
-    return c.json(await loadPresentedJob(db, job), TERMINAL.has(job.status) ? 200 : 202);
+    return c.json(await loadPresentedJob(c.env, db, job), TERMINAL.has(job.status) ? 200 : 202);
   })
   .openapi(get, async (c) => {
     requireScope(c, "generations:read");
     const { id } = c.req.valid("param");
     const job = await jobsTable.getJob(c.var.db, c.var.auth.tenant.id, id);
     if (!job) throw ApiError.notFound("generation", id, "id");
-    return c.json(await loadPresentedJob(c.var.db, job), 200);
+    return c.json(await loadPresentedJob(c.env, c.var.db, job), 200);
   })
   .openapi(list, async (c) => {
     requireScope(c, "generations:read");
     const q = c.req.valid("query");
     const page = await jobsTable.listJobs(c.var.db, c.var.auth.tenant.id, { status: q.status, modelId: q.model, after: q.after, limit: q.limit });
-    const imgs = await jobsTable.jobImages(c.var.db, page.jobs.filter((j) => j.status === "succeeded").map((j) => j.id));
     return c.json(
       {
         object: "list" as const,
-        data: page.jobs.map((j) => presentJob(j, imgs)),
+        data: await presentJobs(c.env, c.var.db, page.jobs),
         has_more: page.hasMore,
         next_cursor: page.hasMore ? page.jobs.at(-1)!.id : null,
       },
       200,
     );
+  })
+  .openapi(sign, async (c) => {
+    requireScope(c, "generations:read");
+    const { id, index } = c.req.valid("param");
+    const { expires_in_seconds } = SignImageBody.parse((await c.req.json().catch(() => ({}))) ?? {});
+    const job = await jobsTable.getJob(c.var.db, c.var.auth.tenant.id, id);
+    if (!job) throw ApiError.notFound("generation", id, "id");
+    const image = (await jobsTable.jobImages(c.var.db, [id])).find((img) => img.index === index && img.deletedAt === null);
+    if (!image) throw new ApiError(404, "not_found_error", "image_not_found", `Generation '${id}' has no image ${index} (not finished, or past retention).`, "index");
+    const url = await objectStore(c.env).presignGet(image.storageKey, expires_in_seconds);
+    return c.json({ url, url_expires_at: iso(Date.now() + expires_in_seconds * 1000)! }, 200);
   })
   .openapi(cancel, async (c) => {
     requireScope(c, "generations:write");

@@ -3,7 +3,7 @@
  * reports progress, learns of cancel), complete and fail (idempotent for the lease that holds the job).
  */
 import { createRoute, z } from "@hono/zod-openapi";
-import { jobsTable, runnersTable } from "@imagegen/db";
+import { addonsTable, jobsTable, runnersTable } from "@imagegen/db";
 import { router } from "../context.ts";
 import { doorbell, jobTopic, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
 import { expireLeases } from "../dispatch/expiry.ts";
@@ -13,6 +13,10 @@ import { errorResponses, iso } from "../schemas/common.ts";
 import type { GenerationRequest } from "../schemas/generations.ts";
 import { CompleteBody, FailBody, HeartbeatBody, HeartbeatResult, LeaseBody, LeasedJob, RunnerJobResult } from "../schemas/runner.ts";
 import { loadPresentedJob } from "../routes/generations.ts";
+import { objectStore, outputKey } from "../storage/index.ts";
+
+/** Presigned URLs live long enough for a slow job; the lease, not the URL, bounds who may write. */
+const JOB_URL_TTL_SECONDS = 3600;
 
 const JobId = z.object({ id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" } }) });
 
@@ -92,8 +96,37 @@ export const runnerApi = router()
       });
       if (job) {
         await doorbell(c.env, jobTopic(job.id)).ring();
+        const request = job.request as GenerationRequest;
+        const versions = await addonsTable.versionsForRefs(db, job.addonRefs);
+        const missing = job.addonRefs.filter((ref) => !versions.some((v) => `${v.addon.id}@${v.version.version}` === ref));
+        if (missing.length) {
+          // The add-on was deleted while the job waited: fail it clearly rather than run without it.
+          await jobsTable.failJob(db, { id: job.id, runnerId: runner.id, leaseId: job.leaseId!, now, code: "addon_deleted", message: `Add-on ${missing.join(", ")} was deleted before the job ran.`, retryable: false });
+          await doorbell(c.env, jobTopic(job.id)).ring();
+          continue;
+        }
+        const store = objectStore(c.env);
+        const outputs = await Promise.all(
+          Array.from({ length: request.n }, async (_, index) => {
+            const key = outputKey(job.tenantId, job.id, index);
+            return { index, storage_key: key, put_url: await store.presignPut(key, JOB_URL_TTL_SECONDS, "image/png"), content_type: "image/png" as const };
+          }),
+        );
+        const addons = await Promise.all(
+          versions.map(async ({ addon, version }) => ({
+            id: addon.id,
+            version: version.version,
+            ref: `${addon.id}@${version.version}`,
+            kind: addon.kind,
+            sha256: version.sha256,
+            size_bytes: version.sizeBytes,
+            get_url: await store.presignGet(version.storageKey, JOB_URL_TTL_SECONDS),
+          })),
+        );
         return c.json(
           {
+            outputs,
+            addons,
             lease_id: job.leaseId!,
             lease_expires_at: iso(job.leaseExpiresAt)!,
             job: {
@@ -101,7 +134,7 @@ export const runnerApi = router()
               tenant_id: job.tenantId,
               attempt: job.attempts,
               queued_ms: now - job.createdAt,
-              request: job.request as GenerationRequest,
+              request,
             },
           },
           200,
@@ -149,6 +182,17 @@ export const runnerApi = router()
     if (indexes.size !== body.images.length || body.images.some((i) => i.index >= count) || body.images.length !== count) {
       throw ApiError.invalid("invalid_images", `Job '${id}' asked for ${count} images with distinct indexes 0..${count - 1}.`, "images");
     }
+    if (!replay) {
+      const store = objectStore(c.env);
+      for (const img of body.images) {
+        const expected = outputKey(job.tenantId, id, img.index);
+        if (img.storage_key !== expected) throw ApiError.invalid("invalid_images", `Image ${img.index} must be stored at '${expected}'.`, "images");
+        const stored = await store.head(expected);
+        if (!stored || stored.size !== img.size_bytes) {
+          throw ApiError.invalid("output_missing", `Image ${img.index} is not in storage with ${img.size_bytes} bytes (found ${stored ? `${stored.size} bytes` : "nothing"}); upload it to the lease's URL first.`, "images");
+        }
+      }
+    }
     const now = Date.now();
     const done = await jobsTable.completeJob(db, {
       id,
@@ -177,7 +221,7 @@ export const runnerApi = router()
       throw leaseError(again.ok ? { ok: false, reason: "lease_lost", job: again.job } : again, id);
     }
     if (!replay) await doorbell(c.env, jobTopic(id)).ring();
-    return c.json({ job: await loadPresentedJob(db, done) }, 200);
+    return c.json({ job: await loadPresentedJob(c.env, db, done) }, 200);
   })
   .openapi(fail, async (c) => {
     const { id } = c.req.valid("param");
@@ -194,11 +238,11 @@ export const runnerApi = router()
     });
     if (failed) {
       await doorbell(c.env, failed.status === "queued" ? QUEUE_TOPIC : jobTopic(id)).ring();
-      return c.json({ job: await loadPresentedJob(db, failed) }, 200);
+      return c.json({ job: await loadPresentedJob(c.env, db, failed) }, 200);
     }
     const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
     if (!check.ok && check.reason === "already_finished" && check.job?.status === "failed") {
-      return c.json({ job: await loadPresentedJob(db, check.job) }, 200);
+      return c.json({ job: await loadPresentedJob(c.env, db, check.job) }, 200);
     }
     throw leaseError(check.ok ? { ok: false, reason: "lease_lost" } : check, id);
   });

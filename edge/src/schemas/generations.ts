@@ -106,9 +106,20 @@ export const GenerationImage = z
     seed: z.number().int(),
     sha256: z.string(),
     size_bytes: z.number().int(),
+    /** A signed GET URL, valid until url_expires_at; GET the generation again (or sign it anew) for a fresh one. */
     url: z.string().nullable(),
+    url_expires_at: z.string().nullable(),
   })
   .openapi("GenerationImage");
+
+export const SignImageBody = z
+  .object({ expires_in_seconds: z.number().int().min(60).max(7 * 24 * 3600).default(3600) })
+  .strict()
+  .openapi("SignImage");
+
+export const SignedImageUrl = z
+  .object({ url: z.string(), url_expires_at: z.string() })
+  .openapi("SignedImageUrl");
 
 export const Generation = z
   .object({

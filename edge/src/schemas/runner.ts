@@ -24,6 +24,20 @@ export const LeasedJob = z
       queued_ms: z.number().int(),
       request: GenerationRequest,
     }),
+    /** Presigned PUTs, one per image: the only places this runner may write. */
+    outputs: z.array(z.object({ index: z.number().int(), storage_key: z.string(), put_url: z.string(), content_type: z.literal("image/png") })),
+    /** Presigned GETs for the job's add-ons, with the hashes the runner must verify. */
+    addons: z.array(
+      z.object({
+        id: z.string(),
+        version: z.number().int(),
+        ref: z.string(),
+        kind: z.enum(["lora", "controlnet"]),
+        sha256: z.string().nullable(),
+        size_bytes: z.number().int().nullable(),
+        get_url: z.string(),
+      }),
+    ),
   })
   .openapi("LeasedJob");
 

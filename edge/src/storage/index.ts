@@ -1,0 +1,124 @@
+/**
+ * Object storage through the S3 API (`@aws-sdk/client-s3`): R2 in production, any S3-compatible store elsewhere,
+ * and wrangler's local R2 bucket (which checks SigV4 signatures and expiry) on one machine. Runners and clients
+ * only ever get presigned URLs for exactly the objects a job reads or writes; keys are namespaced by tenant.
+ * Reads the edge does itself (HEAD, hashing an upload) go through the R2 binding when there is one.
+ */
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
+import type { Env } from "../env.ts";
+import { ApiError } from "../errors.ts";
+
+export interface ObjectInfo {
+  size: number;
+  contentType?: string;
+}
+
+export interface ObjectStore {
+  presignGet(key: string, expiresInSeconds: number): Promise<string>;
+  /** A PUT that must carry exactly this content type (and this length, when given). */
+  presignPut(key: string, expiresInSeconds: number, contentType: string, contentLength?: number): Promise<string>;
+  head(key: string): Promise<ObjectInfo | undefined>;
+  /** SHA-256 (hex) of the object, streamed; undefined when it does not exist. */
+  sha256(key: string): Promise<string | undefined>;
+  /** The first bytes of an object (e.g. a safetensors header), undefined when it does not exist. */
+  readRange(key: string, offset: number, length: number): Promise<Uint8Array | undefined>;
+}
+
+export const outputKey = (tenantId: string, jobId: string, index: number) => `tenants/${tenantId}/outputs/${jobId}/${index}.png`;
+export const addonKey = (tenantId: string, addonId: string, version: number) => `tenants/${tenantId}/addons/${addonId}/v${version}`;
+
+/** Longest a presigned URL may live (SigV4's own limit is 7 days). */
+export const MAX_URL_TTL_SECONDS = 7 * 24 * 3600;
+
+export const storageConfigured = (env: Env) => Boolean(env.S3_ENDPOINT && env.S3_ACCESS_KEY_ID && env.S3_SECRET_ACCESS_KEY);
+
+let cached: { fingerprint: string; client: S3Client } | undefined;
+
+function s3(env: Env): { client: S3Client; bucket: string } {
+  if (!env.S3_ENDPOINT || !env.S3_ACCESS_KEY_ID || !env.S3_SECRET_ACCESS_KEY) {
+    throw new ApiError(503, "api_error", "storage_not_configured", "Object storage is not configured (S3_ENDPOINT, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY).");
+  }
+  const fingerprint = `${env.S3_ENDPOINT}|${env.S3_REGION}|${env.S3_ACCESS_KEY_ID}`;
+  if (cached?.fingerprint !== fingerprint) {
+    cached = {
+      fingerprint,
+      client: new S3Client({
+        endpoint: env.S3_ENDPOINT,
+        region: env.S3_REGION || "auto",
+        forcePathStyle: true,
+        credentials: { accessKeyId: env.S3_ACCESS_KEY_ID, secretAccessKey: env.S3_SECRET_ACCESS_KEY },
+        // Without these, presigned PUTs carry an empty-body checksum that S3 and R2 reject.
+        requestChecksumCalculation: "WHEN_REQUIRED",
+        responseChecksumValidation: "WHEN_REQUIRED",
+      }),
+    };
+  }
+  return { client: cached.client, bucket: env.S3_BUCKET || "imagegen" };
+}
+
+async function digestStream(body: ReadableStream<Uint8Array>): Promise<string> {
+  const digest = new crypto.DigestStream("SHA-256");
+  await body.pipeTo(digest);
+  return [...new Uint8Array(await digest.digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export function objectStore(env: Env): ObjectStore {
+  const bucket = env.BUCKET;
+  return {
+    async presignGet(key, expiresIn) {
+      const { client, bucket: name } = s3(env);
+      return getSignedUrl(client, new GetObjectCommand({ Bucket: name, Key: key }), { expiresIn: Math.min(expiresIn, MAX_URL_TTL_SECONDS) });
+    },
+    async presignPut(key, expiresIn, contentType, contentLength) {
+      const { client, bucket: name } = s3(env);
+      const command = new PutObjectCommand({ Bucket: name, Key: key, ContentType: contentType, ContentLength: contentLength });
+      return getSignedUrl(client, command, {
+        expiresIn: Math.min(expiresIn, MAX_URL_TTL_SECONDS),
+        signableHeaders: new Set(["content-type", ...(contentLength !== undefined ? ["content-length"] : [])]),
+      });
+    },
+    async head(key) {
+      if (bucket) {
+        const obj = await bucket.head(key);
+        return obj ? { size: obj.size, contentType: obj.httpMetadata?.contentType } : undefined;
+      }
+      const { client, bucket: name } = s3(env);
+      try {
+        const r = await client.send(new HeadObjectCommand({ Bucket: name, Key: key }));
+        return { size: r.ContentLength ?? 0, contentType: r.ContentType };
+      } catch (err) {
+        if ((err as { name?: string }).name === "NotFound") return undefined;
+        throw err;
+      }
+    },
+    async sha256(key) {
+      if (bucket) {
+        const obj = await bucket.get(key);
+        return obj ? digestStream(obj.body) : undefined;
+      }
+      const { client, bucket: name } = s3(env);
+      try {
+        const r = await client.send(new GetObjectCommand({ Bucket: name, Key: key }));
+        return digestStream(r.Body!.transformToWebStream() as ReadableStream<Uint8Array>);
+      } catch (err) {
+        if ((err as { name?: string }).name === "NoSuchKey") return undefined;
+        throw err;
+      }
+    },
+    async readRange(key, offset, length) {
+      if (bucket) {
+        const obj = await bucket.get(key, { range: { offset, length } });
+        return obj ? new Uint8Array(await obj.arrayBuffer()) : undefined;
+      }
+      const { client, bucket: name } = s3(env);
+      try {
+        const r = await client.send(new GetObjectCommand({ Bucket: name, Key: key, Range: `bytes=${offset}-${offset + length - 1}` }));
+        return await r.Body!.transformToByteArray();
+      } catch (err) {
+        if ((err as { name?: string }).name === "NoSuchKey") return undefined;
+        throw err;
+      }
+    },
+  };
+}
