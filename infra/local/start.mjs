@@ -22,6 +22,18 @@ const persist = join(stateDir, "wrangler");
 const wrangler = join(root, "node_modules/.bin/wrangler");
 const children = [];
 
+/** The local bucket's S3 credentials, read from wrangler.toml (where wrangler dev takes them from). */
+function localS3Credentials() {
+  const toml = readFileSync(join(root, "wrangler.toml"), "utf8");
+  const accessKeyId = toml.match(/accessKeyId\s*=\s*"([^"]+)"/)?.[1];
+  const secretAccessKey = toml.match(/secretAccessKey\s*=\s*"([^"]+)"/)?.[1];
+  if (!accessKeyId || !secretAccessKey) throw new Error("wrangler.toml has no local_dev.experimental_s3_credentials for the bucket");
+  return { accessKeyId, secretAccessKey };
+}
+const s3 = process.env.S3_ENDPOINT
+  ? { endpoint: process.env.S3_ENDPOINT, accessKeyId: process.env.S3_ACCESS_KEY_ID, secretAccessKey: process.env.S3_SECRET_ACCESS_KEY }
+  : { endpoint: `${edgeUrl}/cdn-cgi/local/r2/s3`, ...localS3Credentials() };
+
 function log(msg) {
   process.stderr.write(`[start] ${msg}\n`);
 }
@@ -92,7 +104,8 @@ async function main() {
   await run(wrangler, ["d1", "migrations", "apply", "imagegen", "--local", "--persist-to", persist]);
 
   log(`starting the edge on ${edgeUrl}`);
-  const edge = spawn(wrangler, ["dev", "--ip", "127.0.0.1", "--port", String(edgePort), "--persist-to", persist, "--var", `ADMIN_TOKEN:${adminToken}`, "--show-interactive-dev-session=false"], {
+  const edge = spawn(wrangler, ["dev", "--ip", "127.0.0.1", "--port", String(edgePort), "--persist-to", persist, "--var", `ADMIN_TOKEN:${adminToken}`,
+    "--var", `S3_ENDPOINT:${s3.endpoint}`, "--var", `S3_ACCESS_KEY_ID:${s3.accessKeyId}`, "--var", `S3_SECRET_ACCESS_KEY:${s3.secretAccessKey}`, "--show-interactive-dev-session=false"], {
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, CI: "1" },
