@@ -8,8 +8,11 @@ import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
+import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 
+const { values: args } = parseArgs({ options: { runners: { type: "string", default: process.env.RUNNERS ?? "1" } } });
+const runnerCount = Math.max(0, Number(args.runners));
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const stateDir = resolve(root, process.env.STATE_DIR ?? ".state");
 const edgePort = Number(process.env.EDGE_PORT ?? 8787);
@@ -130,6 +133,20 @@ async function main() {
   }
   const models = await registerModels();
 
+  for (let i = 0; i < runnerCount; i++) {
+    const { token, id } = await api("POST", "/admin/v1/runners", adminToken, { name: `local-runner-${i + 1}` });
+    const runner = spawn(process.execPath, [join(root, "gpu-runner/src/runner/serve.ts"), "--workers", "1"], {
+      cwd: root,
+      stdio: ["ignore", "inherit", "pipe"],
+      env: { ...process.env, EDGE_URL: edgeUrl, RUNNER_TOKEN: token },
+    });
+    children.push(runner);
+    const tag = `[runner ${i + 1}] `;
+    runner.stderr.on("data", (d) => process.stderr.write(String(d).replace(/^(?=.)/gm, tag)));
+    runner.on("exit", (code) => log(`runner ${i + 1} (${id}) exited (${code})`));
+  }
+
+  const model = models.includes("tiny-shapes") ? "tiny-shapes" : models[0] ?? "tiny-shapes";
   const state = {
     edge_url: edgeUrl,
     dashboard_url: `${edgeUrl}/dashboard`,
@@ -138,9 +155,11 @@ async function main() {
     demo_tenant_id: tenant,
     demo_api_key: apiKey,
     models,
+    default_model: model,
+    runners: runnerCount,
   };
   writeFileSync(statePath, JSON.stringify(state, null, 2) + "\n", { mode: 0o600 });
-  const curl = `curl -s ${edgeUrl}/v1/generations -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" -H "Prefer: wait=30" -d '{"prompt":"a large red circle on the left, blue background"}'`;
+  const curl = `curl -s ${edgeUrl}/v1/generations -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" -H "Prefer: wait=30" -d '{"model":"${model}","prompt":"a large red circle on the left, blue background"}'`;
   process.stdout.write(
     [
       "",
@@ -149,6 +168,7 @@ async function main() {
       `  OpenAPI     ${state.openapi_url}`,
       `  demo key    ${apiKey}`,
       `  models      ${models.length ? models.join(", ") : "(none registered yet)"}`,
+      `  runners     ${runnerCount}`,
       `  state file  ${statePath}`,
       "",
       "Try:",

@@ -37,7 +37,7 @@ export const CacheOption = z
       .object({
         mode: z.literal("deepcache"),
         interval: z.number().int().min(2).max(10).default(3),
-        schedule: z.enum(["uniform", "nonuniform"]).default("uniform"),
+        schedule: z.enum(["uniform", "non-uniform"]).default("uniform"),
       })
       .strict(),
   ])

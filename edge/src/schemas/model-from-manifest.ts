@@ -6,23 +6,25 @@ import type { ModelManifest } from "../../../gpu-runner/src/pipeline/manifest.ts
 import type { ModelSpec, SamplerName } from "./models.ts";
 
 /** Step ranges each sampler is meant for: few-step samplers are distilled for their range. */
-const STEP_RANGE: Record<SamplerName, { min: number; max: number; fallback: number }> = {
-  ddim: { min: 1, max: 200, fallback: 50 },
-  lcm: { min: 1, max: 8, fallback: 4 },
-  "rectified-flow": { min: 1, max: 50, fallback: 1 },
+const STEP_RANGE: Record<SamplerName, { min: number; max: number; fallback: number; guidance: number }> = {
+  ddim: { min: 1, max: 200, fallback: 50, guidance: 4 },
+  // LCM-LoRA style sampling on a guided base: one pass per step at a low scale (REFERENCE.md).
+  lcm: { min: 1, max: 8, fallback: 4, guidance: 1.5 },
+  "rectified-flow": { min: 1, max: 50, fallback: 1, guidance: 1 },
 };
 
 export function modelSpecFromManifest(m: ModelManifest): ModelSpec {
   const samplers: ModelSpec["samplers"] = {};
   for (const name of m.samplers) {
     const range = STEP_RANGE[name];
-    const defaultGuidance = m.guidance.cfg || m.guidance.embedding ? m.guidance.default_scale : 1;
+    const guided = m.guidance.cfg || m.guidance.embedding !== undefined;
+    const defaultGuidance = !guided ? 1 : name === m.default_sampler ? m.guidance.default_scale : range.guidance;
     samplers[name] = {
       min_steps: range.min,
       max_steps: range.max,
       default_steps: name === m.default_sampler ? m.default_steps : range.fallback,
       default_guidance: defaultGuidance,
-      max_guidance: m.guidance.cfg || m.guidance.embedding ? 20 : 1,
+      max_guidance: guided ? 20 : 1,
     };
   }
   return {

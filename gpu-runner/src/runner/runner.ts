@@ -1,0 +1,238 @@
+/**
+ * The lease loop: lease a job (long poll, no sleeping between polls), run it in the inference pool while a
+ * heartbeat extends the lease, reports progress and learns of cancel, upload the PNGs to the job's presigned
+ * URLs, complete with image metadata, timings and provenance. On shutdown it stops leasing and finishes the job
+ * in hand, or, past the grace period, hands it back (a retryable failure puts it back in the queue).
+ */
+import { createHash } from "node:crypto";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import type { InferencePool } from "../workers/pool.ts";
+import type { GenerationRequest } from "../pipeline/request.ts";
+import { EdgeError, type EdgeClient, type LeasedJob } from "./edge-client.ts";
+
+export interface ModelEntry {
+  name: string;
+  dir: string;
+  /** SHA-256 of the bundle's manifest.json (which lists its components' hashes): what produced an image. */
+  manifestSha256: string;
+}
+
+/** Every diffusion bundle under `modelsDir`, by model name. */
+export function discoverModels(modelsDir: string): Map<string, ModelEntry> {
+  const models = new Map<string, ModelEntry>();
+  if (!existsSync(modelsDir)) return models;
+  for (const name of readdirSync(modelsDir)) {
+    const path = join(modelsDir, name, "manifest.json");
+    if (!existsSync(path)) continue;
+    const text = readFileSync(path);
+    const manifest = JSON.parse(text.toString("utf8")) as { kind?: string; name?: string };
+    if (manifest.kind !== "diffusion" || !manifest.name) continue;
+    models.set(manifest.name, { name: manifest.name, dir: join(modelsDir, name), manifestSha256: createHash("sha256").update(text).digest("hex") });
+  }
+  return models;
+}
+
+type EdgeRequest = LeasedJob["job"]["request"];
+
+/** The edge's wire request as the pipeline takes it. */
+export function pipelineRequest(r: EdgeRequest): GenerationRequest {
+  return {
+    prompt: r.prompt,
+    negativePrompt: r.negative_prompt,
+    sampler: r.sampler,
+    steps: r.steps,
+    seed: r.seed,
+    guidance: r.guidance,
+    n: r.n,
+    width: r.width,
+    height: r.height,
+    cache: r.cache.mode === "deepcache" ? { mode: "deepcache", interval: r.cache.interval, schedule: r.cache.schedule } : null,
+  };
+}
+
+export interface RunnerOptions {
+  edge: EdgeClient;
+  pool: InferencePool;
+  models: Map<string, ModelEntry>;
+  /** How often to heartbeat; well inside the edge's lease TTL. */
+  heartbeatMs?: number;
+  /** How long shutdown waits for the job in hand before handing it back. */
+  shutdownGraceMs?: number;
+  leaseWaitMs?: number;
+  log?: (event: Record<string, unknown>) => void;
+}
+
+/** Errors that another attempt cannot fix: the job fails at once instead of being retried. */
+const PERMANENT = new Set(["BundleError", "SamplerMismatchError", "GenerationError", "ZodError", "UnsupportedAddonError"]);
+
+export class Runner {
+  private stopping = false;
+  private current: Promise<void> | null = null;
+  private readonly leaseAbort = new AbortController();
+  private readonly jobAbort = new AbortController();
+  private readonly heartbeatMs: number;
+  private readonly log: (event: Record<string, unknown>) => void;
+  /** Jobs finished by this runner, for the CLI's summary and the tests. */
+  readonly done: Array<{ id: string; status: "succeeded" | "failed" | "canceled" | "released"; ms: number }> = [];
+
+  private readonly o: RunnerOptions;
+
+  constructor(options: RunnerOptions) {
+    this.o = options;
+    this.heartbeatMs = options.heartbeatMs ?? 5_000;
+    this.log = options.log ?? ((e) => process.stderr.write(`${JSON.stringify({ t: new Date().toISOString(), ...e })}\n`));
+  }
+
+  /** Leases and runs jobs until `stop()`. */
+  async run(): Promise<void> {
+    const models = [...this.o.models.keys()];
+    if (models.length === 0) throw new Error("no model bundles to serve");
+    this.log({ event: "runner.start", models });
+    while (!this.stopping) {
+      let leased: LeasedJob | null;
+      try {
+        leased = await this.o.edge.lease({ models, warm_addons: [], capacity: 1, wait_ms: this.o.leaseWaitMs ?? 25_000 }, this.leaseAbort.signal);
+      } catch (err) {
+        if (this.stopping) break;
+        this.log({ event: "lease.error", error: String(err) });
+        await new Promise((r) => setTimeout(r, 1_000));
+        continue;
+      }
+      if (!leased) continue;
+      this.current = this.process(leased);
+      await this.current;
+      this.current = null;
+    }
+    this.log({ event: "runner.stop" });
+  }
+
+  /** Stops leasing; finishes the job in hand within the grace period, else hands it back to the queue. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.leaseAbort.abort(new Error("runner stopping"));
+    if (!this.current) return;
+    const grace = this.o.shutdownGraceMs ?? 30_000;
+    const timer = setTimeout(() => this.jobAbort.abort(new Error("shutdown")), grace);
+    await this.current;
+    clearTimeout(timer);
+  }
+
+  private async process(leased: LeasedJob): Promise<void> {
+    const { job, lease_id: leaseId } = leased;
+    const started = performance.now();
+    const model = this.o.models.get(job.request.model);
+    const cancel = new AbortController();
+    const abortOnShutdown = () => cancel.abort(this.jobAbort.signal.reason);
+    this.jobAbort.signal.addEventListener("abort", abortOnShutdown);
+    let progress: { step: number; total: number } | undefined;
+    let canceled = false;
+    const beat = async () => {
+      try {
+        const hb = await this.o.edge.heartbeat(job.id, { lease_id: leaseId, ...(progress ? { progress } : {}) });
+        if (hb.cancel && !cancel.signal.aborted) {
+          canceled = true;
+          cancel.abort(new Error("canceled by the tenant"));
+        }
+      } catch (err) {
+        // A lost lease means another runner may have the job now: stop working on it.
+        if (err instanceof EdgeError && err.status === 409) {
+          canceled = true;
+          cancel.abort(err);
+        }
+        this.log({ event: "heartbeat.error", job: job.id, error: String(err) });
+      }
+    };
+    const timer = setInterval(beat, this.heartbeatMs);
+    let lastProgressBeat = 0;
+    this.log({ event: "job.start", job: job.id, attempt: job.attempt, queued_ms: job.queued_ms, sampler: job.request.sampler, steps: job.request.steps });
+    try {
+      if (!model) throw Object.assign(new Error(`this runner does not serve model '${job.request.model}'`), { name: "BundleError" });
+      if (leased.addons.length > 0) {
+        throw Object.assign(new Error("this runner build does not apply add-ons yet (LoRA / ControlNet serving is issue 5)"), { name: "UnsupportedAddonError" });
+      }
+      const t0 = performance.now();
+      const result = await this.o.pool.generate(model.dir, pipelineRequest(job.request), {
+        signal: cancel.signal,
+        onProgress: ({ step, steps }) => {
+          progress = { step, total: steps };
+          // Progress goes out promptly but at most a few times a second.
+          if (performance.now() - lastProgressBeat > 250) {
+            lastProgressBeat = performance.now();
+            void beat();
+          }
+        },
+      });
+      const inferenceMs = performance.now() - t0;
+      const t1 = performance.now();
+      const images = await Promise.all(
+        result.images.map(async (png, index) => {
+          const out = leased.outputs.find((o) => o.index === index);
+          if (!out) throw new Error(`the lease has no upload URL for image ${index}`);
+          await this.o.edge.upload(out.put_url, png, out.content_type, cancel.signal);
+          return {
+            index,
+            storage_key: out.storage_key,
+            width: result.width,
+            height: result.height,
+            seed: result.seeds[index]!,
+            sha256: createHash("sha256").update(png).digest("hex"),
+            size_bytes: png.byteLength,
+          };
+        }),
+      );
+      const uploadMs = performance.now() - t1;
+      await this.o.edge.complete(job.id, {
+        lease_id: leaseId,
+        images,
+        timings: {
+          addon_load_ms: 0,
+          inference_ms: round(inferenceMs),
+          text_encoder_ms: round(result.timings.textEncoderMs),
+          unet_ms: round(result.timings.unetMs),
+          vae_ms: round(result.timings.vaeMs),
+          png_ms: round(result.timings.pngMs),
+          upload_ms: round(uploadMs),
+          runner_total_ms: round(performance.now() - started),
+        },
+        provenance: {
+          model: model.name,
+          model_manifest_sha256: model.manifestSha256,
+          sampler: result.sampler,
+          steps: result.steps,
+          timesteps: result.timesteps,
+          guidance: result.guidance,
+          seeds: result.seeds,
+          cache: job.request.cache,
+          addons: leased.addons.map((a) => ({ ref: a.ref, sha256: a.sha256 })),
+        },
+      });
+      this.done.push({ id: job.id, status: "succeeded", ms: performance.now() - started });
+      this.log({ event: "job.done", job: job.id, ms: round(performance.now() - started), inference_ms: round(inferenceMs), upload_ms: round(uploadMs) });
+    } catch (err) {
+      const name = (err as Error).name;
+      if (canceled) {
+        this.done.push({ id: job.id, status: "canceled", ms: performance.now() - started });
+        this.log({ event: "job.canceled", job: job.id });
+      } else if (this.jobAbort.signal.aborted) {
+        // Shutting down: hand the job back so another runner finishes it.
+        await this.o.edge.fail(job.id, { lease_id: leaseId, error: { code: "runner_shutdown", message: "The runner shut down mid-job; requeued." }, retryable: true }).catch(() => {});
+        this.done.push({ id: job.id, status: "released", ms: performance.now() - started });
+        this.log({ event: "job.released", job: job.id });
+      } else {
+        const permanent = PERMANENT.has(name);
+        await this.o.edge
+          .fail(job.id, { lease_id: leaseId, error: { code: permanent ? "generation_failed" : "runner_error", message: String((err as Error).message).slice(0, 2000) }, retryable: !permanent })
+          .catch((e) => this.log({ event: "fail.error", job: job.id, error: String(e) }));
+        this.done.push({ id: job.id, status: "failed", ms: performance.now() - started });
+        this.log({ event: "job.failed", job: job.id, error: String((err as Error).message), retryable: !permanent });
+      }
+    } finally {
+      clearInterval(timer);
+      this.jobAbort.signal.removeEventListener("abort", abortOnShutdown);
+    }
+  }
+}
+
+const round = (ms: number) => Math.round(ms * 10) / 10;

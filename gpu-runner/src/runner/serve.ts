@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+/**
+ * The runner daemon: serves every model bundle under --models to the edge's runner API.
+ *
+ *   EDGE_URL=http://127.0.0.1:8787 RUNNER_TOKEN=igr_… node gpu-runner/src/runner/serve.ts --workers 1
+ *
+ * SIGINT / SIGTERM: stop leasing, finish the job in hand (or hand it back after --grace-ms), then exit.
+ */
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { SessionConfigSchema } from "../pipeline/bundle.ts";
+import { InferencePool } from "../workers/pool.ts";
+import { EdgeClient } from "./edge-client.ts";
+import { discoverModels, Runner } from "./runner.ts";
+
+const DEFAULT_MODELS = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "zoo", "models");
+
+const { values } = parseArgs({
+  options: {
+    edge: { type: "string", default: process.env.EDGE_URL ?? "http://127.0.0.1:8787" },
+    token: { type: "string", default: process.env.RUNNER_TOKEN },
+    models: { type: "string", default: process.env.MODELS_DIR ?? DEFAULT_MODELS },
+    only: { type: "string", default: process.env.RUNNER_MODELS },
+    workers: { type: "string", default: process.env.RUNNER_WORKERS ?? "1" },
+    threads: { type: "string", default: process.env.RUNNER_THREADS ?? "1" },
+    ep: { type: "string", default: process.env.EXECUTION_PROVIDERS ?? "cpu" },
+    "heartbeat-ms": { type: "string", default: "5000" },
+    "grace-ms": { type: "string", default: "30000" },
+  },
+});
+
+if (!values.token) {
+  process.stderr.write("serve: a runner token is required (--token or RUNNER_TOKEN; the admin API issues them)\n");
+  process.exit(2);
+}
+
+let models = discoverModels(values.models);
+if (values.only) {
+  const keep = new Set(values.only.split(","));
+  models = new Map([...models].filter(([name]) => keep.has(name)));
+}
+if (models.size === 0) {
+  process.stderr.write(`serve: no model bundles found in ${values.models}\n`);
+  process.exit(2);
+}
+
+const pool = new InferencePool({
+  size: Number(values.workers),
+  session: SessionConfigSchema.parse({ executionProviders: values.ep.split(","), intraOpNumThreads: Number(values.threads) }),
+});
+const runner = new Runner({
+  edge: new EdgeClient(values.edge, values.token),
+  pool,
+  models,
+  heartbeatMs: Number(values["heartbeat-ms"]),
+  shutdownGraceMs: Number(values["grace-ms"]),
+});
+
+let stopping = false;
+const shutdown = async () => {
+  if (stopping) return;
+  stopping = true;
+  await runner.stop();
+  await pool.close();
+  process.exit(0);
+};
+process.on("SIGINT", shutdown);
+process.on("SIGTERM", shutdown);
+
+await runner.run();
+await pool.close();
