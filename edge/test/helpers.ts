@@ -44,6 +44,11 @@ export const TINY_SPEC = {
   supports_lora: true,
   supports_controlnet: true,
   supports_deepcache: true,
+  lora_targets: [
+    { module: "down_blocks.0.attentions.0.to_q", in_features: 8, out_features: 8 },
+    { module: "mid_block.proj", in_features: 16, out_features: 4 },
+  ],
+  lora_max_rank: 8,
 };
 
 export async function registerModel(id = "tiny-shapes", family = "tiny-shapes") {

@@ -1,4 +1,5 @@
-import { and, desc, eq, isNull, or, sql } from "drizzle-orm";
+import { and, desc, eq, inArray, isNull, or, sql } from "drizzle-orm";
+import { transaction } from "../batch.ts";
 import type { Db } from "../index.ts";
 import { addons, addonVersions } from "../schema.ts";
 
@@ -11,12 +12,10 @@ export type NewAddonVersion = typeof addonVersions.$inferInsert;
 const visibleTo = (tenantId: string) =>
   and(isNull(addons.deletedAt), or(eq(addons.tenantId, tenantId), eq(addons.visibility, "public")));
 
-export async function insertAddonWithVersion(db: Db, addon: NewAddon, version: NewAddonVersion) {
-  const [a, v] = await db.batch([
-    db.insert(addons).values(addon).returning(),
-    db.insert(addonVersions).values(version).returning(),
-  ]);
-  return { addon: a[0]!, version: v[0]! };
+/** Inserts an add-on with its first version (or with none: uploads add theirs with `addVersion`). */
+export async function insertAddonWithVersion(db: Db, addon: NewAddon, versions: NewAddonVersion[]) {
+  const [a, ...v] = await db.batch([db.insert(addons).values(addon).returning(), ...versions.map((x) => db.insert(addonVersions).values(x).returning())]);
+  return { addon: a[0]!, versions: v.map((r) => r[0]!) };
 }
 
 export async function getVisibleAddon(db: Db, tenantId: string, id: string): Promise<Addon | undefined> {
@@ -86,6 +85,62 @@ export async function deleteOwnedAddon(db: Db, tenantId: string, id: string, now
   const [row] = await db
     .update(addons)
     .set({ deletedAt: now, updatedAt: now })
+    .where(and(eq(addons.id, id), eq(addons.tenantId, tenantId), isNull(addons.deletedAt)))
+    .returning();
+  return row;
+}
+
+export async function getOwnedAddon(db: Db, tenantId: string, id: string): Promise<Addon | undefined> {
+  return db.query.addons.findFirst({ where: and(eq(addons.id, id), eq(addons.tenantId, tenantId), isNull(addons.deletedAt)) });
+}
+
+export async function findOwnedByName(db: Db, tenantId: string, name: string): Promise<Addon | undefined> {
+  return db.query.addons.findFirst({ where: and(eq(addons.tenantId, tenantId), eq(addons.name, name), isNull(addons.deletedAt)) });
+}
+
+/** Adds the next version of an add-on, atomically (one D1 batch): two uploads cannot take the same number. */
+export async function addVersion(db: Db, addonId: string, v: { storageKey: (version: number) => string; sizeBytes: number; sha256: string }, now: number) {
+  // The storage key embeds the version number, which only the database knows: compute it in SQL from a template.
+  const template = v.storageKey(0).replace(/v0$/, "v");
+  const insert = sql`INSERT INTO addon_versions (addon_id, version, status, size_bytes, sha256, storage_key, created_at, updated_at)
+    SELECT id, latest_version + 1, 'pending', ${v.sizeBytes}, ${v.sha256}, ${template} || (latest_version + 1), ${now}, ${now}
+    FROM addons WHERE id = ${addonId}`;
+  const bump = sql`UPDATE addons SET latest_version = latest_version + 1, updated_at = ${now} WHERE id = ${addonId}`;
+  await transaction(db, [insert, bump]);
+  const addon = (await db.query.addons.findFirst({ where: eq(addons.id, addonId) }))!;
+  const version = (await getVersion(db, addonId, addon.latestVersion))!;
+  return { addon, version };
+}
+
+export async function getVersion(db: Db, addonId: string, version: number): Promise<AddonVersion | undefined> {
+  return db.query.addonVersions.findFirst({ where: and(eq(addonVersions.addonId, addonId), eq(addonVersions.version, version)) });
+}
+
+export async function listVersions(db: Db, addonId: string): Promise<AddonVersion[]> {
+  return db.select().from(addonVersions).where(eq(addonVersions.addonId, addonId)).orderBy(desc(addonVersions.version));
+}
+
+/** Moves a version between states, only from the state the caller saw (so two finalizes cannot both run). */
+export async function transitionVersion(
+  db: Db,
+  addonId: string,
+  version: number,
+  from: AddonVersion["status"][],
+  patch: Partial<Pick<AddonVersion, "status" | "rejectionReason" | "details">>,
+  now: number,
+): Promise<AddonVersion | undefined> {
+  const [row] = await db
+    .update(addonVersions)
+    .set({ ...patch, updatedAt: now })
+    .where(and(eq(addonVersions.addonId, addonId), eq(addonVersions.version, version), inArray(addonVersions.status, from)))
+    .returning();
+  return row;
+}
+
+export async function setVisibility(db: Db, tenantId: string, id: string, visibility: Addon["visibility"], now: number) {
+  const [row] = await db
+    .update(addons)
+    .set({ visibility, updatedAt: now })
     .where(and(eq(addons.id, id), eq(addons.tenantId, tenantId), isNull(addons.deletedAt)))
     .returning();
   return row;

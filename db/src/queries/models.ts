@@ -1,4 +1,4 @@
-import { eq } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import type { Db } from "../index.ts";
 import { models } from "../schema.ts";
 
@@ -29,4 +29,9 @@ export async function getModel(db: Db, id: string): Promise<Model | undefined> {
 
 export async function listModels(db: Db): Promise<Model[]> {
   return db.select().from(models).where(eq(models.status, "active")).orderBy(models.id);
+}
+
+/** The active models of a family: add-ons are validated against them. */
+export async function modelsOfFamily(db: Db, family: string): Promise<Model[]> {
+  return db.select().from(models).where(and(eq(models.family, family), eq(models.status, "active"))).orderBy(models.id);
 }

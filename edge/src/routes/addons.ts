@@ -3,7 +3,11 @@ import { addonsTable } from "@imagegen/db";
 import { requireScope } from "../auth/middleware.ts";
 import { router } from "../context.ts";
 import { ApiError } from "../errors.ts";
-import { Addon } from "../schemas/admin.ts";
+import { ADDON_SIZE_LIMITS, Addon, AddonUpload, AddonVersion, CreateAddonBody, UpdateAddonBody } from "../schemas/admin.ts";
+import { validateLora } from "../addons/validate.ts";
+import { addonKey, objectStore } from "../storage/index.ts";
+import { newId } from "../lib/ids.ts";
+import { audit } from "./admin.ts";
 import { errorResponses, IdParam, iso } from "../schemas/common.ts";
 
 export function presentAddon(a: addonsTable.Addon, tenantId: string): z.infer<typeof Addon> {
@@ -20,7 +24,137 @@ export function presentAddon(a: addonsTable.Addon, tenantId: string): z.infer<ty
   };
 }
 
+export function presentVersion(v: addonsTable.AddonVersion): z.infer<typeof AddonVersion> {
+  return {
+    version: v.version,
+    status: v.status,
+    rejection_reason: v.rejectionReason,
+    size_bytes: v.sizeBytes,
+    sha256: v.sha256,
+    details: v.details ?? null,
+    created_at: iso(v.createdAt)!,
+  };
+}
+
+const UPLOAD_URL_TTL_SECONDS = 3600;
+const AddonId = IdParam("add-on id", "addon_01hzy3k8m2q9w7e4r5t6y7u8i9");
+const VersionParams = z.object({
+  id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" } }),
+  version: z.coerce.number().int().min(1).openapi({ param: { name: "version", in: "path" } }),
+});
+
 export const addons = router()
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/addons",
+      tags: ["addons"],
+      summary: "Start an add-on upload: returns a presigned PUT for exactly the declared size",
+      description: "PUT the file to `upload.url` with the given headers, then call finalize. Uploading a name this tenant already has adds a version.",
+      request: { body: { content: { "application/json": { schema: CreateAddonBody } }, required: true } },
+      responses: { 201: { description: "Upload started", content: { "application/json": { schema: AddonUpload } } }, ...errorResponses(400, 401, 403, 429) },
+    }),
+    async (c) => {
+      requireScope(c, "addons:write");
+      const body = c.req.valid("json");
+      const tenantId = c.var.auth.tenant.id;
+      const db = c.var.db;
+      if (body.size_bytes > ADDON_SIZE_LIMITS[body.kind]) {
+        throw ApiError.invalid("addon_too_large", `A ${body.kind} may be at most ${ADDON_SIZE_LIMITS[body.kind]} bytes; declared ${body.size_bytes}.`, "size_bytes");
+      }
+      if (body.kind === "controlnet") {
+        throw ApiError.invalid("unsupported_addon_kind", "ControlNet uploads are not open yet: use the public ControlNets (GET /v1/addons).", "kind");
+      }
+      const now = Date.now();
+      let existing = await addonsTable.findOwnedByName(db, tenantId, body.name);
+      if (existing && (existing.kind !== body.kind || existing.family !== body.family)) {
+        throw ApiError.conflict("addon_name_taken", `Add-on '${body.name}' is a ${existing.kind} for '${existing.family}'; a new version must match.`);
+      }
+      if (!existing) {
+        existing = (
+          await addonsTable.insertAddonWithVersion(
+            db,
+            { id: newId("addon", now), tenantId, kind: body.kind, name: body.name, family: body.family, visibility: body.visibility, latestVersion: 0, createdAt: now, updatedAt: now },
+            [],
+          )
+        ).addon;
+      }
+      const { addon, version } = await addonsTable.addVersion(db, existing.id, { storageKey: (v) => addonKey(tenantId, existing!.id, v), sizeBytes: body.size_bytes, sha256: body.sha256 }, now);
+      const contentType = "application/octet-stream";
+      const url = await objectStore(c.env).presignPut(version.storageKey, UPLOAD_URL_TTL_SECONDS, contentType, body.size_bytes);
+      await audit(c, { tenantId, actor: c.var.auth.key.id, action: "addon.upload", target: `${addon.id}@${version.version}`, details: { name: body.name, size_bytes: body.size_bytes } });
+      return c.json(
+        {
+          addon: presentAddon(addon, tenantId),
+          version: presentVersion(version),
+          upload: { method: "PUT" as const, url, headers: { "content-type": contentType }, expires_at: iso(now + UPLOAD_URL_TTL_SECONDS * 1000)! },
+        },
+        201,
+      );
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/addons/{id}/versions/{version}/finalize",
+      tags: ["addons"],
+      summary: "Finish an upload: size and sha256 are checked, then the file is validated against the family's models",
+      request: { params: VersionParams },
+      responses: { 200: { description: "ready, or rejected with the reason", content: { "application/json": { schema: AddonVersion } } }, ...errorResponses(401, 404, 409, 429) },
+    }),
+    async (c) => {
+      requireScope(c, "addons:write");
+      const { id, version } = c.req.valid("param");
+      const tenantId = c.var.auth.tenant.id;
+      const db = c.var.db;
+      const addon = await addonsTable.getOwnedAddon(db, tenantId, id);
+      const row = addon && (await addonsTable.getVersion(db, id, version));
+      if (!addon || !row) throw ApiError.notFound("add-on version", `${id}@${version}`, "id");
+      if (row.status === "ready" || row.status === "rejected") return c.json(presentVersion(row), 200);
+      const now = Date.now();
+      if (!(await addonsTable.transitionVersion(db, id, version, ["pending"], { status: "validating" }, now))) {
+        throw ApiError.conflict("finalize_in_progress", `Add-on ${id}@${version} is already being validated.`);
+      }
+      const store = objectStore(c.env);
+      const reject = async (reason: string) =>
+        c.json(presentVersion((await addonsTable.transitionVersion(db, id, version, ["validating"], { status: "rejected", rejectionReason: reason }, Date.now()))!), 200);
+      const stored = await store.head(row.storageKey);
+      if (!stored) {
+        // Nothing uploaded yet: back to pending so the tenant can upload and finalize again.
+        await addonsTable.transitionVersion(db, id, version, ["validating"], { status: "pending" }, Date.now());
+        throw ApiError.conflict("upload_missing", `Nothing has been uploaded for ${id}@${version} yet; PUT the file to the upload URL first.`);
+      }
+      if (stored.size !== row.sizeBytes) return reject(`The upload has ${stored.size} bytes but ${row.sizeBytes} were declared (truncated or wrong file).`);
+      const digest = await store.sha256(row.storageKey);
+      if (digest !== row.sha256) return reject(`The upload's sha256 is ${digest}, not the declared ${row.sha256}.`);
+      const verdict = await validateLora(db, store, row.storageKey, stored.size, addon.family);
+      if (!verdict.ok) return reject(verdict.reason);
+      const ready = await addonsTable.transitionVersion(db, id, version, ["validating"], { status: "ready", details: verdict.details }, Date.now());
+      return c.json(presentVersion(ready!), 200);
+    },
+  )
+  .openapi(
+    createRoute({ method: "get", path: "/addons/{id}/versions", tags: ["addons"], summary: "An add-on's versions and their validation", request: { params: AddonId }, responses: { 200: { description: "Versions", content: { "application/json": { schema: z.object({ object: z.literal("list"), data: z.array(AddonVersion) }) } } }, ...errorResponses(401, 404, 429) } }),
+    async (c) => {
+      requireScope(c, "addons:read");
+      const { id } = c.req.valid("param");
+      const a = await addonsTable.getVisibleAddon(c.var.db, c.var.auth.tenant.id, id);
+      if (!a) throw ApiError.notFound("add-on", id, "id");
+      return c.json({ object: "list" as const, data: (await addonsTable.listVersions(c.var.db, id)).map(presentVersion) }, 200);
+    },
+  )
+  .openapi(
+    createRoute({ method: "patch", path: "/addons/{id}", tags: ["addons"], summary: "Change an add-on's visibility", request: { params: AddonId, body: { content: { "application/json": { schema: UpdateAddonBody } }, required: true } }, responses: { 200: { description: "Updated", content: { "application/json": { schema: Addon } } }, ...errorResponses(400, 401, 404, 429) } }),
+    async (c) => {
+      requireScope(c, "addons:write");
+      const { id } = c.req.valid("param");
+      const tenantId = c.var.auth.tenant.id;
+      const a = await addonsTable.setVisibility(c.var.db, tenantId, id, c.req.valid("json").visibility, Date.now());
+      if (!a) throw ApiError.notFound("add-on", id, "id");
+      await audit(c, { tenantId, actor: c.var.auth.key.id, action: "addon.visibility", target: id, details: { visibility: a.visibility } });
+      return c.json(presentAddon(a, tenantId), 200);
+    },
+  )
   .openapi(
     createRoute({ method: "get", path: "/addons", tags: ["addons"], summary: "List the add-ons this tenant can use (its own and public ones)", responses: { 200: { description: "Add-ons", content: { "application/json": { schema: z.object({ object: z.literal("list"), data: z.array(Addon) }) } } }, ...errorResponses(401, 429) } }),
     async (c) => {

@@ -169,7 +169,7 @@ export const admin = router()
       const { addon } = await addonsTable.insertAddonWithVersion(
         c.var.db,
         { id, tenantId: b.tenant_id, kind: b.kind, name: b.name, family: b.family, visibility: b.visibility, latestVersion: 1, createdAt: now, updatedAt: now },
-        { addonId: id, version: 1, status: b.status, storageKey: b.storage_key, sha256: b.sha256 ?? null, sizeBytes: b.size_bytes ?? null, createdAt: now, updatedAt: now },
+        [{ addonId: id, version: 1, status: b.status, storageKey: b.storage_key, sha256: b.sha256 ?? null, sizeBytes: b.size_bytes ?? null, createdAt: now, updatedAt: now }],
       );
       await audit(c, { tenantId: b.tenant_id, actor: "admin", action: "addon.register", target: id, details: { name: b.name, kind: b.kind, visibility: b.visibility } });
       return c.json(presentAddon(addon, b.tenant_id), 201);

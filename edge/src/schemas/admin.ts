@@ -114,3 +114,40 @@ export const Addon = z
     created_at: z.string(),
   })
   .openapi("Addon");
+
+export const ADDON_SIZE_LIMITS = { lora: 64 * 1024 * 1024, controlnet: 512 * 1024 * 1024 } as const;
+
+export const CreateAddonBody = z
+  .object({
+    kind: z.enum(["lora", "controlnet"]),
+    /** A new name creates an add-on; an existing one of this tenant's adds a version (older versions stay usable as id@version). */
+    name: z.string().min(1).max(128).regex(/^[A-Za-z0-9._-]+$/),
+    family: z.string().min(1).max(64).openapi({ example: "tiny-shapes" }),
+    visibility: z.enum(["private", "tenant", "public"]).default("private"),
+    size_bytes: z.number().int().positive(),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  })
+  .strict()
+  .openapi("CreateAddon");
+
+export const AddonVersion = z
+  .object({
+    version: z.number().int(),
+    status: z.enum(["pending", "validating", "ready", "rejected"]),
+    rejection_reason: z.string().nullable(),
+    size_bytes: z.number().int().nullable(),
+    sha256: z.string().nullable(),
+    details: z.record(z.string(), z.unknown()).nullable(),
+    created_at: z.string(),
+  })
+  .openapi("AddonVersion");
+
+export const AddonUpload = z
+  .object({
+    addon: Addon,
+    version: AddonVersion,
+    upload: z.object({ method: z.literal("PUT"), url: z.string(), headers: z.record(z.string(), z.string()), expires_at: z.string() }),
+  })
+  .openapi("AddonUpload");
+
+export const UpdateAddonBody = z.object({ visibility: z.enum(["private", "tenant", "public"]) }).strict().openapi("UpdateAddon");

@@ -27,6 +27,9 @@ export const ModelSpec = z
     supports_lora: z.boolean(),
     supports_controlnet: z.boolean(),
     supports_deepcache: z.boolean(),
+    /** Layers a LoRA may adapt (module paths as in training; kohya keys are `lora_unet_` + path with '.' → '_'). */
+    lora_targets: z.array(z.object({ module: z.string(), in_features: z.number().int(), out_features: z.number().int() })).optional(),
+    lora_max_rank: z.number().int().positive().optional(),
   })
   .strict()
   .openapi("ModelSpec");
