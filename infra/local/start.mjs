@@ -2,7 +2,8 @@
 /**
  * Brings the whole stack up on 127.0.0.1: applies the D1 migrations, starts the edge in workerd (wrangler dev),
  * seeds a demo tenant, API key and the default models, and writes what scripts need to .state/stack.json.
- * Ctrl-C stops everything. Ports and secrets come from the environment (EDGE_PORT, ADMIN_TOKEN, STATE_DIR).
+ * Ctrl-C stops everything. Ports and secrets come from the environment (EDGE_PORT, ADMIN_TOKEN, STATE_DIR,
+ * LEASE_TTL_MS, S3_ENDPOINT / S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY for another store); `--runners N` (default 1).
  */
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -108,6 +109,7 @@ async function main() {
 
   log(`starting the edge on ${edgeUrl}`);
   const edge = spawn(wrangler, ["dev", "--ip", "127.0.0.1", "--port", String(edgePort), "--persist-to", persist, "--var", `ADMIN_TOKEN:${adminToken}`,
+    ...(process.env.LEASE_TTL_MS ? ["--var", `LEASE_TTL_MS:${process.env.LEASE_TTL_MS}`] : []),
     "--var", `S3_ENDPOINT:${s3.endpoint}`, "--var", `S3_ACCESS_KEY_ID:${s3.accessKeyId}`, "--var", `S3_SECRET_ACCESS_KEY:${s3.secretAccessKey}`, "--show-interactive-dev-session=false"], {
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"],
