@@ -1,0 +1,111 @@
+/**
+ * LoRA serving without rebuilding the model (DESIGN.md): the U-Net is exported with low-rank branch inputs at
+ * each target layer, y = W x + up (down x), and a request's LoRAs are stacked along the rank axis with their
+ * scales folded into `up`. Branches are per sample ([batch, rank, in] / [batch, out, rank]), so requests with
+ * different LoRAs share one U-Net batch; samples with fewer ranks are padded with zeros, which add nothing.
+ */
+import type { LoraTarget } from "../pipeline/manifest.ts";
+import { mapLoraKeys } from "./lora-keys.ts";
+import { parseHeader, readFloatTensor, SafetensorsError } from "./safetensors.ts";
+
+export class LoraError extends Error {
+  override readonly name = "LoraError";
+}
+
+export interface LoraLayer {
+  rank: number;
+  inFeatures: number;
+  outFeatures: number;
+  /** [rank, in], row-major. */
+  down: Float32Array;
+  /** [out, rank], row-major. */
+  up: Float32Array;
+  /** alpha / rank (1 without alpha). */
+  scale: number;
+}
+
+export interface ParsedLora {
+  layers: Map<string, LoraLayer>;
+  bytes: number;
+}
+
+/** Parses a LoRA file (kohya or PEFT keys) for a model's targets; any unusable key refuses the whole file. */
+export function parseLora(file: Uint8Array, targets: LoraTarget[], maxRank: number): ParsedLora {
+  let header;
+  try {
+    header = parseHeader(file, file.byteLength);
+  } catch (err) {
+    if (err instanceof SafetensorsError) throw new LoraError(`not a valid safetensors file: ${err.message}`);
+    throw err;
+  }
+  const mapping = mapLoraKeys(header.tensors.values(), targets, maxRank);
+  if (mapping.errors.length) throw new LoraError(mapping.errors.join("; "));
+  const peftAlpha = Number(header.metadata.lora_alpha ?? header.metadata.alpha ?? Number.NaN);
+  const layers = new Map<string, LoraLayer>();
+  for (const l of mapping.layers) {
+    let alpha = l.rank;
+    if (l.alphaKey) alpha = readFloatTensor(file, header, l.alphaKey)[0]!;
+    else if (l.convention === "peft" && Number.isFinite(peftAlpha)) alpha = peftAlpha;
+    layers.set(l.module, {
+      rank: l.rank,
+      inFeatures: l.inFeatures,
+      outFeatures: l.outFeatures,
+      down: readFloatTensor(file, header, l.downKey),
+      up: readFloatTensor(file, header, l.upKey),
+      scale: l.rank > 0 ? alpha / l.rank : 1,
+    });
+  }
+  return { layers, bytes: file.byteLength };
+}
+
+export interface LoraUse {
+  lora: ParsedLora;
+  /** The request's scale; multiplied by the file's alpha / rank. */
+  scale: number;
+}
+
+export interface BranchFeed {
+  name: string;
+  data: Float32Array;
+  dims: [number, number, number];
+}
+
+/** Total rank each target gets for one sample's LoRAs. */
+function rankOf(target: LoraTarget, uses: LoraUse[]): number {
+  return uses.reduce((sum, u) => sum + (u.lora.layers.get(target.module)?.rank ?? 0), 0);
+}
+
+/**
+ * One sample's LoRAs (per entry of `perSample`, in batch order) become the branch inputs of every target:
+ * `down` [batch, R, in] and `up` [batch, out, R], R the largest total rank of any sample at that target.
+ */
+export function stackLoras(targets: LoraTarget[], perSample: LoraUse[][], maxRank: number): BranchFeed[] {
+  const batch = perSample.length;
+  const feeds: BranchFeed[] = [];
+  for (const t of targets) {
+    if (!t.down_input || !t.up_input) throw new LoraError(`target '${t.module}' has no branch inputs (a merge-mode bundle)`);
+    const R = Math.max(0, ...perSample.map((uses) => rankOf(t, uses)));
+    if (R > maxRank) throw new LoraError(`stacked LoRAs reach rank ${R} at '${t.module}', above the model's maximum of ${maxRank}`);
+    const { in_features: nIn, out_features: nOut } = t;
+    const down = new Float32Array(batch * R * nIn);
+    const up = new Float32Array(batch * nOut * R);
+    perSample.forEach((uses, b) => {
+      let r0 = 0;
+      for (const use of uses) {
+        const layer = use.lora.layers.get(t.module);
+        if (!layer) continue;
+        const s = use.scale * layer.scale;
+        // down rows r0..r0+rank of sample b.
+        down.set(layer.down, (b * R + r0) * nIn);
+        // up columns r0..r0+rank of sample b, scaled.
+        for (let o = 0; o < nOut; o++) {
+          const row = (b * nOut + o) * R + r0;
+          for (let r = 0; r < layer.rank; r++) up[row + r] = layer.up[o * layer.rank + r]! * s;
+        }
+        r0 += layer.rank;
+      }
+    });
+    feeds.push({ name: t.down_input, data: down, dims: [batch, R, nIn] }, { name: t.up_input, data: up, dims: [batch, nOut, R] });
+  }
+  return feeds;
+}
