@@ -17,6 +17,7 @@ import { generations } from "./routes/generations.ts";
 import { keys } from "./routes/keys.ts";
 import { models } from "./routes/models.ts";
 import { runnerApi } from "./runner-api/routes.ts";
+import { DASHBOARD_HTML } from "./dashboard/page.ts";
 
 /** JSON bodies above this size are refused (413); control images travel as data URLs, so it is not tiny. */
 export const MAX_BODY_BYTES = 2 * 1024 * 1024;
@@ -33,6 +34,7 @@ export function createApp() {
   app.use("*", jsonBody(MAX_BODY_BYTES));
 
   app.get("/healthz", (c) => c.json({ ok: true }));
+  app.get("/dashboard", (c) => c.html(DASHBOARD_HTML));
 
   app.doc31("/v1/openapi.json", {
     openapi: "3.1.0",

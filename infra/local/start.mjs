@@ -167,6 +167,7 @@ async function main() {
       "",
       `imagegen is up (Ctrl-C stops it)`,
       `  edge        ${edgeUrl}`,
+      `  dashboard   ${state.dashboard_url}  (sign in with the demo key)`,
       `  OpenAPI     ${state.openapi_url}`,
       `  demo key    ${apiKey}`,
       `  models      ${models.length ? models.join(", ") : "(none registered yet)"}`,
