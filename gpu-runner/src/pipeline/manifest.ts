@@ -6,7 +6,10 @@
  */
 import { z } from "zod";
 
-/** A dimension: a fixed size, or a symbolic name for a dynamic axis ("batch", "rank", ...). */
+/**
+ * A dimension: a fixed size, or a symbolic name for a dynamic axis. The runner sizes "batch" (the U-Net's batch,
+ * 2n with classifier-free guidance) and the rank axes of LoRA branch inputs (0 when no LoRA is applied).
+ */
 export const Dim = z.union([z.number().int().nonnegative(), z.string().min(1)]);
 
 export const TensorSpec = z
@@ -52,6 +55,7 @@ export type SchedulerSpec = z.infer<typeof SchedulerSpec>;
 export const TokenizerSpec = z
   .object({
     type: z.literal("word"),
+    /** The vocabulary's file name inside the bundle's `tokenizer/` folder (SD layout), e.g. `vocab.json`. */
     vocab: z.string().min(1),
     max_length: z.number().int().positive(),
     lowercase: z.boolean(),
@@ -112,7 +116,16 @@ export const GuidanceSpec = z
     default_scale: z.number().nonnegative(),
     /** LCM-distilled models take w = scale − 1 embedded (sin first, then cos) as an input. */
     embedding: z
-      .object({ input: z.string(), dim: z.number().int().positive(), w_scale: z.number().positive() })
+      .object({
+        input: z.string(),
+        dim: z.number().int().positive(),
+        w_scale: z.number().positive(),
+        /**
+         * Frequencies exp(−ln(10000)·i / (dim/2 − shift)): 1 in diffusers' `get_guidance_scale_embedding` (the
+         * default), 0 in the plain sinusoidal timestep embedding. The runner must embed exactly as training did.
+         */
+        freq_shift: z.union([z.literal(0), z.literal(1)]).optional(),
+      })
       .strict()
       .optional(),
   })

@@ -65,7 +65,7 @@ export interface RunnerOptions {
 }
 
 /** Errors that another attempt cannot fix: the job fails at once instead of being retried. */
-const PERMANENT = new Set(["BundleError", "SamplerMismatchError", "GenerationError", "ZodError", "UnsupportedAddonError"]);
+const PERMANENT = new Set(["BundleError", "ExecutionProviderError", "SamplerMismatchError", "GenerationError", "ZodError", "UnsupportedAddonError", "LoraError", "ControlImageError", "AddonIntegrityError"]);
 
 export class Runner {
   private stopping = false;

@@ -1,0 +1,331 @@
+/**
+ * The bundle loader: reads `manifest.json`, validates it with the zod contract, opens one ONNX Runtime session
+ * per component and checks every declared tensor against what the session really takes and gives. A bundle that
+ * lies fails here, with every mismatch named, instead of failing mid-generation with an ONNX Runtime message.
+ */
+import { createHash } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import * as ort from "onnxruntime-node";
+import { z } from "zod";
+import { buildModel } from "../onnx/builder.ts";
+import { ModelManifest, type ComponentSpec, type TensorSpec } from "./manifest.ts";
+import { WordTokenizer } from "./tokenizer.ts";
+
+/** Inputs and outputs the pipeline addresses by name, as the Stable Diffusion ONNX export names them. */
+export const UNET_IO = {
+  sample: "sample",
+  timestep: "timestep",
+  encoderHiddenStates: "encoder_hidden_states",
+} as const;
+
+export type ComponentName = keyof ModelManifest["components"];
+
+export class BundleError extends Error {
+  override readonly name = "BundleError";
+  readonly problems: readonly string[];
+
+  constructor(dir: string, problems: readonly string[]) {
+    super(`bundle ${dir} is invalid:\n  - ${problems.join("\n  - ")}`);
+    this.problems = problems;
+  }
+}
+
+/** How sessions are opened: one declaration, validated where a worker receives it. */
+export const SessionConfigSchema = z.object({
+  /** ONNX Runtime execution providers in order of preference: ["cpu"] here, ["cuda", "cpu"] in the GPU container. */
+  executionProviders: z.array(z.enum(["cpu", "cuda", "dml", "coreml"])).min(1),
+  /** Threads per session for one operator; 0 lets ONNX Runtime choose. */
+  intraOpNumThreads: z.number().int().nonnegative(),
+  /**
+   * Whether idle intra-op threads spin waiting for work. Off by default: on a CPU shared by several workers (and
+   * other tenants of the machine) spinning threads take cycles from the sessions that have work (bench/REPORT.md).
+   */
+  allowSpinning: z.boolean().default(false),
+});
+export type SessionConfig = z.input<typeof SessionConfigSchema>;
+
+export const DEFAULT_SESSION_CONFIG: SessionConfig = { executionProviders: ["cpu"], intraOpNumThreads: 1, allowSpinning: false };
+
+export type Feeds = Record<string, ort.Tensor>;
+
+/** The execution providers asked for cannot run here (a CUDA build missing, no device): the runner's setup, not the bundle. */
+export class ExecutionProviderError extends Error {
+  override readonly name = "ExecutionProviderError";
+}
+
+const checkedProviders = new Map<string, Promise<void>>();
+
+/** Opens a one-node session with the providers once per process, so a missing provider is named as such. */
+function checkExecutionProviders(config: SessionConfig): Promise<void> {
+  const key = config.executionProviders.join(",");
+  let check = checkedProviders.get(key);
+  if (check === undefined) {
+    const probe = buildModel({
+      inputs: [{ name: "x", dtype: "float32", shape: [1] }],
+      outputs: [{ name: "y", dtype: "float32", shape: [1] }],
+      nodes: [{ op: "Identity", inputs: ["x"], outputs: ["y"] }],
+    });
+    check = ort.InferenceSession.create(probe, {
+      executionProviders: [...config.executionProviders] as ort.InferenceSession.ExecutionProviderConfig[],
+      logSeverityLevel: 4, // the failure is reported below, once, in words
+    }).then(
+      (session) => session.release(),
+      (err: Error) => {
+        checkedProviders.delete(key);
+        throw new ExecutionProviderError(`execution providers [${key}] are not available here: ${err.message}`);
+      },
+    );
+    checkedProviders.set(key, check);
+  }
+  return check;
+}
+
+/** One ONNX session with its declared contract, counting its runs and time so tests and the bench can see them. */
+export class Component {
+  readonly name: ComponentName;
+  readonly spec: ComponentSpec;
+  readonly session: ort.InferenceSession;
+  runs = 0;
+  totalMs = 0;
+
+  constructor(name: ComponentName, spec: ComponentSpec, session: ort.InferenceSession) {
+    this.name = name;
+    this.spec = spec;
+    this.session = session;
+  }
+
+  input(name: string): TensorSpec | undefined {
+    return this.spec.inputs.find((t) => t.name === name);
+  }
+
+  /** Runs with the declared inputs picked from `available` (extra entries are ignored). */
+  async run(available: Feeds): Promise<Feeds> {
+    const feeds: Feeds = {};
+    for (const input of this.spec.inputs) {
+      const tensor = available[input.name];
+      if (tensor === undefined) throw new Error(`${this.name}: no value for input "${input.name}"`);
+      feeds[input.name] = tensor;
+    }
+    const start = performance.now();
+    const out = await this.session.run(feeds);
+    this.totalMs += performance.now() - start;
+    this.runs++;
+    return out as Feeds;
+  }
+
+  resetCounters(): void {
+    this.runs = 0;
+    this.totalMs = 0;
+  }
+}
+
+export interface Bundle {
+  dir: string;
+  manifest: ModelManifest;
+  tokenizer: WordTokenizer;
+  components: Partial<Record<ComponentName, Component>> & Record<"text_encoder" | "unet" | "vae_decoder", Component>;
+  release(): Promise<void>;
+}
+
+/** Reads and validates `manifest.json` without opening any session. */
+export function readManifest(dir: string): ModelManifest {
+  const path = join(dir, "manifest.json");
+  if (!existsSync(path)) throw new BundleError(dir, [`manifest.json not found at ${path}`]);
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(path, "utf8"));
+  } catch (err) {
+    throw new BundleError(dir, [`manifest.json is not valid JSON: ${(err as Error).message}`]);
+  }
+  const parsed = ModelManifest.safeParse(json);
+  if (!parsed.success) {
+    throw new BundleError(
+      dir,
+      parsed.error.issues.map((issue) => `manifest.${issue.path.map(String).join(".") || "(root)"}: ${issue.message}`),
+    );
+  }
+  return parsed.data;
+}
+
+/** The vocabulary lives in the SD layout's `tokenizer/` folder; the manifest names the file within it. */
+function vocabPath(dir: string, m: ModelManifest): string {
+  return join(dir, "tokenizer", m.tokenizer.vocab);
+}
+
+/** Problems in the manifest's internal references, found before any ONNX file is opened. */
+function checkReferences(dir: string, m: ModelManifest): string[] {
+  const problems: string[] = [];
+  const components = m.components;
+  const unetInputs = new Set(components.unet.inputs.map((t) => t.name));
+
+  if (!m.samplers.includes(m.default_sampler)) {
+    problems.push(`default_sampler "${m.default_sampler}" is not among samplers [${m.samplers.join(", ")}]`);
+  }
+  for (const name of Object.values(UNET_IO)) {
+    if (!unetInputs.has(name)) problems.push(`components.unet: has no input "${name}"`);
+  }
+  const textIds = components.text_encoder.inputs[0];
+  if (textIds === undefined || (textIds.dtype !== "int64" && textIds.dtype !== "int32")) {
+    problems.push(`components.text_encoder: first input must be int64 or int32 token ids`);
+  }
+  if (m.guidance.embedding && !unetInputs.has(m.guidance.embedding.input)) {
+    problems.push(`guidance.embedding.input "${m.guidance.embedding.input}" is not an input of components.unet`);
+  }
+  for (const residual of m.controlnet?.residuals ?? []) {
+    if (!unetInputs.has(residual)) problems.push(`controlnet.residuals: "${residual}" is not an input of components.unet`);
+  }
+  for (const target of m.lora?.targets ?? []) {
+    for (const c of target.components) {
+      const spec = components[c as ComponentName];
+      if (spec === undefined) {
+        problems.push(`lora target ${target.module}: component "${c}" is not in components`);
+        continue;
+      }
+      if (m.lora?.mode === "branch") {
+        for (const input of [target.down_input, target.up_input]) {
+          if (input === undefined) problems.push(`lora target ${target.module}: mode "branch" needs down_input and up_input`);
+          else if (!spec.inputs.some((t) => t.name === input)) {
+            problems.push(`lora target ${target.module}: "${input}" is not an input of components.${c}`);
+          }
+        }
+      }
+    }
+  }
+  if (m.cache) {
+    const { head, deep, tail, cached_feature } = m.cache;
+    for (const part of [head, deep, tail]) {
+      if (components[part as ComponentName] === undefined) problems.push(`cache: component "${part}" is not in components`);
+    }
+    const deepSpec = components[deep as ComponentName];
+    const tailSpec = components[tail as ComponentName];
+    if (deepSpec && !deepSpec.outputs.some((t) => t.name === cached_feature)) {
+      problems.push(`cache.cached_feature "${cached_feature}" is not an output of components.${deep}`);
+    }
+    if (tailSpec && !tailSpec.inputs.some((t) => t.name === cached_feature)) {
+      problems.push(`cache.cached_feature "${cached_feature}" is not an input of components.${tail}`);
+    }
+  }
+  if (!existsSync(vocabPath(dir, m))) problems.push(`tokenizer.vocab: tokenizer/${m.tokenizer.vocab} not found`);
+  return problems;
+}
+
+const DTYPE_OF: Record<string, TensorSpec["dtype"] | undefined> = {
+  float32: "float32",
+  float16: "float16",
+  int64: "int64",
+  int32: "int32",
+};
+
+/** Compares one declared tensor list against a session's metadata; returns the mismatches. */
+export function compareTensors(
+  where: string,
+  declared: readonly TensorSpec[],
+  actual: readonly ort.InferenceSession.ValueMetadata[],
+): string[] {
+  const problems: string[] = [];
+  const byName = new Map(actual.map((m) => [m.name, m]));
+  for (const spec of declared) {
+    const meta = byName.get(spec.name);
+    if (meta === undefined) {
+      problems.push(`${where} "${spec.name}" is declared but the graph has no such tensor (graph has: ${[...byName.keys()].join(", ")})`);
+      continue;
+    }
+    if (!meta.isTensor) {
+      problems.push(`${where} "${spec.name}" is not a tensor in the graph`);
+      continue;
+    }
+    if (DTYPE_OF[meta.type] !== spec.dtype) problems.push(`${where} "${spec.name}": declared ${spec.dtype}, graph has ${meta.type}`);
+    if (meta.shape.length !== spec.shape.length) {
+      problems.push(`${where} "${spec.name}": declared rank ${spec.shape.length} [${spec.shape.join(", ")}], graph has rank ${meta.shape.length} [${meta.shape.join(", ")}]`);
+      continue;
+    }
+    spec.shape.forEach((dim, axis) => {
+      const real = meta.shape[axis];
+      // A dimension the graph leaves dynamic accepts what the manifest fixes; the reverse is a lie that breaks batching.
+      if (typeof real === "number" && real >= 0 && real !== dim) {
+        problems.push(`${where} "${spec.name}": axis ${axis} declared ${JSON.stringify(dim)}, graph fixes it to ${real}`);
+      }
+    });
+  }
+  const declaredNames = new Set(declared.map((t) => t.name));
+  for (const name of byName.keys()) {
+    if (!declaredNames.has(name)) problems.push(`${where} "${name}" exists in the graph but is not declared in the manifest`);
+  }
+  return problems;
+}
+
+function sha256(path: string): string {
+  return createHash("sha256").update(readFileSync(path)).digest("hex");
+}
+
+/**
+ * Loads a model bundle: manifest, tokenizer and one session per component, all checked.
+ *
+ * @example
+ * const bundle = await loadBundle("gpu-runner/zoo/models/tiny-shapes");
+ * console.log(bundle.manifest.samplers);
+ */
+export async function loadBundle(dir: string, config: SessionConfig = DEFAULT_SESSION_CONFIG): Promise<Bundle> {
+  const manifest = readManifest(dir);
+  const problems = checkReferences(dir, manifest);
+  const entries = Object.entries(manifest.components) as [ComponentName, ComponentSpec | undefined][];
+  let filesPresent = true;
+  for (const [name, spec] of entries) {
+    if (spec === undefined) continue;
+    const path = join(dir, spec.path);
+    if (!existsSync(path)) {
+      problems.push(`components.${name}: file ${spec.path} not found`);
+      filesPresent = false;
+    } else if (spec.sha256 !== undefined && sha256(path) !== spec.sha256) {
+      problems.push(`components.${name}: ${spec.path} does not match its sha256 ${spec.sha256}`);
+      filesPresent = false;
+    }
+  }
+  // Reference problems do not stop here: the sessions' own mismatches are reported with them, all at once.
+  if (!filesPresent) throw new BundleError(dir, problems);
+  await checkExecutionProviders(config);
+
+  const options: ort.InferenceSession.SessionOptions = {
+    executionProviders: [...config.executionProviders] as ort.InferenceSession.ExecutionProviderConfig[],
+    intraOpNumThreads: config.intraOpNumThreads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: "all",
+    extra: { session: { intra_op: { allow_spinning: config.allowSpinning ? "1" : "0" } } },
+  };
+  const components: Partial<Record<ComponentName, Component>> = {};
+  const release = async () => {
+    await Promise.all(Object.values(components).map((c) => c.session.release()));
+  };
+  try {
+    for (const [name, spec] of entries) {
+      if (spec === undefined) continue;
+      let session: ort.InferenceSession;
+      try {
+        session = await ort.InferenceSession.create(join(dir, spec.path), options);
+      } catch (err) {
+        problems.push(`components.${name}: ONNX Runtime cannot load ${spec.path}: ${(err as Error).message}`);
+        continue;
+      }
+      components[name] = new Component(name, spec, session);
+      problems.push(
+        ...compareTensors(`components.${name} input`, spec.inputs, session.inputMetadata),
+        ...compareTensors(`components.${name} output`, spec.outputs, session.outputMetadata),
+      );
+    }
+    if (problems.length > 0) throw new BundleError(dir, problems);
+  } catch (err) {
+    await release();
+    throw err;
+  }
+
+  return {
+    dir,
+    manifest,
+    tokenizer: WordTokenizer.fromFile(manifest.tokenizer, vocabPath(dir, manifest)),
+    components: components as Bundle["components"],
+    release,
+  };
+}
+

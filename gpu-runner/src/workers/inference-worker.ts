@@ -1,0 +1,45 @@
+/**
+ * An inference worker: holds the bundles it has loaded (one session set per bundle) and runs whole generations,
+ * so the sampling loop never crosses threads and the main thread only sees progress and results.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { loadBundle, SessionConfigSchema, type Bundle } from "../pipeline/bundle.ts";
+import { generateBatch } from "../pipeline/pipeline.ts";
+import type { FromWorker, ToWorker, WorkerInit } from "./protocol.ts";
+
+const port = parentPort;
+if (port === null) throw new Error("inference-worker must run in a worker thread");
+const init = workerData as WorkerInit;
+const session = SessionConfigSchema.parse(init.session);
+const bundles = new Map<string, Promise<Bundle>>();
+
+function bundle(dir: string): Promise<Bundle> {
+  let loading = bundles.get(dir);
+  if (loading === undefined) {
+    loading = loadBundle(dir, session);
+    // A bundle that failed to load is not cached: the next job retries (the files may have been fixed).
+    loading.catch(() => bundles.delete(dir));
+    bundles.set(dir, loading);
+  }
+  return loading;
+}
+
+port.on("message", async (msg: ToWorker) => {
+  const send = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
+  const cancel = new Int32Array(msg.cancelFlag);
+  const controller = new AbortController();
+  try {
+    const results = await generateBatch(await bundle(msg.bundleDir), msg.requests, {
+      signal: controller.signal,
+      onProgress: ({ step, steps }) => {
+        if (Atomics.load(cancel, 0) === 1) controller.abort(new Error("generation canceled"));
+        send({ type: "progress", id: msg.id, step, steps });
+      },
+    });
+    const buffers = results.flatMap((r) => [...r.images.map((img) => img.buffer), r.latents.buffer]) as ArrayBuffer[];
+    send({ type: "result", id: msg.id, results }, buffers);
+  } catch (err) {
+    const e = err instanceof Error ? err : new Error(String(err));
+    send({ type: "error", id: msg.id, error: { name: e.name, message: e.message } });
+  }
+});

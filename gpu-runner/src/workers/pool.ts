@@ -1,0 +1,164 @@
+/**
+ * A pool of inference workers sized to the cores (or devices). `InferenceSession.run` works on the calling
+ * JavaScript thread, so generations run in worker_threads and the main thread stays free for leases, heartbeats
+ * and HTTP. Jobs go to an idle worker that already holds their bundle when there is one.
+ *
+ * @example
+ * const pool = new InferencePool({ size: 2, session: { executionProviders: ["cpu"], intraOpNumThreads: 1 } });
+ * const result = await pool.generate("gpu-runner/zoo/models/tiny-shapes", { prompt: "a red circle", seed: 1 });
+ * await pool.close();
+ */
+import { availableParallelism } from "node:os";
+import { resolve } from "node:path";
+import { Worker } from "node:worker_threads";
+import { DEFAULT_SESSION_CONFIG, type SessionConfig } from "../pipeline/bundle.ts";
+import type { GenerationResult } from "../pipeline/pipeline.ts";
+import type { GenerationRequest } from "../pipeline/request.ts";
+import type { FromWorker, ToWorker, WorkerInit } from "./protocol.ts";
+
+export interface PoolOptions {
+  /** Number of workers; defaults to the number of cores. */
+  size?: number;
+  session?: SessionConfig;
+}
+
+export interface JobOptions {
+  onProgress?: (progress: { step: number; steps: number }) => void;
+  signal?: AbortSignal;
+}
+
+/** An error raised inside a worker, with the original error's name (BundleError, SamplerMismatchError, ...). */
+export class WorkerJobError extends Error {
+  constructor(name: string, message: string) {
+    super(message);
+    this.name = name;
+  }
+}
+
+interface Job {
+  id: number;
+  bundleDir: string;
+  requests: GenerationRequest[];
+  options: JobOptions;
+  cancelFlag: SharedArrayBuffer;
+  resolve: (results: GenerationResult[]) => void;
+  reject: (err: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  job: Job | null;
+  bundles: Set<string>;
+}
+
+const WORKER_URL = new URL("./inference-worker.ts", import.meta.url);
+
+export class InferencePool {
+  readonly size: number;
+  readonly session: SessionConfig;
+  private readonly slots: Slot[] = [];
+  private readonly queue: Job[] = [];
+  private nextId = 1;
+  private closed = false;
+
+  constructor(options: PoolOptions = {}) {
+    this.size = options.size ?? availableParallelism();
+    if (!Number.isInteger(this.size) || this.size < 1) throw new RangeError(`pool size must be ≥ 1, got ${this.size}`);
+    this.session = options.session ?? DEFAULT_SESSION_CONFIG;
+    for (let i = 0; i < this.size; i++) this.slots.push(this.spawn());
+  }
+
+  private spawn(): Slot {
+    const init: WorkerInit = { session: this.session };
+    const slot: Slot = { worker: new Worker(WORKER_URL, { workerData: init }), job: null, bundles: new Set() };
+    slot.worker.on("message", (msg: FromWorker) => this.onMessage(slot, msg));
+    slot.worker.on("error", (err) => this.onCrash(slot, err));
+    slot.worker.on("exit", (code) => {
+      if (!this.closed) this.onCrash(slot, new Error(`inference worker exited with code ${code}`));
+    });
+    return slot;
+  }
+
+  private onMessage(slot: Slot, msg: FromWorker): void {
+    const job = slot.job;
+    if (job === null || job.id !== msg.id) return;
+    if (msg.type === "progress") {
+      job.options.onProgress?.({ step: msg.step, steps: msg.steps });
+      return;
+    }
+    slot.job = null;
+    if (msg.type === "result") {
+      slot.bundles.add(job.bundleDir);
+      job.resolve(msg.results);
+    } else {
+      job.reject(new WorkerJobError(msg.error.name, msg.error.message));
+    }
+    this.dispatch();
+  }
+
+  /** A worker that died takes its job with it; it is replaced so the pool keeps its size. */
+  private onCrash(slot: Slot, err: Error): void {
+    const index = this.slots.indexOf(slot);
+    if (index < 0) return;
+    slot.job?.reject(err);
+    slot.worker.removeAllListeners();
+    void slot.worker.terminate();
+    if (this.closed) return;
+    this.slots[index] = this.spawn();
+    this.dispatch();
+  }
+
+  private dispatch(): void {
+    while (this.queue.length > 0) {
+      const idle = this.slots.filter((s) => s.job === null);
+      if (idle.length === 0) return;
+      const job = this.queue.shift()!;
+      const slot = idle.find((s) => s.bundles.has(job.bundleDir)) ?? idle[0]!;
+      slot.job = job;
+      const msg: ToWorker = { type: "generate", id: job.id, bundleDir: job.bundleDir, requests: job.requests, cancelFlag: job.cancelFlag };
+      slot.worker.postMessage(msg);
+    }
+  }
+
+  /** Runs one generation on a worker; resolves with the images, timings and what produced them. */
+  async generate(bundleDir: string, request: GenerationRequest, options: JobOptions = {}): Promise<GenerationResult> {
+    return (await this.generateBatch(bundleDir, [request], options))[0]!;
+  }
+
+  /** Runs compatible requests (equal `batchKey`) as one batch on one worker; one result per request. */
+  generateBatch(bundleDir: string, requests: GenerationRequest[], options: JobOptions = {}): Promise<GenerationResult[]> {
+    if (this.closed) return Promise.reject(new Error("pool is closed"));
+    return new Promise((resolveJob, rejectJob) => {
+      const job: Job = {
+        id: this.nextId++,
+        bundleDir: resolve(bundleDir),
+        requests,
+        options,
+        cancelFlag: new SharedArrayBuffer(4),
+        resolve: resolveJob,
+        reject: rejectJob,
+      };
+      options.signal?.addEventListener("abort", () => {
+        const queued = this.queue.indexOf(job);
+        if (queued >= 0) {
+          this.queue.splice(queued, 1);
+          rejectJob(new Error("generation canceled"));
+        } else Atomics.store(new Int32Array(job.cancelFlag), 0, 1);
+      });
+      this.queue.push(job);
+      this.dispatch();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const job of this.queue.splice(0)) job.reject(new Error("pool closed"));
+    await Promise.all(
+      this.slots.map(async (slot) => {
+        slot.job?.reject(new Error("pool closed"));
+        slot.worker.removeAllListeners();
+        await slot.worker.terminate();
+      }),
+    );
+  }
+}

@@ -1,0 +1,23 @@
+/** Messages between the pool (main thread) and an inference worker. */
+import type { SessionConfig } from "../pipeline/bundle.ts";
+import type { GenerationResult } from "../pipeline/pipeline.ts";
+import type { GenerationRequest } from "../pipeline/request.ts";
+
+export interface WorkerInit {
+  session: SessionConfig;
+}
+
+export type ToWorker = {
+  type: "generate";
+  id: number;
+  bundleDir: string;
+  /** Compatible requests (equal batchKey) run as one U-Net batch; usually one. */
+  requests: GenerationRequest[];
+  /** One Int32 the main thread sets to 1 to cancel; read between steps without waiting for a message. */
+  cancelFlag: SharedArrayBuffer;
+};
+
+export type FromWorker =
+  | { type: "progress"; id: number; step: number; steps: number }
+  | { type: "result"; id: number; results: GenerationResult[] }
+  | { type: "error"; id: number; error: { name: string; message: string } };

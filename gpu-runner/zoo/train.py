@@ -1,0 +1,821 @@
+"""Resumable training stages of the `tiny-shapes` family.
+
+    /usr/bin/python3 gpu-runner/zoo/train.py <stage> [--max-minutes M]
+
+Stages (in order): vae, evaluator, base, lcm, rf, loras, controlnet.
+Each stage checkpoints its full state to .work/<stage>/state.pt every few minutes (and resumes from it),
+logs to .work/logs/<stage>.log, and when finished writes its small outputs to checkpoints/<stage>.pt
+(committed) and the marker .work/<stage>.done.  A stage whose checkpoints/<stage>.pt says finished=True
+is skipped.  The base stage also writes its running (fp16) weights to checkpoints/base.pt so that a fresh
+clone can continue it.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ZOO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ZOO)
+import data  # noqa: E402
+import models  # noqa: E402
+
+WORK = os.path.join(ZOO, ".work")
+CKPT = os.path.join(ZOO, "checkpoints")
+SAVE_EVERY_S = 180.0
+STAGES = ["vae", "evaluator", "base", "lcm", "rf", "loras", "controlnet"]
+
+
+# ----------------------------------------------------------------------------------------------
+# utilities
+# ----------------------------------------------------------------------------------------------
+class Log:
+    def __init__(self, stage):
+        os.makedirs(os.path.join(WORK, "logs"), exist_ok=True)
+        self.f = open(os.path.join(WORK, "logs", f"{stage}.log"), "a")
+        self.stage = stage
+
+    def __call__(self, *a):
+        msg = time.strftime("%Y-%m-%d %H:%M:%S ", time.gmtime()) + " ".join(str(x) for x in a)
+        print(msg, flush=True)
+        self.f.write(msg + "\n")
+        self.f.flush()
+
+
+def atomic_save(obj, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def state_path(stage):
+    return os.path.join(WORK, stage, "state.pt")
+
+
+def load_state(stage):
+    p = state_path(stage)
+    return torch.load(p, map_location="cpu") if os.path.exists(p) else None
+
+
+def stage_finished(stage):
+    p = os.path.join(CKPT, f"{stage}.pt")
+    if not os.path.exists(p):
+        return False
+    return bool(torch.load(p, map_location="cpu").get("finished", False))
+
+
+def half_sd(m):
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in m.state_dict().items()}
+
+
+def float_sd(sd):
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def to_img_tensor(u8):  # uint8 [N,64,64,3] -> float [-1,1] [N,3,64,64]
+    return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def cosine_lr(step, total, base, warmup=100, floor=0.1):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+class EMA:
+    def __init__(self, model, decay=0.999):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self, model):
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+class Progress:
+    def __init__(self, log, total, start):
+        self.log, self.total, self.t0, self.s0 = log, total, time.time(), start
+        self.last_save = time.time()
+
+    def report(self, step, **kv):
+        el = time.time() - self.t0
+        sps = (step - self.s0) / max(el, 1e-6)
+        eta = (self.total - step) / max(sps, 1e-9)
+        extra = " ".join(f"{k}={v:.5f}" if isinstance(v, float) else f"{k}={v}" for k, v in kv.items())
+        self.log(f"step {step}/{self.total} {extra} steps/s={sps:.3f} eta={eta / 60:.1f}min")
+
+    def due(self):
+        if time.time() - self.last_save > SAVE_EVERY_S:
+            self.last_save = time.time()
+            return True
+        return False
+
+
+def rng_for(stage, step):
+    return np.random.default_rng([hash(stage) % (2 ** 31), step])
+
+
+def load_vae():
+    ck = torch.load(os.path.join(CKPT, "vae.pt"), map_location="cpu")
+    vae = models.VAE(**ck["config"])
+    vae.load_state_dict(float_sd(ck["model"]))
+    vae.eval()
+    return vae, float(ck["scaling_factor"])
+
+
+# ----------------------------------------------------------------------------------------------
+# stage: vae
+# ----------------------------------------------------------------------------------------------
+def stage_vae(args):
+    log = Log("vae")
+    B, TOTAL, LR, KL_W = 32, args.steps or 1000, 1e-3, 1e-6
+    torch.manual_seed(0)
+    vae = models.VAE(**models.VAE_CONFIGS["base"])
+    opt = torch.optim.Adam(vae.parameters(), LR)
+    step = 0
+    st = load_state("vae")
+    if st:
+        vae.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); step = st["step"]
+        log(f"resumed at step {step}")
+    log(f"VAE params {models.count_params(vae)} batch {B} total {TOTAL}")
+    prog = Progress(log, TOTAL, step)
+    vae.train()
+    while step < TOTAL:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, TOTAL, LR)
+        seeds = data.TRAIN_SEED_BASE + 100_000_000 + step * B + np.arange(B)  # >= TRAIN_MIN_SEED
+        imgs, _, _, _, _ = data.batch_arrays(seeds, style_prob=0.35)
+        x = to_img_tensor(imgs)
+        mean, logvar = vae.encoder(x)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        rec = vae.decoder(z)
+        l1 = (rec - x).abs().mean()
+        mse = (rec - x).pow(2).mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = l1 + mse + KL_W * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            prog.report(step, l1=l1.item(), mse=mse.item(), kl=kl.item())
+        if prog.due() or step == TOTAL:
+            atomic_save(dict(model=vae.state_dict(), opt=opt.state_dict(), step=step), state_path("vae"))
+    # scaling factor from the latents' std (like SD's 0.18215), on 2048 training images
+    vae.eval()
+    with torch.no_grad():
+        seeds = data.TRAIN_SEED_BASE + 150_000_000 + np.arange(2048)
+        imgs, _, _, _, _ = data.batch_arrays(seeds, style_prob=0.35)
+        x = to_img_tensor(imgs)
+        zs = torch.cat([vae.encoder(x[i:i + 256])[0] for i in range(0, 2048, 256)])
+        sf = 1.0 / zs.std().item()
+        rec = torch.cat([vae.decoder(zs[i:i + 256]) for i in range(0, 2048, 256)])
+        psnr = 10 * math.log10(4.0 / (rec.clamp(-1, 1) - x).pow(2).mean().item())
+    vae.scaling_factor.fill_(sf)
+    log(f"finished: latent std {zs.std().item():.4f} mean {zs.mean().item():.4f} scaling_factor {sf:.5f} "
+        f"reconstruction PSNR {psnr:.2f} dB on 2048 images")
+    atomic_save(dict(model=half_sd(vae), config=vae.config, scaling_factor=sf, psnr=psnr, steps=step,
+                     finished=True), os.path.join(CKPT, "vae.pt"))
+
+
+# ----------------------------------------------------------------------------------------------
+# stage: evaluator (trained on REAL generated images only)
+# ----------------------------------------------------------------------------------------------
+def eval_loss_acc(out, labs):
+    loss = 0.0
+    acc = {}
+    for a in data.ATTRS:
+        y = torch.from_numpy(labs[a]).long()
+        loss = loss + F.cross_entropy(out[a], y)
+        acc[a] = (out[a].argmax(1) == y).float().mean().item()
+    ys = torch.from_numpy(labs["styles"]).float()
+    loss = loss + F.binary_cross_entropy_with_logits(out["styles"], ys) * 3
+    acc["styles"] = ((out["styles"] > 0).float() == ys).float().mean().item()
+    return loss, acc
+
+
+def evaluator_heldout(ev, n=2000):
+    """Accuracy on held-out eval seeds (plain and styled)."""
+    ev.eval()
+    res = {}
+    with torch.no_grad():
+        for name, kw in [("plain", dict(styles=[])), ("styled", dict(style_prob=1.0))]:
+            seeds = np.arange(0, n) if name == "plain" else np.arange(5000, 5000 + n)
+            imgs, _, _, labs, _ = data.batch_arrays(seeds, **kw)
+            outs = [ev(to_img_tensor(imgs[i:i + 250]))[0] for i in range(0, n, 250)]
+            out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+            _, acc = eval_loss_acc(out, labs)
+            res[name] = acc
+    ev.train()
+    return res
+
+
+def stage_evaluator(args):
+    log = Log("evaluator")
+    B, TOTAL, LR = 64, args.steps or 600, 2e-3
+    torch.manual_seed(1)
+    ev = models.Evaluator()
+    opt = torch.optim.AdamW(ev.parameters(), LR, weight_decay=1e-4)
+    step = 0
+    st = load_state("evaluator")
+    if st:
+        ev.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); step = st["step"]
+        log(f"resumed at step {step}")
+    log(f"evaluator params {models.count_params(ev)} batch {B} total {TOTAL}")
+    prog = Progress(log, TOTAL, step)
+    ev.train()
+    while step < TOTAL:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, TOTAL, LR, floor=0.02)
+        seeds = data.TRAIN_SEED_BASE + 200_000_000 + step * B + np.arange(B)
+        imgs, _, _, labs, _ = data.batch_arrays(seeds, style_prob=0.5)
+        x = to_img_tensor(imgs)
+        x = x + 0.03 * torch.randn_like(x)  # a little robustness to generator noise
+        out, _ = ev(x)
+        loss, acc = eval_loss_acc(out, labs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            prog.report(step, loss=loss.item(), **{k: round(v, 3) for k, v in acc.items()})
+        if prog.due() or step == TOTAL:
+            atomic_save(dict(model=ev.state_dict(), opt=opt.state_dict(), step=step), state_path("evaluator"))
+    res = evaluator_heldout(ev)
+    # Frechet reference statistics of held-out real (plain) images
+    ev.eval()
+    with torch.no_grad():
+        imgs, _, _, _, _ = data.batch_arrays(np.arange(0, 2000))
+        feats = torch.cat([ev.features(to_img_tensor(imgs[i:i + 250])) for i in range(0, 2000, 250)]).double()
+    mu, cov = feats.mean(0), torch.cov(feats.T)
+    log(f"finished: held-out accuracy {res}")
+    atomic_save(dict(model=ev.state_dict(), heldout=res, fid_ref_mu=mu, fid_ref_cov=cov, steps=step, finished=True),
+                os.path.join(CKPT, "evaluator.pt"))
+
+
+# ----------------------------------------------------------------------------------------------
+# stage: base (text encoder + U-Net, epsilon prediction, 10% caption dropout, EMA)
+# ----------------------------------------------------------------------------------------------
+BASE_N = 100_000
+
+
+def build_latent_dataset(log, path, n, seed_base, styles=None, style_prob=0.0, with_masks=False):
+    if os.path.exists(path):
+        return torch.load(path)
+    vae, sf = load_vae()
+    log(f"encoding {n} images (seeds {seed_base}..{seed_base + n - 1}) with the VAE ...")
+    lat, caps_attr, tmpl, seeds_all, style_lab, masks = [], [], [], [], [], []
+    t0 = time.time()
+    with torch.no_grad():
+        for i in range(0, n, 500):
+            seeds = seed_base + np.arange(i, min(n, i + 500))
+            assert seeds.min() >= data.TRAIN_MIN_SEED
+            imgs, mk, caps, labs, ss = data.batch_arrays(seeds, styles=styles, style_prob=style_prob)
+            lat.append((vae.encoder(to_img_tensor(imgs))[0] * sf).half())
+            caps_attr.extend(caps)
+            seeds_all.append(seeds)
+            style_lab.append(labs["styles"])
+            if with_masks:
+                masks.append(torch.from_numpy(mk))
+            if i % 10000 == 0:
+                log(f"  {i}/{n} {time.time() - t0:.0f}s")
+    d = dict(latents=torch.cat(lat), captions=caps_attr, seeds=np.concatenate(seeds_all),
+             styles=np.concatenate(style_lab), scaling_factor=sf)
+    if with_masks:
+        d["masks"] = torch.cat(masks)
+    atomic_save(d, path)
+    return d
+
+
+def make_base(cfg="base"):
+    tok = models.default_tokenizer()
+    unet = models.UNet(**models.UNET_CONFIGS[cfg])
+    te = models.TextEncoder(len(tok.vocab), **models.TEXT_CONFIGS[cfg])
+    return tok, unet, te
+
+
+class Joint(torch.nn.Module):
+    def __init__(self, unet, te):
+        super().__init__()
+        self.unet, self.te = unet, te
+
+
+def load_base(ema=True):
+    ck = torch.load(os.path.join(CKPT, "base.pt"), map_location="cpu")
+    tok, unet, te = make_base()
+    j = Joint(unet, te)
+    j.load_state_dict(float_sd(ck["ema" if ema else "model"]))
+    j.eval()
+    return tok, j.unet, j.te, ck
+
+
+def stage_base(args):
+    log = Log("base")
+    B, LR = 64, 5e-4
+    TOTAL = args.steps or 12000
+    ds = build_latent_dataset(log, os.path.join(WORK, "base_latents.pt"), BASE_N, data.TRAIN_SEED_BASE, styles=[])
+    lat, caps = ds["latents"], ds["captions"]
+    torch.manual_seed(2)
+    tok, unet, te = make_base()
+    j = Joint(unet, te)
+    log(f"U-Net params {models.count_params(unet)}, text encoder params {models.count_params(te)}, "
+        f"latents {tuple(lat.shape)} std {lat.float().std():.3f}")
+    opt = torch.optim.AdamW(j.parameters(), LR, weight_decay=0.0)
+    ema = EMA(j, 0.999)
+    step = 0
+    st = load_state("base")
+    if st:
+        j.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); ema.shadow = st["ema"]; ema.n = st["ema_n"]
+        step = st["step"]
+        log(f"resumed from .work at step {step}")
+    elif os.path.exists(os.path.join(CKPT, "base.pt")):
+        ck = torch.load(os.path.join(CKPT, "base.pt"), map_location="cpu")
+        j.load_state_dict(float_sd(ck["model"])); ema.shadow = float_sd(ck["ema"]); ema.n = ck["step"]
+        step = ck["step"]
+        log(f"resumed from checkpoints/base.pt at step {step} (optimizer state reset)")
+    acp = models.alphas_cumprod(torch.float32)
+    empty_ids = tok([""])
+    all_ids = tok(caps)
+    prog = Progress(log, TOTAL, step)
+    g = torch.Generator().manual_seed(1234 + step)
+    EVAL_EVERY = args.eval_every
+    j.train()
+    while step < TOTAL:
+        for gr in opt.param_groups:
+            gr["lr"] = cosine_lr(step, max(TOTAL, 20000), LR, warmup=300, floor=0.2)
+        idx = torch.randint(0, lat.shape[0], (B,), generator=g)
+        x0 = lat[idx].float()
+        ids = all_ids[idx].clone()
+        drop = torch.rand(B, generator=g) < 0.1
+        ids[drop] = empty_ids
+        t = torch.randint(0, models.NUM_TRAIN_TIMESTEPS, (B,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = acp[t].view(B, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t.float(), te(ids))
+        # Min-SNR-5 loss weighting (Hang et al. 2023) for epsilon prediction: min(SNR, 5) / SNR
+        snr = acp[t] / (1 - acp[t])
+        w = snr.clamp(max=5.0) / snr
+        loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * w).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(j.parameters(), 1.0)
+        opt.step()
+        ema.update(j)
+        step += 1
+        if step % 25 == 0:
+            prog.report(step, loss=loss.item(), lr=opt.param_groups[0]["lr"])
+        last = step == TOTAL
+        if prog.due() or last or (EVAL_EVERY and step % EVAL_EVERY == 0):
+            atomic_save(dict(model=j.state_dict(), opt=opt.state_dict(), ema=ema.shadow, ema_n=ema.n, step=step),
+                        state_path("base"))
+            jm = Joint(*make_base()[1:]); jm.load_state_dict(ema.shadow)
+            atomic_save(dict(model=half_sd(j), ema=half_sd(jm), step=step, config=unet.config,
+                             text_config=te.config, finished=last), os.path.join(CKPT, "base.pt"))
+            log(f"checkpoint saved at step {step}")
+        if EVAL_EVERY and step % EVAL_EVERY == 0 and not last and os.path.exists(os.path.join(CKPT, "evaluator.pt")):
+            try:
+                import evaluate
+                jm.eval()
+                r = evaluate.evaluate_epsilon_model(jm.unet, jm.te, tok, n=256, steps=50, guidance=4.0, log=log,
+                                                    tag=f"base step {step}")
+                log(f"EVAL step {step}: {r}")
+            except Exception as e:  # evaluation must never kill training
+                log(f"EVAL failed at step {step}: {e!r}")
+    log(f"finished at step {step}")
+    open(os.path.join(WORK, "base.done"), "w").write(str(step))
+    try:
+        import evaluate
+        jm.eval()
+        evaluate.evaluate_epsilon_model(jm.unet, jm.te, tok, n=256, steps=50, guidance=4.0, log=log,
+                                        tag=f"base step {step} (final)")
+        for iv in (2, 3, 5):
+            evaluate.evaluate_deepcache(jm.unet, jm.te, tok, interval=iv, log=log)
+    except Exception as e:
+        log(f"EVAL failed: {e!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers for the stages that build on the base
+# ----------------------------------------------------------------------------------------------
+def frozen_base():
+    tok, unet, te, ck = load_base(ema=True)
+    for p in list(unet.parameters()) + list(te.parameters()):
+        p.requires_grad_(False)
+    return tok, unet, te
+
+
+def base_dataset(log):
+    return build_latent_dataset(log, os.path.join(WORK, "base_latents.pt"), BASE_N, data.TRAIN_SEED_BASE, styles=[])
+
+
+def pseudo_huber(a, b, c=0.001):
+    return (torch.sqrt((a - b).pow(2) + c * c) - c).mean()
+
+
+def resume(stage, log, objs: dict):
+    """objs: name -> object with load_state_dict. Returns (step, extra dict)."""
+    st = load_state(stage)
+    if not st:
+        return 0, {}
+    for k, o in objs.items():
+        o.load_state_dict(st[k])
+    log(f"resumed at step {st['step']}")
+    return st["step"], st.get("extra", {})
+
+
+def save(stage, step, objs: dict, extra=None):
+    atomic_save(dict({k: o.state_dict() for k, o in objs.items()}, step=step, extra=extra or {}), state_path(stage))
+
+
+# ----------------------------------------------------------------------------------------------
+# stage: lcm (latent consistency distillation, LCM paper Alg. 2 / diffusers train_lcm_distill_sd)
+# ----------------------------------------------------------------------------------------------
+LCM_COND_DIM = 64
+LCM_W_RANGE = (2.0, 8.0)  # guidance scales the student learns (teacher CFG); embedded as w = g - 1
+
+
+def make_lcm_unet(base_unet):
+    cfg = dict(base_unet.config)
+    cfg["cond_dim"] = LCM_COND_DIM
+    u = models.UNet(**cfg)
+    missing, unexpected = u.load_state_dict(base_unet.state_dict(), strict=False)
+    assert set(missing) == {"time_embedding.cond_proj.weight"} and not unexpected, (missing, unexpected)
+    torch.nn.init.zeros_(u.time_embedding.cond_proj.weight)
+    return u
+
+
+def lcm_scalings_t(t, sigma_data=0.5, timestep_scaling=10.0):
+    s = t.float() * timestep_scaling
+    c_skip = sigma_data ** 2 / (s ** 2 + sigma_data ** 2)
+    c_out = s / torch.sqrt(s ** 2 + sigma_data ** 2)
+    return c_skip.view(-1, 1, 1, 1), c_out.view(-1, 1, 1, 1)
+
+
+def stage_lcm(args):
+    log = Log("lcm")
+    B, TOTAL, LR = 64, args.steps or 3000, 2e-4
+    ds = base_dataset(log)
+    lat, all_ids = ds["latents"], None
+    tok, teacher, te = frozen_base()
+    all_ids = tok(ds["captions"])
+    torch.manual_seed(3)
+    student = make_lcm_unet(teacher)
+    target = make_lcm_unet(teacher)
+    target.load_state_dict(student.state_dict())
+    for p in target.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(student.parameters(), LR, weight_decay=0.0)
+    step, _ = resume("lcm", log, dict(student=student, target=target, opt=opt))
+    acp = models.alphas_cumprod(torch.float32)
+    skeleton = torch.arange(1, 51) * 20 - 1
+    empty = te(tok([""]))
+    g = torch.Generator().manual_seed(77 + step)
+    prog = Progress(log, TOTAL, step)
+    log(f"LCM distillation: student params {models.count_params(student)}, batch {B}, total {TOTAL}")
+    while step < TOTAL:
+        for gr in opt.param_groups:
+            gr["lr"] = cosine_lr(step, TOTAL, LR, warmup=100, floor=0.1)
+        idx = torch.randint(0, lat.shape[0], (B,), generator=g)
+        x0 = lat[idx].float()
+        with torch.no_grad():
+            ctx = te(all_ids[idx])
+        k = torch.randint(0, 50, (B,), generator=g)
+        t = skeleton[k]
+        tp = (t - 20).clamp(min=0)
+        noise = torch.randn(x0.shape, generator=g)
+        a_t, a_p = acp[t].view(B, 1, 1, 1), acp[tp].view(B, 1, 1, 1)
+        xt = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
+        gs = LCM_W_RANGE[0] + (LCM_W_RANGE[1] - LCM_W_RANGE[0]) * torch.rand(B, generator=g)
+        wemb = models.guidance_embedding(gs, LCM_COND_DIM)
+        with torch.no_grad():
+            e = teacher(torch.cat([xt, xt]), torch.cat([t, t]).float(), torch.cat([empty.expand(B, -1, -1), ctx]))
+            eu, ec = e.chunk(2)
+            eps = eu + gs.view(B, 1, 1, 1) * (ec - eu)
+            x0_t = (xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            x_prev = a_p.sqrt() * x0_t + (1 - a_p).sqrt() * eps
+            e_tg = target(x_prev, tp.float(), ctx, timestep_cond=wemb)
+            cs_p, co_p = lcm_scalings_t(tp)
+            tgt = cs_p * x_prev + co_p * (x_prev - (1 - a_p).sqrt() * e_tg) / a_p.sqrt()
+        e_s = student(xt, t.float(), ctx, timestep_cond=wemb)
+        cs_t, co_t = lcm_scalings_t(t)
+        pred = cs_t * xt + co_t * (xt - (1 - a_t).sqrt() * e_s) / a_t.sqrt()
+        loss = pseudo_huber(pred, tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():  # target network = EMA(0.95) of the student
+            for pt, ps in zip(target.parameters(), student.parameters()):
+                pt.mul_(0.95).add_(ps.detach(), alpha=0.05)
+        step += 1
+        if step % 25 == 0:
+            prog.report(step, loss=loss.item())
+        if prog.due() or step == TOTAL:
+            save("lcm", step, dict(student=student, target=target, opt=opt))
+    atomic_save(dict(model=half_sd(target), config=target.config, steps=step, w_range=LCM_W_RANGE, finished=True),
+                os.path.join(CKPT, "lcm.pt"))
+    log("finished")
+    try:
+        import evaluate
+        for steps in (1, 2, 4, 8):
+            evaluate.evaluate_lcm(target, te, tok, steps=steps, guidance=4.0, log=log, tag=f"lcm {steps}-step")
+    except Exception as e:
+        log(f"EVAL failed: {e!r}")
+
+
+def load_lcm():
+    ck = torch.load(os.path.join(CKPT, "lcm.pt"), map_location="cpu")
+    u = models.UNet(**ck["config"])
+    u.load_state_dict(float_sd(ck["model"]))
+    return u.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# stage: rf (InstaFlow: reflow on (noise, image) pairs from the base's guided ODE, then one-step distillation)
+# ----------------------------------------------------------------------------------------------
+RF_PAIRS, RF_ODE_STEPS, RF_GUIDANCE = 8192, 20, 4.0
+
+
+def stage_rf(args):
+    log = Log("rf")
+    B = 64
+    R1 = args.steps or 2500  # reflow steps
+    R2 = args.steps if args.steps else 1500  # one-step distillation steps
+    tok, base, te = frozen_base()
+    ds = base_dataset(log)
+    caps = ds["captions"]
+    # 1) pairs from the base's deterministic DDIM (probability-flow ODE) with CFG, resumable in chunks
+    pp = os.path.join(WORK, "rf", "pairs.pt")
+    pairs = torch.load(pp) if os.path.exists(pp) else dict(z=[], x1=[], ids=[])
+    import evaluate
+    empty = te(tok([""]))
+    done = sum(z.shape[0] for z in pairs["z"])
+    t0 = time.time()
+    while done < RF_PAIRS:
+        g = torch.Generator().manual_seed(9000 + done)
+        idx = torch.randint(0, len(caps), (256,), generator=g)
+        ids = tok([caps[i] for i in idx])
+        with torch.no_grad():
+            ctx = te(ids)
+            z = torch.randn((256, 4, 16, 16), generator=g)
+            x1 = evaluate.ddim_sample(lambda x, t, c: base(x, t, c), ctx, empty.expand(256, -1, -1), z.shape,
+                                      RF_ODE_STEPS, RF_GUIDANCE, x=z.clone())
+        pairs["z"].append(z.half()); pairs["x1"].append(x1.half()); pairs["ids"].append(ids)
+        done += 256
+        atomic_save(pairs, pp)
+        log(f"pairs {done}/{RF_PAIRS} ({(time.time() - t0) / 60:.1f} min)")
+    Z, X1, IDS = (torch.cat(pairs[k]) for k in ("z", "x1", "ids"))
+    Z, X1 = Z.float(), X1.float()
+    torch.manual_seed(4)
+    model = models.UNet(**base.config)
+    model.load_state_dict(base.state_dict())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), 2e-4, weight_decay=0.0)
+    ema = EMA(model, 0.999)
+    st = load_state("rf")
+    step = 0
+    if st:
+        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); ema.shadow = st["ema"]; ema.n = st["ema_n"]
+        step = st["step"]
+        log(f"resumed at step {step}")
+    TOTAL = R1 + R2
+    prog = Progress(log, TOTAL, step)
+    g = torch.Generator().manual_seed(55 + step)
+    while step < TOTAL:
+        phase = 1 if step < R1 else 2
+        if step == R1 and phase == 2:
+            model.load_state_dict(ema.shadow)  # distil from the reflowed EMA weights
+            ema = EMA(model, 0.999)
+            opt = torch.optim.AdamW(model.parameters(), 1e-4, weight_decay=0.0)
+        idx = torch.randint(0, Z.shape[0], (B,), generator=g)
+        z, x1 = Z[idx], X1[idx]
+        with torch.no_grad():
+            ctx = te(IDS[idx])
+        if phase == 1:
+            t = torch.rand(B, generator=g)
+            tt = t.view(B, 1, 1, 1)
+            xt = tt * x1 + (1 - tt) * z
+            v = model(xt, (1 - t) * 1000.0, ctx)
+            loss = F.mse_loss(v, x1 - z)
+        else:
+            v = model(z, torch.full((B,), 1000.0), ctx)
+            loss = F.mse_loss(z + v, x1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model)
+        step += 1
+        if step % 25 == 0:
+            prog.report(step, phase=phase, loss=loss.item())
+        if prog.due() or step == TOTAL or step == R1:
+            atomic_save(dict(model=model.state_dict(), opt=opt.state_dict(), ema=ema.shadow, ema_n=ema.n, step=step),
+                        state_path("rf"))
+    final = models.UNet(**base.config)
+    final.load_state_dict(ema.shadow)
+    atomic_save(dict(model=half_sd(final), config=final.config, steps=step, reflow_steps=R1, distill_steps=R2,
+                     pairs=int(Z.shape[0]), finished=True), os.path.join(CKPT, "rf.pt"))
+    log("finished")
+    try:
+        evaluate.evaluate_rf(final.eval(), te, tok, steps=1, log=log, tag="rectified-flow 1-step")
+    except Exception as e:
+        log(f"EVAL failed: {e!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# stage: loras (style LoRAs on the frozen base at its LoRA targets; kohya + PEFT safetensors)
+# ----------------------------------------------------------------------------------------------
+LORA_RANK = 8
+LORA_N = 12000  # styled training images per LoRA
+CN_N = 20000  # ControlNet training images
+
+
+class LoRAParams(torch.nn.Module):
+    def __init__(self, unet, rank=LORA_RANK):
+        super().__init__()
+        self.paths = [t["path"] for t in unet.lora_target_info()]
+        self.down = torch.nn.ParameterList()
+        self.up = torch.nn.ParameterList()
+        for t in unet.lora_target_info():
+            d = torch.empty(rank, t["in_features"])
+            torch.nn.init.kaiming_uniform_(d, a=math.sqrt(5))
+            self.down.append(torch.nn.Parameter(d))
+            self.up.append(torch.nn.Parameter(torch.zeros(t["out_features"], rank)))
+
+    def branches(self, B, scale=1.0):
+        return {p: (d.unsqueeze(0).expand(B, -1, -1), (u * scale).unsqueeze(0).expand(B, -1, -1))
+                for p, d, u in zip(self.paths, self.down, self.up)}
+
+    def as_dict(self):
+        return {p: (d.detach().clone(), u.detach().clone()) for p, d, u in zip(self.paths, self.down, self.up)}
+
+
+def stage_loras(args):
+    log = Log("loras")
+    B, S, LR = 64, args.steps or 800, 1e-3
+    tok, unet, te = frozen_base()
+    acp = models.alphas_cumprod(torch.float32)
+    outputs = {}
+    prev = load_state("loras")
+    finished = prev["extra"].get("finished", {}) if prev else {}
+    for si, style in enumerate(data.STYLES):
+        if style in finished:
+            outputs[style] = finished[style]
+            continue
+        ds = build_latent_dataset(log, os.path.join(WORK, f"lora_{style}_latents.pt"), LORA_N,
+                                  data.STYLE_SEED_BASE + si * 1_000_000, styles=[style])
+        lat, ids_all = ds["latents"], tok(ds["captions"])
+        torch.manual_seed(10 + si)
+        lp = LoRAParams(unet)
+        opt = torch.optim.AdamW(lp.parameters(), LR, weight_decay=0.0)
+        step = 0
+        if prev and prev["extra"].get("style") == style:
+            lp.load_state_dict(prev["lp"]); opt.load_state_dict(prev["opt"]); step = prev["step"]
+            log(f"resumed {style} at step {step}")
+        g = torch.Generator().manual_seed(500 + si * 100000 + step)
+        prog = Progress(log, S, step)
+        log(f"LoRA '{style}': rank {LORA_RANK}, {len(lp.paths)} targets, {sum(p.numel() for p in lp.parameters())} params")
+        while step < S:
+            for gr in opt.param_groups:
+                gr["lr"] = cosine_lr(step, S, LR, warmup=50, floor=0.1)
+            idx = torch.randint(0, lat.shape[0], (B,), generator=g)
+            x0 = lat[idx].float()
+            with torch.no_grad():
+                ctx = te(ids_all[idx])
+            t = torch.randint(0, 1000, (B,), generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            a = acp[t].view(B, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            pred = unet(xt, t.float(), ctx, lora=lp.branches(B))
+            loss = F.mse_loss(pred, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % 25 == 0:
+                prog.report(step, style=style, loss=loss.item())
+            if prog.due() or step == S:
+                atomic_save(dict(lp=lp.state_dict(), opt=opt.state_dict(), step=step,
+                                 extra=dict(style=style, finished=finished)), state_path("loras"))
+        finished[style] = {p: (d.half(), u.half()) for p, (d, u) in lp.as_dict().items()}
+        outputs[style] = finished[style]
+        atomic_save(dict(lp=lp.state_dict(), opt=opt.state_dict(), step=step,
+                         extra=dict(style=None, finished=finished)), state_path("loras"))
+        prev = load_state("loras")
+    import export
+    for style, lo in outputs.items():
+        lo32 = {p: (d.float(), u.float()) for p, (d, u) in lo.items()}
+        export.save_safetensors(os.path.join(CKPT, "loras", f"{style}.safetensors"),
+                                export.lora_to_kohya(lo32, alpha=LORA_RANK),
+                                {"family": "tiny-shapes", "format": "kohya", "rank": str(LORA_RANK), "trigger": style})
+    atomic_save(dict(loras=outputs, rank=LORA_RANK, steps=S, finished=True), os.path.join(CKPT, "loras.pt"))
+    log("finished")
+    try:
+        import evaluate
+        for style in data.STYLES:
+            evaluate.evaluate_lora(unet, te, tok, {style: 1.0}, log=log)
+        evaluate.evaluate_lora(unet, te, tok, {"striped": 1.0, "pastel": 1.0}, log=log)
+    except Exception as e:
+        log(f"EVAL failed: {e!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# stage: controlnet (mask ControlNet: trainable copy of the encoder + hint encoder, zero convs)
+# ----------------------------------------------------------------------------------------------
+def stage_controlnet(args):
+    log = Log("controlnet")
+    B, S, LR = 64, args.steps or 2000, 2e-4
+    tok, unet, te = frozen_base()
+    ds = build_latent_dataset(log, os.path.join(WORK, "controlnet_latents.pt"), CN_N, data.CONTROL_SEED_BASE,
+                              styles=[], with_masks=True)
+    lat, masks, ids_all = ds["latents"], ds["masks"], tok(ds["captions"])
+    empty = tok([""])
+    torch.manual_seed(5)
+    cn = models.ControlNet(unet)
+    for p in cn.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(cn.parameters(), LR, weight_decay=0.0)
+    step, _ = resume("controlnet", log, dict(cn=cn, opt=opt))
+    acp = models.alphas_cumprod(torch.float32)
+    g = torch.Generator().manual_seed(600 + step)
+    prog = Progress(log, S, step)
+    log(f"ControlNet params {models.count_params(cn)}")
+    while step < S:
+        for gr in opt.param_groups:
+            gr["lr"] = cosine_lr(step, S, LR, warmup=100, floor=0.1)
+        idx = torch.randint(0, lat.shape[0], (B,), generator=g)
+        x0 = lat[idx].float()
+        ids = ids_all[idx].clone()
+        ids[torch.rand(B, generator=g) < 0.3] = empty  # learn the layout from the mask alone too
+        with torch.no_grad():
+            ctx = te(ids)
+        m = masks[idx].float().div(255.0).unsqueeze(1)
+        t = torch.randint(0, 1000, (B,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = acp[t].view(B, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        outs, mid = cn(xt, t.float(), ctx, m)
+        pred = unet(xt, t.float(), ctx, down_residuals=outs, mid_residual=mid)
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(cn.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            prog.report(step, loss=loss.item())
+        if prog.due() or step == S:
+            save("controlnet", step, dict(cn=cn, opt=opt))
+    atomic_save(dict(model=half_sd(cn), steps=step, finished=True), os.path.join(CKPT, "controlnet.pt"))
+    log("finished")
+    try:
+        import evaluate
+        evaluate.evaluate_controlnet(unet, te, tok, cn.eval(), log=log)
+    except Exception as e:
+        log(f"EVAL failed: {e!r}")
+
+
+def load_controlnet(unet):
+    ck = torch.load(os.path.join(CKPT, "controlnet.pt"), map_location="cpu")
+    cn = models.ControlNet(unet)
+    cn.load_state_dict(float_sd(ck["model"]))
+    return cn.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("stage", choices=STAGES)
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if stage_finished(args.stage):
+        print(f"stage {args.stage} already finished (checkpoints/{args.stage}.pt)")
+        return
+    fn = globals().get(f"stage_{args.stage}")
+    if fn is None:
+        raise SystemExit(f"stage {args.stage} is not implemented yet")
+    fn(args)
+
+
+if __name__ == "__main__":
+    main()
