@@ -25,6 +25,10 @@ export interface StepContext {
   unetBatch: number;
   /** The U-Net's sample input for this step, [unetBatch, C, h, w]. */
   sample: ort.Tensor;
+  /** The U-Net's text conditioning, [unetBatch, tokens, D] (a ControlNet reads it too). */
+  encoderHiddenStates: ort.Tensor;
+  /** The U-Net's timestep input for this step. */
+  timestepTensor: ort.Tensor;
 }
 
 /** U-Net inputs for one step; a promised tensor is awaited only when the U-Net part that reads it runs. */
@@ -326,11 +330,12 @@ export async function generateBatch(
     const t = sampler.timesteps[i]!;
     const sampleDims = [unetBatch, ...latentShape.slice(1)];
     const sample = floatTensor(cfg ? tile(latents, 2) : latents, sampleDims);
+    const timestepInput = timestepTensor(timestepSpec, t, unetBatch);
     const feeds: StepFeeds = {
       ...constant,
       [UNET_IO.sample]: sample,
-      [UNET_IO.timestep]: timestepTensor(timestepSpec, t, unetBatch),
-      ...options.unetInputs?.({ stepIndex: i, timestep: t, unetBatch, sample }),
+      [UNET_IO.timestep]: timestepInput,
+      ...options.unetInputs?.({ stepIndex: i, timestep: t, unetBatch, sample, encoderHiddenStates: constant[UNET_IO.encoderHiddenStates]!, timestepTensor: timestepInput }),
     };
     const prediction = await clock.time("unetMs", async () => {
       if (parts.kind === "whole") return predictionOf(parts.whole, await parts.whole.run(await awaitInputs(parts.whole, feeds)));

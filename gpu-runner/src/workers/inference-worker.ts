@@ -6,12 +6,15 @@ import { parentPort, workerData } from "node:worker_threads";
 import { loadBundle, SessionConfigSchema, type Bundle } from "../pipeline/bundle.ts";
 import { generateBatch } from "../pipeline/pipeline.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./protocol.ts";
+import { AddonRuntime } from "../addons/runtime.ts";
+import { GenerationRequest } from "../pipeline/request.ts";
 
 const port = parentPort;
 if (port === null) throw new Error("inference-worker must run in a worker thread");
 const init = workerData as WorkerInit;
 const session = SessionConfigSchema.parse(init.session);
 const bundles = new Map<string, Promise<Bundle>>();
+const addonRuntime = new AddonRuntime(session);
 
 function bundle(dir: string): Promise<Bundle> {
   let loading = bundles.get(dir);
@@ -29,7 +32,12 @@ port.on("message", async (msg: ToWorker) => {
   const cancel = new Int32Array(msg.cancelFlag);
   const controller = new AbortController();
   try {
-    const results = await generateBatch(await bundle(msg.bundleDir), msg.requests, {
+    const loaded = await bundle(msg.bundleDir);
+    const unetInputs = msg.addons
+      ? await addonRuntime.provider(loaded, msg.requests.map((r) => GenerationRequest.parse(r).n), msg.addons)
+      : undefined;
+    const results = await generateBatch(loaded, msg.requests, {
+      ...(unetInputs ? { unetInputs } : {}),
       signal: controller.signal,
       onProgress: ({ step, steps }) => {
         if (Atomics.load(cancel, 0) === 1) controller.abort(new Error("generation canceled"));

@@ -15,6 +15,7 @@ import { DEFAULT_SESSION_CONFIG, type SessionConfig } from "../pipeline/bundle.t
 import type { GenerationResult } from "../pipeline/pipeline.ts";
 import type { GenerationRequest } from "../pipeline/request.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./protocol.ts";
+import type { RequestAddons } from "../addons/runtime.ts";
 
 export interface PoolOptions {
   /** Number of workers; defaults to the number of cores. */
@@ -25,6 +26,8 @@ export interface PoolOptions {
 export interface JobOptions {
   onProgress?: (progress: { step: number; steps: number }) => void;
   signal?: AbortSignal;
+  /** Per request (same order), its LoRAs and ControlNets. */
+  addons?: RequestAddons[];
 }
 
 /** An error raised inside a worker, with the original error's name (BundleError, SamplerMismatchError, ...). */
@@ -115,7 +118,14 @@ export class InferencePool {
       const job = this.queue.shift()!;
       const slot = idle.find((s) => s.bundles.has(job.bundleDir)) ?? idle[0]!;
       slot.job = job;
-      const msg: ToWorker = { type: "generate", id: job.id, bundleDir: job.bundleDir, requests: job.requests, cancelFlag: job.cancelFlag };
+      const msg: ToWorker = {
+        type: "generate",
+        id: job.id,
+        bundleDir: job.bundleDir,
+        requests: job.requests,
+        cancelFlag: job.cancelFlag,
+        ...(job.options.addons ? { addons: job.options.addons } : {}),
+      };
       slot.worker.postMessage(msg);
     }
   }

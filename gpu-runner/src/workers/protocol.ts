@@ -2,6 +2,7 @@
 import type { SessionConfig } from "../pipeline/bundle.ts";
 import type { GenerationResult } from "../pipeline/pipeline.ts";
 import type { GenerationRequest } from "../pipeline/request.ts";
+import type { RequestAddons } from "../addons/runtime.ts";
 
 export interface WorkerInit {
   session: SessionConfig;
@@ -15,6 +16,8 @@ export type ToWorker = {
   requests: GenerationRequest[];
   /** One Int32 the main thread sets to 1 to cancel; read between steps without waiting for a message. */
   cancelFlag: SharedArrayBuffer;
+  /** Per request, the add-ons it applies (LoRA bytes and control images in shared memory). */
+  addons?: RequestAddons[];
 };
 
 export type FromWorker =

@@ -1,0 +1,119 @@
+/**
+ * The add-ons of a batch, inside an inference worker: LoRA files parsed once per hash (bounded cache) and stacked
+ * per sample into the U-Net's branch inputs; ControlNets loaded once per bundle and run at every step, their
+ * scaled residuals summed per sample. Produces the pipeline's `unetInputs` provider.
+ */
+import * as ort from "onnxruntime-node";
+import type { Bundle, SessionConfig } from "../pipeline/bundle.ts";
+import type { StepFeeds, UnetInputProvider } from "../pipeline/pipeline.ts";
+import { controlNetResiduals, loadControlNet, type ControlNet, type ControlNetUse } from "./controlnet.ts";
+import { LoraError, parseLora, stackLoras, type LoraUse, type ParsedLora } from "./lora.ts";
+
+/** What one request brings; crosses the thread boundary (bytes in SharedArrayBuffers, no copy). */
+export interface RequestAddons {
+  loras: Array<{ sha256: string; bytes: Uint8Array; scale: number }>;
+  /** `conditioning`: one sample's [C, H, W] in the ControlNet's range (see control-image.ts). */
+  controlnets: Array<{ dir: string; conditioning: Float32Array; scale: number }>;
+}
+
+const PARSED_LORAS_KEPT = 64;
+
+export class AddonRuntime {
+  private readonly loras = new Map<string, ParsedLora>();
+  private readonly controlnets = new Map<string, Promise<ControlNet>>();
+  private readonly session: SessionConfig;
+
+  constructor(session: SessionConfig) {
+    this.session = session;
+  }
+
+  private lora(bundle: Bundle, sha256: string, bytes: Uint8Array): ParsedLora {
+    const key = `${bundle.dir}|${sha256}`;
+    let parsed = this.loras.get(key);
+    if (parsed) {
+      this.loras.delete(key);
+    } else {
+      const spec = bundle.manifest.lora;
+      if (!spec) throw new LoraError(`model ${bundle.manifest.name} takes no LoRAs`);
+      parsed = parseLora(bytes, spec.targets, spec.max_rank);
+    }
+    this.loras.set(key, parsed);
+    while (this.loras.size > PARSED_LORAS_KEPT) this.loras.delete(this.loras.keys().next().value!);
+    return parsed;
+  }
+
+  private controlnet(bundle: Bundle, dir: string): Promise<ControlNet> {
+    let net = this.controlnets.get(dir);
+    if (!net) {
+      net = loadControlNet(dir, bundle.manifest, this.session);
+      net.catch(() => this.controlnets.delete(dir));
+      this.controlnets.set(dir, net);
+    }
+    return net;
+  }
+
+  /**
+   * The provider for a batch of requests (`imagesPer[r]` images each, in order). Undefined when no request
+   * brings add-ons, so the pipeline keeps its zero defaults untouched.
+   */
+  async provider(bundle: Bundle, imagesPer: number[], addons: RequestAddons[]): Promise<UnetInputProvider | undefined> {
+    if (addons.every((a) => a.loras.length === 0 && a.controlnets.length === 0)) return undefined;
+    const perImage = <T>(pick: (a: RequestAddons) => T): T[] => imagesPer.flatMap((n, r) => Array<T>(n).fill(pick(addons[r]!)));
+    const loraUses = perImage((a) => a.loras.map((l): LoraUse => ({ lora: this.lora(bundle, l.sha256, l.bytes), scale: l.scale })));
+    const nets = new Map<string, ControlNet>();
+    for (const a of addons) for (const c of a.controlnets) if (!nets.has(c.dir)) nets.set(c.dir, await this.controlnet(bundle, c.dir));
+    const cnPerImage = perImage((a) => a.controlnets);
+    const images = loraUses.length;
+
+    // The U-Net batch is the images, twice over with classifier-free guidance (unconditional half first);
+    // add-ons apply to both halves.
+    const built = new Map<number, { loraFeeds: StepFeeds; cn: ControlNetUse[] }>();
+    const forBatch = (unetBatch: number) => {
+      let b = built.get(unetBatch);
+      if (b) return b;
+      const repeat = unetBatch / images;
+      const sampleOf = (s: number) => s % images;
+      const loraFeeds: StepFeeds = {};
+      if (loraUses.some((u) => u.length > 0)) {
+        const spec = bundle.manifest.lora!;
+        const perSample = Array.from({ length: unetBatch }, (_, s) => loraUses[sampleOf(s)]!);
+        for (const f of stackLoras(spec.targets, perSample, spec.max_rank)) loraFeeds[f.name] = new ort.Tensor("float32", f.data, f.dims);
+      }
+      // One ControlNet run per (bundle, k-th use of it in a request): a request may use one ControlNet twice,
+      // with two control images.
+      const slots = new Map<string, { dir: string; k: number }>();
+      for (const uses of cnPerImage) {
+        const seen = new Map<string, number>();
+        for (const u of uses) {
+          const k = seen.get(u.dir) ?? 0;
+          seen.set(u.dir, k + 1);
+          slots.set(`${u.dir}#${k}`, { dir: u.dir, k });
+        }
+      }
+      const cn: ControlNetUse[] = [...slots.values()].map(({ dir, k }) => {
+        const net = nets.get(dir)!;
+        const { channels, height, width } = net.manifest.conditioning;
+        const per = channels * height * width;
+        const conditioning = new Float32Array(unetBatch * per);
+        const scales = new Float32Array(unetBatch);
+        for (let s = 0; s < unetBatch; s++) {
+          const use = cnPerImage[sampleOf(s)]!.filter((c) => c.dir === dir)[k];
+          if (!use) continue;
+          if (use.conditioning.length !== per) throw new LoraError(`control image for ${net.manifest.name} has ${use.conditioning.length} values, expected ${per}`);
+          conditioning.set(use.conditioning, s * per);
+          scales[s] = use.scale;
+        }
+        return { net, conditioning, scales };
+      });
+      if (!Number.isInteger(repeat)) throw new LoraError(`U-Net batch ${unetBatch} is not a multiple of ${images} images`);
+      b = { loraFeeds, cn };
+      built.set(unetBatch, b);
+      return b;
+    };
+
+    return (step) => {
+      const { loraFeeds, cn } = forBatch(step.unetBatch);
+      return cn.length ? { ...loraFeeds, ...controlNetResiduals(cn, step) } : loraFeeds;
+    };
+  }
+}
