@@ -174,6 +174,7 @@ def real_baseline(n=256):
     """The same metrics on n held-out REAL images (seeds 5000..5000+n, plain): the ceiling / FD noise floor."""
     imgs, _, _, _, ss = data.batch_arrays(np.arange(9000, 9000 + n), styles=[])
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    save_grid(x, [data.caption_for(s.attrs) for s in ss], "grid_real_heldout")
     return score_images(x, [s.attrs for s in ss])
 
 
@@ -428,12 +429,15 @@ def write_report():
                      f"{r.get('guidance', '')} | {r.get('n', '')} | {f('shape')} | {f('color')} | {f('size')} | "
                      f"{f('position')} | {f('background')} | **{f('mean')}** | {f('all_correct')} | {f('fd')} | "
                      f"{f('style_detected')} | {f('mask_iou')} | [png]({r.get('grid', '')}) |")
+    tail = os.path.join(ZOO, "REPORT.tail.md")
+    if os.path.exists(tail):
+        lines.append("\n" + open(tail).read())
     open(os.path.join(ZOO, "REPORT.md"), "w").write("\n".join(lines) + "\n")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["base", "real", "deepcache", "lcm", "rf", "loras", "controlnet"])
+    ap.add_argument("what", choices=["base", "real", "vae", "report", "deepcache", "lcm", "rf", "loras", "controlnet"])
     ap.add_argument("--interval", type=int, default=3)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--steps", type=int, default=50)
@@ -442,10 +446,27 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.what == "report":
+        write_report()
+        return
+    if args.what == "vae":  # the ceiling the VAE allows: evaluator on VAE reconstructions of held-out images
+        vae, sf = load_vae()
+        imgs, _, _, _, ss = data.batch_arrays(np.arange(9000, 9000 + args.n), styles=[])
+        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            rec = decode(vae.encoder(x)[0] * sf)
+        r = score_images(rec, [s.attrs for s in ss])
+        r["psnr"] = float(10 * math.log10(4.0 / (rec - x).pow(2).mean().item()))
+        save_grid(rec, [data.caption_for(s.attrs) for s in ss], "grid_vae_reconstructions")
+        r.update(tag="VAE reconstructions of held-out real images (ceiling)", sampler="-", steps="-", guidance="-",
+                 n=args.n, grid="report/grid_vae_reconstructions.png")
+        record_result(r)
+        print(r)
+        return
     if args.what == "real":
         r = real_baseline(args.n)
         r.update(tag="REAL held-out images (ceiling)", sampler="-", steps="-", guidance="-", n=args.n,
-                 grid="")
+                 grid="report/grid_real_heldout.png")
         record_result(r)
         print(r)
         return

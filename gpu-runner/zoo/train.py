@@ -143,7 +143,7 @@ def load_vae():
 # ----------------------------------------------------------------------------------------------
 def stage_vae(args):
     log = Log("vae")
-    B, TOTAL, LR, KL_W = 32, args.steps or 1000, 1e-3, 1e-6
+    B, TOTAL, LR, KL_W = 32, args.steps or 750, 1e-3, 1e-6
     torch.manual_seed(0)
     vae = models.VAE(**models.VAE_CONFIGS["base"])
     opt = torch.optim.Adam(vae.parameters(), LR)

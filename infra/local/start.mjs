@@ -6,7 +6,7 @@
  * LEASE_TTL_MS, S3_ENDPOINT / S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY for another store); `--runners N` (default 1).
  */
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -103,6 +103,67 @@ async function registerModels() {
   return registered;
 }
 
+/**
+ * Publishes the add-ons that ship with the model bundles (`<bundle>/addons/`): LoRA files as they are, ControlNet
+ * bundles as tar archives. Each goes into the bucket and is registered as a public add-on of the demo tenant.
+ */
+async function registerDemoAddons(tenantId, apiKey) {
+  const dir = join(root, "gpu-runner/zoo/models");
+  if (!existsSync(dir)) return [];
+  const { S3Client, PutObjectCommand } = await import("@aws-sdk/client-s3");
+  const { writeTar } = await import("../../gpu-runner/src/addons/tar.ts");
+  const client = new S3Client({
+    endpoint: s3.endpoint,
+    region: "auto",
+    forcePathStyle: true,
+    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+    requestChecksumCalculation: "WHEN_REQUIRED",
+    responseChecksumValidation: "WHEN_REQUIRED",
+  });
+  const existing = new Set((await api("GET", "/v1/addons", apiKey)).data.filter((a) => a.owned).map((a) => a.name));
+  const published = [];
+  for (const bundle of readdirSync(dir)) {
+    const manifestPath = join(dir, bundle, "manifest.json");
+    const addonsDir = join(dir, bundle, "addons");
+    if (!existsSync(manifestPath) || !existsSync(addonsDir)) continue;
+    const family = JSON.parse(readFileSync(manifestPath, "utf8")).family;
+    for (const entry of readdirSync(addonsDir)) {
+      let kind, name, bytes;
+      if (entry.endsWith(".safetensors")) {
+        [kind, name, bytes] = ["lora", entry.replace(/\.safetensors$/, ""), readFileSync(join(addonsDir, entry))];
+      } else if (existsSync(join(addonsDir, entry, "manifest.json"))) {
+        const files = [];
+        const walk = (rel) => {
+          for (const f of readdirSync(join(addonsDir, entry, rel), { withFileTypes: true })) {
+            const path = rel ? `${rel}/${f.name}` : f.name;
+            if (f.isDirectory()) walk(path);
+            else files.push({ path, data: readFileSync(join(addonsDir, entry, path)) });
+          }
+        };
+        walk("");
+        [kind, name, bytes] = ["controlnet", entry, Buffer.from(writeTar(files))];
+      } else continue;
+      if (existing.has(name)) continue;
+      existing.add(name);
+      const key = `public/addons/${name}-${createHash("sha256").update(bytes).digest("hex").slice(0, 12)}`;
+      await client.send(new PutObjectCommand({ Bucket: "imagegen", Key: key, Body: bytes, ContentType: "application/octet-stream" }));
+      await api("POST", "/admin/v1/addons", adminToken, {
+        tenant_id: tenantId,
+        kind,
+        name,
+        family,
+        visibility: "public",
+        status: "ready",
+        storage_key: key,
+        sha256: createHash("sha256").update(bytes).digest("hex"),
+        size_bytes: bytes.byteLength,
+      });
+      published.push(name);
+    }
+  }
+  return published;
+}
+
 async function main() {
   log("applying D1 migrations");
   await run(wrangler, ["d1", "migrations", "apply", "imagegen", "--local", "--persist-to", persist]);
@@ -134,6 +195,8 @@ async function main() {
     apiKey = (await api("POST", `/admin/v1/tenants/${tenant}/keys`, adminToken, { name: "demo" })).secret;
   }
   const models = await registerModels();
+  const demoAddons = await registerDemoAddons(tenant, apiKey);
+  if (demoAddons.length) log(`published demo add-ons: ${demoAddons.join(", ")}`);
 
   for (let i = 0; i < runnerCount; i++) {
     const { token, id } = await api("POST", "/admin/v1/runners", adminToken, { name: `local-runner-${i + 1}` });

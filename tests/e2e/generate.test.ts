@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { encodePng } from "../../gpu-runner/src/pipeline/png.ts";
 import { api, presignGet, startStack, type Stack } from "./stack.ts";
 
 let stack: Stack;
@@ -38,6 +39,39 @@ describe("the whole stack, on loopback", () => {
     expect(r.body.provenance.model_manifest_sha256).toMatch(/^[0-9a-f]{64}$/);
     expect(r.body.timings.inference_ms).toBeGreaterThan(0);
     console.log(`request → downloadable URL: ${elapsed.toFixed(0)} ms; edge timings ${JSON.stringify(r.body.timings)}`);
+  });
+
+  it("a generation with two LoRAs and a ControlNet: add-ons fetched, verified and applied by the runner", async () => {
+    const addons = (await api(stack, "GET", "/v1/addons", stack.apiKey)).body.data;
+    const loras = addons.filter((a: any) => a.kind === "lora").slice(0, 2);
+    const controlnet = addons.find((a: any) => a.kind === "controlnet");
+    expect(loras).toHaveLength(2);
+    expect(controlnet).toBeDefined();
+    const rgb = new Uint8Array(64 * 64 * 3);
+    for (let y = 16; y < 48; y++) for (let x = 8; x < 32; x++) rgb.fill(255, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
+    const image = `data:image/png;base64,${Buffer.from(encodePng(rgb, 64, 64)).toString("base64")}`;
+    const body = { model: stack.defaultModel, prompt: "a large red circle on the left, blue background", seed: 9, sampler: "ddim", steps: 8 };
+    const plain = await api(stack, "POST", "/v1/generations", stack.apiKey, body, { prefer: "wait=60" });
+    const styled = await api(stack, "POST", "/v1/generations", stack.apiKey, {
+      ...body,
+      loras: loras.map((l: any) => ({ id: l.id, scale: 0.8 })),
+      controlnets: [{ id: controlnet.id, image, scale: 1 }],
+    }, { prefer: "wait=60" });
+    expect(styled.status, JSON.stringify(styled.body)).toBe(200);
+    expect(styled.body.status).toBe("succeeded");
+    expect(styled.body.provenance.addons.map((a: any) => a.ref).sort()).toEqual([...loras, controlnet].map((a: any) => `${a.id}@1`).sort());
+    expect(styled.body.timings.addon_load_ms).toBeGreaterThan(0);
+    const [a, b] = await Promise.all([plain, styled].map(async (g) => new Uint8Array(await (await fetch(g.body.images[0].url)).arrayBuffer())));
+    expect(pngSize(b!)).toEqual({ width: 64, height: 64 });
+    // Same seed and prompt: only the add-ons can make the images differ.
+    expect(createHash("sha256").update(a!).digest("hex")).not.toBe(createHash("sha256").update(b!).digest("hex"));
+    // A second use finds them warm (the edge routes by them too).
+    const again = await api(stack, "POST", "/v1/generations", stack.apiKey, { ...body, seed: 10, loras: loras.map((l: any) => ({ id: l.id, scale: 0.8 })) }, { prefer: "wait=60" });
+    expect(again.body.status).toBe("succeeded");
+    const bad = await api(stack, "POST", "/v1/generations", stack.apiKey, { ...body, controlnets: [{ id: controlnet.id, image: "data:image/png;base64,AAAA", scale: 1 }] }, { prefer: "wait=60" });
+    expect(bad.body.status).toBe("failed");
+    expect(bad.body.error.message).toMatch(/controlnets\[0\]\.image: not a PNG/);
+    expect(bad.body.attempts).toBe(1);
   });
 
   it("the store refuses tampered, misdirected and expired URLs", async () => {

@@ -9,6 +9,13 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { InferencePool } from "../workers/pool.ts";
+import { conditioningTensor, dataUrlBytes, decodePng } from "../addons/control-image.ts";
+import type { RequestAddons } from "../addons/runtime.ts";
+import type { AddonStore, FetchedAddon } from "../addons/store.ts";
+import { readTar } from "../addons/tar.ts";
+import { ControlNetManifest } from "../pipeline/manifest.ts";
+import { mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
 import type { GenerationRequest } from "../pipeline/request.ts";
 import { EdgeError, type EdgeClient, type LeasedJob } from "./edge-client.ts";
 
@@ -56,6 +63,10 @@ export interface RunnerOptions {
   edge: EdgeClient;
   pool: InferencePool;
   models: Map<string, ModelEntry>;
+  /** Fetches, verifies and caches add-ons; its warm set goes to the edge for affinity routing. */
+  addons: AddonStore;
+  /** Where ControlNet add-ons are unpacked (one folder per sha256). */
+  controlNetDir: string;
   /** How often to heartbeat; well inside the edge's lease TTL. */
   heartbeatMs?: number;
   /** How long shutdown waits for the job in hand before handing it back. */
@@ -65,7 +76,7 @@ export interface RunnerOptions {
 }
 
 /** Errors that another attempt cannot fix: the job fails at once instead of being retried. */
-const PERMANENT = new Set(["BundleError", "ExecutionProviderError", "SamplerMismatchError", "GenerationError", "ZodError", "UnsupportedAddonError", "LoraError", "ControlImageError", "AddonIntegrityError"]);
+const PERMANENT = new Set(["BundleError", "ExecutionProviderError", "SamplerMismatchError", "GenerationError", "ZodError", "LoraError", "ControlImageError", "AddonIntegrityError", "TarError"]);
 
 export class Runner {
   private stopping = false;
@@ -93,7 +104,7 @@ export class Runner {
     while (!this.stopping) {
       let leased: LeasedJob | null;
       try {
-        leased = await this.o.edge.lease({ models, warm_addons: [], capacity: 1, wait_ms: this.o.leaseWaitMs ?? 25_000 }, this.leaseAbort.signal);
+        leased = await this.o.edge.lease({ models, warm_addons: this.o.addons.warm(), capacity: 1, wait_ms: this.o.leaseWaitMs ?? 25_000 }, this.leaseAbort.signal);
       } catch (err) {
         if (this.stopping) break;
         this.log({ event: "lease.error", error: String(err) });
@@ -119,6 +130,57 @@ export class Runner {
     clearTimeout(timer);
   }
 
+  /** Fetches (or finds warm) the job's add-ons and turns them into what the inference worker applies. */
+  private async prepareAddons(leased: LeasedJob): Promise<RequestAddons> {
+    const fetched = new Map<string, FetchedAddon>();
+    await Promise.all(
+      leased.addons.map(async (a) => {
+        if (!a.sha256) throw Object.assign(new Error(`add-on ${a.ref} has no sha256 to verify against`), { name: "AddonIntegrityError" });
+        fetched.set(a.ref, await this.o.addons.get({ ref: a.ref, url: a.get_url, sha256: a.sha256, sizeBytes: a.size_bytes }));
+      }),
+    );
+    const need = (id: string, version: number) => {
+      const f = fetched.get(`${id}@${version}`);
+      if (!f) throw new Error(`the lease carries no URL for add-on ${id}@${version}`);
+      return f;
+    };
+    const r = leased.job.request;
+    return {
+      loras: r.loras.map((l) => ({ sha256: need(l.id, l.version).sha256, bytes: need(l.id, l.version).bytes, scale: l.scale })),
+      controlnets: r.controlnets.map((c, i) => {
+        const dir = this.unpackControlNet(need(c.id, c.version));
+        const manifest = ControlNetManifest.parse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
+        try {
+          return { dir, conditioning: conditioningTensor(decodePng(dataUrlBytes(c.image)), manifest.conditioning), scale: c.scale };
+        } catch (err) {
+          throw Object.assign(new Error(`controlnets[${i}].image: ${(err as Error).message}`), { name: "ControlImageError" });
+        }
+      }),
+    };
+  }
+
+  /** A ControlNet add-on is a tar of its bundle; unpacked once per hash, atomically. */
+  private unpackControlNet(addon: FetchedAddon): string {
+    const dir = join(this.o.controlNetDir, addon.sha256);
+    if (existsSync(join(dir, "manifest.json"))) return dir;
+    const tmp = `${dir}.${process.pid}.${Date.now()}.tmp`;
+    for (const entry of readTar(addon.bytes)) {
+      const path = join(tmp, entry.path);
+      mkdirSync(dirname(path), { recursive: true });
+      writeFileSync(path, entry.data);
+    }
+    if (!existsSync(join(tmp, "manifest.json"))) {
+      rmSync(tmp, { recursive: true, force: true });
+      throw Object.assign(new Error(`ControlNet add-on ${addon.ref} has no manifest.json`), { name: "BundleError" });
+    }
+    try {
+      renameSync(tmp, dir);
+    } catch {
+      rmSync(tmp, { recursive: true, force: true }); // another job unpacked it first
+    }
+    return dir;
+  }
+
   private async process(leased: LeasedJob): Promise<void> {
     const { job, lease_id: leaseId } = leased;
     const started = performance.now();
@@ -130,7 +192,7 @@ export class Runner {
     let canceled = false;
     const beat = async () => {
       try {
-        const hb = await this.o.edge.heartbeat(job.id, { lease_id: leaseId, ...(progress ? { progress } : {}) });
+        const hb = await this.o.edge.heartbeat(job.id, { lease_id: leaseId, warm_addons: this.o.addons.warm(), ...(progress ? { progress } : {}) });
         if (hb.cancel && !cancel.signal.aborted) {
           canceled = true;
           cancel.abort(new Error("canceled by the tenant"));
@@ -149,11 +211,12 @@ export class Runner {
     this.log({ event: "job.start", job: job.id, attempt: job.attempt, queued_ms: job.queued_ms, sampler: job.request.sampler, steps: job.request.steps });
     try {
       if (!model) throw Object.assign(new Error(`this runner does not serve model '${job.request.model}'`), { name: "BundleError" });
-      if (leased.addons.length > 0) {
-        throw Object.assign(new Error("this runner build does not apply add-ons yet (LoRA / ControlNet serving is issue 5)"), { name: "UnsupportedAddonError" });
-      }
+      const tAddons = performance.now();
+      const addons = await this.prepareAddons(leased);
+      const addonLoadMs = performance.now() - tAddons;
       const t0 = performance.now();
       const result = await this.o.pool.generate(model.dir, pipelineRequest(job.request), {
+        addons: [addons],
         signal: cancel.signal,
         onProgress: ({ step, steps }) => {
           progress = { step, total: steps };
@@ -187,7 +250,7 @@ export class Runner {
         lease_id: leaseId,
         images,
         timings: {
-          addon_load_ms: 0,
+          addon_load_ms: round(addonLoadMs),
           inference_ms: round(inferenceMs),
           text_encoder_ms: round(result.timings.textEncoderMs),
           unet_ms: round(result.timings.unetMs),

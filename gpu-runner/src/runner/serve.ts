@@ -6,7 +6,9 @@
  *
  * SIGINT / SIGTERM: stop leasing, finish the job in hand (or hand it back after --grace-ms), then exit.
  */
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { AddonStore } from "../addons/store.ts";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { SessionConfigSchema } from "../pipeline/bundle.ts";
@@ -26,6 +28,9 @@ const { values } = parseArgs({
     threads: { type: "string", default: process.env.RUNNER_THREADS ?? "1" },
     ep: { type: "string", default: process.env.EXECUTION_PROVIDERS ?? "cpu" },
     "heartbeat-ms": { type: "string", default: "5000" },
+    "addon-cache": { type: "string", default: process.env.ADDON_CACHE_DIR ?? join(tmpdir(), "imagegen-addons") },
+    "addon-memory-mb": { type: "string", default: process.env.ADDON_MEMORY_MB ?? "512" },
+    "addon-disk-mb": { type: "string", default: process.env.ADDON_DISK_MB ?? "4096" },
     "grace-ms": { type: "string", default: "30000" },
   },
 });
@@ -53,6 +58,12 @@ const runner = new Runner({
   edge: new EdgeClient(values.edge, values.token),
   pool,
   models,
+  addons: new AddonStore({
+    memoryBudgetBytes: Number(values["addon-memory-mb"]) * 1024 * 1024,
+    diskDir: join(values["addon-cache"], "files"),
+    diskBudgetBytes: Number(values["addon-disk-mb"]) * 1024 * 1024,
+  }),
+  controlNetDir: join(values["addon-cache"], "controlnets"),
   heartbeatMs: Number(values["heartbeat-ms"]),
   shutdownGraceMs: Number(values["grace-ms"]),
 });
