@@ -54,3 +54,37 @@ describe("add-ons applied by the inference worker", () => {
     expect(maxDiff(b!.latents, alone)).toBeLessThan(1e-4);
   });
 });
+
+describe("bounded asynchronous loading", () => {
+  const slow = { ...request, steps: 8 };
+  it("add-ons that arrive late join at the bound, and the steps before run without them", async () => {
+    const immediate = (await pool.generate(bundle, slow, { addons: [lora(1)] })).latents;
+    const plain = (await pool.generate(bundle, slow, { addons: [none] })).latents;
+    let release!: (a: RequestAddons[]) => void;
+    const arriving = new Promise<RequestAddons[]>((r) => (release = r));
+    let joined: number | null = -1;
+    const late = await pool.generate(bundle, slow, {
+      addons: arriving,
+      addonJoinStep: 3,
+      onAddonsJoined: (s) => (joined = s),
+      // The add-ons "finish loading" only once step 3 has begun: the generation must wait for them there.
+      onProgress: ({ step }) => step === 3 && release([lora(1)]),
+    });
+    expect(joined).toBe(3);
+    expect(maxDiff(late.latents, immediate)).toBeGreaterThan(1e-4);
+    expect(maxDiff(late.latents, plain)).toBeGreaterThan(1e-4);
+  });
+
+  it("add-ons already there join at step 0: the same image as without the bound", async () => {
+    const immediate = (await pool.generate(bundle, slow, { addons: [lora(1)] })).latents;
+    let joined: number | null = -1;
+    const ready = await pool.generate(bundle, slow, { addons: Promise.resolve([lora(1)]), addonJoinStep: 4, onAddonsJoined: (s) => (joined = s) });
+    expect(joined).toBe(0);
+    expect(maxDiff(ready.latents, immediate)).toBeLessThan(1e-6);
+  });
+
+  it("an add-on that fails to load fails the generation with its reason", async () => {
+    const failing = Promise.reject(Object.assign(new Error("sha256 mismatch for addon_x@1"), { name: "AddonIntegrityError" }));
+    await expect(pool.generate(bundle, slow, { addons: failing, addonJoinStep: 2 })).rejects.toThrow(/sha256 mismatch/);
+  });
+});

@@ -117,3 +117,26 @@ export class AddonRuntime {
     };
   }
 }
+
+/**
+ * Bounded asynchronous loading (SwiftDiffusion/Katz): the generation starts while add-ons are still being fetched
+ * and parsed; steps before `joinStep` run without them if they are not there yet, and at `joinStep` the
+ * generation waits for them. `joinedAt` tells at which step they took effect (0 when they were there in time).
+ */
+export function lateAddons(
+  pending: Promise<UnetInputProvider | undefined>,
+  joinStep: number,
+): { provider: UnetInputProvider; joinedAt: () => number | null } {
+  let ready: UnetInputProvider | undefined | null = null; // null: not arrived yet
+  let joinedAt: number | null = null;
+  pending.then((p) => (ready = p), () => {});
+  return {
+    joinedAt: () => joinedAt,
+    provider: async (step) => {
+      if (ready === null && step.stepIndex < joinStep) return {};
+      if (ready === null) ready = await pending;
+      if (joinedAt === null) joinedAt = step.stepIndex;
+      return ready ? ready(step) : {};
+    },
+  };
+}

@@ -105,6 +105,12 @@ export const CacheSpec = z
     cached_feature: z.string(),
     /** The skip branch index at which the deep part starts (DeepCache's branch k). */
     branch: z.number().int().nonnegative(),
+    /**
+     * Head outputs that later parts read besides the cached feature (skip connections). Parts are wired by tensor
+     * name: an output of one part feeds the input of the same name of a later part, and inputs shared with the
+     * whole U-Net (timestep, text, LoRA branches, residuals) keep their names in every part.
+     */
+    skip_features: z.array(z.string()).optional(),
   })
   .strict();
 export type CacheSpec = z.infer<typeof CacheSpec>;
@@ -216,6 +222,8 @@ export const ControlNetManifest = z
       })
       .strict(),
     components: z.object({ controlnet: ComponentSpec }).strict(),
+    /** The conditioning scale a request gets when it names none. */
+    default_scale: z.number().nonnegative().optional(),
     /** Maps each ControlNet output to the U-Net residual input it feeds. */
     residuals: z.record(z.string(), z.string()),
   })

@@ -40,7 +40,7 @@ export type StepFeeds = Record<string, ort.Tensor | Promise<ort.Tensor>>;
  * at a bounded step) and ControlNet residuals computed from the step's sample and timestep. Returning residuals
  * as promises lets a ControlNet in another worker run while the U-Net's head runs (the head reads none of them).
  */
-export type UnetInputProvider = (step: StepContext) => StepFeeds;
+export type UnetInputProvider = (step: StepContext) => StepFeeds | Promise<StepFeeds>;
 
 export interface GenerateOptions {
   onProgress?: (progress: { step: number; steps: number }) => void;
@@ -335,7 +335,7 @@ export async function generateBatch(
       ...constant,
       [UNET_IO.sample]: sample,
       [UNET_IO.timestep]: timestepInput,
-      ...options.unetInputs?.({ stepIndex: i, timestep: t, unetBatch, sample, encoderHiddenStates: constant[UNET_IO.encoderHiddenStates]!, timestepTensor: timestepInput }),
+      ...(await options.unetInputs?.({ stepIndex: i, timestep: t, unetBatch, sample, encoderHiddenStates: constant[UNET_IO.encoderHiddenStates]!, timestepTensor: timestepInput })),
     };
     const prediction = await clock.time("unetMs", async () => {
       if (parts.kind === "whole") return predictionOf(parts.whole, await parts.whole.run(await awaitInputs(parts.whole, feeds)));

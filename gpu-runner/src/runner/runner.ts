@@ -67,6 +67,11 @@ export interface RunnerOptions {
   addons: AddonStore;
   /** Where ControlNet add-ons are unpacked (one folder per sha256). */
   controlNetDir: string;
+  /**
+   * Bounded asynchronous loading: start sampling while add-ons load, and wait for them at this step at the
+   * latest. Undefined: load them first (they take effect from step 0).
+   */
+  addonJoinStep?: number;
   /** How often to heartbeat; well inside the edge's lease TTL. */
   heartbeatMs?: number;
   /** How long shutdown waits for the job in hand before handing it back. */
@@ -212,11 +217,18 @@ export class Runner {
     try {
       if (!model) throw Object.assign(new Error(`this runner does not serve model '${job.request.model}'`), { name: "BundleError" });
       const tAddons = performance.now();
-      const addons = await this.prepareAddons(leased);
-      const addonLoadMs = performance.now() - tAddons;
+      let addonLoadMs = 0;
+      let joinedAt: number | null = null;
+      const loading = this.prepareAddons(leased).then((a) => {
+        addonLoadMs = performance.now() - tAddons;
+        return [a];
+      });
+      const late = this.o.addonJoinStep !== undefined && leased.addons.length > 0;
       const t0 = performance.now();
       const result = await this.o.pool.generate(model.dir, pipelineRequest(job.request), {
-        addons: [addons],
+        addons: late ? loading : await loading,
+        ...(late ? { addonJoinStep: this.o.addonJoinStep } : {}),
+        onAddonsJoined: (step) => (joinedAt = step),
         signal: cancel.signal,
         onProgress: ({ step, steps }) => {
           progress = { step, total: steps };
@@ -269,6 +281,7 @@ export class Runner {
           seeds: result.seeds,
           cache: job.request.cache,
           addons: leased.addons.map((a) => ({ ref: a.ref, sha256: a.sha256 })),
+          addons_joined_at_step: joinedAt,
         },
       });
       this.done.push({ id: job.id, status: "succeeded", ms: performance.now() - started });

@@ -31,6 +31,7 @@ const { values } = parseArgs({
     "addon-cache": { type: "string", default: process.env.ADDON_CACHE_DIR ?? join(tmpdir(), "imagegen-addons") },
     "addon-memory-mb": { type: "string", default: process.env.ADDON_MEMORY_MB ?? "512" },
     "addon-disk-mb": { type: "string", default: process.env.ADDON_DISK_MB ?? "4096" },
+    "addon-join-step": { type: "string", default: process.env.ADDON_JOIN_STEP },
     "grace-ms": { type: "string", default: "30000" },
   },
 });
@@ -64,6 +65,7 @@ const runner = new Runner({
     diskBudgetBytes: Number(values["addon-disk-mb"]) * 1024 * 1024,
   }),
   controlNetDir: join(values["addon-cache"], "controlnets"),
+  ...(values["addon-join-step"] !== undefined ? { addonJoinStep: Number(values["addon-join-step"]) } : {}),
   heartbeatMs: Number(values["heartbeat-ms"]),
   shutdownGraceMs: Number(values["grace-ms"]),
 });

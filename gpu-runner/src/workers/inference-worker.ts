@@ -6,7 +6,8 @@ import { parentPort, workerData } from "node:worker_threads";
 import { loadBundle, SessionConfigSchema, type Bundle } from "../pipeline/bundle.ts";
 import { generateBatch } from "../pipeline/pipeline.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./protocol.ts";
-import { AddonRuntime } from "../addons/runtime.ts";
+import { AddonRuntime, lateAddons, type RequestAddons } from "../addons/runtime.ts";
+import type { UnetInputProvider } from "../pipeline/pipeline.ts";
 import { GenerationRequest } from "../pipeline/request.ts";
 
 const port = parentPort;
@@ -27,15 +28,33 @@ function bundle(dir: string): Promise<Bundle> {
   return loading;
 }
 
+/** Add-ons that follow their job ("addons" messages), by job id. */
+const lateArrivals = new Map<number, { resolve: (a: RequestAddons[]) => void; reject: (e: Error) => void }>();
+
 port.on("message", async (msg: ToWorker) => {
+  if (msg.type === "addons" || msg.type === "addons-failed") {
+    const waiting = lateArrivals.get(msg.id);
+    lateArrivals.delete(msg.id);
+    if (msg.type === "addons") waiting?.resolve(msg.addons);
+    else waiting?.reject(Object.assign(new Error(msg.error.message), { name: msg.error.name }));
+    return;
+  }
   const send = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
   const cancel = new Int32Array(msg.cancelFlag);
   const controller = new AbortController();
   try {
     const loaded = await bundle(msg.bundleDir);
-    const unetInputs = msg.addons
-      ? await addonRuntime.provider(loaded, msg.requests.map((r) => GenerationRequest.parse(r).n), msg.addons)
-      : undefined;
+    const imagesPer = msg.requests.map((r) => GenerationRequest.parse(r).n);
+    let unetInputs: UnetInputProvider | undefined;
+    let joinedAt: () => number | null = () => (msg.addons ? 0 : null);
+    if (msg.addonJoinStep !== undefined) {
+      const arrival = new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
+      const late = lateAddons(arrival.then((a) => addonRuntime.provider(loaded, imagesPer, a)), msg.addonJoinStep);
+      unetInputs = late.provider;
+      joinedAt = late.joinedAt;
+    } else if (msg.addons) {
+      unetInputs = await addonRuntime.provider(loaded, imagesPer, msg.addons);
+    }
     const results = await generateBatch(loaded, msg.requests, {
       ...(unetInputs ? { unetInputs } : {}),
       signal: controller.signal,
@@ -45,9 +64,11 @@ port.on("message", async (msg: ToWorker) => {
       },
     });
     const buffers = results.flatMap((r) => [...r.images.map((img) => img.buffer), r.latents.buffer]) as ArrayBuffer[];
-    send({ type: "result", id: msg.id, results }, buffers);
+    send({ type: "result", id: msg.id, results, addonsJoinedAt: joinedAt() }, buffers);
   } catch (err) {
     const e = err instanceof Error ? err : new Error(String(err));
     send({ type: "error", id: msg.id, error: { name: e.name, message: e.message } });
+  } finally {
+    lateArrivals.delete(msg.id);
   }
 });

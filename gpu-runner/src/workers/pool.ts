@@ -26,8 +26,14 @@ export interface PoolOptions {
 export interface JobOptions {
   onProgress?: (progress: { step: number; steps: number }) => void;
   signal?: AbortSignal;
-  /** Per request (same order), its LoRAs and ControlNets. */
-  addons?: RequestAddons[];
+  /**
+   * Per request (same order), its LoRAs and ControlNets. A promise starts the generation at once and lets the
+   * add-ons join by `addonJoinStep` (bounded asynchronous loading); without a join step it is awaited first.
+   */
+  addons?: RequestAddons[] | Promise<RequestAddons[]>;
+  addonJoinStep?: number;
+  /** Told at which step the add-ons took effect (0: from the start). */
+  onAddonsJoined?: (step: number | null) => void;
 }
 
 /** An error raised inside a worker, with the original error's name (BundleError, SamplerMismatchError, ...). */
@@ -92,6 +98,7 @@ export class InferencePool {
     slot.job = null;
     if (msg.type === "result") {
       slot.bundles.add(job.bundleDir);
+      job.options.onAddonsJoined?.(msg.addonsJoinedAt);
       job.resolve(msg.results);
     } else {
       job.reject(new WorkerJobError(msg.error.name, msg.error.message));
@@ -118,15 +125,24 @@ export class InferencePool {
       const job = this.queue.shift()!;
       const slot = idle.find((s) => s.bundles.has(job.bundleDir)) ?? idle[0]!;
       slot.job = job;
+      const { addons, addonJoinStep } = job.options;
+      const late = addons instanceof Promise && addonJoinStep !== undefined;
       const msg: ToWorker = {
         type: "generate",
         id: job.id,
         bundleDir: job.bundleDir,
         requests: job.requests,
         cancelFlag: job.cancelFlag,
-        ...(job.options.addons ? { addons: job.options.addons } : {}),
+        ...(addons && !(addons instanceof Promise) ? { addons } : {}),
+        ...(late ? { addonJoinStep } : {}),
       };
       slot.worker.postMessage(msg);
+      if (late) {
+        (addons as Promise<RequestAddons[]>).then(
+          (a) => slot.job === job && slot.worker.postMessage({ type: "addons", id: job.id, addons: a } satisfies ToWorker),
+          (e: Error) => slot.job === job && slot.worker.postMessage({ type: "addons-failed", id: job.id, error: { name: e.name, message: e.message } } satisfies ToWorker),
+        );
+      }
     }
   }
 
@@ -136,9 +152,13 @@ export class InferencePool {
   }
 
   /** Runs compatible requests (equal `batchKey`) as one batch on one worker; one result per request. */
-  generateBatch(bundleDir: string, requests: GenerationRequest[], options: JobOptions = {}): Promise<GenerationResult[]> {
-    if (this.closed) return Promise.reject(new Error("pool is closed"));
-    return new Promise((resolveJob, rejectJob) => {
+  async generateBatch(bundleDir: string, requests: GenerationRequest[], options: JobOptions = {}): Promise<GenerationResult[]> {
+    if (this.closed) throw new Error("pool is closed");
+    // Without a join step, add-ons still on their way are waited for before the job is queued.
+    if (options.addons instanceof Promise && options.addonJoinStep === undefined) options = { ...options, addons: await options.addons };
+    // A late add-on that fails before its job reaches a worker is reported through the job, not as an unhandled rejection.
+    if (options.addons instanceof Promise) options.addons.catch(() => {});
+    return new Promise<GenerationResult[]>((resolveJob, rejectJob) => {
       const job: Job = {
         id: this.nextId++,
         bundleDir: resolve(bundleDir),

@@ -18,9 +18,11 @@ export type ToWorker = {
   cancelFlag: SharedArrayBuffer;
   /** Per request, the add-ons it applies (LoRA bytes and control images in shared memory). */
   addons?: RequestAddons[];
-};
+  /** The add-ons follow in an "addons" message; the generation waits for them at this step at the latest. */
+  addonJoinStep?: number;
+} | { type: "addons"; id: number; addons: RequestAddons[] } | { type: "addons-failed"; id: number; error: { name: string; message: string } };
 
 export type FromWorker =
   | { type: "progress"; id: number; step: number; steps: number }
-  | { type: "result"; id: number; results: GenerationResult[] }
+  | { type: "result"; id: number; results: GenerationResult[]; addonsJoinedAt: number | null }
   | { type: "error"; id: number; error: { name: string; message: string } };
