@@ -88,3 +88,18 @@ describe("bounded asynchronous loading", () => {
     await expect(pool.generate(bundle, slow, { addons: failing, addonJoinStep: 2 })).rejects.toThrow(/sha256 mismatch/);
   });
 });
+
+describe("ControlNet beside the U-Net", () => {
+  it("in its own worker (split U-Net, head overlapping) gives the image of the sequential path", async () => {
+    const parallel = new InferencePool({ size: 1, parallelControlNet: true });
+    try {
+      const both = { ...lora(0.7), controlnets: cn(1).controlnets };
+      const a = (await parallel.generate(bundle, request, { addons: [both] })).latents;
+      const b = (await pool.generate(bundle, request, { addons: [both] })).latents;
+      expect(maxDiff(a, b)).toBeLessThan(1e-4);
+      expect(maxDiff(a, await latents(none))).toBeGreaterThan(1e-3);
+    } finally {
+      await parallel.close();
+    }
+  });
+});

@@ -9,9 +9,14 @@ import * as ort from "onnxruntime-node";
 import { BundleError, Component, compareTensors, type ComponentName, type SessionConfig } from "../pipeline/bundle.ts";
 import { ControlNetManifest, type ModelManifest } from "../pipeline/manifest.ts";
 
-export interface ControlNet {
+/** A ControlNet known by its bundle folder and manifest. */
+export interface ControlNetRef {
   dir: string;
   manifest: ControlNetManifest;
+}
+
+/** A ControlNet with its session loaded in this thread. */
+export interface ControlNet extends ControlNetRef {
   component: Component;
 }
 
@@ -45,8 +50,8 @@ export async function loadControlNet(dir: string, base: ModelManifest, config: S
 }
 
 /** One ControlNet's use across a batch: per-sample conditioning (zeros where unused) and per-sample scale. */
-export interface ControlNetUse {
-  net: ControlNet;
+export interface ControlNetUse<N extends ControlNetRef = ControlNet> {
+  net: N;
   /** [unetBatch, C, H, W]. */
   conditioning: Float32Array;
   /** Per sample of the U-Net batch; 0 where the sample's request does not use this ControlNet. */

@@ -4,9 +4,14 @@
  * scaled residuals summed per sample. Produces the pipeline's `unetInputs` provider.
  */
 import * as ort from "onnxruntime-node";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
+import { ControlNetManifest } from "../pipeline/manifest.ts";
+import type { FromControlNet, PlainTensor, ToControlNet } from "../workers/controlnet-worker.ts";
 import type { Bundle, SessionConfig } from "../pipeline/bundle.ts";
 import type { StepFeeds, UnetInputProvider } from "../pipeline/pipeline.ts";
-import { controlNetResiduals, loadControlNet, type ControlNet, type ControlNetUse } from "./controlnet.ts";
+import { controlNetResiduals, loadControlNet, type ControlNet, type ControlNetRef, type ControlNetUse } from "./controlnet.ts";
 import { LoraError, parseLora, stackLoras, type LoraUse, type ParsedLora } from "./lora.ts";
 
 /** What one request brings; crosses the thread boundary (bytes in SharedArrayBuffers, no copy). */
@@ -18,13 +23,70 @@ export interface RequestAddons {
 
 const PARSED_LORAS_KEPT = 64;
 
+/** A ControlNet worker of this inference worker's own: steps' residuals are computed there, in parallel. */
+class ControlNetWorker {
+  private readonly worker: Worker;
+  private nextId = 1;
+  private nextKey = 1;
+  private readonly waiting = new Map<number, { resolve: (r: Record<string, PlainTensor>) => void; reject: (e: Error) => void }>();
+
+  constructor(session: SessionConfig) {
+    this.worker = new Worker(new URL("../workers/controlnet-worker.ts", import.meta.url), { workerData: { session } });
+    this.worker.unref();
+    this.worker.on("message", (msg: FromControlNet) => {
+      const w = this.waiting.get(msg.id);
+      this.waiting.delete(msg.id);
+      if (msg.type === "residuals") w?.resolve(msg.residuals);
+      else w?.reject(Object.assign(new Error(msg.error.message), { name: msg.error.name }));
+    });
+    this.worker.on("error", (err) => {
+      for (const w of this.waiting.values()) w.reject(err);
+      this.waiting.clear();
+    });
+  }
+
+  register(data: Float32Array): string {
+    const key = `c${this.nextKey++}`;
+    this.worker.postMessage({ type: "conditioning", key, data } satisfies ToControlNet);
+    return key;
+  }
+
+  forget(keys: string[]): void {
+    this.worker.postMessage({ type: "forget", keys } satisfies ToControlNet);
+  }
+
+  run(msg: Omit<Extract<ToControlNet, { type: "run" }>, "type" | "id">): Promise<Record<string, PlainTensor>> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      this.worker.postMessage({ type: "run", id, ...msg } satisfies ToControlNet);
+    });
+  }
+}
+
+const plain = (t: ort.Tensor): PlainTensor => ({ data: (t.data as Float32Array).slice(), dims: [...t.dims] });
+
+export interface AddonRuntimeOptions {
+  /** Run ControlNets in a worker of their own, beside the U-Net's head, or in sequence here (default). */
+  parallelControlNet?: boolean;
+}
+
 export class AddonRuntime {
   private readonly loras = new Map<string, ParsedLora>();
   private readonly controlnets = new Map<string, Promise<ControlNet>>();
   private readonly session: SessionConfig;
+  private readonly parallel: boolean;
+  private cnWorker: ControlNetWorker | undefined;
+  private readonly batchKeys: string[] = [];
 
-  constructor(session: SessionConfig) {
+  constructor(session: SessionConfig, options: AddonRuntimeOptions = {}) {
     this.session = session;
+    this.parallel = options.parallelControlNet ?? false;
+  }
+
+  /** Whether a batch with these add-ons should run the U-Net split, so the head overlaps the ControlNets. */
+  wantsSplit(addons: RequestAddons[]): boolean {
+    return this.parallel && addons.some((a) => a.controlnets.length > 0);
   }
 
   private lora(bundle: Bundle, sha256: string, bytes: Uint8Array): ParsedLora {
@@ -60,14 +122,20 @@ export class AddonRuntime {
     if (addons.every((a) => a.loras.length === 0 && a.controlnets.length === 0)) return undefined;
     const perImage = <T>(pick: (a: RequestAddons) => T): T[] => imagesPer.flatMap((n, r) => Array<T>(n).fill(pick(addons[r]!)));
     const loraUses = perImage((a) => a.loras.map((l): LoraUse => ({ lora: this.lora(bundle, l.sha256, l.bytes), scale: l.scale })));
-    const nets = new Map<string, ControlNet>();
-    for (const a of addons) for (const c of a.controlnets) if (!nets.has(c.dir)) nets.set(c.dir, await this.controlnet(bundle, c.dir));
+    // In parallel mode this worker only needs the ControlNets' manifests; their sessions live in the ControlNet worker.
+    const nets = new Map<string, ControlNetRef>();
+    for (const a of addons) {
+      for (const c of a.controlnets) {
+        if (nets.has(c.dir)) continue;
+        nets.set(c.dir, this.parallel ? manifestOnly(c.dir) : await this.controlnet(bundle, c.dir));
+      }
+    }
     const cnPerImage = perImage((a) => a.controlnets);
     const images = loraUses.length;
 
     // The U-Net batch is the images, twice over with classifier-free guidance (unconditional half first);
     // add-ons apply to both halves.
-    const built = new Map<number, { loraFeeds: StepFeeds; cn: ControlNetUse[] }>();
+    const built = new Map<number, { loraFeeds: StepFeeds; cn: ControlNetUse<ControlNetRef>[] }>();
     const forBatch = (unetBatch: number) => {
       let b = built.get(unetBatch);
       if (b) return b;
@@ -90,7 +158,7 @@ export class AddonRuntime {
           slots.set(`${u.dir}#${k}`, { dir: u.dir, k });
         }
       }
-      const cn: ControlNetUse[] = [...slots.values()].map(({ dir, k }) => {
+      const cn: ControlNetUse<ControlNetRef>[] = [...slots.values()].map(({ dir, k }) => {
         const net = nets.get(dir)!;
         const { channels, height, width } = net.manifest.conditioning;
         const per = channels * height * width;
@@ -111,10 +179,47 @@ export class AddonRuntime {
       return b;
     };
 
+    if (!this.parallel) {
+      return (step) => {
+        const { loraFeeds, cn } = forBatch(step.unetBatch);
+        // Sequential mode loaded every ControlNet's session in this thread (see `nets` above).
+        return cn.length ? { ...loraFeeds, ...controlNetResiduals(cn as ControlNetUse<ControlNet>[], step) } : loraFeeds;
+      };
+    }
+    const worker = (this.cnWorker ??= new ControlNetWorker(this.session));
+    const keys = new Map<ControlNetUse<ControlNetRef>, string>();
     return (step) => {
       const { loraFeeds, cn } = forBatch(step.unetBatch);
-      return cn.length ? { ...loraFeeds, ...controlNetResiduals(cn, step) } : loraFeeds;
+      if (cn.length === 0) return loraFeeds;
+      for (const use of cn) {
+        if (keys.has(use)) continue;
+        const key = worker.register(use.conditioning);
+        keys.set(use, key);
+        this.batchKeys.push(key);
+      }
+      const residuals = worker.run({
+        base: bundle.manifest,
+        uses: cn.map((use) => ({ dir: use.net.dir, key: keys.get(use)!, scales: use.scales })),
+        sample: plain(step.sample),
+        timestep: plain(step.timestepTensor),
+        encoderHiddenStates: plain(step.encoderHiddenStates),
+      });
+      const names = [...new Set(cn.flatMap((u) => Object.values(u.net.manifest.residuals)))];
+      const feeds: StepFeeds = { ...loraFeeds };
+      for (const name of names) {
+        const residual = residuals.then((r) => new ort.Tensor("float32", r[name]!.data, r[name]!.dims));
+        // A part that does not read this residual on this step (a DeepCache step) must not turn a failure into
+        // an unhandled rejection; the parts that do read it still see the error.
+        residual.catch(() => {});
+        feeds[name] = residual;
+      }
+      return feeds;
     };
+  }
+
+  /** Called when a batch ends: the ControlNet worker forgets the batch's control images. */
+  endBatch(): void {
+    if (this.cnWorker && this.batchKeys.length) this.cnWorker.forget(this.batchKeys.splice(0));
   }
 }
 
@@ -139,4 +244,11 @@ export function lateAddons(
       return ready ? ready(step) : {};
     },
   };
+}
+
+/** A ControlNet known by its manifest only (its session runs in the ControlNet worker). */
+function manifestOnly(dir: string): ControlNetRef {
+  const path = join(dir, "manifest.json");
+  if (!existsSync(path)) throw new LoraError(`ControlNet bundle ${dir} has no manifest.json`);
+  return { dir, manifest: ControlNetManifest.parse(JSON.parse(readFileSync(path, "utf8"))) };
 }

@@ -46,6 +46,11 @@ export interface GenerateOptions {
   onProgress?: (progress: { step: number; steps: number }) => void;
   unetInputs?: UnetInputProvider;
   signal?: AbortSignal;
+  /**
+   * Run the U-Net as its split parts on every step (when the bundle has them), so inputs the head does not
+   * read, ControlNet residuals computed in another thread, can arrive while the head runs.
+   */
+  splitUnet?: boolean;
 }
 
 export interface GenerationTimings {
@@ -314,8 +319,12 @@ export async function generateBatch(
   let latents = noise(n * perImage);
   if (sampler.initNoiseSigma !== 1) for (let i = 0; i < latents.length; i++) latents[i]! *= sampler.initNoiseSigma;
 
-  const parts = unetParts(bundle, request.cache !== null);
+  const split = options.splitUnet === true && bundle.manifest.cache !== undefined;
+  const parts = unetParts(bundle, request.cache !== null || split);
   const fullSteps = request.cache ? deepCacheSchedule(steps, { interval: request.cache.interval, mode: request.cache.schedule }) : null;
+  // Split only for overlap: every step is a full pass through head, deep and tail (never the one-graph shortcut).
+  if (split && parts.kind === "cached") parts.fullPass = null;
+  const runsDeep = (i: number) => (fullSteps ? fullSteps[i]! : true);
   const defaults = addonDefaults(bundle, externalInputs(parts), unetBatch);
   const timestepSpec = (parts.kind === "whole" ? parts.whole : parts.head).input(UNET_IO.timestep)!;
   const constant: Feeds = { ...defaults, [UNET_IO.encoderHiddenStates]: floatTensor(hidden, hiddenDims) };
@@ -339,7 +348,7 @@ export async function generateBatch(
     };
     const prediction = await clock.time("unetMs", async () => {
       if (parts.kind === "whole") return predictionOf(parts.whole, await parts.whole.run(await awaitInputs(parts.whole, feeds)));
-      const full = fullSteps![i] || deepOutputs === null;
+      const full = runsDeep(i) || deepOutputs === null;
       if (full && parts.fullPass) {
         const out = await parts.fullPass.run(await awaitInputs(parts.fullPass, feeds));
         deepOutputs = Object.fromEntries(parts.deep.spec.outputs.map((t) => [t.name, out[t.name]!]));

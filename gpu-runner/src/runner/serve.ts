@@ -32,6 +32,7 @@ const { values } = parseArgs({
     "addon-memory-mb": { type: "string", default: process.env.ADDON_MEMORY_MB ?? "512" },
     "addon-disk-mb": { type: "string", default: process.env.ADDON_DISK_MB ?? "4096" },
     "addon-join-step": { type: "string", default: process.env.ADDON_JOIN_STEP },
+    "parallel-controlnet": { type: "boolean", default: process.env.PARALLEL_CONTROLNET === "1" },
     "grace-ms": { type: "string", default: "30000" },
   },
 });
@@ -53,6 +54,7 @@ if (models.size === 0) {
 
 const pool = new InferencePool({
   size: Number(values.workers),
+  parallelControlNet: values["parallel-controlnet"],
   session: SessionConfigSchema.parse({ executionProviders: values.ep.split(","), intraOpNumThreads: Number(values.threads) }),
 });
 const runner = new Runner({

@@ -15,7 +15,7 @@ if (port === null) throw new Error("inference-worker must run in a worker thread
 const init = workerData as WorkerInit;
 const session = SessionConfigSchema.parse(init.session);
 const bundles = new Map<string, Promise<Bundle>>();
-const addonRuntime = new AddonRuntime(session);
+const addonRuntime = new AddonRuntime(session, { parallelControlNet: init.parallelControlNet ?? false });
 
 function bundle(dir: string): Promise<Bundle> {
   let loading = bundles.get(dir);
@@ -57,6 +57,8 @@ port.on("message", async (msg: ToWorker) => {
     }
     const results = await generateBatch(loaded, msg.requests, {
       ...(unetInputs ? { unetInputs } : {}),
+      // Late add-ons cannot say in advance whether they bring ControlNets: their batch stays on the one-graph U-Net.
+      splitUnet: msg.addons !== undefined && addonRuntime.wantsSplit(msg.addons),
       signal: controller.signal,
       onProgress: ({ step, steps }) => {
         if (Atomics.load(cancel, 0) === 1) controller.abort(new Error("generation canceled"));
@@ -70,5 +72,6 @@ port.on("message", async (msg: ToWorker) => {
     send({ type: "error", id: msg.id, error: { name: e.name, message: e.message } });
   } finally {
     lateArrivals.delete(msg.id);
+    addonRuntime.endBatch();
   }
 });

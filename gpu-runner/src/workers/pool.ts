@@ -21,6 +21,12 @@ export interface PoolOptions {
   /** Number of workers; defaults to the number of cores. */
   size?: number;
   session?: SessionConfig;
+  /**
+   * ControlNets in a worker of their own, in parallel with the U-Net's head. Off by default: on the CPU and the
+   * small kernel-launch-bound tiny-shapes U-Net the message passing and the split U-Net cost more than the overlap
+   * saves (bench/ADDONS.md); turn it on where the U-Net's head is heavy enough to hide a ControlNet.
+   */
+  parallelControlNet?: boolean;
 }
 
 export interface JobOptions {
@@ -65,6 +71,7 @@ const WORKER_URL = new URL("./inference-worker.ts", import.meta.url);
 export class InferencePool {
   readonly size: number;
   readonly session: SessionConfig;
+  readonly parallelControlNet: boolean;
   private readonly slots: Slot[] = [];
   private readonly queue: Job[] = [];
   private nextId = 1;
@@ -74,11 +81,12 @@ export class InferencePool {
     this.size = options.size ?? availableParallelism();
     if (!Number.isInteger(this.size) || this.size < 1) throw new RangeError(`pool size must be ≥ 1, got ${this.size}`);
     this.session = options.session ?? DEFAULT_SESSION_CONFIG;
+    this.parallelControlNet = options.parallelControlNet ?? false;
     for (let i = 0; i < this.size; i++) this.slots.push(this.spawn());
   }
 
   private spawn(): Slot {
-    const init: WorkerInit = { session: this.session };
+    const init: WorkerInit = { session: this.session, parallelControlNet: this.parallelControlNet };
     const slot: Slot = { worker: new Worker(WORKER_URL, { workerData: init }), job: null, bundles: new Set() };
     slot.worker.on("message", (msg: FromWorker) => this.onMessage(slot, msg));
     slot.worker.on("error", (err) => this.onCrash(slot, err));

@@ -6,6 +6,8 @@ import type { RequestAddons } from "../addons/runtime.ts";
 
 export interface WorkerInit {
   session: SessionConfig;
+  /** ControlNets in a worker of their own beside the U-Net's head, or in sequence (default; see PoolOptions). */
+  parallelControlNet?: boolean;
 }
 
 export type ToWorker = {
