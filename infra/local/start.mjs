@@ -59,10 +59,10 @@ function stopAll(code = 0) {
 process.on("SIGINT", () => (log("stopping"), stopAll(0)));
 process.on("SIGTERM", () => stopAll(0));
 
-async function api(method, path, token, body) {
+async function api(method, path, token, body, headers = {}) {
   const res = await fetch(`${edgeUrl}${path}`, {
     method,
-    headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}) },
+    headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}), ...headers },
     body: body ? JSON.stringify(body) : undefined,
   });
   const json = await res.json().catch(() => null);
@@ -224,6 +224,17 @@ async function main() {
     runners: runnerCount,
   };
   writeFileSync(statePath, JSON.stringify(state, null, 2) + "\n", { mode: 0o600 });
+
+  // One generation on the default model, so the first command shows the whole path working.
+  let demo = "";
+  if (runnerCount > 0 && models.length > 0 && process.env.SKIP_DEMO !== "1") {
+    try {
+      const g = await api("POST", "/v1/generations", apiKey, { model, prompt: "a large red circle on the left, blue background", seed: 1 }, { prefer: "wait=60" });
+      demo = g.status === "succeeded" ? `  first image ${g.images[0].url}\n               (${g.request.sampler}, ${g.request.steps} steps, ${Math.round(g.timings.total_ms)} ms request to URL)` : `  first image ${g.status}: ${g.error?.message ?? "still running"}`;
+    } catch (err) {
+      demo = `  first image failed: ${err.message}`;
+    }
+  }
   const curl = `curl -s ${edgeUrl}/v1/generations -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" -H "Prefer: wait=30" -d '{"model":"${model}","prompt":"a large red circle on the left, blue background"}'`;
   process.stdout.write(
     [
@@ -236,6 +247,7 @@ async function main() {
       `  models      ${models.length ? models.join(", ") : "(none registered yet)"}`,
       `  runners     ${runnerCount}`,
       `  state file  ${statePath}`,
+      ...(demo ? [demo] : []),
       "",
       "Try:",
       `  ${curl}`,
