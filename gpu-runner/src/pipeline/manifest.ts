@@ -79,8 +79,10 @@ export const LoraTarget = z
     /** Branch inputs (mode "branch"): [batch, rank, in] and [batch, out, rank]. */
     down_input: z.string().optional(),
     up_input: z.string().optional(),
-    /** Initializer names of W (and b) for mode "merge", per component. */
+    /** Initializer names of W for merging, per component (mode "merge", or merging into a branch bundle). */
     weight: z.record(z.string(), z.string()).optional(),
+    /** How the graph stores W: "out_in" as PyTorch does (Gemm/Conv), "in_out" transposed (a MatMul weight). */
+    weight_layout: z.enum(["out_in", "in_out"]).optional(),
   })
   .strict();
 export type LoraTarget = z.infer<typeof LoraTarget>;
