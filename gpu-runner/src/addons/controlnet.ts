@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
-import { BundleError, Component, compareTensors, type ComponentName, type SessionConfig } from "../pipeline/bundle.ts";
+import { BundleError, Component, compareTensors, sessionOptions, type ComponentName, type SessionConfig } from "../pipeline/bundle.ts";
 import { ControlNetManifest, type ModelManifest } from "../pipeline/manifest.ts";
 
 /** A ControlNet known by its bundle folder and manifest. */
@@ -36,11 +36,7 @@ export async function loadControlNet(dir: string, base: ModelManifest, config: S
   const spec = manifest.components.controlnet;
   const onnx = join(dir, spec.path);
   if (!existsSync(onnx)) throw new BundleError(dir, [...problems, `components.controlnet: file ${spec.path} not found`]);
-  const session = await ort.InferenceSession.create(onnx, {
-    executionProviders: [...config.executionProviders] as ort.InferenceSession.ExecutionProviderConfig[],
-    intraOpNumThreads: config.intraOpNumThreads,
-    interOpNumThreads: 1,
-  });
+  const session = await ort.InferenceSession.create(onnx, sessionOptions(config));
   problems.push(...compareTensors("controlnet input", spec.inputs, session.inputMetadata), ...compareTensors("controlnet output", spec.outputs, session.outputMetadata));
   if (problems.length) {
     await session.release();

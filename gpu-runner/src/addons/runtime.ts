@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { ControlNetManifest } from "../pipeline/manifest.ts";
 import type { FromControlNet, PlainTensor, ToControlNet } from "../workers/controlnet-worker.ts";
-import type { Bundle, SessionConfig } from "../pipeline/bundle.ts";
+import { Component, sessionOptions, type Bundle, type ComponentName, type SessionConfig } from "../pipeline/bundle.ts";
+import { mergeLoras } from "./merge.ts";
 import type { StepFeeds, UnetInputProvider } from "../pipeline/pipeline.ts";
 import { controlNetResiduals, loadControlNet, type ControlNet, type ControlNetRef, type ControlNetUse } from "./controlnet.ts";
 import { LoraError, parseLora, stackLoras, type LoraUse, type ParsedLora } from "./lora.ts";
@@ -22,6 +23,8 @@ export interface RequestAddons {
 }
 
 const PARSED_LORAS_KEPT = 64;
+/** Merged U-Nets kept per worker (each holds its own weights): a bounded cache of add-on sets. */
+const MERGED_BUNDLES_KEPT = 4;
 
 /** A ControlNet worker of this inference worker's own: steps' residuals are computed there, in parallel. */
 class ControlNetWorker {
@@ -78,10 +81,61 @@ export class AddonRuntime {
   private readonly parallel: boolean;
   private cnWorker: ControlNetWorker | undefined;
   private readonly batchKeys: string[] = [];
+  private readonly merged = new Map<string, Promise<Bundle>>();
+  /** How many merged sessions were built (a warm add-on set builds none): for tests and the bench. */
+  mergedBuilds = 0;
 
   constructor(session: SessionConfig, options: AddonRuntimeOptions = {}) {
     this.session = session;
     this.parallel = options.parallelControlNet ?? false;
+  }
+
+  /**
+   * The bundle a batch runs on: the bundle itself, or for a merge-mode model (no branch inputs) a copy whose U-Net
+   * sessions have the batch's LoRAs merged into their weights, built once per add-on set and kept in a bounded
+   * cache. Requests with different LoRAs cannot share a batch on such a model.
+   */
+  async bundleFor(bundle: Bundle, addons: RequestAddons[]): Promise<Bundle> {
+    const spec = bundle.manifest.lora;
+    if (spec?.mode !== "merge") return bundle;
+    const keyOf = (a: RequestAddons) => a.loras.map((l) => `${l.sha256}:${l.scale}`).sort().join(",");
+    const key = keyOf(addons[0]!);
+    if (addons.some((a) => keyOf(a) !== key)) throw new LoraError(`model ${bundle.manifest.name} merges LoRAs: requests with different LoRAs cannot share a batch`);
+    if (key === "") return bundle;
+    const cacheKey = `${bundle.dir}|${key}`;
+    let built = this.merged.get(cacheKey);
+    if (built) {
+      this.merged.delete(cacheKey);
+    } else {
+      built = this.buildMerged(bundle, addons[0]!);
+      built.catch(() => this.merged.delete(cacheKey));
+    }
+    this.merged.set(cacheKey, built);
+    while (this.merged.size > MERGED_BUNDLES_KEPT) {
+      const [oldest, evicted] = this.merged.entries().next().value!;
+      this.merged.delete(oldest);
+      void evicted.then((b) => b.release()).catch(() => {});
+    }
+    return built;
+  }
+
+  private async buildMerged(bundle: Bundle, addons: RequestAddons): Promise<Bundle> {
+    const spec = bundle.manifest.lora!;
+    const uses = addons.loras.map((l): LoraUse => ({ lora: this.lora(bundle, l.sha256, l.bytes), scale: l.scale }));
+    const replaced: Partial<Record<ComponentName, Component>> = {};
+    for (const [name, component] of Object.entries(bundle.components) as [ComponentName, Component][]) {
+      if (!spec.targets.some((t) => t.weight?.[name])) continue;
+      const merged = mergeLoras(new Uint8Array(readFileSync(join(bundle.dir, component.spec.path))), name, spec.targets, uses);
+      replaced[name] = new Component(name, component.spec, await ort.InferenceSession.create(merged, sessionOptions(this.session)));
+      this.mergedBuilds++;
+    }
+    return {
+      ...bundle,
+      components: { ...bundle.components, ...replaced },
+      release: async () => {
+        await Promise.all(Object.values(replaced).map((c) => c.session.release()));
+      },
+    };
   }
 
   /** Whether a batch with these add-ons should run the U-Net split, so the head overlaps the ControlNets. */
@@ -142,7 +196,8 @@ export class AddonRuntime {
       const repeat = unetBatch / images;
       const sampleOf = (s: number) => s % images;
       const loraFeeds: StepFeeds = {};
-      if (loraUses.some((u) => u.length > 0)) {
+      // A merge-mode model has the LoRAs in its weights already (bundleFor).
+      if (loraUses.some((u) => u.length > 0) && bundle.manifest.lora?.mode !== "merge") {
         const spec = bundle.manifest.lora!;
         const perSample = Array.from({ length: unetBatch }, (_, s) => loraUses[sampleOf(s)]!);
         for (const f of stackLoras(spec.targets, perSample, spec.max_rank)) loraFeeds[f.name] = new ort.Tensor("float32", f.data, f.dims);

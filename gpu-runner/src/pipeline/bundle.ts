@@ -260,6 +260,17 @@ function sha256(path: string): string {
   return createHash("sha256").update(readFileSync(path)).digest("hex");
 }
 
+/** ONNX Runtime options for a session config: every session the runner creates (models, ControlNets, merged U-Nets). */
+export function sessionOptions(config: SessionConfig): ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: [...config.executionProviders] as ort.InferenceSession.ExecutionProviderConfig[],
+    intraOpNumThreads: config.intraOpNumThreads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: "all",
+    extra: { session: { intra_op: { allow_spinning: config.allowSpinning ? "1" : "0" } } },
+  };
+}
+
 /**
  * Loads a model bundle: manifest, tokenizer and one session per component, all checked.
  *
@@ -287,13 +298,7 @@ export async function loadBundle(dir: string, config: SessionConfig = DEFAULT_SE
   if (!filesPresent) throw new BundleError(dir, problems);
   await checkExecutionProviders(config);
 
-  const options: ort.InferenceSession.SessionOptions = {
-    executionProviders: [...config.executionProviders] as ort.InferenceSession.ExecutionProviderConfig[],
-    intraOpNumThreads: config.intraOpNumThreads,
-    interOpNumThreads: 1,
-    graphOptimizationLevel: "all",
-    extra: { session: { intra_op: { allow_spinning: config.allowSpinning ? "1" : "0" } } },
-  };
+  const options = sessionOptions(config);
   const components: Partial<Record<ComponentName, Component>> = {};
   const release = async () => {
     await Promise.all(Object.values(components).map((c) => c.session.release()));

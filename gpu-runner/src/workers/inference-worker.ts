@@ -43,22 +43,30 @@ port.on("message", async (msg: ToWorker) => {
   const cancel = new Int32Array(msg.cancelFlag);
   const controller = new AbortController();
   try {
-    const loaded = await bundle(msg.bundleDir);
+    let loaded = await bundle(msg.bundleDir);
     const imagesPer = msg.requests.map((r) => GenerationRequest.parse(r).n);
     let unetInputs: UnetInputProvider | undefined;
     let joinedAt: () => number | null = () => (msg.addons ? 0 : null);
-    if (msg.addonJoinStep !== undefined) {
+    let addons = msg.addons;
+    const merging = loaded.manifest.lora?.mode === "merge";
+    if (merging && msg.addonJoinStep !== undefined) {
+      // Merged weights are needed before the first step: a merge-mode model waits for its add-ons.
+      addons = await new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
+      joinedAt = () => 0;
+    }
+    if (addons) loaded = await addonRuntime.bundleFor(loaded, addons);
+    if (msg.addonJoinStep !== undefined && !merging) {
       const arrival = new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
       const late = lateAddons(arrival.then((a) => addonRuntime.provider(loaded, imagesPer, a)), msg.addonJoinStep);
       unetInputs = late.provider;
       joinedAt = late.joinedAt;
-    } else if (msg.addons) {
-      unetInputs = await addonRuntime.provider(loaded, imagesPer, msg.addons);
+    } else if (addons) {
+      unetInputs = await addonRuntime.provider(loaded, imagesPer, addons);
     }
     const results = await generateBatch(loaded, msg.requests, {
       ...(unetInputs ? { unetInputs } : {}),
       // Late add-ons cannot say in advance whether they bring ControlNets: their batch stays on the one-graph U-Net.
-      splitUnet: msg.addons !== undefined && addonRuntime.wantsSplit(msg.addons),
+      splitUnet: addons !== undefined && addonRuntime.wantsSplit(addons),
       signal: controller.signal,
       onProgress: ({ step, steps }) => {
         if (Atomics.load(cancel, 0) === 1) controller.abort(new Error("generation canceled"));
