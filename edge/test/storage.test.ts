@@ -102,3 +102,19 @@ describe("object storage through presigned URLs", () => {
     expect(seen.body.images).toHaveLength(0);
   });
 });
+
+describe("re-signing", () => {
+  it("refuses an out-of-range lifetime with a 400, and signs for an hour without a body", async () => {
+    const t = await newTenant("resign");
+    const runner = await newRunner();
+    const job = await generate(t.key);
+    const l = await lease(runner.token);
+    await completeLeased(runner.token, l.body);
+    const bad = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, { token: t.key, body: { expires_in_seconds: 10 } });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.param).toBe("expires_in_seconds");
+    const plain = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, { token: t.key });
+    expect(plain.status).toBe(200);
+    expect(new URL(plain.body.url).searchParams.get("X-Amz-Expires")).toBe("3600");
+  });
+});

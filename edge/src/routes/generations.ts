@@ -354,7 +354,10 @@ export const generations = router()
   .openapi(sign, async (c) => {
     requireScope(c, "generations:read");
     const { id, index } = c.req.valid("param");
-    const { expires_in_seconds } = SignImageBody.parse((await c.req.json().catch(() => ({}))) ?? {});
+    // The body is optional (an empty POST signs for an hour); when present, the JSON middleware has parsed it.
+    const parsed = SignImageBody.safeParse(c.req.header("content-type") ? await c.req.json() : {});
+    if (!parsed.success) throw ApiError.invalid("invalid_parameter", parsed.error.issues[0]!.message, "expires_in_seconds");
+    const { expires_in_seconds } = parsed.data;
     const job = await jobsTable.getJob(c.var.db, c.var.auth.tenant.id, id);
     if (!job) throw ApiError.notFound("generation", id, "id");
     const image = (await jobsTable.jobImages(c.var.db, [id])).find((img) => img.index === index && img.deletedAt === null);

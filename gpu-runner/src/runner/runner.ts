@@ -5,8 +5,8 @@
  * in hand, or, past the grace period, hands it back (a retryable failure puts it back in the queue).
  */
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { InferencePool } from "../workers/pool.ts";
 import { conditioningTensor, dataUrlBytes, decodePng } from "../addons/control-image.ts";
@@ -14,8 +14,7 @@ import type { RequestAddons } from "../addons/runtime.ts";
 import type { AddonStore, FetchedAddon } from "../addons/store.ts";
 import { readTar } from "../addons/tar.ts";
 import { ControlNetManifest } from "../pipeline/manifest.ts";
-import { mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
+
 import type { GenerationRequest } from "../pipeline/request.ts";
 import { EdgeError, type EdgeClient, type LeasedJob } from "./edge-client.ts";
 
