@@ -1,6 +1,8 @@
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodePng } from "../../gpu-runner/src/pipeline/png.ts";
+import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
+import { AuthenticationError, ImageGen, NotFoundError } from "../../sdk/src/index.ts";
 import { api, presignGet, startStack, type Stack } from "./stack.ts";
 
 let stack: Stack;
@@ -72,6 +74,36 @@ describe("the whole stack, on loopback", () => {
     expect(bad.body.status).toBe("failed");
     expect(bad.body.error.message).toMatch(/controlnets\[0\]\.image: not a PNG/);
     expect(bad.body.attempts).toBe(1);
+  });
+
+  it("the TypeScript SDK drives the same API: generate and wait, pages, add-on upload, keys, typed errors", async () => {
+    const client = new ImageGen({ apiKey: stack.apiKey, baseURL: stack.edgeUrl });
+    const g = await client.generations.createAndWait({ model: stack.defaultModel, prompt: "a small blue square at the top", seed: 21 });
+    expect(g.status).toBe("succeeded");
+    expect((await fetch(g.images[0]!.url!)).status).toBe(200);
+    const seen: string[] = [];
+    for await (const item of client.generations.iterate({ limit: 2 })) seen.push(item.id);
+    expect(seen).toContain(g.id);
+    expect(new Set(seen).size).toBe(seen.length);
+
+    const spec = (await client.models.get(stack.defaultModel)).spec;
+    const t = spec.lora_targets![0]!;
+    const prefix = `lora_unet_${t.module.replace(/\./g, "_")}`;
+    const file = encodeSafetensors({
+      [`${prefix}.lora_down.weight`]: { shape: [2, t.in_features], data: Float32Array.from({ length: 2 * t.in_features }, (_, i) => Math.sin(i)) },
+      [`${prefix}.lora_up.weight`]: { shape: [t.out_features, 2], data: Float32Array.from({ length: 2 * t.out_features }, (_, i) => 2 * Math.cos(i)) },
+    });
+    const up = await client.addons.upload(file, { kind: "lora", name: "sdk-style", family: (await client.models.get(stack.defaultModel)).family });
+    expect(up.version.status).toBe("ready");
+    const styled = await client.generations.createAndWait({ model: stack.defaultModel, prompt: "a small blue square at the top", seed: 21, loras: [{ id: up.addon.id, scale: 1 }] });
+    expect(styled.images[0]!.sha256).not.toBe(g.images[0]!.sha256);
+
+    const key = await client.keys.create({ name: "sdk" });
+    expect(key.secret).toMatch(/^igk_/);
+    await client.keys.revoke(key.id);
+    await expect(new ImageGen({ apiKey: key.secret, baseURL: stack.edgeUrl }).models.list()).rejects.toBeInstanceOf(AuthenticationError);
+    await expect(client.generations.get("gen_00000000000000000000000000")).rejects.toBeInstanceOf(NotFoundError);
+    await expect(client.generations.create({ prompt: "" })).rejects.toMatchObject({ status: 400, param: "prompt" });
   });
 
   it("the store refuses tampered, misdirected and expired URLs", async () => {

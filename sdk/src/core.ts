@@ -1,0 +1,110 @@
+/**
+ * The HTTP core: base URL, API key, default headers, timeouts, retries with exponential backoff and jitter that
+ * honour `Retry-After` (429, 408, 409 lock contention excluded, 5xx, network errors), and an idempotency key on
+ * every POST so a retried create never makes a second job. Runs on Node, browsers and Workers (global fetch).
+ */
+import { APIConnectionError, makeError } from "./errors.ts";
+import type { ErrorBody } from "./types.ts";
+
+export interface ClientOptions {
+  /** Defaults to the IMAGEGEN_API_KEY environment variable where there is one. */
+  apiKey?: string;
+  /** Defaults to IMAGEGEN_BASE_URL, else http://127.0.0.1:8787. */
+  baseURL?: string;
+  /** Per request, in ms (default 60 s; a request waiting for a job adds its wait). */
+  timeout?: number;
+  /** Retries of a failed request (default 2). */
+  maxRetries?: number;
+  defaultHeaders?: Record<string, string>;
+  fetch?: typeof fetch;
+}
+
+export interface RequestOptions {
+  query?: Record<string, string | number | undefined>;
+  body?: unknown;
+  headers?: Record<string, string>;
+  idempotencyKey?: string;
+  timeout?: number;
+  maxRetries?: number;
+  signal?: AbortSignal;
+}
+
+const env = (name: string): string | undefined => (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
+
+function retryable(status: number): boolean {
+  return status === 408 || status === 429 || status >= 500;
+}
+
+/** Backoff before retry `attempt` (0-based): Retry-After when the server gave one, else 0.5 s · 2^n with jitter. */
+export function retryDelayMs(attempt: number, headers?: Headers): number {
+  const after = headers?.get("retry-after");
+  if (after) {
+    const seconds = Number(after);
+    if (Number.isFinite(seconds)) return Math.min(60_000, seconds * 1000);
+    const date = Date.parse(after);
+    if (Number.isFinite(date)) return Math.max(0, Math.min(60_000, date - Date.now()));
+  }
+  return Math.min(8_000, 500 * 2 ** attempt) * (0.75 + Math.random() / 2);
+}
+
+export class Core {
+  readonly baseURL: string;
+  private readonly apiKey: string;
+  private readonly timeout: number;
+  private readonly maxRetries: number;
+  private readonly defaultHeaders: Record<string, string>;
+  private readonly fetchImpl: typeof fetch;
+
+  constructor(options: ClientOptions = {}) {
+    const apiKey = options.apiKey ?? env("IMAGEGEN_API_KEY");
+    if (!apiKey) throw new Error("imagegen: an API key is required (options.apiKey or IMAGEGEN_API_KEY)");
+    this.apiKey = apiKey;
+    this.baseURL = (options.baseURL ?? env("IMAGEGEN_BASE_URL") ?? "http://127.0.0.1:8787").replace(/\/+$/, "");
+    this.timeout = options.timeout ?? 60_000;
+    this.maxRetries = options.maxRetries ?? 2;
+    this.defaultHeaders = options.defaultHeaders ?? {};
+    this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+  }
+
+  async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<{ data: T; headers: Headers; status: number }> {
+    const url = new URL(this.baseURL + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
+    const headers: Record<string, string> = {
+      authorization: `Bearer ${this.apiKey}`,
+      accept: "application/json",
+      ...this.defaultHeaders,
+      ...opts.headers,
+    };
+    if (opts.body !== undefined) headers["content-type"] = "application/json";
+    if (method === "POST") headers["idempotency-key"] = opts.idempotencyKey ?? headers["idempotency-key"] ?? crypto.randomUUID();
+    const maxRetries = opts.maxRetries ?? this.maxRetries;
+    for (let attempt = 0; ; attempt++) {
+      const timeout = AbortSignal.timeout(opts.timeout ?? this.timeout);
+      const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
+      let res: Response;
+      try {
+        res = await this.fetchImpl(url, { method, headers, body: opts.body === undefined ? undefined : JSON.stringify(opts.body), signal });
+      } catch (err) {
+        if (opts.signal?.aborted) throw err;
+        if (attempt < maxRetries) {
+          await sleep(retryDelayMs(attempt));
+          continue;
+        }
+        throw new APIConnectionError(`request to ${url.pathname} failed: ${(err as Error).message}`, { cause: err });
+      }
+      if (res.ok) {
+        const text = await res.text();
+        return { data: (text ? JSON.parse(text) : null) as T, headers: res.headers, status: res.status };
+      }
+      if (retryable(res.status) && attempt < maxRetries) {
+        await res.body?.cancel();
+        await sleep(retryDelayMs(attempt, res.headers));
+        continue;
+      }
+      const body = (await res.json().catch(() => undefined)) as ErrorBody | undefined;
+      throw makeError(res.status, body, res.headers);
+    }
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
