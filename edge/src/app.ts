@@ -16,6 +16,7 @@ import { admin } from "./routes/admin.ts";
 import { generations } from "./routes/generations.ts";
 import { keys } from "./routes/keys.ts";
 import { models } from "./routes/models.ts";
+import { openai } from "./routes/openai.ts";
 import { runnerApi } from "./runner-api/routes.ts";
 import { DASHBOARD_HTML } from "./dashboard/page.ts";
 
@@ -55,6 +56,7 @@ export function createApp() {
   app.route("/v1", models);
   app.route("/v1", addons);
   app.route("/v1", keys);
+  app.route("/v1", openai);
 
   app.use("/internal/v1/*", runnerAuth());
   app.route("/internal/v1", runnerApi);

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodePng } from "../../gpu-runner/src/pipeline/png.ts";
 import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
 import { AuthenticationError, ImageGen, NotFoundError } from "../../sdk/src/index.ts";
+import OpenAI from "openai";
 import { api, presignGet, startStack, type Stack } from "./stack.ts";
 
 let stack: Stack;
@@ -104,6 +105,23 @@ describe("the whole stack, on loopback", () => {
     await expect(new ImageGen({ apiKey: key.secret, baseURL: stack.edgeUrl }).models.list()).rejects.toBeInstanceOf(AuthenticationError);
     await expect(client.generations.get("gen_00000000000000000000000000")).rejects.toBeInstanceOf(NotFoundError);
     await expect(client.generations.create({ prompt: "" })).rejects.toMatchObject({ status: 400, param: "prompt" });
+  });
+
+  it("the official openai client works against /v1/images/generations, with our extensions", async () => {
+    const oa = new OpenAI({ apiKey: stack.apiKey, baseURL: `${stack.edgeUrl}/v1`, maxRetries: 0 });
+    const params = { model: stack.defaultModel, prompt: "a large green triangle on the right", size: "64x64", n: 2, seed: 77 } as const;
+    const urls = await oa.images.generate(params as unknown as OpenAI.ImageGenerateParamsNonStreaming);
+    expect(urls.data).toHaveLength(2);
+    const first = new Uint8Array(await (await fetch(urls.data![0]!.url!)).arrayBuffer());
+    expect(pngSize(first)).toEqual({ width: 64, height: 64 });
+    const b64 = await oa.images.generate({ ...params, response_format: "b64_json" } as unknown as OpenAI.ImageGenerateParamsNonStreaming);
+    // Same seed, same model: the same bytes, now inline.
+    expect(Buffer.from(b64.data![0]!.b64_json!, "base64").equals(Buffer.from(first))).toBe(true);
+    const bad = await oa.images.generate({ ...params, size: "100x100" } as unknown as OpenAI.ImageGenerateParamsNonStreaming).catch((e) => e);
+    expect(bad).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(bad.param).toBe("width");
+    const wrongKey = await new OpenAI({ apiKey: "igk_nope", baseURL: `${stack.edgeUrl}/v1`, maxRetries: 0 }).images.generate({ prompt: "x" }).catch((e) => e);
+    expect(wrongKey).toBeInstanceOf(OpenAI.AuthenticationError);
   });
 
   it("the store refuses tampered, misdirected and expired URLs", async () => {

@@ -189,6 +189,75 @@ function secondsToUtcMidnight(now: number): number {
   return Math.ceil((Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + 1) - now) / 1000);
 }
 
+/**
+ * Validates, normalises and queues a generation for the authenticated tenant (or finds the job an earlier request
+ * with the same Idempotency-Key created), within the tenant's caps, and rings the queue's doorbell. Shared by
+ * `/v1/generations` and the OpenAI-compatible `/v1/images/generations`.
+ */
+export async function submitGeneration(
+  c: Context<AppEnv>,
+  body: CreateGenerationBody,
+  idempotencyKey: string | undefined,
+): Promise<{ job: jobsTable.Job; replayed: boolean }> {
+  requireScope(c, "generations:write");
+  const { tenant, key } = c.var.auth;
+  const { db, settings } = c.var;
+  const requestHash = await sha256Hex(canonicalJson(body));
+  const replay = (existing: jobsTable.Job) => {
+    if (existing.requestHash !== requestHash) {
+      throw new ApiError(422, "idempotency_error", "idempotency_key_reused", "This Idempotency-Key was used with a different request body.");
+    }
+    return { job: existing, replayed: true };
+  };
+  if (idempotencyKey) {
+    const existing = await jobsTable.findByIdempotencyKey(db, tenant.id, idempotencyKey);
+    if (existing) return replay(existing);
+  }
+  const { request, addonRefs } = await normalise(db, tenant.id, body, body.model ?? settings.defaultModel);
+  const now = Date.now();
+  let outcome: jobsTable.InsertOutcome;
+  try {
+    outcome = await jobsTable.insertJobWithinCaps(
+      db,
+      {
+        id: newId("gen", now),
+        tenantId: tenant.id,
+        apiKeyId: key.id,
+        modelId: request.model,
+        request,
+        addonRefs,
+        imageCount: request.n,
+        maxAttempts: settings.maxJobAttempts,
+        idempotencyKey: idempotencyKey ?? null,
+        requestHash,
+        webhookUrl: body.webhook_url ?? null,
+        createdAt: now,
+      },
+      {
+        maxConcurrentJobs: tenant.maxConcurrentJobs ?? settings.defaultMaxConcurrentJobs,
+        maxImagesPerDay: tenant.maxImagesPerDay ?? settings.defaultMaxImagesPerDay,
+      },
+    );
+  } catch (err) {
+    // Two requests with one Idempotency-Key raced: the loser answers with the winner's job.
+    const existing = idempotencyKey && /UNIQUE/i.test(String(err)) ? await jobsTable.findByIdempotencyKey(db, tenant.id, idempotencyKey) : undefined;
+    if (existing) return replay(existing);
+    throw err;
+  }
+  if (!outcome.ok) {
+    if (outcome.reason === "concurrency") {
+      throw new ApiError(429, "quota_exceeded_error", "concurrency_limit_exceeded",
+        `This tenant already has ${tenant.maxConcurrentJobs ?? settings.defaultMaxConcurrentJobs} jobs queued or running; wait for one to finish.`,
+        undefined, { "Retry-After": "1" });
+    }
+    throw new ApiError(429, "quota_exceeded_error", "daily_image_quota_exceeded",
+      `This request would exceed the tenant's ${tenant.maxImagesPerDay ?? settings.defaultMaxImagesPerDay} images per day.`,
+      undefined, { "Retry-After": String(secondsToUtcMidnight(now)) });
+  }
+  await doorbell(c.env, QUEUE_TOPIC).ring();
+  return { job: outcome.job, replayed: false };
+}
+
 const create = createRoute({
   method: "post",
   path: "/generations",
@@ -257,78 +326,20 @@ const sign = createRoute({
 
 export const generations = router()
   .openapi(create, async (c) => {
-    requireScope(c, "generations:write");
-    const { tenant, key } = c.var.auth;
-    const db = c.var.db;
-    const settings = c.var.settings;
-    const body = c.req.valid("json");
     const headers = c.req.valid("header");
-    const idempotencyKey = headers["idempotency-key"];
-    const requestHash = await sha256Hex(canonicalJson(body));
-
-    const replay = async (existing: jobsTable.Job) => {
-      if (existing.requestHash !== requestHash) {
-        throw new ApiError(422, "idempotency_error", "idempotency_key_reused", "This Idempotency-Key was used with a different request body.");
-      }
+    const { job, replayed } = await submitGeneration(c, c.req.valid("json"), headers["idempotency-key"]);
+    if (replayed) {
       c.header("Idempotent-Replayed", "true");
-      return c.json(await loadPresentedJob(c.env, db, existing), 200);
-    };
-    if (idempotencyKey) {
-      const existing = await jobsTable.findByIdempotencyKey(db, tenant.id, idempotencyKey);
-      if (existing) return replay(existing);
+      return c.json(await loadPresentedJob(c.env, c.var.db, job), 200);
     }
-
-    const { request, addonRefs } = await normalise(db, tenant.id, body, body.model ?? settings.defaultModel);
-    const now = Date.now();
-    let outcome: jobsTable.InsertOutcome;
-    try {
-      outcome = await jobsTable.insertJobWithinCaps(
-        db,
-        {
-          id: newId("gen", now),
-          tenantId: tenant.id,
-          apiKeyId: key.id,
-          modelId: request.model,
-          request,
-          addonRefs,
-          imageCount: request.n,
-          maxAttempts: settings.maxJobAttempts,
-          idempotencyKey: idempotencyKey ?? null,
-          requestHash,
-          webhookUrl: body.webhook_url ?? null,
-          createdAt: now,
-        },
-        {
-          maxConcurrentJobs: tenant.maxConcurrentJobs ?? settings.defaultMaxConcurrentJobs,
-          maxImagesPerDay: tenant.maxImagesPerDay ?? settings.defaultMaxImagesPerDay,
-        },
-      );
-    } catch (err) {
-      // Two requests with one Idempotency-Key raced: the loser answers with the winner's job.
-      const existing = idempotencyKey && /UNIQUE/i.test(String(err)) ? await jobsTable.findByIdempotencyKey(db, tenant.id, idempotencyKey) : undefined;
-      if (existing) return replay(existing);
-      throw err;
-    }
-    if (!outcome.ok) {
-      if (outcome.reason === "concurrency") {
-        throw new ApiError(429, "quota_exceeded_error", "concurrency_limit_exceeded",
-          `This tenant already has ${tenant.maxConcurrentJobs ?? settings.defaultMaxConcurrentJobs} jobs queued or running; wait for one to finish.`,
-          undefined, { "Retry-After": "1" });
-      }
-      throw new ApiError(429, "quota_exceeded_error", "daily_image_quota_exceeded",
-        `This request would exceed the tenant's ${tenant.maxImagesPerDay ?? settings.defaultMaxImagesPerDay} images per day.`,
-        undefined, { "Retry-After": String(secondsToUtcMidnight(now)) });
-    }
-    await doorbell(c.env, QUEUE_TOPIC).ring();
-
-    let job = outcome.job;
+    let current = job;
     const wait = preferWait(headers.prefer);
     if (wait !== undefined) {
       c.header("Preference-Applied", `wait=${wait}`);
-      job = (await waitForJob(c, tenant.id, job.id, wait)) ?? job;
+      current = (await waitForJob(c, c.var.auth.tenant.id, job.id, wait)) ?? job;
     }
-    c.header("Location", `/v1/generations/${job.id}`);
-    return c.json(await loadPresentedJob(c.env, db, job), TERMINAL.has(job.status) ? 200 : 202);
+    c.header("Location", `/v1/generations/${current.id}`);
+    return c.json(await loadPresentedJob(c.env, c.var.db, current), TERMINAL.has(current.status) ? 200 : 202);
   })
   .openapi(get, async (c) => {
     requireScope(c, "generations:read");
