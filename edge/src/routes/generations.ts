@@ -324,6 +324,19 @@ const sign = createRoute({
   responses: { 200: { description: "A signed URL", content: { "application/json": { schema: SignedImageUrl } } }, ...errorResponses(400, 401, 404, 429) },
 });
 
+const events = createRoute({
+  method: "get",
+  path: "/generations/{id}/events",
+  tags: ["generations"],
+  summary: "Follow a generation as server-sent events",
+  description:
+    "Sends `generation` events (the whole generation object) whenever its status or progress changes, and closes after the final state. A comment line every 15 s keeps idle connections open.",
+  request: { params: IdParam("generation id", "gen_01hzy3k8m2q9w7e4r5t6y7u8i9") },
+  responses: { 200: { description: "An event stream", content: { "text/event-stream": { schema: z.string() } } }, ...errorResponses(401, 404, 429) },
+});
+
+const KEEPALIVE_MS = 15_000;
+
 export const generations = router()
   .openapi(create, async (c) => {
     const headers = c.req.valid("header");
@@ -375,6 +388,40 @@ export const generations = router()
     if (!image) throw new ApiError(404, "not_found_error", "image_not_found", `Generation '${id}' has no image ${index} (not finished, or past retention).`, "index");
     const url = await objectStore(c.env).presignGet(image.storageKey, expires_in_seconds);
     return c.json({ url, url_expires_at: iso(Date.now() + expires_in_seconds * 1000)! }, 200);
+  })
+  .openapi(events, async (c) => {
+    requireScope(c, "generations:read");
+    const { id } = c.req.valid("param");
+    const tenantId = c.var.auth.tenant.id;
+    const first = await jobsTable.getJob(c.var.db, tenantId, id);
+    if (!first) throw ApiError.notFound("generation", id, "id");
+    const bell = doorbell(c.env, jobTopic(id));
+    const encoder = new TextEncoder();
+    const db = c.var.db;
+    const env = c.env;
+    // Changes are announced on the job's doorbell (lease, progress, completion, cancel): no polling of D1.
+    const stream = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        let last = "";
+        try {
+          for (;;) {
+            const seq = await bell.current();
+            const job = await jobsTable.getJob(db, tenantId, id);
+            if (!job) break;
+            const state = `${job.status}|${job.progressStep}|${job.progressTotal}|${job.attempts}`;
+            if (state !== last) {
+              last = state;
+              controller.enqueue(encoder.encode(`event: generation\ndata: ${JSON.stringify(await loadPresentedJob(env, db, job))}\n\n`));
+            }
+            if (TERMINAL.has(job.status)) break;
+            if (!(await bell.wait(seq, KEEPALIVE_MS))) controller.enqueue(encoder.encode(": keep-alive\n\n"));
+          }
+        } finally {
+          controller.close();
+        }
+      },
+    });
+    return c.body(stream, 200, { "content-type": "text/event-stream", "cache-control": "no-cache", connection: "keep-alive" }) as never;
   })
   .openapi(cancel, async (c) => {
     requireScope(c, "generations:write");
