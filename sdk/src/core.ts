@@ -66,6 +66,18 @@ export class Core {
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
   }
 
+  /** A GET whose answer is read as a stream (server-sent events); errors are thrown as for `request`. */
+  async stream(path: string, opts: RequestOptions = {}): Promise<ReadableStream<Uint8Array>> {
+    const res = await this.fetchImpl(new URL(this.baseURL + path), {
+      headers: { authorization: `Bearer ${this.apiKey}`, accept: "text/event-stream", ...this.defaultHeaders, ...opts.headers },
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    }).catch((err: Error) => {
+      throw new APIConnectionError(`request to ${path} failed: ${err.message}`, { cause: err });
+    });
+    if (!res.ok) throw makeError(res.status, (await res.json().catch(() => undefined)) as ErrorBody | undefined, res.headers);
+    return res.body!;
+  }
+
   async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<{ data: T; headers: Headers; status: number }> {
     const url = new URL(this.baseURL + path);
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
@@ -104,6 +116,33 @@ export class Core {
       const body = (await res.json().catch(() => undefined)) as ErrorBody | undefined;
       throw makeError(res.status, body, res.headers);
     }
+  }
+}
+
+/** Parses a server-sent event stream into (event, data) pairs. */
+export async function* readServerSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<{ event: string; data: string }> {
+  const reader = body.pipeThrough(new TextDecoderStream() as unknown as TransformStream<Uint8Array, string>).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let cut: number;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let event = "message";
+        const data: string[] = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) event = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+        }
+        if (data.length) yield { event, data: data.join("\n") };
+      }
+    }
+  } finally {
+    reader.releaseLock();
   }
 }
 

@@ -82,6 +82,11 @@ describe("the whole stack, on loopback", () => {
     const g = await client.generations.createAndWait({ model: stack.defaultModel, prompt: "a small blue square at the top", seed: 21 });
     expect(g.status).toBe("succeeded");
     expect((await fetch(g.images[0]!.url!)).status).toBe(200);
+    const followed = await client.generations.create({ model: stack.defaultModel, prompt: "a small red square", seed: 3, sampler: "ddim", steps: 30 });
+    const states: string[] = [];
+    for await (const update of client.generations.events(followed.id)) states.push(update.status);
+    expect(states[0]).toMatch(/queued|running/);
+    expect(states.at(-1)).toBe("succeeded");
     const seen: string[] = [];
     for await (const item of client.generations.iterate({ limit: 2 })) seen.push(item.id);
     expect(seen).toContain(g.id);

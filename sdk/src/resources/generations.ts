@@ -1,4 +1,4 @@
-import type { Core, RequestOptions } from "../core.ts";
+import { readServerSentEvents, type Core, type RequestOptions } from "../core.ts";
 import { GenerationFailedError } from "../errors.ts";
 import type { CreateGenerationParams, Generation, GenerationList, ListGenerationsParams, SignedImageUrl } from "../types.ts";
 
@@ -50,6 +50,13 @@ export class Generations {
       yield* page.data;
       after = page.next_cursor ?? undefined;
     } while (after);
+  }
+
+  /** Follows a generation: yields it at every change of status or progress, ending with its final state. */
+  async *events(id: string, opts: RequestOptions = {}): AsyncGenerator<Generation> {
+    for await (const e of readServerSentEvents(await this.core.stream(`/v1/generations/${encodeURIComponent(id)}/events`, opts))) {
+      if (e.event === "generation") yield JSON.parse(e.data) as Generation;
+    }
   }
 
   async cancel(id: string, opts: RequestOptions = {}): Promise<Generation> {
