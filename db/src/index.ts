@@ -18,3 +18,4 @@ export * as addonsTable from "./queries/addons.ts";
 export * as runnersTable from "./queries/runners.ts";
 export * as auditTable from "./queries/audit.ts";
 export * as usageTable from "./queries/usage.ts";
+export * as webhooksTable from "./queries/webhooks.ts";

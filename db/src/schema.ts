@@ -14,6 +14,8 @@ export const tenants = sqliteTable("tenants", {
   maxImagesPerDay: integer("max_images_per_day"),
   rateLimitPerMinute: integer("rate_limit_per_minute"),
   retentionDays: integer("retention_days"),
+  /** Signs this tenant's webhook deliveries (HMAC-SHA256); made on first use, rotatable. */
+  webhookSecret: text("webhook_secret"),
   createdAt: integer("created_at").notNull(),
 });
 

@@ -17,6 +17,7 @@ import { generations } from "./routes/generations.ts";
 import { keys } from "./routes/keys.ts";
 import { models } from "./routes/models.ts";
 import { openai } from "./routes/openai.ts";
+import { webhooks } from "./routes/webhooks.ts";
 import { runnerApi } from "./runner-api/routes.ts";
 import { DASHBOARD_HTML } from "./dashboard/page.ts";
 
@@ -57,6 +58,7 @@ export function createApp() {
   app.route("/v1", addons);
   app.route("/v1", keys);
   app.route("/v1", openai);
+  app.route("/v1", webhooks);
 
   app.use("/internal/v1/*", runnerAuth());
   app.route("/internal/v1", runnerApi);

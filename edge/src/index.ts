@@ -1,9 +1,10 @@
-/** The Worker: HTTP through the Hono app; cron requeues expired leases and deletes outputs past retention; the Durable Objects it binds. */
+/** The Worker: HTTP through the Hono app; cron requeues expired leases, deletes outputs past retention and retries webhook deliveries; the Durable Objects it binds. */
 import { database } from "@imagegen/db";
 import { createApp } from "./app.ts";
 import { expireLeases } from "./dispatch/expiry.ts";
 import type { Env } from "./env.ts";
 import { sweepRetention } from "./storage/retention.ts";
+import { deliverDue } from "./webhooks/index.ts";
 
 export { Doorbell } from "./dispatch/doorbell.ts";
 export { RateLimiter } from "./limits/rate-limiter.ts";
@@ -14,6 +15,6 @@ export default {
   fetch: app.fetch,
   async scheduled(_controller, env, ctx) {
     const db = database(env.DB);
-    ctx.waitUntil(Promise.all([expireLeases(env, db), sweepRetention(env, db)]));
+    ctx.waitUntil(Promise.all([expireLeases(env, db, Date.now(), (p) => ctx.waitUntil(p)), sweepRetention(env, db), deliverDue(db)]));
   },
 } satisfies ExportedHandler<Env>;

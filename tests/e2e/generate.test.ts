@@ -1,4 +1,5 @@
-import { createHash } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
+import { createServer } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodePng } from "../../gpu-runner/src/pipeline/png.ts";
 import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
@@ -127,6 +128,43 @@ describe("the whole stack, on loopback", () => {
     expect(bad.param).toBe("width");
     const wrongKey = await new OpenAI({ apiKey: "igk_nope", baseURL: `${stack.edgeUrl}/v1`, maxRetries: 0 }).images.generate({ prompt: "x" }).catch((e) => e);
     expect(wrongKey).toBeInstanceOf(OpenAI.AuthenticationError);
+  });
+
+  it("a webhook reaches the tenant's endpoint, signed with its secret", async () => {
+    const received: Array<{ headers: Record<string, string | string[] | undefined>; body: string }> = [];
+    const receiver = createServer((req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        received.push({ headers: req.headers, body });
+        res.writeHead(received.length === 1 ? 500 : 204).end(); // the first attempt fails: redelivered below
+      });
+    });
+    await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", r));
+    try {
+      const url = `http://127.0.0.1:${(receiver.address() as { port: number }).port}/hooks`;
+      const secret = (await api(stack, "GET", "/v1/webhooks/secret", stack.apiKey)).body.secret as string;
+      const g = await api(stack, "POST", "/v1/generations", stack.apiKey, { model: stack.defaultModel, prompt: "a small red circle", seed: 8, webhook_url: url }, { prefer: "wait=60" });
+      expect(g.body.status).toBe("succeeded");
+      const deadline = Date.now() + 10_000;
+      while (received.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const first = received[0]!;
+      const [, t, v1] = String(first.headers["imagegen-signature"]).match(/^t=(\d+),v1=([0-9a-f]{64})$/)!;
+      expect(createHmac("sha256", secret).update(`${t}.${first.body}`).digest("hex")).toBe(v1);
+      expect(Math.abs(Number(t) - Date.now() / 1000)).toBeLessThan(60);
+      const payload = JSON.parse(first.body);
+      expect(payload).toMatchObject({ type: "generation.succeeded", data: { id: g.body.id, status: "succeeded" } });
+      expect(payload.data.images[0].sha256).toBe(g.body.images[0].sha256);
+      const deliveries = (await api(stack, "GET", "/v1/webhooks/deliveries", stack.apiKey)).body.data;
+      const d = deliveries.find((x: any) => x.generation_id === g.body.id);
+      expect(d).toMatchObject({ status: "pending", attempts: 1, last_response_status: 500 });
+      const again = await api(stack, "POST", `/v1/webhooks/deliveries/${d.id}/redeliver`, stack.apiKey);
+      expect(again.body).toMatchObject({ status: "delivered", attempts: 2, last_response_status: 204 });
+      expect(received).toHaveLength(2);
+      expect(received[1]!.headers["imagegen-delivery"]).toBe(d.id);
+    } finally {
+      receiver.close();
+    }
   });
 
   it("the store refuses tampered, misdirected and expired URLs", async () => {

@@ -21,6 +21,7 @@ import { ModelSpec } from "../schemas/models.ts";
 import type { Context } from "hono";
 import type { Env } from "../env.ts";
 import { objectStore, storageConfigured } from "../storage/index.ts";
+import { generationEnded } from "../webhooks/index.ts";
 
 export type SignedUrls = Map<string, { url: string; expiresAt: number }>;
 
@@ -430,6 +431,7 @@ export const generations = router()
     const canceled = await jobsTable.cancelJob(c.var.db, tenantId, id, Date.now());
     if (canceled) {
       await doorbell(c.env, jobTopic(id)).ring();
+      await generationEnded(c.env, c.var.db, canceled, (p) => c.executionCtx.waitUntil(p));
       return c.json(presentJob(canceled, []), 200);
     }
     const job = await jobsTable.getJob(c.var.db, tenantId, id);

@@ -13,6 +13,7 @@ import { errorResponses, iso } from "../schemas/common.ts";
 import type { GenerationRequest } from "../schemas/generations.ts";
 import { CompleteBody, FailBody, HeartbeatBody, HeartbeatResult, LeaseBody, LeasedJob, RunnerJobResult } from "../schemas/runner.ts";
 import { loadPresentedJob } from "../routes/generations.ts";
+import { generationEnded } from "../webhooks/index.ts";
 import { objectStore, outputKey } from "../storage/index.ts";
 
 /** Presigned URLs live long enough for a slow job; the lease, not the URL, bounds who may write. */
@@ -83,7 +84,7 @@ export const runnerApi = router()
     const bell = doorbell(c.env, QUEUE_TOPIC);
     for (;;) {
       const seq = await bell.current();
-      await expireLeases(c.env, db);
+      await expireLeases(c.env, db, Date.now(), (p) => c.executionCtx.waitUntil(p));
       const now = Date.now();
       const job = await jobsTable.leaseJob(db, {
         runnerId: runner.id,
@@ -101,8 +102,9 @@ export const runnerApi = router()
         const missing = job.addonRefs.filter((ref) => !versions.some((v) => `${v.addon.id}@${v.version.version}` === ref));
         if (missing.length) {
           // The add-on was deleted while the job waited: fail it clearly rather than run without it.
-          await jobsTable.failJob(db, { id: job.id, runnerId: runner.id, leaseId: job.leaseId!, now, code: "addon_deleted", message: `Add-on ${missing.join(", ")} was deleted before the job ran.`, retryable: false });
+          const failed = await jobsTable.failJob(db, { id: job.id, runnerId: runner.id, leaseId: job.leaseId!, now, code: "addon_deleted", message: `Add-on ${missing.join(", ")} was deleted before the job ran.`, retryable: false });
           await doorbell(c.env, jobTopic(job.id)).ring();
+          if (failed) await generationEnded(c.env, db, failed, (p) => c.executionCtx.waitUntil(p));
           continue;
         }
         const store = objectStore(c.env);
@@ -220,7 +222,10 @@ export const runnerApi = router()
       const again = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
       throw leaseError(again.ok ? { ok: false, reason: "lease_lost", job: again.job } : again, id);
     }
-    if (!replay) await doorbell(c.env, jobTopic(id)).ring();
+    if (!replay) {
+      await doorbell(c.env, jobTopic(id)).ring();
+      await generationEnded(c.env, db, done, (p) => c.executionCtx.waitUntil(p));
+    }
     return c.json({ job: await loadPresentedJob(c.env, db, done) }, 200);
   })
   .openapi(fail, async (c) => {
@@ -238,6 +243,7 @@ export const runnerApi = router()
     });
     if (failed) {
       await doorbell(c.env, failed.status === "queued" ? QUEUE_TOPIC : jobTopic(id)).ring();
+      if (failed.status === "failed") await generationEnded(c.env, db, failed, (p) => c.executionCtx.waitUntil(p));
       return c.json({ job: await loadPresentedJob(c.env, db, failed) }, 200);
     }
     const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
