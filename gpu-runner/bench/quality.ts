@@ -1,33 +1,45 @@
 /**
- * The hook for quality columns. The zoo's evaluator (an ONNX network that scores generated images: attribute
- * accuracy, a Fréchet distance on its features, mask IoU, style detection) plugs in here; until it exists the
- * bench reports only a fidelity proxy it can compute itself (how far caching moves the latents).
+ * Quality columns of the benches: generations of held-out prompts scored by the zoo's evaluator
+ * (`src/eval/evaluator.ts`), and a fidelity proxy that needs no evaluator (how far caching moves the latents).
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import type { GenerationResult } from "../src/pipeline/pipeline.ts";
+import { ImageEvaluator, type QualityScores } from "../src/eval/evaluator.ts";
+import type { Bundle } from "../src/pipeline/bundle.ts";
+import { generateBatch, type GenerateOptions } from "../src/pipeline/pipeline.ts";
+import type { GenerationRequest } from "../src/pipeline/request.ts";
 
-export interface ScoredPrompt {
-  prompt: string;
-  result: GenerationResult;
-}
-
-export interface QualityEvaluator {
-  /** Column names, in report order, e.g. ["attribute acc.", "FD"]. */
-  readonly columns: readonly string[];
-  /** Scores a set of generations of one configuration (held-out seeds) into one value per column. */
-  score(samples: readonly ScoredPrompt[]): Promise<Record<string, number>>;
+/** The zoo's evaluator when it is committed, else null (the columns then say why they are empty). */
+export async function loadEvaluator(zooModels: string): Promise<ImageEvaluator | null> {
+  const dir = join(zooModels, "evaluator");
+  return existsSync(join(dir, "evaluator.json")) ? ImageEvaluator.load(dir) : null;
 }
 
 /**
- * Returns the evaluator when the zoo has committed one, else null. Wiring the zoo's evaluator means implementing
- * `QualityEvaluator` over its ONNX file (its input/output contract comes with it) and returning it here.
+ * Generates the first `n` held-out prompts with `base`'s settings (seed 5000 + prompt index, one image each, in
+ * batches of 16 compatible requests) and scores them against the attributes the prompts ask for.
  */
-export async function loadEvaluator(zooModels: string): Promise<QualityEvaluator | null> {
-  const dir = join(zooModels, "evaluator");
-  if (!existsSync(join(dir, "manifest.json")) && !existsSync(join(dir, "model.onnx"))) return null;
-  process.stderr.write(`bench: an evaluator exists at ${dir} but is not wired yet (bench/quality.ts); quality columns stay empty\n`);
-  return null;
+export async function scoreConfiguration(
+  evaluator: ImageEvaluator,
+  bundle: Bundle,
+  base: Omit<GenerationRequest, "prompt" | "seed">,
+  n: number,
+  options: GenerateOptions = {},
+  expectStyles?: readonly string[],
+): Promise<QualityScores> {
+  const prompts = evaluator.heldout.slice(0, n);
+  const images: Uint8Array[] = [];
+  for (let i = 0; i < prompts.length; i += 16) {
+    const chunk = prompts.slice(i, i + 16);
+    const results = await generateBatch(bundle, chunk.map((p) => ({ ...base, prompt: p.prompt, seed: 5000 + p.index, n: 1 })), options);
+    images.push(...results.map((r) => r.images[0]!));
+  }
+  return evaluator.score(images, prompts.map((p) => p.attributes), expectStyles ? { styles: expectStyles } : {});
+}
+
+/** "0.997 · FD 396" */
+export function formatQuality(q: QualityScores): string {
+  return `${q.mean.toFixed(3)} · FD ${q.fd.toFixed(0)}`;
 }
 
 /** ‖a − b‖ / ‖b‖ over final latents: 0 when caching changes nothing. */

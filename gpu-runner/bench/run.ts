@@ -6,7 +6,8 @@
  *   DDIM-50 + CFG with DeepCache (intervals 2, 3, 5; and on LCM-4); threads per session; the U-Net's FLOPs per
  *   step against a large MatMul's sustained FLOP/s. Quality columns come from the zoo's evaluator (bench/quality.ts).
  *
- * Options: --bundle <dir> (one bundle for all rows, samplers forced where it lacks them), --rounds <n>.
+ * Options: --bundle <dir> (one bundle for all rows, samplers forced where it lacks them), --rounds <n>,
+ *          --quality-n <n> (held-out prompts scored per configuration; 0 skips the quality pass).
  */
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, loadavg } from "node:os";
@@ -21,7 +22,8 @@ import { generate, type GenerationResult } from "../src/pipeline/pipeline.ts";
 import type { CachePolicy, GenerationRequest } from "../src/pipeline/request.ts";
 import { InferencePool } from "../src/workers/pool.ts";
 import { countFlops, kernelsPerRun, runOverheadPerInput, sustainedMatmulFlops } from "./flops.ts";
-import { loadEvaluator, relativeLatentChange } from "./quality.ts";
+import { formatQuality, loadEvaluator, relativeLatentChange, scoreConfiguration } from "./quality.ts";
+import type { QualityScores } from "../src/eval/evaluator.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const RUNNER = join(HERE, "..");
@@ -33,9 +35,10 @@ const PROMPTS = [
 ];
 
 const { values: args } = parseArgs({
-  options: { bundle: { type: "string" }, rounds: { type: "string", default: "7" } },
+  options: { bundle: { type: "string" }, rounds: { type: "string", default: "7" }, "quality-n": { type: "string", default: "128" } },
 });
 const ROUNDS = Number(args.rounds);
+const QUALITY_N = Number(args["quality-n"]);
 
 interface Row {
   label: string;
@@ -138,8 +141,8 @@ async function main(): Promise<void> {
       seed: 1000 + round,
       sampler: row.sampler,
       steps: row.steps,
-      // DDIM's baseline is guided: the model's default scale, or SD's 7.5 when the default is 1.
-      guidance: row.guidance ?? (row.sampler === "ddim" ? Math.max(m.guidance.default_scale, 7.5) : m.guidance.default_scale),
+      // DDIM's baseline is guided: the model's default scale, or SD's 7.5 when the default is 1 (no guidance).
+      guidance: row.guidance ?? (row.sampler === "ddim" && m.guidance.default_scale <= 1 ? 7.5 : m.guidance.default_scale),
       cache: row.cache,
       forceSampler: choice.forced,
     };
@@ -156,7 +159,29 @@ async function main(): Promise<void> {
     process.stderr.write(`bench: round ${round + 1}/${ROUNDS}\n`);
   }
 
+  // Quality: held-out prompts per configuration, scored by the evaluator (trained bundles with their own samplers only).
   const evaluator = await loadEvaluator(ZOO);
+  const quality = new Map<string, QualityScores | string>();
+  for (const row of ROWS) {
+    const choice = choices.get(row.label)!;
+    if (!evaluator) quality.set(row.label, "— (no evaluator)");
+    else if (choice.random) quality.set(row.label, "— (random weights)");
+    else if (choice.forced) quality.set(row.label, "— (sampler forced)");
+    else if (QUALITY_N < 2) quality.set(row.label, "— (skipped)");
+    else {
+      process.stderr.write(`bench: quality of ${row.label} on ${QUALITY_N} held-out prompts\n`);
+      const { prompt: _p, seed: _s, ...settings } = request(row, 0);
+      quality.set(row.label, await scoreConfiguration(evaluator, bundles.get(choice.dir)!, settings, QUALITY_N));
+    }
+  }
+  const qualityCell = (label: string) => {
+    const q = quality.get(label)!;
+    return typeof q === "string" ? q : formatQuality(q);
+  };
+  const qualityOf = (label: string) => {
+    const q = quality.get(label);
+    return q && typeof q !== "string" ? q : null;
+  };
   /**
    * The fastest round of a row: the one least disturbed by other work on this shared machine. Ratios and shares
    * come from it (medians are shown beside it); bursts of outside load move medians by tens of percent.
@@ -183,7 +208,7 @@ async function main(): Promise<void> {
         `| ${row.label} | ${choice.name}${choice.forced ? " (forced)" : ""} | ${b.classifierFreeGuidance ? "yes" : "no"} | ` +
         `${fmt(t.totalMs)} (${fmt(median(rs.map((r) => r.timings.totalMs)))}) | ${fmt(speedup("DDIM-50 + CFG", row.label), 2)}× | ` +
         `${fmt(t.unetMs / b.steps, 2)} | ${pct(t.textEncoderMs, t.totalMs)} | ${pct(t.unetMs, t.totalMs)} | ` +
-        `${pct(t.vaeMs, t.totalMs)} | ${pct(t.pngMs, t.totalMs)} | ${change || "—"} | ${evaluator ? "" : "—"} |`,
+        `${pct(t.vaeMs, t.totalMs)} | ${pct(t.pngMs, t.totalMs)} | ${change || "—"} | ${qualityCell(row.label)} |`,
     };
   });
 
@@ -256,6 +281,12 @@ async function main(): Promise<void> {
   const anyForced = [...choices.values()].some((c) => c.forced);
   const anyRandom = [...choices.values()].some((c) => c.random);
   const target = (ok: boolean) => (ok ? "met" : "**missed**");
+  const deepCacheQualityLine = () => {
+    const [plain, cached] = [qualityOf("DDIM-50 + CFG"), qualityOf("DDIM-50 + CFG, DeepCache 3")];
+    if (!plain || !cached) return `| … within 0.03 of its quality | not measured (${qualityCell("DDIM-50 + CFG, DeepCache 3")}) | — | latent change ${changeOf("DDIM-50 + CFG, DeepCache 3")} meanwhile`;
+    const drop = plain.mean - cached.mean;
+    return `| … within 0.03 of its quality | ${cached.mean.toFixed(3)} vs ${plain.mean.toFixed(3)} uncached (${drop >= 0 ? "−" : "+"}${Math.abs(drop).toFixed(3)}) | ${target(drop <= 0.03)} | FD ${cached.fd.toFixed(0)} vs ${plain.fd.toFixed(0)}; latent change ${changeOf("DDIM-50 + CFG, DeepCache 3")}`;
+  };
   const report = `# gpu-runner bench
 
 Run ${started.toISOString()} by \`npm run bench -w gpu-runner\` (${ROUNDS} interleaved rounds after one warm-up, one
@@ -264,17 +295,18 @@ pipeline inside a worker). Machine: ${cpus()[0]?.model ?? "unknown CPU"}, ${avai
 ${loadavg().map((l) => l.toFixed(2)).join(" / ")} at the end (shared with other work: read ratios, not absolute times).
 
 ${
-  anyRandom
-    ? `**Random weights.** Rows on bundles named \`*-random*\` ran untrained, randomly initialised bundles with the real
-interface (the zoo's trained bundles are not committed yet): the images are noise and only the timings mean something.${
-        anyForced ? ' Rows marked "(forced)" also ran a sampler the bundle does not list.' : ""
-      } Rerun when the trained bundles land; the bench picks them up by their manifests.`
+  anyRandom || anyForced
+    ? `**Not every row ran a trained model with its own sampler.** Rows on bundles named \`*-random*\` ran untrained,
+randomly initialised bundles with the real interface (the zoo has not committed that trained bundle yet): their
+images are noise and only their timings mean something.${
+        anyForced ? ' Rows marked "(forced)" ran a sampler the bundle was not trained for (timing only).' : ""
+      } The bench picks trained bundles up by their manifests when they land.`
     : "All rows ran on trained bundles whose manifests list the sampler."
 }
 
 ## Latency per image
 
-| configuration | bundle | CFG | ms / image, best (median) | speed-up vs DDIM-50 + CFG | U-Net ms / step | text | U-Net | VAE | PNG | latent change vs uncached | quality (evaluator) |
+| configuration | bundle | CFG | ms / image, best (median) | speed-up vs DDIM-50 + CFG | U-Net ms / step | text | U-Net | VAE | PNG | latent change vs uncached | quality: attribute accuracy · FD (evaluator, ${QUALITY_N} held-out prompts) |
 |---|---|---|---|---|---|---|---|---|---|---|---|
 ${latencyRows.map((r) => r.line).join("\n")}
 
@@ -283,7 +315,10 @@ machine move medians by tens of percent, the fastest round is the cost of the wo
 time per image; the remainder is the pipeline's own work (noise, guidance arithmetic,
 sampler updates). "Latent change" is ‖x_cached − x_uncached‖ / ‖x_uncached‖ of the final latents for the same seed:
 a fidelity proxy that needs no evaluator (0 = caching changed nothing).
-${evaluator ? "" : "The quality column is empty: the zoo's evaluator is not committed yet (hook: `bench/quality.ts`)."}
+Quality: the first ${QUALITY_N} held-out prompts of the zoo's evaluator set (seeds 5000 + index), one image each, scored by
+the evaluator (mean attribute accuracy over shape, colour, size, position, background; Fréchet distance of its
+features to 2000 held-out real images; it grows as fewer images are scored, so compare rows with each other, not with
+the zoo's 256-prompt numbers in \`zoo/REPORT.md\`, which use other noise and agree within sampling error).
 
 ## Targets (issue 4)
 
@@ -292,7 +327,7 @@ ${evaluator ? "" : "The quality column is empty: the zoo's evaluator is not comm
 | LCM-4 ≥ 10× faster than DDIM-50 + CFG | ${fmt(speedup("DDIM-50 + CFG", "LCM-4"), 1)}× | ${target(speedup("DDIM-50 + CFG", "LCM-4") >= 10)} | U-Net alone: ${fmt(stat("DDIM-50 + CFG", "unetMs") / stat("LCM-4", "unetMs"), 1)}×; text, VAE, PNG and the pipeline's own work cost ${fmt(lcm - stat("LCM-4", "unetMs"), 1)} ms of LCM-4's ${fmt(lcm, 1)} ms |
 | RF-1 ≥ 2.5× faster than LCM-4 | ${fmt(speedup("LCM-4", "RF-1"), 2)}× | ${target(speedup("LCM-4", "RF-1") >= 2.5)} | U-Net alone: ${fmt(stat("LCM-4", "unetMs") / stat("RF-1", "unetMs"), 2)}×; the fixed ${fmt(rf - stat("RF-1", "unetMs"), 1)} ms (text, VAE, PNG, pipeline) is ${pct(rf - stat("RF-1", "unetMs"), rf)} of RF-1, so even a free U-Net step would give ${fmt(lcm / (rf - stat("RF-1", "unetMs")), 2)}× at most |
 | DeepCache 3 ≥ 1.8× on DDIM-50 + CFG | ${fmt(speedup("DDIM-50 + CFG", "DDIM-50 + CFG, DeepCache 3"), 2)}× | ${target(speedup("DDIM-50 + CFG", "DDIM-50 + CFG, DeepCache 3") >= 1.8)} | a cached step (head + tail, ${fmt(cachedStepMs, 2)} ms) takes ${pct(cachedStepMs, wholeStepMs)} of a whole-U-Net step (${fmt(wholeStepMs, 2)} ms; ${pct(cachedShare, 1)} of its FLOPs), a full split step ${pct(fullSplitStepMs, wholeStepMs)}; 17 full + 33 cached steps bound the U-Net's speed-up at ${fmt(50 / (17 * (fullSplitStepMs / wholeStepMs) + 33 * (cachedStepMs / wholeStepMs)), 2)}× (by FLOPs: ${fmt(deepCacheBound(50, 3, cachedShare), 2)}×) |
-| … within 0.03 of its quality | needs the evaluator | — | latent change ${changeOf("DDIM-50 + CFG, DeepCache 3")} meanwhile |
+${deepCacheQualityLine()} |
 
 DeepCache on LCM (interval 2): ${fmt(speedup("LCM-4", "LCM-4, DeepCache 2"), 2)}× on LCM-4 (latent change ${changeOf("LCM-4, DeepCache 2")}),
 ${fmt(speedup("LCM-8", "LCM-8, DeepCache 2"), 2)}× on LCM-8 (latent change ${changeOf("LCM-8, DeepCache 2")}), against
@@ -302,7 +337,7 @@ jumps 20) and the fixed costs (text, VAE, PNG) weigh more. Measured here, cachin
   speedup("LCM-4", "LCM-4, DeepCache 2") < speedup("DDIM-50 + CFG", "DDIM-50 + CFG, DeepCache 2") ? "saves less" : "saves as much or more"
 } and ${
   Number(changeOf("LCM-4, DeepCache 2")) > Number(changeOf("DDIM-50 + CFG, DeepCache 2")) ? "moves the latents more" : "moves the latents no more"
-} than on DDIM-50 (random weights: whether the change is visible needs the evaluator on trained bundles).
+} than on DDIM-50${qualityOf("LCM-4") && qualityOf("LCM-4, DeepCache 2") ? ` (quality ${formatQuality(qualityOf("LCM-4")!)} uncached, ${formatQuality(qualityOf("LCM-4, DeepCache 2")!)} cached)` : " (whether the change is visible needs the evaluator on a trained LCM bundle)"}.
 
 ## Threads per session
 

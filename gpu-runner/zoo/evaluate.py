@@ -415,6 +415,11 @@ def record_result(res):
     write_report()
 
 
+def grid_link(grid):
+    """Links a grid that is kept (intermediate checkpoints' grids are not committed)."""
+    return f"[png]({grid})" if grid and os.path.exists(os.path.join(ZOO, grid)) else ""
+
+
 def write_report():
     """Regenerates the measured-numbers part of REPORT.md from report/results.jsonl."""
     rows = [json.loads(l) for l in open(RESULTS)] if os.path.exists(RESULTS) else []
@@ -428,7 +433,7 @@ def write_report():
         lines.append(f"| {r.get('time', '')} | {r['tag']} | {r.get('sampler', '')} | {r.get('steps', '')} | "
                      f"{r.get('guidance', '')} | {r.get('n', '')} | {f('shape')} | {f('color')} | {f('size')} | "
                      f"{f('position')} | {f('background')} | **{f('mean')}** | {f('all_correct')} | {f('fd')} | "
-                     f"{f('style_detected')} | {f('mask_iou')} | [png]({r.get('grid', '')}) |")
+                     f"{f('style_detected')} | {f('mask_iou')} | {grid_link(r.get('grid'))} |")
     tail = os.path.join(ZOO, "REPORT.tail.md")
     if os.path.exists(tail):
         lines.append("\n" + open(tail).read())

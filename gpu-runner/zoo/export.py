@@ -35,6 +35,8 @@ FP16_STORAGE = False  # set by export_trained: large initializers stored as fp16
 SCHEMA = os.path.join(os.path.dirname(ZOO), "manifest.schema.json")
 MODELS_DIR = os.path.join(ZOO, "models")
 FAMILY = "tiny-shapes"
+# The random test bundles have another architecture than the trained family, so add-ons of one never fit the other.
+RANDOM_FAMILY = "tiny-shapes-random"
 ONNX_DT = {1: "float32", 10: "float16", 7: "int64", 6: "int32"}
 
 
@@ -460,7 +462,7 @@ def scheduler_config(prediction):
 
 def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, scaling_factor, prediction="epsilon",
                  samplers=("ddim", "lcm"), default_sampler="ddim", default_steps=50, guidance_scale=4.0,
-                 cfg=True, seed=0, check_ort=True, log=print):
+                 cfg=True, seed=0, check_ort=True, log=print, family=FAMILY):
     gen = torch.Generator().manual_seed(seed)
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -516,7 +518,7 @@ def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, sca
     if io.cond:
         guidance["embedding"] = dict(input="timestep_cond", dim=unet.config["cond_dim"], w_scale=1000.0)
     manifest = dict(
-        schema_version=1, kind="diffusion", name=name, family=FAMILY, version=version, description=description,
+        schema_version=1, kind="diffusion", name=name, family=family, version=version, description=description,
         prediction_type=prediction, samplers=list(samplers), default_sampler=default_sampler,
         default_steps=int(default_steps),
         image=dict(width=hw * 4, height=hw * 4, channels=3, min_size=hw * 4, max_size=hw * 4, multiple_of=hw * 4),
@@ -615,7 +617,7 @@ def check_numerics(bundle, io, te, vae, gen, check_ort, log):
 
 
 def write_controlnet(out_dir, *, name, version, description, cn: models.ControlNet, unet_io: UNetIO, seed=0,
-                     check_ort=True, log=print):
+                     check_ort=True, log=print, family=FAMILY):
     gen = torch.Generator().manual_seed(seed)
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -627,7 +629,7 @@ def write_controlnet(out_dir, *, name, version, description, cn: models.ControlN
     export_onnx(ControlNetWrap(cn), ins, outs, os.path.join(tmp, "controlnet/model.onnx"), gen)
     comp = dict(path="controlnet/model.onnx", inputs=tensor_specs(ins), outputs=tensor_specs(outs))
     comp["sha256"] = sha256(os.path.join(tmp, comp["path"]))
-    manifest = dict(schema_version=1, kind="controlnet", name=name, family=FAMILY, version=version,
+    manifest = dict(schema_version=1, kind="controlnet", name=name, family=family, version=version,
                     description=description,
                     conditioning=dict(type="mask", width=unet_io.hw * 4, height=unet_io.hw * 4, channels=1,
                                       range=[0.0, 1.0]),
@@ -700,17 +702,17 @@ def export_random(root=MODELS_DIR):
             os.path.join(root, name), name=name, version="0.0.1-random",
             description="RANDOMLY INITIALISED (untrained, seed 1) test bundle of the tiny-shapes family: "
                         "correct interface, meaningless images.",
-            unet=unet, te=te, tok=tok, vae=vae, scaling_factor=0.5, **kw)
+            unet=unet, te=te, tok=tok, vae=vae, scaling_factor=0.5, family=RANDOM_FAMILY, **kw)
         if name == "tiny-shapes-random":
             base_unet = unet
     # add-ons for the random base
     addons = os.path.join(root, "tiny-shapes-random", "addons")
     lo = random_lora(base_unet, 4, gen)
     save_safetensors(os.path.join(addons, "random-lora-kohya.safetensors"), lora_to_kohya(lo, alpha=4.0),
-                     {"family": FAMILY, "format": "kohya", "rank": "4", "trigger": "", "note": "random test LoRA"})
+                     {"family": RANDOM_FAMILY, "format": "kohya", "rank": "4", "trigger": "", "note": "random test LoRA"})
     lo2 = random_lora(base_unet, 2, gen)
     save_safetensors(os.path.join(addons, "random-lora-peft.safetensors"), lora_to_peft(lo2),
-                     {"family": FAMILY, "format": "peft", "r": "2", "lora_alpha": "2", "note": "random test LoRA"})
+                     {"family": RANDOM_FAMILY, "format": "peft", "r": "2", "lora_alpha": "2", "note": "random test LoRA"})
     torch.manual_seed(2)
     cn = models.ControlNet(base_unet)
     for m in list(cn.zero_convs) + [cn.mid_zero, cn.hint[-1]]:  # random, so tests can see the residuals act
@@ -718,7 +720,7 @@ def export_random(root=MODELS_DIR):
         nn.init.normal_(m.bias, std=0.1)
     write_controlnet(os.path.join(addons, "random-controlnet-mask"), name="tiny-shapes-random-controlnet-mask",
                      version="0.0.1-random", description="RANDOMLY INITIALISED mask ControlNet (test only)",
-                     cn=cn, unet_io=UNetIO(base_unet))
+                     cn=cn, unet_io=UNetIO(base_unet), family=RANDOM_FAMILY)
     write_checksums(root)
     print(f"total {dir_size(root) / 1e6:.2f} MB under {root}")
 
@@ -761,6 +763,93 @@ def _round_fp16(module):
         for p in module.parameters():
             p.copy_(p.half().float())
     return module
+
+
+EVALUATOR_DIR = os.path.join(MODELS_DIR, "evaluator")
+EVAL_N = 256
+
+
+class _EvaluatorOnnx(nn.Module):
+    def __init__(self, ev):
+        super().__init__()
+        self.ev = ev
+
+    def forward(self, image):
+        out, f = self.ev(image)
+        return tuple(out[k] for k in data.ATTRS) + (out["styles"], f)
+
+
+def export_evaluator(out_dir=EVALUATOR_DIR, log=print):
+    """The evaluator for the TypeScript side (quality columns of the benches, end-to-end pixel checks):
+    evaluator.onnx (image [-1,1] [B,3,64,64] -> attribute logits, style logits, 128-d features), the held-out
+    prompts with their attributes, their shape masks (ControlNet IoU) and the Frechet reference statistics.
+    Weights are rounded to fp16 for storage; the reference statistics are recomputed with the rounded network on
+    the same 2000 held-out real images, and the agreement with the float32 evaluator is recorded."""
+    import evaluate
+    import train
+    ev32, ck = evaluate.load_evaluator()
+    ev = models.Evaluator()
+    ev.load_state_dict(ev32.state_dict())
+    _round_fp16(ev).eval()
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    heads = list(data.ATTRS) + ["styles", "features"]
+    onnx_path = os.path.join(tmp, "evaluator.onnx")
+    wrapped = _EvaluatorOnnx(ev).eval()  # (export restores the wrapper's mode, and with it the BatchNorms')
+    with torch.no_grad():
+        torch.onnx.export(wrapped, (torch.zeros(2, 3, 64, 64),), onnx_path, opset_version=OPSET,
+                          input_names=["image"], output_names=heads,
+                          dynamic_axes={n: {0: "batch"} for n in ["image"] + heads}, do_constant_folding=True)
+    compact_onnx(onnx_path)
+    fp16_storage(onnx_path)
+    # held-out real images: reference statistics and agreement of the rounded network with the float32 one
+    imgs, _, _, labs, _ = data.batch_arrays(np.arange(0, 2000))
+    x = train.to_img_tensor(imgs)
+    with torch.no_grad():
+        o16 = [ev(x[i:i + 250]) for i in range(0, 2000, 250)]
+        o32 = [ev32(x[i:i + 250]) for i in range(0, 2000, 250)]
+    feats = torch.cat([f for _, f in o16]).double()
+    mu, cov = feats.mean(0), torch.cov(feats.T)
+    agree = {a: float(torch.cat([(p[0][a].argmax(1) == q[0][a].argmax(1)) for p, q in zip(o16, o32)]).float().mean())
+             for a in data.ATTRS}
+    acc = {a: float((torch.cat([p[0][a].argmax(1) for p in o16]) == torch.from_numpy(labs[a])).float().mean())
+           for a in data.ATTRS}
+    with open(os.path.join(tmp, "fid_ref.f64"), "wb") as f:
+        f.write(mu.numpy().astype("<f8").tobytes() + cov.numpy().astype("<f8").tobytes())
+    # held-out prompts (the same as evaluate.py's) and their shape masks, packed one bit per pixel
+    prompts = data.eval_prompts(EVAL_N)
+    _, masks, _, _, _ = data.batch_arrays(np.array([p[0] for p in prompts]), styles=[])
+    with open(os.path.join(tmp, "heldout_masks.bits"), "wb") as f:
+        f.write(np.packbits((masks > 127).reshape(EVAL_N, -1), axis=1).tobytes())
+    # parity: onnxruntime-node against PyTorch on real images
+    sample = x[:8]
+    with torch.no_grad():
+        ref = wrapped.eval()(sample)
+    outs = ort_run([(onnx_path, {"image": sample})])
+    ort_err = None
+    if outs is not None:
+        ort_err = max(float(np.abs(outs[0][n] - r.numpy()).max()) for n, r in zip(heads, ref))
+        if ort_err > 1e-3:
+            raise BundleMismatch(f"evaluator.onnx differs from PyTorch by {ort_err}")
+    meta = dict(
+        schema_version=1, kind="evaluator", family=FAMILY,
+        description="tiny-shapes evaluator: predicts shape, colour, size, position, background and style bits of a "
+                    "64x64 image; 128-d features for the Frechet distance. Trained on real rendered images only.",
+        onnx="evaluator.onnx", input=dict(name="image", shape=["batch", 3, 64, 64], range=[-1, 1]),
+        attributes={a: list(data.ATTR_CLASSES[a]) for a in data.ATTRS}, styles=list(data.STYLES),
+        style_threshold_logit=0.0, features=dict(name="features", dim=int(mu.shape[0])),
+        colors={k: list(v) for k, v in data.COLORS.items()},
+        fid_reference=dict(file="fid_ref.f64", n_real=2000, layout="mean[dim] then cov[dim*dim], float64 LE"),
+        heldout=dict(n=EVAL_N, masks="heldout_masks.bits", masks_layout="n x 64x64 bits, row-major, MSB first",
+                     prompts=[dict(seed=int(sd), prompt=cap, attributes=at) for sd, at, cap in prompts]),
+        checks=dict(fp16_vs_fp32_argmax_agreement=agree, heldout_real_accuracy=acc, ort_max_abs_err=ort_err),
+    )
+    with open(os.path.join(tmp, "evaluator.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    log(f"evaluator exported: real held-out accuracy {acc}, fp16/fp32 agreement {agree}, ort err {ort_err}")
 
 
 def export_trained(root=MODELS_DIR, log=print):
@@ -831,5 +920,10 @@ if __name__ == "__main__":
         export_random()
     elif what == "trained":
         export_trained()
+        export_evaluator()
+        write_checksums(MODELS_DIR)
+    elif what == "evaluator":
+        export_evaluator()
+        write_checksums(MODELS_DIR)
     else:
-        raise SystemExit(f"unknown target {what} (use: random | trained)")
+        raise SystemExit(f"unknown target {what} (use: random | trained | evaluator)")

@@ -46,15 +46,21 @@ describe("the whole stack, on loopback", () => {
   });
 
   it("a generation with two LoRAs and a ControlNet: add-ons fetched, verified and applied by the runner", async () => {
+    // The published demo add-ons of a family (the default model's when it has two LoRAs and a ControlNet).
     const addons = (await api(stack, "GET", "/v1/addons", stack.apiKey)).body.data;
-    const loras = addons.filter((a: any) => a.kind === "lora").slice(0, 2);
-    const controlnet = addons.find((a: any) => a.kind === "controlnet");
-    expect(loras).toHaveLength(2);
-    expect(controlnet).toBeDefined();
+    const models = (await api(stack, "GET", "/v1/models", stack.apiKey)).body.data;
+    const ofFamily = (family: string) => ({
+      loras: addons.filter((a: any) => a.kind === "lora" && a.family === family).slice(0, 2),
+      controlnet: addons.find((a: any) => a.kind === "controlnet" && a.family === family),
+    });
+    const model = [...models].sort((a: any, b: any) => Number(b.id === stack.defaultModel) - Number(a.id === stack.defaultModel))
+      .find((m: any) => ofFamily(m.family).loras.length === 2 && ofFamily(m.family).controlnet);
+    expect(model, `no model family with two LoRAs and a ControlNet among ${JSON.stringify(addons.map((a: any) => [a.name, a.family]))}`).toBeDefined();
+    const { loras, controlnet } = ofFamily(model.family);
     const rgb = new Uint8Array(64 * 64 * 3);
     for (let y = 16; y < 48; y++) for (let x = 8; x < 32; x++) rgb.fill(255, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
     const image = `data:image/png;base64,${Buffer.from(encodePng(rgb, 64, 64)).toString("base64")}`;
-    const body = { model: stack.defaultModel, prompt: "a large red circle on the left, blue background", seed: 9, sampler: "ddim", steps: 8 };
+    const body = { model: model.id, prompt: "a large red circle on the left, blue background", seed: 9, sampler: "ddim", steps: 8 };
     const plain = await api(stack, "POST", "/v1/generations", stack.apiKey, body, { prefer: "wait=60" });
     const styled = await api(stack, "POST", "/v1/generations", stack.apiKey, {
       ...body,
