@@ -69,7 +69,7 @@ export interface QualityScores {
   allCorrect: number;
   /** Share of images in which each style is detected. */
   styleRates: Record<string, number>;
-  /** Share of images in which all the expected styles are detected (when styles were expected). */
+  /** Share of images in which all their expected styles are detected (when styles were expected). */
   styleDetected?: number;
   /** Fréchet distance of the images' features to the held-out real images'. */
   fd: number;
@@ -167,10 +167,19 @@ export class ImageEvaluator {
     return out;
   }
 
-  /** Scores images against the attributes their prompts asked for (and, optionally, styles every image should show). */
-  async score(images: readonly ImageInput[], expected: readonly Attributes[], opts: { styles?: readonly string[] } = {}): Promise<QualityScores> {
+  /**
+   * Scores images against the attributes their prompts asked for and, optionally, the styles each image should show
+   * (`styles[i]` for image i, or one list for all).
+   */
+  async score(
+    images: readonly ImageInput[],
+    expected: readonly Attributes[],
+    opts: { styles?: readonly string[] | readonly (readonly string[])[] } = {},
+  ): Promise<QualityScores> {
     if (images.length !== expected.length || images.length < 2) throw new EvaluatorError(`score needs as many expectations as images, and at least 2 (got ${images.length} images, ${expected.length} expectations)`);
-    for (const s of opts.styles ?? []) if (!this.spec.styles.includes(s)) throw new EvaluatorError(`unknown style "${s}" (known: ${this.spec.styles.join(", ")})`);
+    const styles = opts.styles === undefined ? undefined : opts.styles.length > 0 && Array.isArray(opts.styles[0]) ? (opts.styles as readonly (readonly string[])[]) : images.map(() => opts.styles as readonly string[]);
+    if (styles && styles.length !== images.length) throw new EvaluatorError(`styles: ${styles.length} lists for ${images.length} images`);
+    for (const s of styles?.flat() ?? []) if (!this.spec.styles.includes(s)) throw new EvaluatorError(`unknown style "${s}" (known: ${this.spec.styles.join(", ")})`);
     const preds = await this.predict(images);
     const names = Object.keys(this.spec.attributes);
     const accuracy: Record<string, number> = {};
@@ -184,7 +193,7 @@ export class ImageEvaluator {
       mean: names.reduce((s, a) => s + accuracy[a]!, 0) / names.length,
       allCorrect: preds.filter((p, i) => names.every((a) => p.attributes[a] === expected[i]![a])).length / preds.length,
       styleRates,
-      ...(opts.styles?.length ? { styleDetected: preds.filter((p) => opts.styles!.every((s) => p.styles[s])).length / preds.length } : {}),
+      ...(styles?.some((l) => l.length) ? { styleDetected: preds.filter((p, i) => styles[i]!.every((s) => p.styles[s])).length / preds.length } : {}),
       fd: frechetDistance(mu, cov, this.reference.mu, this.reference.cov, this.spec.features.dim),
     };
   }
