@@ -3,6 +3,7 @@ import { createServer } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodePng } from "../../gpu-runner/src/pipeline/png.ts";
 import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
+import { ImageEvaluator } from "../../gpu-runner/src/eval/evaluator.ts";
 import { AuthenticationError, ImageGen, NotFoundError } from "../../sdk/src/index.ts";
 import OpenAI from "openai";
 import { api, presignGet, startStack, type Stack } from "./stack.ts";
@@ -82,6 +83,43 @@ describe("the whole stack, on loopback", () => {
     expect(bad.body.status).toBe("failed");
     expect(bad.body.error.message).toMatch(/controlnets\[0\]\.image: not a PNG/);
     expect(bad.body.attempts).toBe(1);
+  });
+
+  it("on the trained default model, two style LoRAs and the mask ControlNet give pixels the evaluator accepts", async (ctx) => {
+    const addons = (await api(stack, "GET", "/v1/addons", stack.apiKey)).body.data;
+    const family = (await api(stack, "GET", `/v1/models/${stack.defaultModel}`, stack.apiKey)).body.family;
+    const named = (name: string) => addons.find((a: any) => a.name === name && a.family === family);
+    const [outlined, striped, mask] = [named("lora-outlined"), named("lora-striped"), named("controlnet-mask")];
+    if (!outlined || !striped || !mask) return ctx.skip(); // the zoo has not exported the trained add-ons
+    const ev = await ImageEvaluator.load();
+    try {
+      // Held-out prompts (never trained on), each with its own held-out shape mask as the control image.
+      const picks = ev.heldout.slice(0, 4);
+      const controlPng = (index: number) => {
+        const m = ev.heldoutMask(index);
+        const rgb = new Uint8Array(64 * 64 * 3);
+        m.forEach((v, i) => rgb.fill(v ? 255 : 0, i * 3, i * 3 + 3));
+        return `data:image/png;base64,${Buffer.from(encodePng(rgb, 64, 64)).toString("base64")}`;
+      };
+      const gens = await Promise.all(picks.map((p) =>
+        api(stack, "POST", "/v1/generations", stack.apiKey, {
+          model: stack.defaultModel, prompt: `${p.prompt}, outlined striped`, seed: 100 + p.index, sampler: "ddim", steps: 25,
+          loras: [{ id: outlined.id, scale: 1 }, { id: striped.id, scale: 1 }],
+          controlnets: [{ id: mask.id, image: controlPng(p.index), scale: 1 }],
+        }, { prefer: "wait=90" })));
+      for (const g of gens) expect(g.body.status, JSON.stringify(g.body.error)).toBe("succeeded");
+      const pngs = await Promise.all(gens.map(async (g) => new Uint8Array(await (await fetch(g.body.images[0].url)).arrayBuffer())));
+      const scores = await ev.score(pngs, picks.map((p) => p.attributes), { styles: ["outlined", "striped"] });
+      const ious = pngs.map((png, i) => ev.maskIoU(png, picks[i]!.index));
+      console.log(`evaluator on 4 styled + controlled images: ${JSON.stringify(scores.accuracy)}, styles ${JSON.stringify(scores.styleRates)}, mask IoU ${ious.map((x) => x.toFixed(2)).join(" ")}`);
+      // Zoo targets on 256 prompts: attributes >= 0.90, two stacked LoRAs both detected >= 0.8, mask IoU >= 0.75.
+      // Four images at 25 steps get a margin below those.
+      expect(scores.mean).toBeGreaterThanOrEqual(0.8);
+      expect(scores.styleDetected).toBeGreaterThanOrEqual(0.5);
+      expect(ious.reduce((a, b) => a + b, 0) / ious.length).toBeGreaterThanOrEqual(0.6);
+    } finally {
+      await ev.release();
+    }
   });
 
   it("the TypeScript SDK drives the same API: generate and wait, pages, add-on upload, keys, typed errors", async () => {
