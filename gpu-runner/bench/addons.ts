@@ -7,7 +7,7 @@
  *   asynchronous loading). Runs through the same worker pool, add-on cache and pipeline that serve requests.
  *
  * Options: --bundle <dir> (default: the trained LCM bundle when it exists, else the random LCM test bundle),
- * --rounds <n>, --join-step <k>.
+ * --rounds <n>, --join-fraction <f> (default: the runner's).
  */
 import { readdirSync, readFileSync, writeFileSync, existsSync } from "node:fs";
 import { createHash } from "node:crypto";
@@ -17,7 +17,7 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { conditioningTensor, decodePng } from "../src/addons/control-image.ts";
-import type { RequestAddons } from "../src/addons/runtime.ts";
+import { DEFAULT_ADDON_JOIN_FRACTION, joinStepOf, type RequestAddons } from "../src/addons/runtime.ts";
 import { AddonStore } from "../src/addons/store.ts";
 import { readManifest } from "../src/pipeline/bundle.ts";
 import { encodePng } from "../src/pipeline/png.ts";
@@ -26,14 +26,15 @@ import { InferencePool } from "../src/workers/pool.ts";
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ZOO = join(HERE, "..", "zoo", "models");
 const { values: args } = parseArgs({
-  options: { bundle: { type: "string" }, rounds: { type: "string", default: "7" }, "join-step": { type: "string", default: "2" } },
+  options: { bundle: { type: "string" }, rounds: { type: "string", default: "7" }, "join-fraction": { type: "string", default: String(DEFAULT_ADDON_JOIN_FRACTION) } },
 });
 const trained = join(ZOO, "tiny-shapes-lcm");
 const bundle = args.bundle ?? (existsSync(join(trained, "manifest.json")) ? trained : join(ZOO, "tiny-shapes-random-lcm"));
 const manifest = readManifest(bundle);
 const random = manifest.name.includes("random");
 const ROUNDS = Number(args.rounds);
-const JOIN = Number(args["join-step"]);
+const JOIN = Number(args["join-fraction"]);
+const JOIN_STEP = joinStepOf(JOIN, 4); // the LCM-4 rows
 
 /** The family's add-ons: LoRA files and ControlNet bundles found beside any bundle of the family. */
 function familyAddons() {
@@ -70,7 +71,7 @@ interface Config {
   /** ControlNets in sequence on the inference worker instead of in their own worker. */
   sequential?: boolean;
   /** Returns the add-ons for one generation, possibly still loading, and whether to overlap them. */
-  addons: () => { addons: RequestAddons[] | Promise<RequestAddons[]>; joinStep?: number };
+  addons: () => { addons: RequestAddons[] | Promise<RequestAddons[]>; joinFraction?: number };
 }
 
 /** A store whose every fetch waits `delayMs`, emptied before each use: a cold add-on behind slow storage. */
@@ -112,7 +113,7 @@ const configs: Config[] = [
     : []),
   ...[50, 200].flatMap((delay) => [
     { label: `LCM-4, cold LoRA, ${delay} ms storage, loaded first`, addons: () => ({ addons: coldFetch(delay)() }) },
-    { label: `LCM-4, cold LoRA, ${delay} ms storage, overlapped (join by step ${JOIN})`, addons: () => ({ addons: coldFetch(delay)(), joinStep: JOIN }) },
+    { label: `LCM-4, cold LoRA, ${delay} ms storage, overlapped (join by step ${JOIN_STEP})`, addons: () => ({ addons: coldFetch(delay)(), joinFraction: JOIN }) },
   ]),
 ];
 
@@ -120,14 +121,14 @@ const samples = new Map<string, number[]>(configs.map((c) => [c.label, []]));
 // Warm-up: sessions, parsed LoRAs, ControlNet sessions.
 const poolFor = (c: Config) => (c.sequential ? sequentialPool : pool);
 for (const c of configs) {
-  const { addons, joinStep } = c.addons();
-  await poolFor(c).generate(bundle, request, { addons, ...(joinStep !== undefined ? { addonJoinStep: joinStep } : {}) });
+  const { addons, joinFraction } = c.addons();
+  await poolFor(c).generate(bundle, request, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}) });
 }
 for (let round = 0; round < ROUNDS; round++) {
   for (const c of configs) {
     const start = performance.now();
-    const { addons, joinStep } = c.addons();
-    await poolFor(c).generate(bundle, { ...request, seed: request.seed + round }, { addons, ...(joinStep !== undefined ? { addonJoinStep: joinStep } : {}) });
+    const { addons, joinFraction } = c.addons();
+    await poolFor(c).generate(bundle, { ...request, seed: request.seed + round }, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}) });
     samples.get(c.label)!.push(performance.now() - start);
   }
 }
@@ -140,7 +141,7 @@ const rows = configs.map((c) => {
   return `| ${c.label} | ${m.toFixed(1)} | ${Math.min(...samples.get(c.label)!).toFixed(1)} | ${(((m - base) / base) * 100).toFixed(1)}% |`;
 });
 const cold = (delay: number, overlapped: boolean) =>
-  median(samples.get(`LCM-4, cold LoRA, ${delay} ms storage, ${overlapped ? `overlapped (join by step ${JOIN})` : "loaded first"}`)!);
+  median(samples.get(`LCM-4, cold LoRA, ${delay} ms storage, ${overlapped ? `overlapped (join by step ${JOIN_STEP})` : "loaded first"}`)!);
 const hidden = (delay: number) => ((cold(delay, false) - cold(delay, true)) / delay) * 100;
 const report = `# Add-on serving benchmark
 
@@ -154,7 +155,7 @@ Latency is request to PNG through the worker pool (text encoding, 4 LCM steps, V
 ${rows.join("\n")}
 
 Cold add-on: overlapping hides ${hidden(50).toFixed(0)}% of a 50 ms fetch and ${hidden(200).toFixed(0)}% of a 200 ms fetch
-(the first ${JOIN} steps run while it loads; then the generation waits for it).
+(the first ${JOIN_STEP} steps run while it loads; then the generation waits for it).
 
 Targets (issue 5): stacked LoRAs add ≤ 5% to a warm LCM-4 generation; a ControlNet in parallel adds ≤ 30%; overlap hides
 most of a cold fetch. "In parallel": the ControlNet runs in a worker of its own while the inference worker runs the

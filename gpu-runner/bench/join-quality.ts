@@ -14,7 +14,7 @@ import { loadavg } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { AddonRuntime, type RequestAddons } from "../src/addons/runtime.ts";
+import { AddonRuntime, DEFAULT_ADDON_JOIN_FRACTION, type RequestAddons } from "../src/addons/runtime.ts";
 import { ImageEvaluator, type HeldoutPrompt, type QualityScores } from "../src/eval/evaluator.ts";
 import { DEFAULT_SESSION_CONFIG, loadBundle } from "../src/pipeline/bundle.ts";
 import type { GenerationRequest } from "../src/pipeline/request.ts";
@@ -110,7 +110,8 @@ ${rows.map((r) => `| ${r.config} | ${r.join} | ${(r.q.styleDetected ?? 0).toFixe
 
 The latest join step that stays within 0.05 of joining at step 0 in style detection and within 0.02 in attribute
 accuracy: ${choice.map((c) => `${c.config.label}: step ${c.k} of ${c.config.request.steps} (${(100 * c.fraction).toFixed(0)}% of the steps)`).join("; ")}.
-The runner's default bound (\`--addon-join-step\` / \`ADDON_JOIN_STEP\`) is set from this table in src/runner/serve.ts.
+The runner's default bound (\`--addon-join-fraction\`, \`DEFAULT_ADDON_JOIN_FRACTION\` = ${DEFAULT_ADDON_JOIN_FRACTION} in src/addons/runtime.ts)
+is set from this table: the smallest of the fractions above, so that it holds for every sampler measured.
 `;
 writeFileSync(join(HERE, "JOIN.md"), report);
 process.stdout.write(report);

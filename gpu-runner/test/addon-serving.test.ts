@@ -65,7 +65,7 @@ describe("bounded asynchronous loading", () => {
     let joined: number | null = -1;
     const late = await pool.generate(bundle, slow, {
       addons: arriving,
-      addonJoinStep: 3,
+      addonJoinFraction: 3 / 8,
       onAddonsJoined: (s) => (joined = s),
       // The add-ons "finish loading" only once step 3 has begun: the generation must wait for them there.
       onProgress: ({ step }) => step === 3 && release([lora(1)]),
@@ -78,14 +78,14 @@ describe("bounded asynchronous loading", () => {
   it("add-ons already there join at step 0: the same image as without the bound", async () => {
     const immediate = (await pool.generate(bundle, slow, { addons: [lora(1)] })).latents;
     let joined: number | null = -1;
-    const ready = await pool.generate(bundle, slow, { addons: Promise.resolve([lora(1)]), addonJoinStep: 4, onAddonsJoined: (s) => (joined = s) });
+    const ready = await pool.generate(bundle, slow, { addons: Promise.resolve([lora(1)]), addonJoinFraction: 0.5, onAddonsJoined: (s) => (joined = s) });
     expect(joined).toBe(0);
     expect(maxDiff(ready.latents, immediate)).toBeLessThan(1e-6);
   });
 
   it("an add-on that fails to load fails the generation with its reason", async () => {
     const failing = Promise.reject(Object.assign(new Error("sha256 mismatch for addon_x@1"), { name: "AddonIntegrityError" }));
-    await expect(pool.generate(bundle, slow, { addons: failing, addonJoinStep: 2 })).rejects.toThrow(/sha256 mismatch/);
+    await expect(pool.generate(bundle, slow, { addons: failing, addonJoinFraction: 0.25 })).rejects.toThrow(/sha256 mismatch/);
   });
 });
 

@@ -20,6 +20,8 @@ import { Rng } from "./rng.ts";
 
 export interface StepContext {
   stepIndex: number;
+  /** The generation's number of steps. */
+  steps: number;
   timestep: number;
   /** The U-Net's batch: n, or 2n with classifier-free guidance (unconditional half first). */
   unetBatch: number;
@@ -344,7 +346,7 @@ export async function generateBatch(
       ...constant,
       [UNET_IO.sample]: sample,
       [UNET_IO.timestep]: timestepInput,
-      ...(await options.unetInputs?.({ stepIndex: i, timestep: t, unetBatch, sample, encoderHiddenStates: constant[UNET_IO.encoderHiddenStates]!, timestepTensor: timestepInput })),
+      ...(await options.unetInputs?.({ stepIndex: i, steps, timestep: t, unetBatch, sample, encoderHiddenStates: constant[UNET_IO.encoderHiddenStates]!, timestepTensor: timestepInput })),
     };
     const prediction = await clock.time("unetMs", async () => {
       if (parts.kind === "whole") return predictionOf(parts.whole, await parts.whole.run(await awaitInputs(parts.whole, feeds)));

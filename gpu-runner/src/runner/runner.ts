@@ -67,10 +67,10 @@ export interface RunnerOptions {
   /** Where ControlNet add-ons are unpacked (one folder per sha256). */
   controlNetDir: string;
   /**
-   * Bounded asynchronous loading: start sampling while add-ons load, and wait for them at this step at the
-   * latest. Undefined: load them first (they take effect from step 0).
+   * Bounded asynchronous loading: start sampling while add-ons load, and wait for them by this fraction of the
+   * steps at the latest. Undefined: load them first (they take effect from step 0).
    */
-  addonJoinStep?: number;
+  addonJoinFraction?: number;
   /** How often to heartbeat; well inside the edge's lease TTL. */
   heartbeatMs?: number;
   /** How long shutdown waits for the job in hand before handing it back. */
@@ -222,11 +222,11 @@ export class Runner {
         addonLoadMs = performance.now() - tAddons;
         return [a];
       });
-      const late = this.o.addonJoinStep !== undefined && leased.addons.length > 0;
+      const late = this.o.addonJoinFraction !== undefined && leased.addons.length > 0;
       const t0 = performance.now();
       const result = await this.o.pool.generate(model.dir, pipelineRequest(job.request), {
         addons: late ? loading : await loading,
-        ...(late ? { addonJoinStep: this.o.addonJoinStep } : {}),
+        ...(late ? { addonJoinFraction: this.o.addonJoinFraction } : {}),
         onAddonsJoined: (step) => (joinedAt = step),
         signal: cancel.signal,
         onProgress: ({ step, steps }) => {

@@ -8,6 +8,7 @@
  */
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { DEFAULT_ADDON_JOIN_FRACTION } from "../addons/runtime.ts";
 import { AddonStore } from "../addons/store.ts";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -17,6 +18,14 @@ import { EdgeClient } from "./edge-client.ts";
 import { discoverModels, Runner } from "./runner.ts";
 
 const DEFAULT_MODELS = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "zoo", "models");
+
+/** `--addon-join-fraction`: a number in [0, 1], or "off" to load add-ons before sampling starts. */
+function joinFraction(value: string | undefined): { addonJoinFraction?: number } {
+  if (value === undefined || value === "off") return {};
+  const f = Number(value);
+  if (!(f >= 0 && f <= 1)) throw new Error(`--addon-join-fraction must be a number in [0, 1] or "off" (got "${value}")`);
+  return { addonJoinFraction: f };
+}
 
 const { values } = parseArgs({
   options: {
@@ -31,7 +40,7 @@ const { values } = parseArgs({
     "addon-cache": { type: "string", default: process.env.ADDON_CACHE_DIR ?? join(tmpdir(), "imagegen-addons") },
     "addon-memory-mb": { type: "string", default: process.env.ADDON_MEMORY_MB ?? "512" },
     "addon-disk-mb": { type: "string", default: process.env.ADDON_DISK_MB ?? "4096" },
-    "addon-join-step": { type: "string", default: process.env.ADDON_JOIN_STEP },
+    "addon-join-fraction": { type: "string", default: process.env.ADDON_JOIN_FRACTION ?? String(DEFAULT_ADDON_JOIN_FRACTION) },
     "parallel-controlnet": { type: "boolean", default: process.env.PARALLEL_CONTROLNET === "1" },
     "grace-ms": { type: "string", default: "30000" },
   },
@@ -67,7 +76,7 @@ const runner = new Runner({
     diskBudgetBytes: Number(values["addon-disk-mb"]) * 1024 * 1024,
   }),
   controlNetDir: join(values["addon-cache"], "controlnets"),
-  ...(values["addon-join-step"] !== undefined ? { addonJoinStep: Number(values["addon-join-step"]) } : {}),
+  ...joinFraction(values["addon-join-fraction"]),
   heartbeatMs: Number(values["heartbeat-ms"]),
   shutdownGraceMs: Number(values["grace-ms"]),
 });

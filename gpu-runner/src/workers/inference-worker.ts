@@ -49,15 +49,15 @@ port.on("message", async (msg: ToWorker) => {
     let joinedAt: () => number | null = () => (msg.addons ? 0 : null);
     let addons = msg.addons;
     const merging = loaded.manifest.lora?.mode === "merge";
-    if (merging && msg.addonJoinStep !== undefined) {
+    if (merging && msg.addonJoinFraction !== undefined) {
       // Merged weights are needed before the first step: a merge-mode model waits for its add-ons.
       addons = await new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
       joinedAt = () => 0;
     }
     if (addons) loaded = await addonRuntime.bundleFor(loaded, addons);
-    if (msg.addonJoinStep !== undefined && !merging) {
+    if (msg.addonJoinFraction !== undefined && !merging) {
       const arrival = new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
-      const late = lateAddons(arrival.then((a) => addonRuntime.provider(loaded, imagesPer, a)), msg.addonJoinStep);
+      const late = lateAddons(arrival.then((a) => addonRuntime.provider(loaded, imagesPer, a)), msg.addonJoinFraction);
       unetInputs = late.provider;
       joinedAt = late.joinedAt;
     } else if (addons) {

@@ -34,10 +34,11 @@ export interface JobOptions {
   signal?: AbortSignal;
   /**
    * Per request (same order), its LoRAs and ControlNets. A promise starts the generation at once and lets the
-   * add-ons join by `addonJoinStep` (bounded asynchronous loading); without a join step it is awaited first.
+   * add-ons join by step ⌊addonJoinFraction · steps⌋ (bounded asynchronous loading); without a fraction it is
+   * awaited first.
    */
   addons?: RequestAddons[] | Promise<RequestAddons[]>;
-  addonJoinStep?: number;
+  addonJoinFraction?: number;
   /** Told at which step the add-ons took effect (0: from the start). */
   onAddonsJoined?: (step: number | null) => void;
 }
@@ -133,8 +134,8 @@ export class InferencePool {
       const job = this.queue.shift()!;
       const slot = idle.find((s) => s.bundles.has(job.bundleDir)) ?? idle[0]!;
       slot.job = job;
-      const { addons, addonJoinStep } = job.options;
-      const late = addons instanceof Promise && addonJoinStep !== undefined;
+      const { addons, addonJoinFraction } = job.options;
+      const late = addons instanceof Promise && addonJoinFraction !== undefined;
       const msg: ToWorker = {
         type: "generate",
         id: job.id,
@@ -142,7 +143,7 @@ export class InferencePool {
         requests: job.requests,
         cancelFlag: job.cancelFlag,
         ...(addons && !(addons instanceof Promise) ? { addons } : {}),
-        ...(late ? { addonJoinStep } : {}),
+        ...(late ? { addonJoinFraction } : {}),
       };
       slot.worker.postMessage(msg);
       if (late) {
@@ -163,7 +164,7 @@ export class InferencePool {
   async generateBatch(bundleDir: string, requests: GenerationRequest[], options: JobOptions = {}): Promise<GenerationResult[]> {
     if (this.closed) throw new Error("pool is closed");
     // Without a join step, add-ons still on their way are waited for before the job is queued.
-    if (options.addons instanceof Promise && options.addonJoinStep === undefined) options = { ...options, addons: await options.addons };
+    if (options.addons instanceof Promise && options.addonJoinFraction === undefined) options = { ...options, addons: await options.addons };
     // A late add-on that fails before its job reaches a worker is reported through the job, not as an unhandled rejection.
     if (options.addons instanceof Promise) options.addons.catch(() => {});
     return new Promise<GenerationResult[]>((resolveJob, rejectJob) => {

@@ -20,8 +20,8 @@ export type ToWorker = {
   cancelFlag: SharedArrayBuffer;
   /** Per request, the add-ons it applies (LoRA bytes and control images in shared memory). */
   addons?: RequestAddons[];
-  /** The add-ons follow in an "addons" message; the generation waits for them at this step at the latest. */
-  addonJoinStep?: number;
+  /** The add-ons follow in an "addons" message; the generation waits for them by this fraction of its steps. */
+  addonJoinFraction?: number;
 } | { type: "addons"; id: number; addons: RequestAddons[] } | { type: "addons-failed"; id: number; error: { name: string; message: string } };
 
 export type FromWorker =
