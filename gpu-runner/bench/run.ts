@@ -83,8 +83,9 @@ interface Choice {
 }
 
 /**
- * The bundle a sampler's rows run on: a trained bundle that lists the sampler (its default first), else a random
- * one that lists it, else the random base with the sampler forced.
+ * The bundle a sampler's rows run on: a trained bundle that lists the sampler (its default first), else the trained
+ * base with the sampler forced (the same architecture as the other rows, so the timing compares; the images do
+ * not mean anything), else a random bundle that lists it, else the random base with the sampler forced.
  */
 function chooseBundle(sampler: SamplerName): Choice {
   if (args.bundle) {
@@ -104,7 +105,10 @@ function chooseBundle(sampler: SamplerName): Choice {
     .filter(({ m }) => m.samplers.includes(sampler))
     .sort((a, b) => Number(a.random) - Number(b.random) || Number(b.m.default_sampler === sampler) - Number(a.m.default_sampler === sampler));
   const pick = listing[0];
-  if (pick) return { dir: pick.dir, name: pick.m.name, random: pick.random, forced: false };
+  if (pick && !pick.random) return { dir: pick.dir, name: pick.m.name, random: false, forced: false };
+  const trained = manifests.find(({ random, m }) => !random && m.prediction_type === "epsilon");
+  if (trained) return { dir: trained.dir, name: trained.m.name, random: false, forced: true };
+  if (pick) return { dir: pick.dir, name: pick.m.name, random: true, forced: false };
   const base = manifests.find(({ random }) => random);
   if (base) return { dir: base.dir, name: base.m.name, random: true, forced: true };
   throw new Error(`bench: no bundle for ${sampler} under ${ZOO}; pass --bundle <dir>`);
