@@ -303,11 +303,13 @@ export function lateAddons(
 }
 
 /**
- * The runner's default bound: late add-ons join by 10% of the steps. Measured (bench/JOIN.md, style LoRAs scored by
- * the evaluator): on DDIM-50 joining by step 5 kept style detection and attribute accuracy within tolerance of
- * joining at step 0; later joins lost the style.
+ * The runner's default bound: late add-ons must be there by the first step (fraction 0), so loading overlaps the
+ * prompt's encoding but no sampling step. Measured (bench/JOIN.md, trained style LoRAs scored by the evaluator on
+ * 96 held-out prompts, DDIM-50 + CFG): style detection 0.385 joining at step 0, 0.302 at step 3, 0.250 at step 5,
+ * 0.094 at step 20; the style is decided in the first steps, so any later join costs more than the 0.05 allowed.
+ * Deployments that prefer latency over style fidelity raise it (`--addon-join-fraction`).
  */
-export const DEFAULT_ADDON_JOIN_FRACTION = 0.1;
+export const DEFAULT_ADDON_JOIN_FRACTION = 0;
 
 /** The step by which late add-ons must have joined: ⌊fraction · steps⌋, and never past the last step. */
 export function joinStepOf(fraction: number, steps: number): number {
