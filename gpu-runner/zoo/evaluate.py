@@ -467,6 +467,17 @@ def main():
                  n=args.n, grid="report/grid_vae_reconstructions.png")
         record_result(r)
         print(r)
+        # Per style: can a style survive the VAE at all? (the ceiling of any style LoRA's detection rate)
+        for style in data.STYLES:
+            imgs, _, _, _, ss = data.batch_arrays(np.arange(9000, 9000 + args.n), styles=[style])
+            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+            with torch.no_grad():
+                rec = decode(vae.encoder(x)[0] * sf)
+            r = score_images(rec, [s.attrs for s in ss], styles_expected=[style])
+            r.update(tag=f"VAE reconstructions of held-out {style} images (style ceiling)", sampler="-", steps="-",
+                     guidance="-", n=args.n)
+            record_result(r)
+            print(style, r["style_detected"])
         return
     if args.what == "real":
         r = real_baseline(args.n)
