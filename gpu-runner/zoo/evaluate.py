@@ -449,6 +449,7 @@ def main():
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--raw", action="store_true", help="use the raw (non-EMA) weights")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stack", default="", help="loras: only this comma-separated set of styles, stacked at scale 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.what == "report":
@@ -503,6 +504,8 @@ def main():
         rf = models.UNet(**rck["config"])
         rf.load_state_dict({k: v.float() for k, v in rck["model"].items()})
         evaluate_rf(rf.eval(), te, tok, n=args.n, steps=1, tag="rectified-flow 1-step")
+    elif args.what == "loras" and args.stack:
+        evaluate_lora(unet, te, tok, {s: 1.0 for s in args.stack.split(",")}, n=args.n)
     elif args.what == "loras":
         for s in data.STYLES:
             evaluate_lora(unet, te, tok, {s: 1.0}, n=args.n)
