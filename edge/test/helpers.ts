@@ -49,10 +49,12 @@ export const TINY_SPEC = {
     { module: "mid_block.proj", in_features: 16, out_features: 4 },
   ],
   lora_max_rank: 8,
+  // As the zoo's tiny-shapes bundles declare them (manifest.json "controlnet.residuals").
+  controlnet_residuals: ["down_block_0_additional_residual", "down_block_1_additional_residual", "down_block_2_additional_residual", "mid_block_additional_residual"],
 };
 
-export async function registerModel(id = "tiny-shapes", family = "tiny-shapes") {
-  const r = await call("PUT", `/admin/v1/models/${id}`, { token: ADMIN, body: { family, display_name: id, spec: TINY_SPEC } });
+export async function registerModel(id = "tiny-shapes", family = "tiny-shapes", spec: Record<string, unknown> = TINY_SPEC) {
+  const r = await call("PUT", `/admin/v1/models/${id}`, { token: ADMIN, body: { family, display_name: id, spec } });
   if (r.status !== 200) throw new Error(`model: ${JSON.stringify(r.body)}`);
   return r.body;
 }

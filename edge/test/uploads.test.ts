@@ -1,11 +1,16 @@
+/// <reference types="vite/client" />
 import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
 import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
+import { writeTar } from "../../gpu-runner/src/addons/tar.ts";
+import cnManifest from "../../gpu-runner/zoo/models/tiny-shapes-random/addons/random-controlnet-mask/manifest.json";
+import cnOnnxUrl from "../../gpu-runner/zoo/models/tiny-shapes-random/addons/random-controlnet-mask/controlnet/model.onnx?url&inline";
 import { sha256Hex } from "../src/lib/crypto.ts";
-import { call, generate, newTenant, registerModel } from "./helpers.ts";
+import { call, generate, newTenant, registerModel, TINY_SPEC } from "./helpers.ts";
 
 beforeAll(async () => {
   await registerModel();
+  await registerModel("tiny-shapes-random", "tiny-shapes-random");
 });
 
 /** A kohya-format LoRA for the test model's targets (see TINY_SPEC). */
@@ -28,6 +33,20 @@ async function put(storageUrl: string, bytes: Uint8Array) {
 }
 
 const finalize = (key: string, id: string, version: number) => call("POST", `/v1/addons/${id}/versions/${version}/finalize`, { token: key });
+
+/** The committed random-family ControlNet's ONNX (vite inlines it: workerd has no filesystem). */
+const CN_ONNX = Uint8Array.from(atob(cnOnnxUrl.slice(cnOnnxUrl.indexOf(",") + 1)), (c) => c.charCodeAt(0));
+const text = (s: string) => new TextEncoder().encode(s);
+
+/** The committed ControlNet bundle folder as a tar, after `edit` changes its manifest. */
+function controlNetTar(edit: (m: any) => void = () => {}, onnx = { path: "controlnet/model.onnx", data: CN_ONNX }) {
+  const manifest = structuredClone(cnManifest);
+  edit(manifest);
+  return writeTar([{ path: "manifest.json", data: text(JSON.stringify(manifest)) }, onnx]);
+}
+
+const startControlNet = (key: string, file: Uint8Array, name: string, family = "tiny-shapes-random") =>
+  startUpload(key, file, { kind: "controlnet", name, family });
 
 describe("add-on uploads", () => {
   it("create → presigned PUT of the declared size → finalize validates → ready and usable", async () => {
@@ -111,5 +130,88 @@ describe("add-on uploads", () => {
     const pub = await call("PATCH", `/v1/addons/${up.body.addon.id}`, { token: t.key, body: { visibility: "public" } });
     expect(pub.body.visibility).toBe("public");
     expect((await generate(other.key, { loras: [{ id: up.body.addon.id }] })).status).toBe(202);
+  });
+
+  it("a LoRA must fit every model of its family, not only the first", async () => {
+    const t = await newTenant("lora-pair");
+    await registerModel("pair-a", "pair");
+    await registerModel("pair-b", "pair", { ...TINY_SPEC, lora_targets: TINY_SPEC.lora_targets.slice(1) });
+    const file = kohyaLora();
+    const up = await startUpload(t.key, file, { family: "pair" });
+    await put(up.body.upload.url, file);
+    const r = await finalize(t.key, up.body.addon.id, 1);
+    expect(r.body.status).toBe("rejected");
+    expect(r.body.rejection_reason).toMatch(/^Does not fit model 'pair-b': key 'lora_unet_down_blocks_0_attentions_0_to_q\.lora_down\.weight' matches no LoRA target/);
+  });
+});
+
+describe("ControlNet uploads", () => {
+  it("a tar of the bundle folder becomes ready with what was checked, and is usable", async () => {
+    const t = await newTenant("cn-uploader");
+    const file = controlNetTar();
+    const up = await startControlNet(t.key, file, "mask");
+    expect(up.status, JSON.stringify(up.body)).toBe(201);
+    expect(up.body.upload.headers).toEqual({ "content-type": "application/octet-stream" });
+    await put(up.body.upload.url, file);
+    const done = await finalize(t.key, up.body.addon.id, 1);
+    expect(done.body.rejection_reason).toBeNull();
+    expect(done.body.status).toBe("ready");
+    expect(done.body.details).toEqual({
+      format: "tar",
+      name: "tiny-shapes-random-controlnet-mask",
+      conditioning: cnManifest.conditioning,
+      residuals: 4,
+      onnx_bytes: CN_ONNX.byteLength,
+      checked_against: ["tiny-shapes-random"],
+    });
+    const image = "data:image/png;base64,iVBORw0KGgo=";
+    const job = await generate(t.key, { model: "tiny-shapes-random", controlnets: [{ id: up.body.addon.id, image }] });
+    expect(job.status, JSON.stringify(job.body)).toBe(202);
+    expect(job.body.request.controlnets[0]).toMatchObject({ id: up.body.addon.id, version: 1, sha256: await sha256Hex(file) });
+  });
+
+  it("rejects with a reason a person can act on", async () => {
+    const t = await newTenant("cn-rejects");
+    const garbage = new Uint8Array(2048).map((_, i) => (i * 7) % 256);
+    const cases: Array<[string, Uint8Array, RegExp, string?]> = [
+      ["garbage", garbage, /^Not a valid tar archive: bad header checksum at offset 0\. Package the bundle folder with `tar --format=ustar/],
+      ["too short", text("not a tar"), /^Not a valid tar archive: 9 bytes is too short for a tar archive/],
+      ["no manifest", writeTar([{ path: "controlnet/model.onnx", data: CN_ONNX }]), /^The archive has no manifest\.json at its top level \(it holds: controlnet\/model\.onnx\)/],
+      ["bad json", writeTar([{ path: "manifest.json", data: text("{ kind: controlnet") }]), /^manifest\.json is not valid JSON: /],
+      ["not a controlnet manifest", controlNetTar((m) => { delete m.conditioning; m.kind = "diffusion"; }), /^manifest\.json is not a ControlNet manifest: kind: .*; conditioning: /],
+      ["other family", controlNetTar((m) => { m.family = "tiny-shapes"; }), /^manifest\.json is for family 'tiny-shapes', but this add-on was created for 'tiny-shapes-random'/],
+      ["onnx missing", controlNetTar((m) => { m.components.controlnet.path = "controlnet/cn.onnx"; }), /^The archive has no controlnet\/cn\.onnx, the file components\.controlnet\.path names \(it holds: manifest\.json, controlnet\/model\.onnx\)/],
+      [
+        "outputs differ",
+        controlNetTar((m) => {
+          m.components.controlnet.outputs[3].name = "mid_residual";
+          m.residuals = { ...m.residuals, mid_residual: m.residuals.mid_block_additional_residual };
+          delete m.residuals.mid_block_additional_residual;
+        }),
+        /^controlnet\/model\.onnx does not match manifest\.json: declared outputs not in the graph: mid_residual; graph outputs not declared: mid_block_additional_residual; the graph's outputs are down_block_0_additional_residual, .*mid_block_additional_residual\.$/,
+      ],
+      [
+        "unknown residual",
+        controlNetTar((m) => { m.residuals.mid_block_additional_residual = "mid_block_9_residual"; }),
+        /^Does not fit model 'tiny-shapes-random': residual "mid_block_9_residual" \(from output "mid_block_additional_residual"\) is not a residual input of tiny-shapes-random\.$/,
+      ],
+      ["truncated onnx", controlNetTar(() => {}, { path: "controlnet/model.onnx", data: CN_ONNX.subarray(0, 5000) }), /^controlnet\/model\.onnx is not a readable ONNX model: /],
+      ["no controlnet model", controlNetTar((m) => { m.family = "nobody"; }), /^No model of family 'nobody' takes ControlNets\.$/, "nobody"],
+    ];
+    for (const [name, file, reason, family] of cases) {
+      const up = await startControlNet(t.key, file, `bad-${name.replace(/ /g, "-")}`, family);
+      expect(up.status, name).toBe(201);
+      await put(up.body.upload.url, file);
+      const r = await finalize(t.key, up.body.addon.id, 1);
+      expect(r.body.status, name).toBe("rejected");
+      expect(r.body.rejection_reason, name).toMatch(reason);
+    }
+  });
+
+  it("is limited to 512 MB", async () => {
+    const t = await newTenant("cn-limits");
+    const big = await call("POST", "/v1/addons", { token: t.key, body: { kind: "controlnet", name: "huge", family: "tiny-shapes-random", size_bytes: 513 * 1024 * 1024, sha256: "a".repeat(64) } });
+    expect(big.status).toBe(400);
+    expect(big.body.error.code).toBe("addon_too_large");
   });
 });

@@ -63,8 +63,8 @@ export const DASHBOARD_HTML = /* html */ `<!doctype html>
   <section>
     <h2>Add-ons</h2>
     <table><thead><tr><th>name</th><th>kind</th><th>visibility</th><th>version</th><th></th></tr></thead><tbody id="addons"></tbody></table>
-    <h2 style="margin-top:14px">Upload a LoRA (.safetensors)</h2>
-    <div class="row"><input id="addon-name" type="text" placeholder="name"><input id="addon-file" type="file" accept=".safetensors"></div>
+    <h2 style="margin-top:14px">Upload a LoRA (.safetensors) or a ControlNet (.tar of its bundle folder)</h2>
+    <div class="row"><input id="addon-name" type="text" placeholder="name"><input id="addon-file" type="file" accept=".safetensors,.tar"></div>
     <p><button id="upload">Upload</button> <span id="upload-status" class="muted"></span></p>
     <p id="upload-error" class="error"></p>
   </section>
@@ -176,14 +176,15 @@ $("generate").onclick = async () => {
 $("upload").onclick = async () => {
   $("upload-error").textContent = "";
   const file = $("addon-file").files[0];
-  const name = $("addon-name").value.trim() || (file && file.name.replace(/\\.safetensors$/, ""));
-  if (!file) { $("upload-error").textContent = "Choose a .safetensors file."; return; }
+  const name = $("addon-name").value.trim() || (file && file.name.replace(/\\.(safetensors|tar)$/, ""));
+  if (!file) { $("upload-error").textContent = "Choose a .safetensors (LoRA) or .tar (ControlNet) file."; return; }
+  const kind = file.name.endsWith(".tar") ? "controlnet" : "lora";
   try {
     const bytes = new Uint8Array(await file.arrayBuffer());
     const digest = [...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))].map((b) => b.toString(16).padStart(2, "0")).join("");
     const model = (await api("GET", "/v1/models/" + $("model").value));
     $("upload-status").textContent = "uploading…";
-    const up = await api("POST", "/v1/addons", { kind: "lora", name, family: model.family, size_bytes: bytes.byteLength, sha256: digest });
+    const up = await api("POST", "/v1/addons", { kind, name, family: model.family, size_bytes: bytes.byteLength, sha256: digest });
     const put = await fetch(up.upload.url, { method: "PUT", body: bytes, headers: up.upload.headers });
     if (!put.ok) throw new Error("storage refused the upload (" + put.status + ")");
     $("upload-status").textContent = "validating…";

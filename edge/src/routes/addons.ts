@@ -4,7 +4,7 @@ import { requireScope } from "../auth/middleware.ts";
 import { router } from "../context.ts";
 import { ApiError } from "../errors.ts";
 import { ADDON_SIZE_LIMITS, Addon, AddonUpload, AddonVersion, CreateAddonBody, UpdateAddonBody } from "../schemas/admin.ts";
-import { validateLora } from "../addons/validate.ts";
+import { validateControlNet, validateLora } from "../addons/validate.ts";
 import { addonKey, objectStore } from "../storage/index.ts";
 import { newId } from "../lib/ids.ts";
 import { audit } from "./admin.ts";
@@ -50,7 +50,9 @@ export const addons = router()
       path: "/addons",
       tags: ["addons"],
       summary: "Start an add-on upload: returns a presigned PUT for exactly the declared size",
-      description: "PUT the file to `upload.url` with the given headers, then call finalize. Uploading a name this tenant already has adds a version.",
+      description:
+        "PUT the file to `upload.url` with the given headers, then call finalize. Uploading a name this tenant already has adds a version. " +
+        "A LoRA is one `.safetensors` file; a ControlNet is a ustar archive of its bundle folder (`manifest.json` and the ONNX it names).",
       request: { body: { content: { "application/json": { schema: CreateAddonBody } }, required: true } },
       responses: { 201: { description: "Upload started", content: { "application/json": { schema: AddonUpload } } }, ...errorResponses(400, 401, 403, 429) },
     }),
@@ -61,9 +63,6 @@ export const addons = router()
       const db = c.var.db;
       if (body.size_bytes > ADDON_SIZE_LIMITS[body.kind]) {
         throw ApiError.invalid("addon_too_large", `A ${body.kind} may be at most ${ADDON_SIZE_LIMITS[body.kind]} bytes; declared ${body.size_bytes}.`, "size_bytes");
-      }
-      if (body.kind === "controlnet") {
-        throw ApiError.invalid("unsupported_addon_kind", "ControlNet uploads are not open yet: use the public ControlNets (GET /v1/addons).", "kind");
       }
       const now = Date.now();
       let existing = await addonsTable.findOwnedByName(db, tenantId, body.name);
@@ -127,7 +126,8 @@ export const addons = router()
       if (stored.size !== row.sizeBytes) return reject(`The upload has ${stored.size} bytes but ${row.sizeBytes} were declared (truncated or wrong file).`);
       const digest = await store.sha256(row.storageKey);
       if (digest !== row.sha256) return reject(`The upload's sha256 is ${digest}, not the declared ${row.sha256}.`);
-      const verdict = await validateLora(db, store, row.storageKey, stored.size, addon.family);
+      const validate = addon.kind === "controlnet" ? validateControlNet : validateLora;
+      const verdict = await validate(db, store, row.storageKey, stored.size, addon.family);
       if (!verdict.ok) return reject(verdict.reason);
       const ready = await addonsTable.transitionVersion(db, id, version, ["validating"], { status: "ready", details: verdict.details }, Date.now());
       return c.json(presentVersion(ready!), 200);

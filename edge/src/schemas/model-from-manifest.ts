@@ -45,5 +45,6 @@ export function modelSpecFromManifest(m: ModelManifest): ModelSpec {
           lora_max_rank: m.lora.max_rank,
         }
       : {}),
+    ...(m.controlnet ? { controlnet_residuals: m.controlnet.residuals } : {}),
   };
 }

@@ -30,6 +30,8 @@ export const ModelSpec = z
     /** Layers a LoRA may adapt (module paths as in training; kohya keys are `lora_unet_` + path with '.' → '_'). */
     lora_targets: z.array(z.object({ module: z.string(), in_features: z.number().int(), out_features: z.number().int() })).optional(),
     lora_max_rank: z.number().int().positive().optional(),
+    /** Residual inputs the U-Net takes from ControlNets (names as in the bundle); absent on models registered before it was recorded. */
+    controlnet_residuals: z.array(z.string()).optional(),
   })
   .strict()
   .openapi("ModelSpec");

@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { BundleError, Component, compareTensors, sessionOptions, type ComponentName, type SessionConfig } from "../pipeline/bundle.ts";
-import { ControlNetManifest, type ModelManifest } from "../pipeline/manifest.ts";
+import { ControlNetManifest, controlNetMismatches, type ModelManifest } from "../pipeline/manifest.ts";
 
 /** A ControlNet known by its bundle folder and manifest. */
 export interface ControlNetRef {
@@ -27,12 +27,7 @@ export async function loadControlNet(dir: string, base: ModelManifest, config: S
   const parsed = ControlNetManifest.safeParse(JSON.parse(readFileSync(path, "utf8")));
   if (!parsed.success) throw new BundleError(dir, parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`));
   const manifest = parsed.data;
-  const problems: string[] = [];
-  if (manifest.family !== base.family) problems.push(`family "${manifest.family}" does not match the model's "${base.family}"`);
-  const accepted = new Set(base.controlnet?.residuals ?? []);
-  for (const [output, residual] of Object.entries(manifest.residuals)) {
-    if (!accepted.has(residual)) problems.push(`residual "${residual}" (from output "${output}") is not a residual input of ${base.name}`);
-  }
+  const problems = controlNetMismatches(manifest, { name: base.name, family: base.family, residuals: base.controlnet?.residuals ?? [] });
   const spec = manifest.components.controlnet;
   const onnx = join(dir, spec.path);
   if (!existsSync(onnx)) throw new BundleError(dir, [...problems, `components.controlnet: file ${spec.path} not found`]);

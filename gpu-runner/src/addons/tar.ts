@@ -29,29 +29,64 @@ function safePath(path: string): string {
   return clean;
 }
 
+/** What one 512-byte header describes. */
+export interface TarHeader {
+  path: string;
+  /** Where the entry's data starts in the archive, and its length. */
+  offset: number;
+  size: number;
+  type: "file" | "folder";
+}
+
+/** Parses the header at `pos` of an archive of `archiveSize` bytes: null at the zero block that ends it; TarError for anything unsafe or damaged. */
+export function parseTarHeader(header: Uint8Array, pos: number, archiveSize: number): TarHeader | null {
+  if (header.every((b) => b === 0)) return null;
+  const stored = Number.parseInt(field(header, 148, 8).trim() || "0", 8);
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : header[i]!;
+  if (sum !== stored) throw new TarError(`bad header checksum at offset ${pos}`);
+  const name = field(header, 0, 100);
+  const prefix = field(header, 345, 155);
+  const size = Number.parseInt(field(header, 124, 12).trim() || "0", 8);
+  const type = String.fromCharCode(header[156]!);
+  if (!Number.isSafeInteger(size) || size < 0) throw new TarError(`bad size for ${name}`);
+  const offset = pos + BLOCK;
+  if (offset + size > archiveSize) throw new TarError(`archive truncated inside ${name}`);
+  const path = prefix ? `${prefix}/${name}` : name;
+  if (type === "0" || type === "\0") return { path: safePath(path), offset, size, type: "file" };
+  if (type === "5") return { path, offset, size, type: "folder" };
+  throw new TarError(`entry ${JSON.stringify(path)} is not a plain file or folder (type ${JSON.stringify(type)})`);
+}
+
+/** Where the header after this entry's data is. */
+const nextTarHeader = (h: TarHeader) => h.offset + Math.ceil(h.size / BLOCK) * BLOCK;
+
 export function readTar(archive: Uint8Array): TarEntry[] {
   const entries: TarEntry[] = [];
-  let pos = 0;
-  while (pos + BLOCK <= archive.byteLength) {
-    const header = archive.subarray(pos, pos + BLOCK);
-    if (header.every((b) => b === 0)) break;
-    const stored = Number.parseInt(field(header, 148, 8).trim() || "0", 8);
-    let sum = 0;
-    for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : header[i]!;
-    if (sum !== stored) throw new TarError(`bad header checksum at offset ${pos}`);
-    const name = field(header, 0, 100);
-    const prefix = field(header, 345, 155);
-    const size = Number.parseInt(field(header, 124, 12).trim() || "0", 8);
-    const type = String.fromCharCode(header[156]!);
-    if (!Number.isSafeInteger(size) || size < 0) throw new TarError(`bad size for ${name}`);
-    const start = pos + BLOCK;
-    if (start + size > archive.byteLength) throw new TarError(`archive truncated inside ${name}`);
-    const path = prefix ? `${prefix}/${name}` : name;
-    if (type === "0" || type === "\0") entries.push({ path: safePath(path), data: archive.subarray(start, start + size) });
-    else if (type !== "5") throw new TarError(`entry ${JSON.stringify(path)} is not a plain file or folder (type ${JSON.stringify(type)})`);
-    pos = start + Math.ceil(size / BLOCK) * BLOCK;
+  for (let pos = 0; pos + BLOCK <= archive.byteLength; ) {
+    const h = parseTarHeader(archive.subarray(pos, pos + BLOCK), pos, archive.byteLength);
+    if (!h) break;
+    if (h.type === "file") entries.push({ path: h.path, data: archive.subarray(h.offset, h.offset + h.size) });
+    pos = nextTarHeader(h);
   }
   return entries;
+}
+
+/**
+ * The files of an archive that is not in memory (an object in storage): one read per header, none of the data.
+ * At most `maxEntries` entries, so a hostile archive cannot cost unbounded reads. A path stored twice means its last copy, as unpacking readTar's entries in order does.
+ */
+export async function listTar(read: (offset: number, length: number) => Promise<Uint8Array>, archiveSize: number, maxEntries = 64): Promise<Map<string, TarHeader>> {
+  if (archiveSize < BLOCK) throw new TarError(`${archiveSize} bytes is too short for a tar archive`);
+  const files = new Map<string, TarHeader>();
+  for (let pos = 0, n = 0; pos + BLOCK <= archiveSize; n++) {
+    if (n === maxEntries) throw new TarError(`more than ${maxEntries} entries`);
+    const h = parseTarHeader(await read(pos, BLOCK), pos, archiveSize);
+    if (!h) break;
+    if (h.type === "file") files.set(h.path, h);
+    pos = nextTarHeader(h);
+  }
+  return files;
 }
 
 export function writeTar(entries: TarEntry[]): Uint8Array {

@@ -160,3 +160,134 @@ export function readOnnxGraph(model: Uint8Array): OnnxGraph {
   }
   return graph;
 }
+
+export class OnnxError extends Error {
+  override readonly name = "OnnxError";
+}
+
+/** Reads `length` bytes at `offset` of a model that is not in memory (an object in storage, a slice of an archive). */
+export type ReadAt = (offset: number, length: number) => Promise<Uint8Array>;
+
+/** The main graph's real inputs (initializers excluded, as ONNX Runtime lists them) and outputs, in order. */
+export interface OnnxIo {
+  inputs: string[];
+  outputs: string[];
+}
+
+/** Longest name this reader accepts: tensor names are short; a huge length means a damaged file. */
+const MAX_NAME = 64 * 1024;
+
+/** Protobuf over a ReadAt: reads through a window, and seeks past skipped fields without reading them. */
+class WindowedReader {
+  pos = 0;
+  private buf: Uint8Array = new Uint8Array(0);
+  private bufAt = 0;
+  private readonly read: ReadAt;
+  private readonly size: number;
+  private readonly window: number;
+
+  constructor(read: ReadAt, size: number, window: number) {
+    this.read = read;
+    this.size = size;
+    this.window = window;
+  }
+
+  /** Makes [pos, pos + n) available in `buf`. */
+  private async ensure(n: number): Promise<void> {
+    if (n <= 0) return;
+    if (this.pos + n > this.size) throw new OnnxError(`truncated at byte ${this.pos}`);
+    if (this.pos >= this.bufAt && this.pos + n <= this.bufAt + this.buf.byteLength) return;
+    const length = Math.min(Math.max(n, this.window), this.size - this.pos);
+    const got = await this.read(this.pos, length);
+    if (got.byteLength < n) throw new OnnxError(`truncated at byte ${this.pos}`);
+    this.buf = got;
+    this.bufAt = this.pos;
+  }
+
+  async varint(): Promise<number> {
+    await this.ensure(Math.min(10, this.size - this.pos));
+    let result = 0;
+    let shift = 1;
+    for (;;) {
+      const byte = this.buf[this.pos - this.bufAt];
+      if (byte === undefined) throw new OnnxError(`truncated varint at byte ${this.pos}`);
+      this.pos++;
+      result += (byte & 0x7f) * shift;
+      if ((byte & 0x80) === 0) return result;
+      shift *= 128;
+    }
+  }
+
+  async key(): Promise<[number, number]> {
+    const k = await this.varint();
+    return [Math.floor(k / 8), k % 8];
+  }
+
+  /** The end of the length-delimited field that starts here, checked against its container's end. */
+  async end(limit: number): Promise<number> {
+    const length = await this.varint(); // before reading pos: `pos + await varint()` would add to the stale position
+    const end = this.pos + length;
+    if (end > limit) throw new OnnxError(`field at byte ${this.pos} runs past its message`);
+    return end;
+  }
+
+  async string(limit: number): Promise<string> {
+    const end = await this.end(limit);
+    if (end - this.pos > MAX_NAME) throw new OnnxError(`name at byte ${this.pos} is ${end - this.pos} bytes long`);
+    await this.ensure(end - this.pos);
+    const s = new TextDecoder().decode(this.buf.subarray(this.pos - this.bufAt, end - this.bufAt));
+    this.pos = end;
+    return s;
+  }
+
+  async skip(wire: number, limit: number): Promise<void> {
+    if (wire === 0) await this.varint();
+    else if (wire === 1) this.pos += 8;
+    else if (wire === 2) this.pos = await this.end(limit);
+    else if (wire === 5) this.pos += 4;
+    else throw new OnnxError(`unsupported wire type ${wire} at byte ${this.pos}`);
+    if (this.pos > limit) throw new OnnxError(`truncated at byte ${limit}`);
+  }
+
+  /** The string field `nameField` of the message that starts here (ValueInfoProto 1, TensorProto 8), skipping the rest. */
+  async nameOf(nameField: number, limit: number): Promise<string> {
+    const end = await this.end(limit);
+    let name = "";
+    while (this.pos < end) {
+      const [field, wire] = await this.key();
+      if (field === nameField && wire === 2) name = await this.string(end);
+      else await this.skip(wire, end);
+    }
+    return name;
+  }
+}
+
+/**
+ * Reads the main graph's input and output names of a model of `size` bytes through `read`, fetching `window` bytes
+ * at a time and seeking past nodes' contents and initializers' data: a few reads even for a model of hundreds of MB.
+ */
+export async function readOnnxIo(read: ReadAt, size: number, window = 256 * 1024): Promise<OnnxIo> {
+  const r = new WindowedReader(read, size, window);
+  const inputs: string[] = [];
+  const outputs: string[] = [];
+  const initializers = new Set<string>();
+  let graphs = 0;
+  while (r.pos < size) {
+    const [field, wire] = await r.key();
+    if (field !== 7 || wire !== 2) {
+      await r.skip(wire, size);
+      continue;
+    }
+    graphs++;
+    const end = await r.end(size);
+    while (r.pos < end) {
+      const [gf, gw] = await r.key();
+      if (gf === 5 && gw === 2) initializers.add(await r.nameOf(8, end));
+      else if (gf === 11 && gw === 2) inputs.push(await r.nameOf(1, end));
+      else if (gf === 12 && gw === 2) outputs.push(await r.nameOf(1, end));
+      else await r.skip(gw, end);
+    }
+  }
+  if (graphs === 0) throw new OnnxError("no graph (not an ONNX model)");
+  return { inputs: inputs.filter((n) => !initializers.has(n)), outputs };
+}

@@ -232,5 +232,21 @@ export const ControlNetManifest = z
   .strict();
 export type ControlNetManifest = z.infer<typeof ControlNetManifest>;
 
+/**
+ * Why a ControlNet cannot feed a model (empty when it can): the same family, every output it maps declared, and every
+ * residual it feeds one the model's U-Net takes. `residuals` undefined: the model's list is unknown, not checked.
+ */
+export function controlNetMismatches(cn: ControlNetManifest, model: { name: string; family: string; residuals?: readonly string[] }): string[] {
+  const problems: string[] = [];
+  if (cn.family !== model.family) problems.push(`family "${cn.family}" does not match the model's "${model.family}"`);
+  const outputs = new Set(cn.components.controlnet.outputs.map((t) => t.name));
+  const accepted = model.residuals && new Set(model.residuals);
+  for (const [output, residual] of Object.entries(cn.residuals)) {
+    if (!outputs.has(output)) problems.push(`residuals maps output "${output}", which components.controlnet.outputs does not declare`);
+    if (accepted && !accepted.has(residual)) problems.push(`residual "${residual}" (from output "${output}") is not a residual input of ${model.name}`);
+  }
+  return problems;
+}
+
 export const BundleManifest = z.discriminatedUnion("kind", [ModelManifest, ControlNetManifest]);
 export type BundleManifest = z.infer<typeof BundleManifest>;
