@@ -2,7 +2,11 @@ import { createHash, createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodePng } from "../../gpu-runner/src/pipeline/png.ts";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
+import { writeTar } from "../../gpu-runner/src/addons/tar.ts";
 import { ImageEvaluator } from "../../gpu-runner/src/eval/evaluator.ts";
 import { AuthenticationError, ImageGen, NotFoundError } from "../../sdk/src/index.ts";
 import OpenAI from "openai";
@@ -168,6 +172,53 @@ describe("the whole stack, on loopback", () => {
     await expect(new ImageGen({ apiKey: key.secret, baseURL: stack.edgeUrl }).models.list()).rejects.toBeInstanceOf(AuthenticationError);
     await expect(client.generations.get("gen_00000000000000000000000000")).rejects.toBeInstanceOf(NotFoundError);
     await expect(client.generations.create({ prompt: "" })).rejects.toMatchObject({ status: 400, param: "prompt" });
+  });
+
+  it("a tenant uploads its own ControlNet (a tar of the bundle) through the SDK; it is validated and steers generation", async () => {
+    const client = new ImageGen({ apiKey: stack.apiKey, baseURL: stack.edgeUrl });
+    const model = await client.models.get(stack.defaultModel);
+    const dir = join(fileURLToPath(new URL("../../gpu-runner/zoo/models", import.meta.url)), model.family === "tiny-shapes" ? "tiny-shapes/addons/controlnet-mask" : "tiny-shapes-random/addons/random-controlnet-mask");
+    const manifest = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8"));
+    const tar = writeTar([
+      { path: "manifest.json", data: readFileSync(join(dir, "manifest.json")) },
+      { path: manifest.components.controlnet.path, data: readFileSync(join(dir, manifest.components.controlnet.path)) },
+    ]);
+    const up = await client.addons.upload(tar, { kind: "controlnet", name: "my-mask", family: model.family });
+    expect(up.version.status, up.version.rejection_reason ?? "").toBe("ready");
+    expect(up.version.details).toMatchObject({ format: "tar", residuals: Object.keys(manifest.residuals).length });
+    // The same mask on the left and on the right of the image: the ControlNet moves the shape with it.
+    const mask = (left: boolean) => {
+      const rgb = new Uint8Array(64 * 64 * 3);
+      for (let y = 20; y < 44; y++) for (let x = left ? 4 : 36; x < (left ? 28 : 60); x++) rgb.fill(255, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
+      return `data:image/png;base64,${Buffer.from(encodePng(rgb, 64, 64)).toString("base64")}`;
+    };
+    const gen = (left: boolean) => client.generations.createAndWait({ model: stack.defaultModel, prompt: "a large red square, blue background", seed: 5, controlnets: [{ id: up.addon.id, image: mask(left), scale: 1 }] });
+    const [a, b] = await Promise.all([gen(true), gen(false)]);
+    expect(a.status).toBe("succeeded");
+    expect(b.status).toBe("succeeded");
+    expect(a.images[0]!.sha256).not.toBe(b.images[0]!.sha256);
+    if (model.family === "tiny-shapes") {
+      // On the trained model the prompt names no position and the mask moves from left to right: the square's centre
+      // (pixels nearer the prompted red than the blue background) moves right with it. It moves only part of the way
+      // (REPORT.md: the ControlNet learned beside captions that always named the position, so it follows the text
+      // more than the mask when they disagree; held out, where they agree, mask IoU is 0.81 with it, 0.73 without).
+      const ev = await ImageEvaluator.load();
+      const centreX = async (g: typeof a) => {
+        const seg = ev.segment(new Uint8Array(await (await fetch(g.images[0]!.url!)).arrayBuffer()), "red", "blue");
+        let sum = 0, n = 0;
+        seg.forEach((v, i) => v && ((sum += i % 64), n++));
+        return sum / Math.max(n, 1);
+      };
+      const [left, right] = [await centreX(a), await centreX(b)];
+      console.log(`square centre x: mask on the left ${left.toFixed(1)}, on the right ${right.toFixed(1)} (mask centres 16 and 48)`);
+      await ev.release();
+      expect(right).toBeGreaterThan(left);
+    }
+    // A tar whose manifest names another family is rejected with the reason.
+    const wrong = writeTar([{ path: "manifest.json", data: Buffer.from(JSON.stringify({ ...manifest, family: "other-family" })) }, { path: manifest.components.controlnet.path, data: readFileSync(join(dir, manifest.components.controlnet.path)) }]);
+    const bad = await client.addons.upload(wrong, { kind: "controlnet", name: "my-mask-wrong", family: model.family });
+    expect(bad.version.status).toBe("rejected");
+    expect(bad.version.rejection_reason).toMatch(/family 'other-family'/);
   });
 
   it("the official openai client works against /v1/images/generations, with our extensions", async () => {

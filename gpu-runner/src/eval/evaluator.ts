@@ -207,22 +207,29 @@ export class ImageEvaluator {
     return out;
   }
 
+  /** Pixels nearer the colour `color` than `background` (the evaluator's palette): 1 = the shape, 0 = background. */
+  segment(image: ImageInput, color: string, background: string): Uint8Array {
+    const rgb = this.rgb(image);
+    const fg = this.spec.colors[color], bg = this.spec.colors[background];
+    if (!fg || !bg) throw new EvaluatorError(`the evaluator knows no colour ${JSON.stringify(fg ? background : color)}`);
+    const out = new Uint8Array(rgb.length / 3);
+    const d = (i: number, c: readonly number[]) => (rgb[i * 3]! - c[0]!) ** 2 + (rgb[i * 3 + 1]! - c[1]!) ** 2 + (rgb[i * 3 + 2]! - c[2]!) ** 2;
+    for (let i = 0; i < out.length; i++) out[i] = d(i, fg) < d(i, bg) ? 1 : 0;
+    return out;
+  }
+
   /**
    * IoU between held-out prompt `index`'s shape mask and the shape segmented from `image`: pixels closer to the
    * prompt's shape colour than to its background colour (as the zoo's evaluate.py does).
    */
   maskIoU(image: ImageInput, index: number): number {
-    const rgb = this.rgb(image);
     const target = this.heldoutMask(index);
     const { color, background } = this.heldout[index]!.attributes;
-    const fg = this.spec.colors[color!], bg = this.spec.colors[background!];
-    if (!fg || !bg) throw new EvaluatorError(`held-out prompt ${index} names colours the evaluator does not know`);
+    const seg = this.segment(image, color!, background!);
     let inter = 0, union = 0;
     for (let i = 0; i < target.length; i++) {
-      const d = (c: readonly number[]) => (rgb[i * 3]! - c[0]!) ** 2 + (rgb[i * 3 + 1]! - c[1]!) ** 2 + (rgb[i * 3 + 2]! - c[2]!) ** 2;
-      const seg = d(fg) < d(bg);
-      if (seg && target[i]) inter++;
-      if (seg || target[i]) union++;
+      if (seg[i] && target[i]) inter++;
+      if (seg[i] || target[i]) union++;
     }
     return inter / Math.max(union, 1);
   }
