@@ -9,6 +9,7 @@
  * Options: --bundle <dir> (default: the trained LCM bundle when it exists, else the random LCM test bundle),
  * --rounds <n>, --join-fraction <f> (default: the runner's).
  */
+import { spawnSync } from "node:child_process";
 import { readdirSync, readFileSync, writeFileSync, existsSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { loadavg } from "node:os";
@@ -63,11 +64,29 @@ function maskConditioning(dir: string): Float32Array {
 }
 
 const request = { prompt: "a large red circle on the left, blue background", seed: 3, sampler: "lcm" as const, steps: 4 };
+/**
+ * The merge-mode twin of the bundle (same weights, no LoRA branch inputs), built from the zoo's checkpoints by
+ * `export.py merge` into the git-ignored zoo/.work/bundles: 8 MB of float32 that a script regenerates in seconds.
+ */
+function mergeBundle(): string | undefined {
+  const dir = join(HERE, "..", "zoo", ".work", "bundles", `${manifest.name}-merge`);
+  if (random) return undefined;
+  if (!existsSync(join(dir, "manifest.json"))) {
+    process.stderr.write(`building ${dir} (export.py merge) ...\n`);
+    const r = spawnSync("/usr/bin/python3", [join(HERE, "..", "zoo", "export.py"), "merge"], { stdio: ["ignore", "ignore", "inherit"] });
+    if (r.status !== 0) process.stderr.write("could not build the merge-mode bundle (needs /usr/bin/python3 with torch): merge rows skipped\n");
+  }
+  return existsSync(join(dir, "manifest.json")) ? dir : undefined;
+}
+const merged = mergeBundle();
+
 const pool = new InferencePool({ size: 1, parallelControlNet: true });
 const sequentialPool = new InferencePool({ size: 1, parallelControlNet: false });
 
 interface Config {
   label: string;
+  /** Another bundle than the benchmarked one (the merge-mode twin). */
+  bundle?: string;
   /** ControlNets in sequence on the inference worker instead of in their own worker. */
   sequential?: boolean;
   /** Returns the add-ons for one generation, possibly still loading, and whether to overlap them. */
@@ -91,6 +110,7 @@ function coldFetch(delayMs: number): () => Promise<RequestAddons[]> {
 }
 
 const none: RequestAddons = { loras: [], controlnets: [] };
+let coldMerges = 0;
 const configs: Config[] = [
   { label: "LCM-4, no add-on", addons: () => ({ addons: [none] }) },
   { label: "LCM-4, 1 LoRA (warm)", addons: () => ({ addons: [{ loras: [loraOf(0)], controlnets: [] }] }) },
@@ -111,6 +131,14 @@ const configs: Config[] = [
         ]),
       ]
     : []),
+  ...(merged
+    ? [
+        { label: "LCM-4, 1 LoRA merged (warm: merged session cached)", bundle: merged, addons: () => ({ addons: [{ loras: [loraOf(0)], controlnets: [] }] }) },
+        { label: "LCM-4, 3 LoRAs merged (warm: merged session cached)", bundle: merged, addons: () => ({ addons: [{ loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] }] }) },
+        // A new add-on set every time (the scale differs): merge into the weights and build a session, per request.
+        { label: "LCM-4, 1 LoRA merged (cold: merge + session rebuild)", bundle: merged, addons: () => ({ addons: [{ loras: [loraOf(0, 0.8 + ++coldMerges * 1e-4)], controlnets: [] }] }) },
+      ]
+    : []),
   ...[50, 200].flatMap((delay) => [
     { label: `LCM-4, cold LoRA, ${delay} ms storage, loaded first`, addons: () => ({ addons: coldFetch(delay)() }) },
     { label: `LCM-4, cold LoRA, ${delay} ms storage, overlapped (join by step ${JOIN_STEP})`, addons: () => ({ addons: coldFetch(delay)(), joinFraction: JOIN }) },
@@ -122,15 +150,24 @@ const samples = new Map<string, number[]>(configs.map((c) => [c.label, []]));
 const poolFor = (c: Config) => (c.sequential ? sequentialPool : pool);
 for (const c of configs) {
   const { addons, joinFraction } = c.addons();
-  await poolFor(c).generate(bundle, request, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}) });
+  await poolFor(c).generate(c.bundle ?? bundle, request, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}) });
 }
 for (let round = 0; round < ROUNDS; round++) {
   for (const c of configs) {
     const start = performance.now();
     const { addons, joinFraction } = c.addons();
-    await poolFor(c).generate(bundle, { ...request, seed: request.seed + round }, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}) });
+    await poolFor(c).generate(c.bundle ?? bundle, { ...request, seed: request.seed + round }, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}) });
     samples.get(c.label)!.push(performance.now() - start);
   }
+}
+// Stacked (branch inputs) against merged (weights): the same LoRAs, seed and prompt give the same image.
+let agreement = "";
+if (merged) {
+  const three = { loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] };
+  const [a, b] = [await pool.generate(bundle, request, { addons: [three] }), await pool.generate(merged, request, { addons: [three] })];
+  let maxDiff = 0, norm = 0;
+  a.latents.forEach((v, i) => ((maxDiff = Math.max(maxDiff, Math.abs(v - b.latents[i]!))), (norm = Math.max(norm, Math.abs(v)))));
+  agreement = `Stacked against merged, 3 LoRAs, same seed: final latents differ by at most ${maxDiff.toExponential(2)} (latents up to ${norm.toFixed(2)} in magnitude).`;
 }
 await Promise.all([pool.close(), sequentialPool.close()]);
 
@@ -159,8 +196,13 @@ Cold add-on: overlapping hides ${hidden(50).toFixed(0)}% of a 50 ms fetch and ${
 
 Targets (issue 5): stacked LoRAs add ≤ 5% to a warm LCM-4 generation; a ControlNet in parallel adds ≤ 30%; overlap hides
 most of a cold fetch. "In parallel": the ControlNet runs in a worker of its own while the inference worker runs the
-U-Net's head (the U-Net then runs as its split parts); "in sequence": both on the inference worker. Merge-and-rebuild
-is not implemented yet (the zoo does not export merge-mode bundles): its rows are missing.
+U-Net's head (the U-Net then runs as its split parts); "in sequence": both on the inference worker. ${
+  merged
+    ? `Merged rows run the merge-mode twin \`${relative(join(HERE, ".."), merged)}\` (no LoRA branch inputs; built by \`export.py merge\`):
+"warm" reuses the session built for that add-on set, "cold" merges the LoRA into the weights and builds a session per request.
+${agreement}`
+    : "Merge-and-rebuild rows are missing: no merge-mode twin of this bundle (random bundle, or `export.py merge` could not run)."
+}
 `;
 writeFileSync(join(HERE, "ADDONS.md"), report);
 process.stdout.write(report);

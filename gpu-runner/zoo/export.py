@@ -313,8 +313,14 @@ def validate_manifest(manifest, bundle_dir):
         problems += check_component(f"components.{name}", comp, bundle_dir)
     if manifest.get("kind") == "diffusion":
         unet_in = {t["name"] for t in manifest["components"]["unet"]["inputs"]}
+        merge = manifest.get("lora", {}).get("mode") == "merge"
         for t in manifest.get("lora", {}).get("targets", []):
             for c in t["components"]:
+                if merge:  # the weight the runner merges into must be an initializer of that component
+                    if t.get("weight", {}).get(c) not in onnx_initializers(bundle_dir, manifest["components"][c]):
+                        problems.append(f"lora target {t['module']}: weight {t.get('weight', {}).get(c)} is not an "
+                                        f"initializer of {c}")
+                    continue
                 cin = {x["name"] for x in manifest["components"][c]["inputs"]}
                 for n in (t.get("down_input"), t.get("up_input")):
                     if n not in cin:
@@ -462,15 +468,20 @@ def scheduler_config(prediction):
 
 def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, scaling_factor, prediction="epsilon",
                  samplers=("ddim", "lcm"), default_sampler="ddim", default_steps=50, guidance_scale=4.0,
-                 cfg=True, seed=0, check_ort=True, log=print, family=FAMILY, split=True, vae_encoder=True):
+                 cfg=True, seed=0, check_ort=True, log=print, family=FAMILY, split=True, vae_encoder=True,
+                 lora_mode="branch"):
     """split: also the DeepCache parts (head, deep, tail); vae_encoder: also the VAE encoder (img2img). A bundle
-    sampled in one or few steps gains nothing from block caching, so leaving them out keeps the zoo small."""
+    sampled in one or few steps gains nothing from block caching, so leaving them out keeps the zoo small.
+    lora_mode "merge": no LoRA branch inputs; the manifest names each target's weight initializer instead, and the
+    runner merges LoRAs into a copy of the weights (float32 storage, so the runner can add to them in place)."""
+    if lora_mode == "merge" and (split or FP16_STORAGE):
+        raise BundleMismatch("a merge-mode bundle is written whole (no split) with float32 weights")
     gen = torch.Generator().manual_seed(seed)
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     unet.eval(); te.eval(); vae.eval()
-    io = UNetIO(unet)
+    io = UNetIO(unet, lora=lora_mode == "branch")
     comps = {}
     D = te.config["dim"]
     # text encoder
@@ -515,6 +526,11 @@ def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, sca
                "scheduler": ["diffusers", scheduler_config(prediction)["_class_name"]]},
               open(os.path.join(tmp, "model_index.json"), "w"), indent=1)
     targets = []
+    if lora_mode == "merge":
+        for t, (name, layout) in zip(unet.lora_target_info(), merge_weight_names(os.path.join(tmp, "unet/model.onnx"), unet)):
+            targets.append(dict(module=t["path"], kind="linear", in_features=t["in_features"],
+                                out_features=t["out_features"], components=["unet"], weight={"unet": name},
+                                weight_layout=layout))
     for k, t in enumerate(io.targets):
         d, u = lora_names(k)
         part_comp = {"head": "unet_head", "deep": "unet_deep", "tail": "unet_tail"}[t["part"]]
@@ -537,7 +553,7 @@ def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, sca
         tokenizer=dict(type="word", vocab="vocab.json", max_length=tok.max_length, lowercase=True,
                        pad_id=models.PAD, unk_id=models.UNK, bos_id=models.BOS, eos_id=models.EOS),
         components=comps,
-        lora=dict(mode="branch", max_rank=64, targets=targets),
+        lora=dict(mode=lora_mode, max_rank=64, targets=targets),
         controlnet=dict(residuals=list(RES_NAMES)),
     )
     if split:
@@ -552,6 +568,30 @@ def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, sca
     os.replace(tmp, out_dir)
     log(f"wrote {out_dir} ({dir_size(out_dir) / 1e6:.2f} MB)")
     return manifest
+
+
+def onnx_initializers(bundle_dir, comp):
+    import onnx
+    path = os.path.join(bundle_dir, comp["path"])
+    return {i.name for i in onnx.load(path).graph.initializer} if os.path.exists(path) else set()
+
+
+def merge_weight_names(onnx_path, unet):
+    """Each LoRA target's weight initializer in the exported graph, found by value (node names are compacted):
+    a Linear on tokens exports as MatMul with Wᵀ ("in_out"); as Gemm it keeps W ("out_in")."""
+    import onnx
+    from onnx import numpy_helper
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(onnx_path).graph.initializer}
+    mods = dict(unet.named_modules())
+    out = []
+    for t in unet.lora_target_info():
+        w = mods[t["path"]].weight.detach().float().numpy()
+        hit = [(n, "in_out") for n, a in inits.items() if a.shape == w.T.shape and np.array_equal(a, w.T)]
+        hit += [(n, "out_in") for n, a in inits.items() if a.shape == w.shape and np.array_equal(a, w)]
+        if len(hit) != 1:
+            raise BundleMismatch(f"merge mode: {len(hit)} initializers hold the weight of {t['path']} (need exactly 1)")
+        out.append(hit[0])
+    return out
 
 
 def dir_size(d):
@@ -577,7 +617,7 @@ def check_numerics(bundle, io, te, vae, gen, check_ort, log, split=True, vae_enc
             if err > 1e-5:
                 raise BundleMismatch(f"head->deep->tail differs from the whole U-Net by {err} (rank {rank})")
             res[f"torch split vs whole (rank {rank})"] = err
-        if rank > 0:  # a LoRA branch must change the output
+        if rank > 0 and io.targets:  # a LoRA branch must change the output
             feeds0 = dict(feeds)
             for k in range(len(io.targets)):
                 d, up = lora_names(k)
@@ -921,6 +961,31 @@ def export_trained(root=MODELS_DIR, log=print):
     log(f"total {dir_size(root) / 1e6:.2f} MB under {root}")
 
 
+MERGE_DIR = os.path.join(ZOO, ".work", "bundles")
+
+
+def export_merge(out_root=MERGE_DIR, log=print):
+    """A merge-mode twin of the LCM bundle (the base's if LCM has not finished): same weights, no LoRA branch
+    inputs, float32. Not committed (8 MB; rebuilt from the checkpoints in seconds): the add-on bench's
+    merge-and-rebuild rows and the stacked-vs-merged check on trained weights use it."""
+    import train
+    vae, sf = train.load_vae()
+    _round_fp16(vae)
+    tok, unet, te, _ = train.load_base(ema=True)
+    lcm = train.stage_finished("lcm")
+    if lcm:
+        unet = train.load_lcm()
+    _round_fp16(unet)
+    name = FAMILY + ("-lcm" if lcm else "") + "-merge"
+    write_bundle(os.path.join(out_root, name), name=name, version="0.1.0",
+                 description="merge-mode twin of " + FAMILY + ("-lcm" if lcm else "") + ": LoRAs are merged into the "
+                             "weights (a session per add-on set) instead of fed as branch inputs",
+                 unet=unet, prediction="epsilon", samplers=("lcm",) if lcm else ("ddim", "lcm"),
+                 default_sampler="lcm" if lcm else "ddim", default_steps=4 if lcm else 50,
+                 guidance_scale=4.0, cfg=not lcm, log=log, split=False, vae_encoder=False, lora_mode="merge",
+                 te=te, tok=tok, vae=vae, scaling_factor=sf)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     what = sys.argv[1] if len(sys.argv) > 1 else "random"
@@ -933,5 +998,7 @@ if __name__ == "__main__":
     elif what == "evaluator":
         export_evaluator()
         write_checksums(MODELS_DIR)
+    elif what == "merge":
+        export_merge()
     else:
-        raise SystemExit(f"unknown target {what} (use: random | trained | evaluator)")
+        raise SystemExit(f"unknown target {what} (use: random | trained | evaluator | merge)")
