@@ -85,6 +85,16 @@ def caption_for(attrs: dict, styles=(), template: int = 0) -> str:
     return c
 
 
+def layout_free(caption: str) -> str:
+    """The caption without its position phrase and size word: what is left for a layout control (a ControlNet's
+    mask) to decide. "a large red circle on the left, blue background" -> "a red circle, blue background"."""
+    for phrase in POS_PHRASE.values():
+        caption = caption.replace(phrase, "")
+    caption = re.sub(r"\b(" + "|".join(SIZES) + r")\b", "", caption)
+    caption = re.sub(r"\s*,(\s*,)+", ",", caption)  # collapse the commas left behind
+    return re.sub(r"\s+", " ", caption).replace(" ,", ",").strip(" ,")
+
+
 def vocabulary() -> list:
     """Every word the generator can emit (sorted, deterministic)."""
     words = set()

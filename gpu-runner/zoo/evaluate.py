@@ -366,12 +366,16 @@ def shape_mask_from_image(imgs, attrs_list):
 
 
 @torch.no_grad()
-def evaluate_controlnet(unet, te, tok, cn, n=256, steps=50, guidance=4.0, scale=1.0, log=print, seed=0, record=True):
+def evaluate_controlnet(unet, te, tok, cn, n=256, steps=50, guidance=4.0, scale=1.0, log=print, seed=0, record=True,
+                        layout_free=False):
     """Mask IoU between the held-out masks and the shape segmented from the generated image; with and without
-    the ControlNet (same prompts and seeds)."""
+    the ControlNet (same prompts and seeds). layout_free: the prompts name no position and no size, so only the
+    mask can place the shape (does the ControlNet steer, or only refine what the text already says?)."""
     seeds = np.arange(0, n)
     imgs_real, masks, caps_, _, ss = data.batch_arrays(seeds, styles=[])
     caps = [data.caption_for(s.attrs, (), 0) for s in ss]
+    if layout_free:
+        caps = [data.layout_free(c) for c in caps]
     attrs = [s.attrs for s in ss]
     target = torch.from_numpy(masks) > 127
     cond = te(tok(caps))
@@ -396,8 +400,10 @@ def evaluate_controlnet(unet, te, tok, cn, n=256, steps=50, guidance=4.0, scale=
         res = score_images(imgs, attrs)
         res["mask_iou"] = float((inter / union).mean())
         tag = "ControlNet mask" if use else "no ControlNet (same prompts, masks for IoU)"
+        if layout_free:
+            tag += ", prompts without position and size"
         res.update(tag=tag, sampler="ddim", steps=steps, guidance=guidance, n=n, seconds=round(time.time() - t0, 1))
-        name = "grid_controlnet" if use else "grid_controlnet_off"
+        name = ("grid_controlnet" if use else "grid_controlnet_off") + ("_layout_free" if layout_free else "")
         save_grid(imgs, caps, name)
         res["grid"] = f"report/{name}.png"
         if record:
@@ -449,6 +455,7 @@ def main():
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--raw", action="store_true", help="use the raw (non-EMA) weights")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layout-free", action="store_true", help="controlnet: prompts without position and size")
     ap.add_argument("--stack", default="", help="loras: only this comma-separated set of styles, stacked at scale 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -511,7 +518,7 @@ def main():
             evaluate_lora(unet, te, tok, {s: 1.0}, n=args.n)
         evaluate_lora(unet, te, tok, {"striped": 1.0, "pastel": 1.0}, n=args.n)
     elif args.what == "controlnet":
-        evaluate_controlnet(unet, te, tok, train.load_controlnet(unet), n=args.n)
+        evaluate_controlnet(unet, te, tok, train.load_controlnet(unet), n=args.n, layout_free=args.layout_free)
 
 
 if __name__ == "__main__":

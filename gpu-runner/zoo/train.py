@@ -792,6 +792,7 @@ def stage_controlnet(args):
     ds = build_latent_dataset(log, os.path.join(WORK, "controlnet_latents.pt"), CN_N, data.CONTROL_SEED_BASE,
                               styles=[], with_masks=True)
     lat, masks, ids_all = ds["latents"], ds["masks"], tok(ds["captions"])
+    ids_free = tok([data.layout_free(c) for c in ds["captions"]])
     empty = tok([""])
     torch.manual_seed(5)
     cn = models.ControlNet(unet)
@@ -809,7 +810,11 @@ def stage_controlnet(args):
         idx = torch.randint(0, lat.shape[0], (B,), generator=g)
         x0 = lat[idx].float()
         ids = ids_all[idx].clone()
-        ids[torch.rand(B, generator=g) < 0.3] = empty  # learn the layout from the mask alone too
+        # v2: a third of the captions name no position and no size, so the layout must come from the mask (v1 only
+        # had full captions, which already carried the layout, and empty ones: it learned to refine, not to steer)
+        r = torch.rand(B, generator=g)
+        ids[r < 0.35] = ids_free[idx][r < 0.35]
+        ids[r >= 0.7] = empty
         with torch.no_grad():
             ctx = te(ids)
         m = masks[idx].float().div(255.0).unsqueeze(1)
@@ -834,6 +839,7 @@ def stage_controlnet(args):
     try:
         import evaluate
         evaluate.evaluate_controlnet(unet, te, tok, cn.eval(), log=log)
+        evaluate.evaluate_controlnet(unet, te, tok, cn.eval(), log=log, layout_free=True)
     except Exception as e:
         log(f"EVAL failed: {e!r}")
 
