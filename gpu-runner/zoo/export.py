@@ -554,11 +554,10 @@ def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, sca
                        pad_id=models.PAD, unk_id=models.UNK, bos_id=models.BOS, eos_id=models.EOS),
         components=comps,
         lora=dict(mode=lora_mode, max_rank=64, targets=targets),
+        **({"cache": dict(kind="deepcache", head="unet_head", deep="unet_deep", tail="unet_tail",
+                          cached_feature="deep_feature", branch=0)} if split else {}),
         controlnet=dict(residuals=list(RES_NAMES)),
     )
-    if split:
-        manifest["cache"] = dict(kind="deepcache", head="unet_head", deep="unet_deep", tail="unet_tail",
-                                 cached_feature="deep_feature", branch=0)
     validate_manifest(manifest, tmp)
     check_numerics(tmp, io, te, vae, gen, check_ort, log, split, vae_encoder)
     json.dump(manifest, open(os.path.join(tmp, "manifest.json"), "w"), indent=1)
