@@ -595,8 +595,8 @@ RF_PAIRS, RF_ODE_STEPS, RF_GUIDANCE = 4096, 20, 4.0  # 4096 pairs: ~11 min of gu
 def stage_rf(args):
     log = Log("rf")
     B = 64
-    R1 = args.steps or 1500  # reflow steps (sized, with R2, to fit one session on 2 shared cores)
-    R2 = args.steps if args.steps else 1000  # one-step distillation steps
+    R1 = args.steps or 800  # reflow steps (sized, with R2, to fit beside other stages in one session on 2 cores)
+    R2 = args.steps if args.steps else 600  # one-step distillation steps
     tok, base, te = frozen_base()
     ds = base_dataset(log)
     caps = ds["captions"]
