@@ -184,7 +184,7 @@ const report = `# Add-on serving benchmark
 
 Bundle: \`${relative(join(HERE, ".."), bundle)}\`${random ? " — **randomly initialised test bundle** (timings only: the trained family was not exported yet)" : ""}.
 Command: \`npm run bench:addons -w gpu-runner -- --rounds ${ROUNDS}\`; one inference worker (1 thread); ${ROUNDS} interleaved rounds after a warm-up;
-load average at the end ${loadavg().map((l) => l.toFixed(2)).join(" / ")} (the machine was shared with model training).
+load average at the end ${loadavg().map((l) => l.toFixed(2)).join(" / ")} (other work on the machine raises it).
 Latency is request to PNG through the worker pool (text encoding, 4 LCM steps, VAE, PNG, add-on application).
 
 | configuration | median ms | best ms | vs no add-on |
