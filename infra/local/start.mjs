@@ -95,7 +95,8 @@ async function registerModels() {
     if (manifest.kind !== "diffusion") continue;
     await api("PUT", `/admin/v1/models/${manifest.name}`, adminToken, {
       family: manifest.family,
-      display_name: manifest.description ?? manifest.name,
+      // The edge takes display names of at most 128 characters; a bundle's description may be longer.
+      display_name: (manifest.description ?? manifest.name).length <= 128 ? manifest.description ?? manifest.name : `${manifest.description.slice(0, 127)}…`,
       spec: modelSpecFromManifest(manifest),
     });
     registered.push(manifest.name);

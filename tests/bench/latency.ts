@@ -45,7 +45,7 @@ try {
 
 Model \`${model}\`${model.includes("random") ? " (randomly initialised test bundle: the trained LCM model is not exported yet; timings only)" : ""}; whole local stack
 (wrangler dev + local R2 + one runner, 1 worker, 1 thread) on 127.0.0.1; ${N} sequential requests with \`Prefer: wait=60\` after a warm-up;
-medians. Load average at the end ${loadavg().map((l) => l.toFixed(2)).join(" / ")} (the machine was shared with model training).
+medians. Load average at the end ${loadavg().map((l) => l.toFixed(2)).join(" / ")} (other work on the machine raises it).
 Command: \`npm run bench -w tests\`.
 
 | stage | median ms |
