@@ -192,7 +192,8 @@ describe("the whole stack, on loopback", () => {
       for (let y = 20; y < 44; y++) for (let x = left ? 4 : 36; x < (left ? 28 : 60); x++) rgb.fill(255, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
       return `data:image/png;base64,${Buffer.from(encodePng(rgb, 64, 64)).toString("base64")}`;
     };
-    const gen = (left: boolean) => client.generations.createAndWait({ model: stack.defaultModel, prompt: "a red square, blue background", seed: 5, controlnets: [{ id: up.addon.id, image: mask(left), scale: 1 }] });
+    // Eight seeds per side, one request each (image i uses seed + i).
+    const gen = (left: boolean) => client.generations.createAndWait({ model: stack.defaultModel, prompt: "a red square, blue background", n: 8, seed: 100, controlnets: [{ id: up.addon.id, image: mask(left), scale: 1 }] });
     const [a, b] = await Promise.all([gen(true), gen(false)]);
     expect(a.status).toBe("succeeded");
     expect(b.status).toBe("succeeded");
@@ -200,22 +201,26 @@ describe("the whole stack, on loopback", () => {
     if (model.family === "tiny-shapes") {
       // On the trained model the prompt names no position or size and the mask moves from left to right: the
       // square's centre (pixels nearer the prompted red than the blue background) moves with it, and the evaluator
-      // reads the position from the mask (REPORT.md: with prompts that name no position, mask IoU 0.649 with the
-      // ControlNet, 0.165 without; the first ControlNet, trained without such captions, moved it 1.5 pixels here).
+      // reads the position from the mask. REPORT.md, prompts that name no position: mask IoU 0.649 with the
+      // ControlNet, 0.165 without, position right 86% of the time, so a seed may miss: the test takes eight and
+      // asserts the mean shift is more than half the 32 pixels between the masks. (The first ControlNet, trained
+      // without such captions, moved one square by 1.5 pixels here.)
       const ev = await ImageEvaluator.load();
-      const pngs = await Promise.all([a, b].map(async (g) => new Uint8Array(await (await fetch(g.images[0]!.url!)).arrayBuffer())));
+      const pngs = async (g: typeof a) => Promise.all(g.images.map(async (img) => new Uint8Array(await (await fetch(img.url!)).arrayBuffer())));
+      const [lefts, rights] = [await pngs(a), await pngs(b)];
       const centreX = (png: Uint8Array) => {
         const seg = ev.segment(png, "red", "blue");
         let sum = 0, n = 0;
         seg.forEach((v, i) => v && ((sum += i % 64), n++));
         return sum / Math.max(n, 1);
       };
-      const [left, right] = pngs.map(centreX) as [number, number];
-      const positions = (await ev.predict(pngs)).map((p) => p.attributes.position);
-      console.log(`square centre x: mask on the left ${left.toFixed(1)}, on the right ${right.toFixed(1)} (mask centres 16 and 48); evaluator: ${positions.join(", ")}`);
+      const mean = (xs: number[]) => xs.reduce((p, q) => p + q, 0) / xs.length;
+      const [left, right] = [mean(lefts.map(centreX)), mean(rights.map(centreX))];
+      const onRight = (await ev.predict(rights)).filter((p) => p.attributes.position === "right").length;
+      console.log(`square centre x over 8 seeds: mask on the left ${left.toFixed(1)}, on the right ${right.toFixed(1)} (mask centres 16 and 48); evaluator finds ${onRight} of 8 on the right`);
       await ev.release();
       expect(right - left).toBeGreaterThan(16);
-      expect(positions).toEqual(["left", "right"]);
+      expect(onRight).toBeGreaterThan(4);
     }
     // A tar whose manifest names another family is rejected with the reason.
     const wrong = writeTar([{ path: "manifest.json", data: Buffer.from(JSON.stringify({ ...manifest, family: "other-family" })) }, { path: manifest.components.controlnet.path, data: readFileSync(join(dir, manifest.components.controlnet.path)) }]);
