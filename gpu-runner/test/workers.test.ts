@@ -26,21 +26,36 @@ function watchMainThread() {
   };
 }
 
+const heavyJob = { prompt: "a blue square", seed: 5, n: 16, steps: 3, guidance: 1 } as const;
 let toyDir: string;
 let heavyDir: string;
 let pool: InferencePool;
-beforeAll(() => {
+/**
+ * Convolutions 256 channels wide, as many as make one U-Net step of a batch of 16 take about 300 ms on the machine
+ * running the test (an idle or a busy CPU differ by 2x or more; the test needs steps longer than a stall).
+ */
+async function calibratedHeavyBundle(): Promise<string> {
+  let layers = 16;
+  for (;;) {
+    const dir = writeToyBundle(() => {}, { unet: heavyUnet(256, layers) });
+    const bundle = await loadBundle(dir);
+    const stepMs = (await generate(bundle, { ...heavyJob, steps: 1 })).timings.unetMs;
+    await bundle.release();
+    if (stepMs >= 250 || layers >= 128) return dir;
+    rmSync(dir, { recursive: true, force: true });
+    layers = Math.min(128, Math.ceil((layers * 300) / Math.max(stepMs, 1)));
+  }
+}
+
+beforeAll(async () => {
   toyDir = writeToyBundle();
-  // 16 convolutions 256 channels wide: one U-Net step of a batch of 16 takes a few hundred ms on this CPU.
-  heavyDir = writeToyBundle(() => {}, { unet: heavyUnet(256, 16) });
+  heavyDir = await calibratedHeavyBundle();
   pool = new InferencePool({ size: 2, session: { executionProviders: ["cpu"], intraOpNumThreads: 1 } });
 });
 afterAll(async () => {
   await pool.close();
   for (const d of [toyDir, heavyDir]) rmSync(d, { recursive: true, force: true });
 });
-
-const heavyJob = { prompt: "a blue square", seed: 5, n: 16, steps: 3, guidance: 1 } as const;
 
 describe("InferencePool", () => {
   it("keeps the main thread responsive while a long generation runs (and the detector sees a blocked thread)", async () => {
