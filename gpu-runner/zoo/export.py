@@ -314,10 +314,13 @@ def validate_manifest(manifest, bundle_dir):
     if manifest.get("kind") == "diffusion":
         unet_in = {t["name"] for t in manifest["components"]["unet"]["inputs"]}
         merge = manifest.get("lora", {}).get("mode") == "merge"
+        inits = {}  # component -> its initializer names, read once (merge mode only)
         for t in manifest.get("lora", {}).get("targets", []):
             for c in t["components"]:
                 if merge:  # the weight the runner merges into must be an initializer of that component
-                    if t.get("weight", {}).get(c) not in onnx_initializers(bundle_dir, manifest["components"][c]):
+                    if c not in inits:
+                        inits[c] = onnx_initializers(bundle_dir, manifest["components"][c])
+                    if t.get("weight", {}).get(c) not in inits[c]:
                         problems.append(f"lora target {t['module']}: weight {t.get('weight', {}).get(c)} is not an "
                                         f"initializer of {c}")
                     continue
@@ -626,7 +629,9 @@ def check_numerics(bundle, io, te, vae, gen, check_ort, log, split=True, vae_enc
             if (ref0 - ref).abs().max().item() < 1e-6:
                 raise BundleMismatch("LoRA branch inputs have no effect")
         if check_ort:
-            o = ort_run([(os.path.join(bundle, "unet/model.onnx"), feeds)])
+            head_in = {n: feeds[n] for n, _, _ in io.head()[0]} if split else None
+            o = ort_run([(os.path.join(bundle, "unet/model.onnx"), feeds)]
+                        + ([(os.path.join(bundle, "unet_head/model.onnx"), head_in)] if split else []))
             if o is None:
                 log("onnxruntime-node not available: ONNX numeric parity NOT checked")
                 check_ort = False
@@ -635,8 +640,7 @@ def check_numerics(bundle, io, te, vae, gen, check_ort, log, split=True, vae_enc
             res[f"ort whole vs torch (rank {rank})"] = e1
             e2 = 0.0
             if split:
-                o1 = ort_run([(os.path.join(bundle, "unet_head/model.onnx"), {n: feeds[n] for n, _, _ in io.head()[0]})])
-                f2 = dict(feeds, skip_0=torch.from_numpy(o1[0]["skip_0"]))
+                f2 = dict(feeds, skip_0=torch.from_numpy(o[1]["skip_0"]))
                 o2 = ort_run([(os.path.join(bundle, "unet_deep/model.onnx"), {n: f2[n] for n, _, _ in io.deep()[0]})])
                 f2["deep_feature"] = torch.from_numpy(o2[0]["deep_feature"])
                 o3 = ort_run([(os.path.join(bundle, "unet_tail/model.onnx"), {n: f2[n] for n, _, _ in io.tail()[0]})])

@@ -21,6 +21,13 @@ afterAll(async () => {
   await stack?.stop();
 });
 
+/** A 64×64 control image as a PNG data URL: white where `inside(x, y)`, black elsewhere. */
+function maskPng(inside: (x: number, y: number) => boolean): string {
+  const rgb = new Uint8Array(64 * 64 * 3);
+  for (let i = 0; i < 64 * 64; i++) if (inside(i % 64, Math.floor(i / 64))) rgb.fill(255, i * 3, i * 3 + 3);
+  return `data:image/png;base64,${Buffer.from(encodePng(rgb, 64, 64)).toString("base64")}`;
+}
+
 function pngSize(bytes: Uint8Array): { width: number; height: number } {
   expect([...bytes.subarray(0, 8)]).toEqual([137, 80, 78, 71, 13, 10, 26, 10]);
   const view = new DataView(bytes.buffer, bytes.byteOffset);
@@ -62,9 +69,7 @@ describe("the whole stack, on loopback", () => {
       .find((m: any) => ofFamily(m.family).loras.length === 2 && ofFamily(m.family).controlnet);
     expect(model, `no model family with two LoRAs and a ControlNet among ${JSON.stringify(addons.map((a: any) => [a.name, a.family]))}`).toBeDefined();
     const { loras, controlnet } = ofFamily(model.family);
-    const rgb = new Uint8Array(64 * 64 * 3);
-    for (let y = 16; y < 48; y++) for (let x = 8; x < 32; x++) rgb.fill(255, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
-    const image = `data:image/png;base64,${Buffer.from(encodePng(rgb, 64, 64)).toString("base64")}`;
+    const image = maskPng((x, y) => y >= 16 && y < 48 && x >= 8 && x < 32);
     const body = { model: model.id, prompt: "a large red circle on the left, blue background", seed: 9, sampler: "ddim", steps: 8 };
     const plain = await api(stack, "POST", "/v1/generations", stack.apiKey, body, { prefer: "wait=60" });
     const styled = await api(stack, "POST", "/v1/generations", stack.apiKey, {
@@ -103,9 +108,7 @@ describe("the whole stack, on loopback", () => {
       const picks = ev.heldout.slice(0, 4);
       const controlPng = (index: number) => {
         const m = ev.heldoutMask(index);
-        const rgb = new Uint8Array(64 * 64 * 3);
-        m.forEach((v, i) => rgb.fill(v ? 255 : 0, i * 3, i * 3 + 3));
-        return `data:image/png;base64,${Buffer.from(encodePng(rgb, 64, 64)).toString("base64")}`;
+        return maskPng((x, y) => m[y * 64 + x] !== 0);
       };
       const generate = (styled: boolean) =>
         Promise.all(picks.map(async (p) => {
@@ -187,11 +190,7 @@ describe("the whole stack, on loopback", () => {
     expect(up.version.status, up.version.rejection_reason ?? "").toBe("ready");
     expect(up.version.details).toMatchObject({ format: "tar", residuals: Object.keys(manifest.residuals).length });
     // The same mask on the left and on the right of the image: the ControlNet moves the shape with it.
-    const mask = (left: boolean) => {
-      const rgb = new Uint8Array(64 * 64 * 3);
-      for (let y = 20; y < 44; y++) for (let x = left ? 4 : 36; x < (left ? 28 : 60); x++) rgb.fill(255, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
-      return `data:image/png;base64,${Buffer.from(encodePng(rgb, 64, 64)).toString("base64")}`;
-    };
+    const mask = (left: boolean) => maskPng((x, y) => y >= 20 && y < 44 && x >= (left ? 4 : 36) && x < (left ? 28 : 60));
     // Eight seeds per side, one request each (image i uses seed + i).
     const gen = (left: boolean) => client.generations.createAndWait({ model: stack.defaultModel, prompt: "a red square, blue background", n: 8, seed: 100, controlnets: [{ id: up.addon.id, image: mask(left), scale: 1 }] });
     const [a, b] = await Promise.all([gen(true), gen(false)]);
