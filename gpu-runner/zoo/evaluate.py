@@ -125,11 +125,8 @@ def load_evaluator():
 
 def load_vae():
     if "vae" not in _CACHE:
-        ck = torch.load(os.path.join(CKPT, "vae.pt"), map_location="cpu")
-        vae = models.VAE(**ck["config"])
-        vae.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
-        vae.eval()
-        _CACHE["vae"] = (vae, float(ck["scaling_factor"]))
+        import train
+        _CACHE["vae"] = train.load_vae()
     return _CACHE["vae"]
 
 
@@ -315,10 +312,11 @@ def evaluate_rf(unet, te, tok, n=256, steps=1, log=print, tag="rf", seed=0, reco
 
 
 @torch.no_grad()
-def evaluate_lora(unet, te, tok, styles_scales: dict, n=256, steps=50, guidance=4.0, log=print, seed=0, record=True):
-    """Style LoRAs (from checkpoints/loras.pt) stacked along the rank axis with their scales folded into `up`,
-    applied to both CFG halves; prompts carry the trigger words. Reports the style detection rate."""
-    ck = torch.load(os.path.join(CKPT, "loras.pt"), map_location="cpu")
+def evaluate_lora(unet, te, tok, styles_scales: dict, n=256, steps=50, guidance=4.0, log=print, seed=0, record=True,
+                  ckpt=None):
+    """Style LoRAs (from checkpoints/loras.pt, or `ckpt`) stacked along the rank axis with their scales folded into
+    `up`, applied to both CFG halves; prompts carry the trigger words. Reports the style detection rate."""
+    ck = torch.load(ckpt or os.path.join(CKPT, "loras.pt"), map_location="cpu")
     paths = [t["path"] for t in unet.lora_target_info()]
     styles = [s for s in data.STYLES if s in styles_scales]
     lora = {}
@@ -340,10 +338,23 @@ def evaluate_lora(unet, te, tok, styles_scales: dict, n=256, steps=50, guidance=
         B = x.shape[0]
         br = {p: (d.unsqueeze(0).expand(B, -1, -1), u.unsqueeze(0).expand(B, -1, -1)) for p, (d, u) in lora.items()}
         return unet(x, t, c, lora=br)
-    lat = ddim_sample(eps_fn, cond, uncond, (n, 4, 16, 16), steps, guidance, gen)
+    # The sampled latents do not depend on the VAE decoder: they are cached (keyed by the LoRA weights, the U-Net and
+    # the sampling settings), so a new decoder is scored on the very same latents without sampling again.
+    import hashlib
+    h = hashlib.sha256(repr((sorted(styles_scales.items()), n, steps, guidance, seed)).encode())
+    for p in paths:
+        h.update(lora[p][0].numpy().tobytes()); h.update(lora[p][1].numpy().tobytes())
+    h.update(next(iter(unet.state_dict().values())).numpy().tobytes())
+    cache = os.path.join(ZOO, ".work", "eval_latents", f"lora-{h.hexdigest()[:16]}.pt")
+    if os.path.exists(cache):
+        lat = torch.load(cache)
+    else:
+        lat = ddim_sample(eps_fn, cond, uncond, (n, 4, 16, 16), steps, guidance, gen)
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        torch.save(lat, cache + ".tmp"); os.replace(cache + ".tmp", cache)
     imgs = decode(lat)
     res = score_images(imgs, [p[1] for p in prompts], styles_expected=styles)
-    tag = "LoRA " + "+".join(f"{s}@{styles_scales[s]}" for s in styles)
+    tag = f"LoRA v{ck.get('version', 2)} " + "+".join(f"{s}@{styles_scales[s]}" for s in styles)
     res.update(tag=tag, sampler="ddim", steps=steps, guidance=guidance, n=n, seconds=round(time.time() - t0, 1))
     name = "grid_lora_" + "_".join(styles)
     save_grid(imgs, caps, name)
@@ -413,9 +424,17 @@ def evaluate_controlnet(unet, te, tok, cn, n=256, steps=50, guidance=4.0, scale=
     return results
 
 
+def decoder_tag():
+    """Rows decoded with the `vaedec` stage's fine-tuned decoder say so (earlier rows used the original one)."""
+    p = os.path.join(CKPT, "vaedec.pt")
+    return " · fine-tuned decoder" if os.path.exists(p) and torch.load(p, map_location="cpu").get("finished") else ""
+
+
 def record_result(res):
     os.makedirs(REPORT_DIR, exist_ok=True)
     res = dict(res, time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    if res.get("sampler") != "-" or "VAE" in res.get("tag", ""):
+        res["tag"] = res["tag"] + decoder_tag()
     with open(RESULTS, "a") as f:
         f.write(json.dumps(res) + "\n")
     write_report()
@@ -516,7 +535,8 @@ def main():
     elif args.what == "loras":
         for s in data.STYLES:
             evaluate_lora(unet, te, tok, {s: 1.0}, n=args.n)
-        evaluate_lora(unet, te, tok, {"striped": 1.0, "pastel": 1.0}, n=args.n)
+        for pair in (("outlined", "pastel"), ("striped", "pastel")):
+            evaluate_lora(unet, te, tok, {s: 1.0 for s in pair}, n=args.n)
     elif args.what == "controlnet":
         evaluate_controlnet(unet, te, tok, train.load_controlnet(unet), n=args.n, layout_free=args.layout_free)
 

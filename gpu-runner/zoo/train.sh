@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Retrain the tiny-shapes family in resumable stages:  bash gpu-runner/zoo/train.sh [stage ...]
-# With no argument it runs every unfinished stage in order (vae evaluator base lcm rf loras controlnet).
+# With no argument it runs every unfinished stage in order (vae evaluator base lcm rf vaedec loras controlnet).
 # Set ZOO_FOREGROUND=1 to run in the foreground; otherwise it detaches (nohup setsid nice -n 10) and logs to
 # gpu-runner/zoo/.work/logs/train.sh.log.  Re-running resumes from the last checkpoint.
 set -euo pipefail
@@ -30,7 +30,7 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-2} OMP_NUM_THREADS=${OMP_NUM
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 PY=${PYTHON:-/usr/bin/python3}
 STAGES=("$@")
-if [ ${#STAGES[@]} -eq 0 ]; then STAGES=(vae evaluator base lcm rf loras controlnet); fi
+if [ ${#STAGES[@]} -eq 0 ]; then STAGES=(vae evaluator base lcm rf vaedec loras controlnet); fi
 for s in "${STAGES[@]}"; do
   echo "$(date -u '+%F %T') === stage $s ==="
   if ! "$PY" "$Z/train.py" "$s"; then
