@@ -842,7 +842,12 @@ def stage_loras(args):
         log(f"ignoring the state of LoRA version {prev['extra'].get('version', 2)}")
         prev = None
     finished = prev["extra"].get("finished", {}) if prev else {}
+    # LORA_STYLES=outlined,pastel trains (and exports and evaluates) only those styles: for experiments in a scratch
+    # checkout, since checkpoints/loras.pt then holds only them.
+    only = [x for x in os.environ.get("LORA_STYLES", "").split(",") if x] or data.STYLES
     for si, style in enumerate(data.STYLES):
+        if style not in only:
+            continue
         if style in finished:
             outputs[style] = finished[style]
             continue
@@ -903,10 +908,11 @@ def stage_loras(args):
     log("finished")
     try:
         import evaluate
-        for style in data.STYLES:
+        for style in outputs:
             evaluate.evaluate_lora(unet, te, tok, {style: 1.0}, log=log)
         for pair in (("outlined", "pastel"), ("striped", "pastel")):
-            evaluate.evaluate_lora(unet, te, tok, {s: 1.0 for s in pair}, log=log)
+            if all(s in outputs for s in pair):
+                evaluate.evaluate_lora(unet, te, tok, {s: 1.0 for s in pair}, log=log)
     except Exception as e:
         log(f"EVAL failed: {e!r}")
 
