@@ -810,6 +810,7 @@ LORA_VERSION = 4
 LORA_RANK = 16
 LORA_STEPS = dict(outlined=6000, striped=4000, pastel=4000)
 LORA_N = 12000  # styled training images per LoRA
+LORA_BATCH, LORA_LR = 32, 1e-3
 CN_N = 20000  # ControlNet training images
 
 
@@ -851,9 +852,16 @@ def lora_loss(unet, te, lat, ids_all, empty_ids, acp, lp, B, g):
     return F.mse_loss(unet(xt, t.float(), ctx, lora=lp.branches(B)), noise)
 
 
+def lora_dataset(log, style):
+    """The styled training latents of one LoRA (cached under .work)."""
+    si = data.STYLES.index(style)
+    return build_latent_dataset(log, os.path.join(WORK, f"lora_{style}_latents.pt"), LORA_N,
+                                data.STYLE_SEED_BASE + si * 1_000_000, styles=[style])
+
+
 def stage_loras(args):
     log = Log("loras")
-    B, LR = 32, 1e-3
+    B, LR = LORA_BATCH, LORA_LR
     steps_of = {style: args.steps or LORA_STEPS[style] for style in data.STYLES}
     tok, unet, te = frozen_base()
     acp = models.alphas_cumprod(torch.float32)
@@ -874,8 +882,7 @@ def stage_loras(args):
             outputs[style] = finished[style]
             continue
         S = steps_of[style]
-        ds = build_latent_dataset(log, os.path.join(WORK, f"lora_{style}_latents.pt"), LORA_N,
-                                  data.STYLE_SEED_BASE + si * 1_000_000, styles=[style])
+        ds = lora_dataset(log, style)
         lat, ids_all = ds["latents"], tok(ds["captions"])
         torch.manual_seed(10 + si)
         lp = LoRAParams(unet)

@@ -20,7 +20,7 @@ import evaluate  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
 
-STYLE, RANK, B, LR = "outlined", train.LORA_RANK, 32, 1e-3
+STYLE, RANK, B, LR = "outlined", train.LORA_RANK, train.LORA_BATCH, train.LORA_LR
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 torch.set_num_threads(2)
 log = train.Log("conv_lora_probe")
@@ -39,7 +39,7 @@ class ConvBranch(torch.nn.Module):
 
 
 torch.manual_seed(10)
-convs = [m for n, m in unet.named_modules() if isinstance(m, models.ResBlock)]
+convs = [m for m in unet.modules() if isinstance(m, models.ResBlock)]
 branches = torch.nn.ModuleList()
 for rb in convs:
     for conv in (rb.conv1, rb.conv2):
@@ -51,8 +51,7 @@ params = list(lp.parameters()) + list(branches.parameters())
 log(f"conv LoRA probe '{STYLE}': {len(lp.paths)} linear targets + {len(branches)} convolutions, "
     f"{sum(p.numel() for p in lp.parameters())} + {sum(p.numel() for p in branches.parameters())} params, {STEPS} steps")
 si = data.STYLES.index(STYLE)
-ds = train.build_latent_dataset(log, os.path.join(train.WORK, f"lora_{STYLE}_latents.pt"), train.LORA_N,
-                                data.STYLE_SEED_BASE + si * 1_000_000, styles=[STYLE])
+ds = train.lora_dataset(log, STYLE)
 lat, ids_all = ds["latents"], tok(ds["captions"])
 opt = torch.optim.AdamW(params, LR, weight_decay=0.0)
 acp = models.alphas_cumprod(torch.float32)
