@@ -47,6 +47,8 @@ export const TINY_SPEC = {
   lora_targets: [
     { module: "down_blocks.0.attentions.0.to_q", in_features: 8, out_features: 8 },
     { module: "mid_block.proj", in_features: 16, out_features: 4 },
+    // A 3×3 convolution (LoCon): its down weight is the kernel [rank, 16, 3, 3].
+    { module: "mid_block.res1.conv1", kind: "conv3x3", in_features: 16, out_features: 16 },
   ],
   lora_max_rank: 8,
   // As the zoo's tiny-shapes bundles declare them (manifest.json "controlnet.residuals").

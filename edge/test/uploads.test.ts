@@ -13,11 +13,12 @@ beforeAll(async () => {
   await registerModel("tiny-shapes-random", "tiny-shapes-random");
 });
 
-/** A kohya-format LoRA for the test model's targets (see TINY_SPEC). */
-function kohyaLora(rank = 4, module = "lora_unet_down_blocks_0_attentions_0_to_q", inF = 8, outF = 8) {
+/** A kohya-format LoRA for the test model's targets (see TINY_SPEC); `kernel` 3 writes a LoCon 3×3 down kernel. */
+function kohyaLora(rank = 4, module = "lora_unet_down_blocks_0_attentions_0_to_q", inF = 8, outF = 8, kernel = 1) {
+  const k = kernel > 1 ? [kernel, kernel] : [];
   return encodeSafetensors({
-    [`${module}.lora_down.weight`]: { shape: [rank, inF], data: new Float32Array(rank * inF).fill(0.01) },
-    [`${module}.lora_up.weight`]: { shape: [outF, rank], data: new Float32Array(outF * rank).fill(0.02) },
+    [`${module}.lora_down.weight`]: { shape: [rank, inF, ...k], data: new Float32Array(rank * inF * kernel * kernel).fill(0.01) },
+    [`${module}.lora_up.weight`]: { shape: [outF, rank, ...(kernel > 1 ? [1, 1] : [])], data: new Float32Array(outF * rank).fill(0.02) },
     [`${module}.alpha`]: { shape: [], data: Float32Array.from([rank]) },
   });
 }
@@ -82,6 +83,7 @@ describe("add-on uploads", () => {
       ["unknown layer", kohyaLora(4, "lora_unet_up_blocks_9_nothing"), kohyaLora(4, "lora_unet_up_blocks_9_nothing"), /'lora_unet_up_blocks_9_nothing\.lora_down\.weight' matches no LoRA target/],
       ["rank too high", kohyaLora(16), kohyaLora(16), /rank 16, above this model's maximum of 8/],
       ["wrong shape", kohyaLora(4, "lora_unet_mid_block_proj", 16, 5), kohyaLora(4, "lora_unet_mid_block_proj", 16, 5), /has 5 output features; module 'mid_block.proj' has 4/],
+      ["matrix for a convolution", kohyaLora(4, "lora_unet_mid_block_res1_conv1", 16, 16), kohyaLora(4, "lora_unet_mid_block_res1_conv1", 16, 16), /expected \[rank, 16, 3, 3\] \(module 'mid_block\.res1\.conv1' is a 3×3 convolution\)/],
     ];
     for (const [name, declared, uploaded, reason] of cases) {
       const up = await startUpload(t.key, declared, { name: `bad-${name.replace(/ /g, "-")}` });
@@ -92,6 +94,18 @@ describe("add-on uploads", () => {
       const use = await generate(t.key, { loras: [{ id: up.body.addon.id }] });
       expect(use.status, name).toBe(404);
     }
+  });
+
+  it("a LoCon file (3×3 convolution kernels) is checked against the model's convolution targets and becomes ready", async () => {
+    const t = await newTenant("locon");
+    const file = kohyaLora(4, "lora_unet_mid_block_res1_conv1", 16, 16, 3);
+    const up = await startUpload(t.key, file, { name: "locon" });
+    await put(up.body.upload.url, file);
+    const done = await finalize(t.key, up.body.addon.id, 1);
+    expect(done.body.status, JSON.stringify(done.body)).toBe("ready");
+    expect(done.body.details).toMatchObject({ convention: "kohya", layers: 1, rank: 4, modules: ["mid_block.res1.conv1"] });
+    const job = await generate(t.key, { loras: [{ id: up.body.addon.id }] });
+    expect(job.status).toBe(202);
   });
 
   it("a new version keeps the old one usable as id@version", async () => {

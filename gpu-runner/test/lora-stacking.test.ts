@@ -83,8 +83,9 @@ describe("LoRA branches on the real U-Net", () => {
     const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
     let alpha = 0;
     for (const [module, l] of kohya.layers) {
-      tensors[`unet.${module}.lora_A.weight`] = { shape: [l.rank, l.inFeatures], data: l.down };
-      tensors[`unet.${module}.lora_B.weight`] = { shape: [l.outFeatures, l.rank], data: l.up };
+      const conv = targets.find((t) => t.module === module)!.kind === "conv3x3";
+      tensors[`unet.${module}.lora_A.weight`] = { shape: conv ? [l.rank, l.inFeatures, 3, 3] : [l.rank, l.inFeatures], data: l.down };
+      tensors[`unet.${module}.lora_B.weight`] = { shape: conv ? [l.outFeatures, l.rank, 1, 1] : [l.outFeatures, l.rank], data: l.up };
       alpha = l.scale * l.rank;
     }
     const asPeft = parseLora(encodeSafetensors(tensors, { lora_alpha: String(alpha) }), targets, maxRank);
@@ -102,6 +103,39 @@ describe("LoRA branches on the real U-Net", () => {
     const n = plain.length;
     expect(maxDiff(mixed.subarray(0, n), styled)).toBeLessThan(1e-5);
     expect(maxDiff(mixed.subarray(n), plain)).toBeLessThan(1e-5);
+  });
+
+  it("3×3 convolution targets (LoCon): the kernel reaches the graph flattened, and those branches act on their own", async () => {
+    const convs = targets.filter((t) => t.kind === "conv3x3");
+    expect(convs.length).toBeGreaterThan(0);
+    const only = (keep: (kind: string | undefined) => boolean): ParsedLora => ({
+      bytes: 0,
+      layers: new Map([...kohya.layers].filter(([m]) => keep(targets.find((t) => t.module === m)!.kind))),
+    });
+    const convOnly = only((k) => k === "conv3x3");
+    const linearOnly = only((k) => k !== "conv3x3");
+    expect(convOnly.layers.size).toBe(convs.length);
+    // The file's down kernel [r, in, 3, 3] is fed as [batch, r, in·9] in the same row-major order.
+    const c = convs[0]!;
+    const layer = kohya.layers.get(c.module)!;
+    expect(layer.down.length).toBe(layer.rank * c.in_features * 9);
+    const feeds = stackLoras(targets, [[], [{ lora: kohya, scale: 1 }]], maxRank);
+    const down = feeds.find((f) => f.name === c.down_input)!;
+    expect(down.dims).toEqual([2, layer.rank, c.in_features * 9]);
+    expect(Array.from(down.data.subarray(0, layer.rank * c.in_features * 9)).every((v) => v === 0)).toBe(true);
+    expect(Array.from(down.data.subarray(layer.rank * c.in_features * 9))).toEqual(Array.from(layer.down));
+    // The convolution branches change the output by themselves, and differently from the linear ones; at a small
+    // scale (first order) both together change it by the sum of the two.
+    const s = 0.05;
+    const base = await unet([[]]);
+    const dConv = (await unet([[{ lora: convOnly, scale: s }]])).map((v, i) => v - base[i]!);
+    const dLin = (await unet([[{ lora: linearOnly, scale: s }]])).map((v, i) => v - base[i]!);
+    const dBoth = (await unet([[{ lora: kohya, scale: s }]])).map((v, i) => v - base[i]!);
+    const norm = (a: Float32Array) => Math.sqrt(a.reduce((sum, v) => sum + v * v, 0));
+    expect(norm(dConv)).toBeGreaterThan(1e-3);
+    expect(maxDiff(dConv, dLin)).toBeGreaterThan(1e-3);
+    const resid = dBoth.map((v, i) => v - dConv[i]! - dLin[i]!);
+    expect(norm(resid)).toBeLessThan(0.2 * norm(dBoth));
   });
 
   it("refuses stacks above the model's rank and files for other layers", () => {

@@ -82,7 +82,7 @@ class UNetIO:
         for k, t in enumerate(self.targets):
             if part is None or t["part"] == part:
                 d, u = lora_names(k)
-                out.append((d, "float32", ["batch", f"rank_{k}", t["in_features"]]))
+                out.append((d, "float32", ["batch", f"rank_{k}", t["down_features"]]))
                 out.append((u, "float32", ["batch", t["out_features"], f"rank_{k}"]))
         return out
 
@@ -438,10 +438,23 @@ def kohya_key(path):
     return "lora_unet_" + path.replace(".", "_")
 
 
-def lora_to_kohya(lora: dict, alpha: float):
-    """lora: path -> (down [r,in], up [out,r]) -> kohya tensors."""
+def file_shapes(lora: dict, unet):
+    """lora: path -> (down [r, down_features], up [out, r]) as trained and fed to the graph -> the shapes a LoRA
+    file stores: a conv3x3 target's down as the 3x3 kernel [r, in, 3, 3] and its up as [out, r, 1, 1] (kohya LoCon,
+    PEFT Conv2d); linear targets unchanged."""
+    kinds = {t["path"]: t for t in unet.lora_target_info()}
     out = {}
     for p, (d, u) in lora.items():
+        if kinds[p]["kind"] == "conv3x3":
+            d, u = d.reshape(d.shape[0], kinds[p]["in_features"], 3, 3), u.reshape(u.shape[0], u.shape[1], 1, 1)
+        out[p] = (d, u)
+    return out
+
+
+def lora_to_kohya(lora: dict, alpha: float, unet):
+    """lora: path -> (down [r, down_features], up [out, r]) -> kohya tensors."""
+    out = {}
+    for p, (d, u) in file_shapes(lora, unet).items():
         k = kohya_key(p)
         out[f"{k}.lora_down.weight"] = d
         out[f"{k}.lora_up.weight"] = u
@@ -449,9 +462,9 @@ def lora_to_kohya(lora: dict, alpha: float):
     return out
 
 
-def lora_to_peft(lora: dict):
+def lora_to_peft(lora: dict, unet):
     out = {}
-    for p, (d, u) in lora.items():
+    for p, (d, u) in file_shapes(lora, unet).items():
         out[f"unet.{p}.lora_A.weight"] = d
         out[f"unet.{p}.lora_B.weight"] = u
     return out
@@ -531,13 +544,13 @@ def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, sca
     targets = []
     if lora_mode == "merge":
         for t, (name, layout) in zip(unet.lora_target_info(), merge_weight_names(os.path.join(tmp, "unet/model.onnx"), unet)):
-            targets.append(dict(module=t["path"], kind="linear", in_features=t["in_features"],
+            targets.append(dict(module=t["path"], kind=t["kind"], in_features=t["in_features"],
                                 out_features=t["out_features"], components=["unet"], weight={"unet": name},
                                 weight_layout=layout))
     for k, t in enumerate(io.targets):
         d, u = lora_names(k)
         part_comp = {"head": "unet_head", "deep": "unet_deep", "tail": "unet_tail"}[t["part"]]
-        targets.append(dict(module=t["path"], kind="linear", in_features=t["in_features"],
+        targets.append(dict(module=t["path"], kind=t["kind"], in_features=t["in_features"],
                             out_features=t["out_features"], components=["unet", part_comp] if split else ["unet"],
                             down_input=d, up_input=u))
     guidance = dict(cfg=bool(cfg), default_scale=float(guidance_scale))
@@ -580,7 +593,7 @@ def onnx_initializers(bundle_dir, comp):
 
 def merge_weight_names(onnx_path, unet):
     """Each LoRA target's weight initializer in the exported graph, found by value (node names are compacted):
-    a Linear on tokens exports as MatMul with Wᵀ ("in_out"); as Gemm it keeps W ("out_in")."""
+    a Linear on tokens exports as MatMul with Wᵀ ("in_out"); as Gemm it keeps W ("out_in"), as does a Conv."""
     import onnx
     from onnx import numpy_helper
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(onnx_path).graph.initializer}
@@ -588,7 +601,7 @@ def merge_weight_names(onnx_path, unet):
     out = []
     for t in unet.lora_target_info():
         w = mods[t["path"]].weight.detach().float().numpy()
-        hit = [(n, "in_out") for n, a in inits.items() if a.shape == w.T.shape and np.array_equal(a, w.T)]
+        hit = [(n, "in_out") for n, a in inits.items() if w.ndim == 2 and a.shape == w.T.shape and np.array_equal(a, w.T)]
         hit += [(n, "out_in") for n, a in inits.items() if a.shape == w.shape and np.array_equal(a, w)]
         if len(hit) != 1:
             raise BundleMismatch(f"merge mode: {len(hit)} initializers hold the weight of {t['path']} (need exactly 1)")
@@ -723,10 +736,12 @@ MICRO = dict(ch=(8, 8, 16), tdim=16, ctx_dim=16, heads=(1, 1, 1), latent=4, hw=1
 
 
 def random_lora(unet, rank, gen, scale=0.3):
+    """Small random branches (tests check that they act about linearly): a 3x3 kernel's nine taps each get a third."""
     out = {}
     for t in unet.lora_target_info():
-        out[t["path"]] = (torch.randn(rank, t["in_features"], generator=gen) * scale,
-                          torch.randn(t["out_features"], rank, generator=gen) * scale)
+        s = scale / 3 if t["kind"] == "conv3x3" else scale
+        out[t["path"]] = (torch.randn(rank, t["down_features"], generator=gen) * s,
+                          torch.randn(t["out_features"], rank, generator=gen) * s)
     return out
 
 
@@ -759,10 +774,10 @@ def export_random(root=MODELS_DIR):
     # add-ons for the random base
     addons = os.path.join(root, "tiny-shapes-random", "addons")
     lo = random_lora(base_unet, 4, gen)
-    save_safetensors(os.path.join(addons, "random-lora-kohya.safetensors"), lora_to_kohya(lo, alpha=4.0),
+    save_safetensors(os.path.join(addons, "random-lora-kohya.safetensors"), lora_to_kohya(lo, alpha=4.0, unet=base_unet),
                      {"family": RANDOM_FAMILY, "format": "kohya", "rank": "4", "trigger": "", "note": "random test LoRA"})
     lo2 = random_lora(base_unet, 2, gen)
-    save_safetensors(os.path.join(addons, "random-lora-peft.safetensors"), lora_to_peft(lo2),
+    save_safetensors(os.path.join(addons, "random-lora-peft.safetensors"), lora_to_peft(lo2, base_unet),
                      {"family": RANDOM_FAMILY, "format": "peft", "r": "2", "lora_alpha": "2", "note": "random test LoRA"})
     torch.manual_seed(2)
     cn = models.ControlNet(base_unet)
@@ -931,11 +946,12 @@ def export_trained(root=MODELS_DIR, log=print):
     if train.stage_finished("loras"):
         lck = torch.load(os.path.join(ck_dir, "loras.pt"), map_location="cpu")
         for style, lo in lck["loras"].items():
-            lo32 = {p: (d.float(), u.float()) for p, (d, u) in lo.items()}
-            save_safetensors(os.path.join(addons, f"lora-{style}.safetensors"), lora_to_kohya(lo32, lck["rank"]),
+            # F16, as trained and checkpointed (the runner reads F16 and BF16 as well as F32): half the bytes.
+            lo16 = {p: (d.half(), u.half()) for p, (d, u) in lo.items()}
+            save_safetensors(os.path.join(addons, f"lora-{style}.safetensors"), lora_to_kohya(lo16, lck["rank"], unet),
                              {"family": FAMILY, "format": "kohya", "rank": str(lck["rank"]), "trigger": style})
             if style == "pastel":
-                save_safetensors(os.path.join(addons, f"lora-{style}-peft.safetensors"), lora_to_peft(lo32),
+                save_safetensors(os.path.join(addons, f"lora-{style}-peft.safetensors"), lora_to_peft(lo16, unet),
                                  {"family": FAMILY, "format": "peft", "r": str(lck["rank"]),
                                   "lora_alpha": str(lck["rank"]), "trigger": style})
     if train.stage_finished("controlnet"):

@@ -100,6 +100,31 @@ class LoRALinear(nn.Linear):
         return y
 
 
+class LoRAConv2d(nn.Conv2d):
+    """3x3 nn.Conv2d (stride 1, padding 1) with an optional per-sample low-rank branch in the LoCon manner:
+        y = conv(x) + up . (down * x),   down: a 3x3 conv cin -> r, up: a 1x1 conv r -> cout.
+    Supplied like LoRALinear's, through `UNet.lora`, with the kernels flattened: down [B, r, cin*9] (index
+    c*9 + ky*3 + kx, i.e. kohya's lora_down [r, cin, 3, 3] reshaped), up [B, cout, r]. The 3x3 patches are
+    built from nine shifted slices of the padded input (exported as Pad/Slice/Concat; no Im2Col op needed)."""
+
+    path: str = ""
+    owner = None
+
+    def forward(self, x):
+        y = super().forward(x)
+        ctx = self.owner[0].lora if self.owner is not None else None
+        if ctx is not None and self.path in ctx:
+            down, up = ctx[self.path]
+            down = F.pad(down, (0, 0, 0, 1))  # one zero rank, as in LoRALinear
+            up = F.pad(up, (0, 1))
+            B, C, H, W = x.shape
+            xp = F.pad(x, (1, 1, 1, 1))
+            cols = torch.stack([xp[:, :, i:i + H, j:j + W] for i in range(3) for j in range(3)], 2)
+            h = torch.bmm(down, cols.reshape(B, C * 9, H * W))
+            y = y + torch.bmm(up, h).reshape(B, -1, H, W)
+        return y
+
+
 def gn(c):
     return nn.GroupNorm(min(8, c // 4) if c >= 8 else 1, c, eps=1e-5)
 
@@ -162,10 +187,10 @@ class ResBlock(nn.Module):
     def __init__(self, cin, cout, tdim):
         super().__init__()
         self.norm1 = gn(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = LoRAConv2d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(tdim, cout)
         self.norm2 = gn(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv2 = LoRAConv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x, temb):
@@ -276,11 +301,12 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(c0, latent, 3, padding=1)
         self.lora = None  # dict path -> (down [B,r,in], up [B,out,r]) while a call is running
         self.lora_targets = []
-        for name, m in self.named_modules():
-            if isinstance(m, LoRALinear):
-                m.path = name
-                m.owner = [self]  # list: not registered as a submodule
-                self.lora_targets.append(name)
+        for kind in (LoRALinear, LoRAConv2d):  # linear targets first: they keep the graph input names they had
+            for name, m in self.named_modules():
+                if isinstance(m, kind):
+                    m.path = name
+                    m.owner = [self]  # list: not registered as a submodule
+                    self.lora_targets.append(name)
 
     # --- description used by the exporter / LoRA trainer -------------------------------------
     def lora_target_info(self):
@@ -289,7 +315,12 @@ class UNet(nn.Module):
         for p in self.lora_targets:
             m = mods[p]
             part = "head" if p.startswith("down_blocks.0.") else "tail" if p.startswith("up_blocks.2.") else "deep"
-            out.append(dict(path=p, in_features=m.in_features, out_features=m.out_features, part=part))
+            if isinstance(m, LoRAConv2d):  # the down input holds the flattened 3x3 kernel: in_features * 9 columns
+                out.append(dict(path=p, kind="conv3x3", in_features=m.in_channels,
+                                out_features=m.out_channels, down_features=m.in_channels * 9, part=part))
+            else:
+                out.append(dict(path=p, kind="linear", in_features=m.in_features, out_features=m.out_features,
+                                down_features=m.in_features, part=part))
         return out
 
     def residual_shapes(self):
@@ -377,7 +408,7 @@ class ControlNet(nn.Module):
         self.time_embedding.load_state_dict(unet.time_embedding.state_dict())
         self.conv_in.load_state_dict(unet.conv_in.state_dict())
         for m in self.modules():  # the copy never takes LoRA branches
-            if isinstance(m, LoRALinear):
+            if isinstance(m, (LoRALinear, LoRAConv2d)):
                 m.owner = None
         self.zero_convs = nn.ModuleList([nn.Conv2d(c, c, 1) for c in (c0, c1, c2)])
         self.mid_zero = nn.Conv2d(c2, c2, 1)

@@ -1,4 +1,5 @@
 import { z } from "@hono/zod-openapi";
+import { LORA_TARGET_KINDS } from "../../../gpu-runner/src/addons/lora-keys.ts";
 
 export const SamplerName = z.enum(["ddim", "lcm", "rectified-flow"]).openapi("SamplerName");
 export type SamplerName = z.infer<typeof SamplerName>;
@@ -28,7 +29,17 @@ export const ModelSpec = z
     supports_controlnet: z.boolean(),
     supports_deepcache: z.boolean(),
     /** Layers a LoRA may adapt (module paths as in training; kohya keys are `lora_unet_` + path with '.' → '_'). */
-    lora_targets: z.array(z.object({ module: z.string(), in_features: z.number().int(), out_features: z.number().int() })).optional(),
+    lora_targets: z
+      .array(
+        z.object({
+          module: z.string(),
+          /** conv3x3: a LoCon layer; its down weight is the kernel [rank, in_features, 3, 3], its up [out_features, rank, 1, 1]. Absent: linear. */
+          kind: z.enum(LORA_TARGET_KINDS).optional(),
+          in_features: z.number().int(),
+          out_features: z.number().int(),
+        }),
+      )
+      .optional(),
     lora_max_rank: z.number().int().positive().optional(),
     /** Residual inputs the U-Net takes from ControlNets (names as in the bundle); absent on models registered before it was recorded. */
     controlnet_residuals: z.array(z.string()).optional(),

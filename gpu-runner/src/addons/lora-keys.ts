@@ -7,11 +7,15 @@
  */
 import type { TensorInfo } from "./safetensors.ts";
 
+/** The layer kinds a LoRA target can be (the manifest's `lora.targets[].kind`). */
+export const LORA_TARGET_KINDS = ["linear", "conv1x1", "conv3x3"] as const;
+
 export interface LoraTargetShape {
   module: string;
   in_features: number;
   out_features: number;
-  kind?: "linear" | "conv1x1" | "conv3x3";
+  /** Absent means linear (models registered before the kind was recorded). */
+  kind?: (typeof LORA_TARGET_KINDS)[number];
 }
 
 export interface LoraLayerKeys {
@@ -37,10 +41,20 @@ const KOHYA = [".lora_down.weight", ".lora_up.weight", ".alpha"] as const;
 const PEFT = [".lora_A.weight", ".lora_B.weight"] as const;
 const PEFT_PREFIXES = ["unet.", "base_model.model.", ""];
 
-/** Down [r, in] (or [r, in, 1, 1]); up [out, r] (or [out, r, 1, 1]). */
-function matrixDims(shape: number[]): [number, number] | undefined {
-  if (shape.length === 2) return [shape[0]!, shape[1]!];
-  if (shape.length === 4 && shape[2] === 1 && shape[3] === 1) return [shape[0]!, shape[1]!];
+/** Kernel positions per input feature: 9 for a 3×3 convolution target, 1 otherwise. */
+export const kernelSize = (t: Pick<LoraTargetShape, "kind">) => (t.kind === "conv3x3" ? 9 : 1);
+
+/**
+ * The width of a target's down matrix as the runner feeds and merges it: in_features × kernelSize. A conv3x3
+ * target's down kernel [r, in, 3, 3] (kohya LoCon `lora_down`, PEFT Conv2d `lora_A`) is read row-major as [r, in·9],
+ * index c·9 + ky·3 + kx; its up is the 1×1 kernel [out, r, 1, 1].
+ */
+export const downFeatures = (t: Pick<LoraTargetShape, "kind" | "in_features">) => t.in_features * kernelSize(t);
+
+/** [rows, cols] of a weight: [r, in] or [out, r] (or with trailing 1×1 dims), or [r, in, 3, 3] when `kernel` is 3. */
+function matrixDims(shape: number[], kernel = 1): [number, number] | undefined {
+  if (shape.length === 2 && kernel === 1) return [shape[0]!, shape[1]!];
+  if (shape.length === 4 && shape[2] === kernel && shape[3] === kernel) return [shape[0]!, shape[1]!];
   return undefined;
 }
 
@@ -100,10 +114,11 @@ export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetSh
       errors.push(`module '${module}' has ${g.down ? "a down" : "an up"} weight ('${(g.down ?? g.up)!.name}') but no ${g.down ? "up" : "down"} weight`);
       continue;
     }
-    const down = matrixDims(g.down.shape);
+    const conv = g.target.kind === "conv3x3";
+    const down = matrixDims(g.down.shape, conv ? 3 : 1);
     const up = matrixDims(g.up.shape);
     if (!down) {
-      errors.push(`key '${g.down.name}' has shape [${g.down.shape}]; expected [rank, ${g.target.in_features}]`);
+      errors.push(`key '${g.down.name}' has shape [${g.down.shape}]; expected [rank, ${g.target.in_features}${conv ? ", 3, 3" : ""}]` + (conv ? ` (module '${module}' is a 3×3 convolution)` : ""));
       continue;
     }
     if (!up) {

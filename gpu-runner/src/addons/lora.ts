@@ -5,7 +5,7 @@
  * different LoRAs share one U-Net batch; samples with fewer ranks are padded with zeros, which add nothing.
  */
 import type { LoraTarget } from "../pipeline/manifest.ts";
-import { mapLoraKeys } from "./lora-keys.ts";
+import { downFeatures, mapLoraKeys } from "./lora-keys.ts";
 import { parseHeader, readFloatTensor, SafetensorsError } from "./safetensors.ts";
 
 export class LoraError extends Error {
@@ -16,7 +16,7 @@ export interface LoraLayer {
   rank: number;
   inFeatures: number;
   outFeatures: number;
-  /** [rank, in], row-major. */
+  /** [rank, in], row-major ([rank, in·9] for a 3×3 convolution: lora-keys.ts `downFeatures`). */
   down: Float32Array;
   /** [out, rank], row-major. */
   up: Float32Array;
@@ -77,7 +77,8 @@ function rankOf(target: LoraTarget, uses: LoraUse[]): number {
 
 /**
  * One sample's LoRAs (per entry of `perSample`, in batch order) become the branch inputs of every target:
- * `down` [batch, R, in] and `up` [batch, out, R], R the largest total rank of any sample at that target.
+ * `down` [batch, R, in] ([batch, R, in·9] at a 3×3 convolution) and `up` [batch, out, R], R the largest total rank
+ * of any sample at that target.
  */
 export function stackLoras(targets: LoraTarget[], perSample: LoraUse[][], maxRank: number): BranchFeed[] {
   const batch = perSample.length;
@@ -86,7 +87,8 @@ export function stackLoras(targets: LoraTarget[], perSample: LoraUse[][], maxRan
     if (!t.down_input || !t.up_input) throw new LoraError(`target '${t.module}' has no branch inputs (a merge-mode bundle)`);
     const R = Math.max(0, ...perSample.map((uses) => rankOf(t, uses)));
     if (R > maxRank) throw new LoraError(`stacked LoRAs reach rank ${R} at '${t.module}', above the model's maximum of ${maxRank}`);
-    const { in_features: nIn, out_features: nOut } = t;
+    const nIn = downFeatures(t);
+    const nOut = t.out_features;
     const down = new Float32Array(batch * R * nIn);
     const up = new Float32Array(batch * nOut * R);
     perSample.forEach((uses, b) => {

@@ -6,6 +6,7 @@
  */
 import type { LoraTarget } from "../pipeline/manifest.ts";
 import { LoraError, type LoraUse } from "./lora.ts";
+import { downFeatures } from "./lora-keys.ts";
 
 interface Located {
   dims: number[];
@@ -78,22 +79,22 @@ export function locateInitializers(model: Uint8Array): Map<string, Located> {
 
 /** Σ over uses of scale·(alpha/rank)·up·down for one target, as [out, in] (or [out, in, kh, kw] for conv3x3). */
 export function loraDelta(target: LoraTarget, uses: LoraUse[]): Float32Array | undefined {
-  const { in_features: nIn, out_features: nOut } = target;
-  const k = target.kind === "conv3x3" ? 9 : 1;
+  const nIn = downFeatures(target);
+  const nOut = target.out_features;
   let delta: Float32Array | undefined;
   for (const use of uses) {
     const layer = use.lora.layers.get(target.module);
     if (!layer) continue;
-    delta ??= new Float32Array(nOut * nIn * k);
+    delta ??= new Float32Array(nOut * nIn);
     const s = use.scale * layer.scale;
     // down is [r, in·k] (a 3×3 kernel flattened per input channel); up is [out, r].
     for (let o = 0; o < nOut; o++) {
       for (let r = 0; r < layer.rank; r++) {
         const u = s * layer.up[o * layer.rank + r]!;
         if (u === 0) continue;
-        const row = o * nIn * k;
-        const down = r * nIn * k;
-        for (let j = 0; j < nIn * k; j++) delta[row + j]! += u * layer.down[down + j]!;
+        const row = o * nIn;
+        const down = r * nIn;
+        for (let j = 0; j < nIn; j++) delta[row + j]! += u * layer.down[down + j]!;
       }
     }
   }
@@ -117,12 +118,12 @@ export function mergeLoras(model: Uint8Array, component: string, targets: LoraTa
     if (!w) throw new LoraError(`initializer '${name}' of target '${t.module}' is not in ${component}`);
     if (w.byteLength !== delta.length * 4) throw new LoraError(`initializer '${name}' has ${w.byteLength / 4} values; the LoRA delta has ${delta.length}`);
     const transposed = t.weight_layout === "in_out";
-    const k = t.kind === "conv3x3" ? 9 : 1;
+    const nIn = downFeatures(t);
     for (let o = 0; o < t.out_features; o++) {
-      for (let i = 0; i < t.in_features * k; i++) {
-        const index = transposed ? i * t.out_features + o : o * t.in_features * k + i;
+      for (let i = 0; i < nIn; i++) {
+        const index = transposed ? i * t.out_features + o : o * nIn + i;
         const at = w.offset + index * 4;
-        view.setFloat32(at, view.getFloat32(at, true) + delta[o * t.in_features * k + i]!, true);
+        view.setFloat32(at, view.getFloat32(at, true) + delta[o * nIn + i]!, true);
       }
     }
   }

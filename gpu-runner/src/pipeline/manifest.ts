@@ -5,6 +5,7 @@
  * checks every declared tensor against the ONNX sessions' real inputs and outputs.
  */
 import { z } from "zod";
+import { LORA_TARGET_KINDS } from "../addons/lora-keys.ts";
 
 /**
  * A dimension: a fixed size, or a symbolic name for a dynamic axis. The runner sizes "batch" (the U-Net's batch,
@@ -71,7 +72,8 @@ export const LoraTarget = z
   .object({
     /** The module's path in the training framework, e.g. `down_blocks.1.attn.to_q`. kohya keys are derived from it. */
     module: z.string().min(1),
-    kind: z.enum(["linear", "conv1x1", "conv3x3"]),
+    /** conv3x3: the down input is the 3×3 kernel flattened, [batch, rank, in·9] (addons/lora-keys.ts `downFeatures`). */
+    kind: z.enum(LORA_TARGET_KINDS),
     in_features: z.number().int().positive(),
     out_features: z.number().int().positive(),
     /** Which U-Net component(s) contain the layer (the split parts too). */

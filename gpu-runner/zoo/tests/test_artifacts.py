@@ -62,6 +62,7 @@ def test_lora_addons_map_to_targets():
                     t = targets[kohya[base]]
                     if kind == "lora_down.weight":
                         assert v.shape[1] == t["in_features"], k
+                        assert tuple(v.shape[2:]) == ((3, 3) if t["kind"] == "conv3x3" else ()), k
                     elif kind == "lora_up.weight":
                         assert v.shape[0] == t["out_features"], k
                 else:
