@@ -115,13 +115,13 @@ describe("LoRA branches on the real U-Net", () => {
     const convOnly = only((k) => k === "conv3x3");
     const linearOnly = only((k) => k !== "conv3x3");
     expect(convOnly.layers.size).toBe(convs.length);
-    // The file's down kernel [r, in, 3, 3] is fed as [batch, r, in·9] in the same row-major order.
+    // The file's down kernel [r, in, 3, 3] is fed as [batch, r, in, 9] in the same row-major order.
     const c = convs[0]!;
     const layer = kohya.layers.get(c.module)!;
     expect(layer.down.length).toBe(layer.rank * c.in_features * 9);
     const feeds = stackLoras(targets, [[], [{ lora: kohya, scale: 1 }]], maxRank);
     const down = feeds.find((f) => f.name === c.down_input)!;
-    expect(down.dims).toEqual([2, layer.rank, c.in_features * 9]);
+    expect(down.dims).toEqual([2, layer.rank, c.in_features, 9]);
     expect(Array.from(down.data.subarray(0, layer.rank * c.in_features * 9)).every((v) => v === 0)).toBe(true);
     expect(Array.from(down.data.subarray(layer.rank * c.in_features * 9))).toEqual(Array.from(layer.down));
     // The convolution branches change the output by themselves, and differently from the linear ones; at a small

@@ -82,7 +82,9 @@ class UNetIO:
         for k, t in enumerate(self.targets):
             if part is None or t["part"] == part:
                 d, u = lora_names(k)
-                out.append((d, "float32", ["batch", f"rank_{k}", t["down_features"]]))
+                # a conv3x3 target's down is the kernel with its 3x3 taps flattened: [batch, rank, in, 9]
+                kernel = [9] if t["kind"] == "conv3x3" else []
+                out.append((d, "float32", ["batch", f"rank_{k}", t["in_features"], *kernel]))
                 out.append((u, "float32", ["batch", t["out_features"], f"rank_{k}"]))
         return out
 
@@ -213,37 +215,95 @@ def export_onnx(module, spec_in, spec_out, path, gen):
             dyn[name] = axes
     module.eval()
     with torch.no_grad():
-        torch.onnx.export(module, tuple(args), path, opset_version=OPSET,
-                          input_names=[n for n, _, _ in spec_in], output_names=[n for n, _, _ in spec_out],
-                          dynamic_axes=dyn, do_constant_folding=True)
+        try:
+            torch.onnx.export(module, tuple(args), path, opset_version=OPSET,
+                              input_names=[n for n, _, _ in spec_in], output_names=[n for n, _, _ in spec_out],
+                              dynamic_axes=dyn, do_constant_folding=True)
+        except torch.onnx.errors.CheckerError:
+            # torch 1.13 places an If (a scripted LoRA branch, models.conv_lora_branch) before the nodes whose values
+            # its branches capture; the file is written all the same, and compact_onnx sorts the graph.
+            if not os.path.exists(path):
+                raise
     compact_onnx(path)
     if FP16_STORAGE:
         fp16_storage(path)
 
 
+def _subgraphs(node):
+    for a in node.attribute:
+        if a.HasField("g"):
+            yield a.g
+        yield from a.graphs
+
+
+def _walk(graph):
+    """Every node of `graph`, with those of its subgraphs (an If's branches)."""
+    for n in graph.node:
+        yield n
+        for sg in _subgraphs(n):
+            yield from _walk(sg)
+
+
+def _toposort(graph):
+    """Orders the top-level nodes so that each comes after what it reads, counting the outer values that its
+    subgraphs capture (stable: the exported order wherever it is already valid)."""
+    produced_by = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    deps = []
+    for n in graph.node:
+        names = set(n.input)
+        for sg in _subgraphs(n):
+            for m in _walk(sg):
+                names.update(m.input)
+            names.update(o.name for o in sg.output)
+        deps.append({produced_by[x] for x in names if x in produced_by})
+    order, done = [], set()
+    pending = list(range(len(graph.node)))
+    while pending:
+        rest = []
+        for i in pending:
+            if deps[i] <= done:
+                order.append(i)
+                done.add(i)
+            else:
+                rest.append(i)
+        if len(rest) == len(pending):
+            raise BundleMismatch("ONNX graph has a cycle")
+        pending = rest
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def compact_onnx(path):
-    """Shorten internal node and value names (not graph inputs/outputs/initializers): the files are committed."""
+    """Shorten internal node and value names (not graph inputs/outputs/initializers): the files are committed.
+    Subgraphs (If branches) are renamed with the graph, and the top level is sorted topologically."""
     import onnx
     m = onnx.load(path)
     g = m.graph
+    _toposort(g)
     keep = {v.name for v in g.input} | {v.name for v in g.output} | {i.name for i in g.initializer}
     ren = {}
-    for i, n in enumerate(g.node):
+    for i, n in enumerate(_walk(g)):
         n.name = f"n{i}"
         n.doc_string = ""
-        for j, o in enumerate(n.output):
-            if o and o not in keep:
+        for o in n.output:
+            if o and o not in keep and o not in ren:
                 ren[o] = f"v{len(ren)}"
-    for n in g.node:
-        for j, x in enumerate(n.input):
-            if x in ren:
-                n.input[j] = ren[x]
-        for j, x in enumerate(n.output):
-            if x in ren:
-                n.output[j] = ren[x]
-    for vi in g.value_info:
-        if vi.name in ren:
-            vi.name = ren[vi.name]
+
+    def rename(graph):
+        for n in graph.node:
+            for j, x in enumerate(n.input):
+                if x in ren:
+                    n.input[j] = ren[x]
+            for j, x in enumerate(n.output):
+                if x in ren:
+                    n.output[j] = ren[x]
+            for sg in _subgraphs(n):
+                rename(sg)
+        for vi in list(graph.value_info) + (list(graph.output) if graph is not g else []):
+            if vi.name in ren:
+                vi.name = ren[vi.name]
+    rename(g)
     onnx.checker.check_model(m)
     onnx.save(m, path)
 

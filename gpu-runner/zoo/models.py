@@ -75,6 +75,23 @@ def default_tokenizer():
 # ----------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------
+# The convolution LoRA branch is a scripted function so that the ONNX export keeps its `if`: an If node that skips
+# the branch when its rank is 0 (no LoRA at that layer, as in most requests). Measured on the trained U-Net with no
+# LoRA (bench/graph-cost.ts), its 16 branches cost +13-17% without the If, about +5% with it. (Linear branches keep
+# their zero-rank padding: an If costs them more than it saves.)
+@torch.jit.script
+def conv_lora_branch(y: torch.Tensor, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, taps: torch.Tensor,
+                     C: int, O: int, H: int, W: int) -> torch.Tensor:
+    """LoRAConv2d's branch (see there); y itself when the rank is 0. Inside, the rank is at least 1, so no padding
+    rank is needed against onnxruntime's MatMul with an inner dimension of 0 (see LoRALinear)."""
+    if down.size(1) > 0:
+        z = torch.matmul(down.transpose(2, 3), x.reshape(-1, 1, C, H * W))  # [B, r, 9, HW]
+        h = F.conv2d(z.reshape(-1, 9, H, W), taps, padding=1)  # [B*r, 1, H, W]
+        h = h.reshape(z.size(0), z.size(1), H * W)  # [B, r, HW]
+        y = y + torch.matmul(up, h).reshape(-1, O, H, W)
+    return y
+
+
 class LoRALinear(nn.Linear):
     """nn.Linear with an optional per-sample low-rank branch:
         y = W x + b + (x @ down^T) @ up^T,   down [B, r, in], up [B, out, r]  (r may be 0).
@@ -103,25 +120,32 @@ class LoRALinear(nn.Linear):
 class LoRAConv2d(nn.Conv2d):
     """3x3 nn.Conv2d (stride 1, padding 1) with an optional per-sample low-rank branch in the LoCon manner:
         y = conv(x) + up . (down * x),   down: a 3x3 conv cin -> r, up: a 1x1 conv r -> cout.
-    Supplied like LoRALinear's, through `UNet.lora`, with the kernels flattened: down [B, r, cin*9] (index
-    c*9 + ky*3 + kx, i.e. kohya's lora_down [r, cin, 3, 3] reshaped), up [B, cout, r]. The 3x3 patches are
-    built from nine shifted slices of the padded input (exported as Pad/Slice/Concat; no Im2Col op needed)."""
+    Supplied like LoRALinear's, through `UNet.lora`: down [B, r, cin, 9] (kohya's lora_down [r, cin, 3, 3] with the
+    kernel flattened, tap k = ky*3 + kx; [B, r, cin*9] is accepted outside the graph), up [B, cout, r].
+    Computed tap by tap: Z_k = down_k x for the nine taps in one MatMul ([B, r, 9, cin] x [B, 1, cin, HW]), then
+    h(p) = sum_k Z_k(p + offset_k), a constant 3x3 convolution of each rank's nine maps (weight [1, 9, 3, 3], the rank
+    folded into the batch), then up as a MatMul. Building the 3x3 patches instead (im2col as a depthwise Conv)
+    cost the trained U-Net +41% with no LoRA (bench/graph-cost.ts), and padded reshapes with dynamic sizes add
+    dozens of shape nodes per branch; here every size but batch and rank is a constant."""
 
     path: str = ""
     owner = None
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        taps = torch.eye(9).view(1, 9, 3, 3)  # channel k has a one at tap k
+        self.register_buffer("taps", taps, persistent=False)
 
     def forward(self, x):
         y = super().forward(x)
         ctx = self.owner[0].lora if self.owner is not None else None
         if ctx is not None and self.path in ctx:
             down, up = ctx[self.path]
-            down = F.pad(down, (0, 0, 0, 1))  # one zero rank, as in LoRALinear
-            up = F.pad(up, (0, 1))
-            B, C, H, W = x.shape
-            xp = F.pad(x, (1, 1, 1, 1))
-            cols = torch.stack([xp[:, :, i:i + H, j:j + W] for i in range(3) for j in range(3)], 2)
-            h = torch.bmm(down, cols.reshape(B, C * 9, H * W))
-            y = y + torch.bmm(up, h).reshape(B, -1, H, W)
+            # Plain ints (constants in the graph; the exported U-Net's spatial sizes are fixed, only batch and rank vary).
+            C, O, H, W = self.in_channels, self.out_channels, int(x.shape[2]), int(x.shape[3])
+            if down.dim() == 3:
+                down = down.reshape(down.shape[0], down.shape[1], C, 9)
+            y = conv_lora_branch(y, x, down, up, self.taps, C, O, H, W)
         return y
 
 

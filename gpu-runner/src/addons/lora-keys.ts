@@ -45,9 +45,9 @@ const PEFT_PREFIXES = ["unet.", "base_model.model.", ""];
 export const kernelSize = (t: Pick<LoraTargetShape, "kind">) => (t.kind === "conv3x3" ? 9 : 1);
 
 /**
- * The width of a target's down matrix as the runner feeds and merges it: in_features × kernelSize. A conv3x3
+ * The width of a target's down matrix as the runner stacks and merges it: in_features × kernelSize. A conv3x3
  * target's down kernel [r, in, 3, 3] (kohya LoCon `lora_down`, PEFT Conv2d `lora_A`) is read row-major as [r, in·9],
- * index c·9 + ky·3 + kx; its up is the 1×1 kernel [out, r, 1, 1].
+ * index c·9 + ky·3 + kx (fed to the graph as [batch, r, in, 9]); its up is the 1×1 kernel [out, r, 1, 1].
  */
 export const downFeatures = (t: Pick<LoraTargetShape, "kind" | "in_features">) => t.in_features * kernelSize(t);
 

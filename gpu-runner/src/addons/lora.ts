@@ -5,7 +5,7 @@
  * different LoRAs share one U-Net batch; samples with fewer ranks are padded with zeros, which add nothing.
  */
 import type { LoraTarget } from "../pipeline/manifest.ts";
-import { downFeatures, mapLoraKeys } from "./lora-keys.ts";
+import { downFeatures, kernelSize, mapLoraKeys } from "./lora-keys.ts";
 import { parseHeader, readFloatTensor, SafetensorsError } from "./safetensors.ts";
 
 export class LoraError extends Error {
@@ -67,7 +67,8 @@ export interface LoraUse {
 export interface BranchFeed {
   name: string;
   data: Float32Array;
-  dims: [number, number, number];
+  /** [batch, R, in] and [batch, out, R]; a 3×3 convolution's down is [batch, R, in, 9] (the kernel's taps last). */
+  dims: number[];
 }
 
 /** Total rank each target gets for one sample's LoRAs. */
@@ -77,8 +78,8 @@ function rankOf(target: LoraTarget, uses: LoraUse[]): number {
 
 /**
  * One sample's LoRAs (per entry of `perSample`, in batch order) become the branch inputs of every target:
- * `down` [batch, R, in] ([batch, R, in·9] at a 3×3 convolution) and `up` [batch, out, R], R the largest total rank
- * of any sample at that target.
+ * `down` [batch, R, in] ([batch, R, in, 9] at a 3×3 convolution: the same bytes as [batch, R, in·9]) and `up`
+ * [batch, out, R], R the largest total rank of any sample at that target.
  */
 export function stackLoras(targets: LoraTarget[], perSample: LoraUse[][], maxRank: number): BranchFeed[] {
   const batch = perSample.length;
@@ -107,7 +108,11 @@ export function stackLoras(targets: LoraTarget[], perSample: LoraUse[][], maxRan
         r0 += layer.rank;
       }
     });
-    feeds.push({ name: t.down_input, data: down, dims: [batch, R, nIn] }, { name: t.up_input, data: up, dims: [batch, nOut, R] });
+    const k = kernelSize(t);
+    feeds.push(
+      { name: t.down_input, data: down, dims: k > 1 ? [batch, R, t.in_features, k] : [batch, R, nIn] },
+      { name: t.up_input, data: up, dims: [batch, nOut, R] },
+    );
   }
   return feeds;
 }

@@ -72,13 +72,13 @@ export const LoraTarget = z
   .object({
     /** The module's path in the training framework, e.g. `down_blocks.1.attn.to_q`. kohya keys are derived from it. */
     module: z.string().min(1),
-    /** conv3x3: the down input is the 3×3 kernel flattened, [batch, rank, in·9] (addons/lora-keys.ts `downFeatures`). */
+    /** conv3x3 (LoCon): the down input is the 3×3 kernel with its taps flattened, [batch, rank, in, 9]. */
     kind: z.enum(LORA_TARGET_KINDS),
     in_features: z.number().int().positive(),
     out_features: z.number().int().positive(),
     /** Which U-Net component(s) contain the layer (the split parts too). */
     components: z.array(z.string()).min(1),
-    /** Branch inputs (mode "branch"): [batch, rank, in] and [batch, out, rank]. */
+    /** Branch inputs (mode "branch"): [batch, rank, in] ([batch, rank, in, 9] for conv3x3) and [batch, out, rank]. */
     down_input: z.string().optional(),
     up_input: z.string().optional(),
     /** Initializer names of W for merging, per component (mode "merge", or merging into a branch bundle). */
