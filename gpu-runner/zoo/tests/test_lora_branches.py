@@ -1,0 +1,43 @@
+"""The U-Net's LoRA branches against their definitions (run: /usr/bin/python3 gpu-runner/zoo/tests/test_lora_branches.py).
+A conv3x3 branch must equal the LoRA applied as two convolutions (down: 3x3 to rank r, up: 1x1), in both the form used
+for training and the form exported to ONNX (models.conv_lora_branch), and rank 0 must change nothing."""
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import models  # noqa: E402
+
+
+def test_conv_branch_is_two_convolutions():
+    torch.manual_seed(0)
+    u = models.UNet(**models.UNET_CONFIGS["tiny"])
+    mods = dict(u.named_modules())
+    convs = [t for t in u.lora_target_info() if t["kind"] == "conv3x3"]
+    assert len(convs) == 16
+    B, r, H = 2, 3, 8
+    for t in convs:
+        conv, C, O = mods[t["path"]], t["in_features"], t["out_features"]
+        x = torch.randn(B, C, H, H)
+        down, up = torch.randn(B, r, C * 9), torch.randn(B, O, r)
+        ref = torch.cat([F.conv2d(F.conv2d(x[b:b + 1], down[b].view(r, C, 3, 3), padding=1), up[b].view(O, r, 1, 1))
+                         for b in range(B)])
+        with torch.no_grad():
+            y0 = conv(x)
+            u.lora = {t["path"]: (down, up)}
+            y = conv(x)
+            u.lora = {t["path"]: (down[:, :0], up[:, :, :0])}
+            y_rank0 = conv(x)
+            u.lora = None
+            graph = models.conv_lora_branch(y0, x, down.view(B, r, C, 9), up, conv.taps, C, O, H, H)
+        scale = ref.abs().max().item()
+        assert (y - y0 - ref).abs().max().item() < 1e-5 * scale, t["path"]
+        assert (graph - y).abs().max().item() < 1e-5 * scale, t["path"]
+        assert torch.equal(y_rank0, y0), t["path"]
+
+
+if __name__ == "__main__":
+    test_conv_branch_is_two_convolutions()
+    print("ok")
