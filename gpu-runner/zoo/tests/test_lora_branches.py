@@ -11,6 +11,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
 
 
+def shared_ref(x, down, up, C, O):
+    return F.conv2d(F.conv2d(x, down.view(-1, C, 3, 3), padding=1), up.view(O, -1, 1, 1))
+
+
 def test_conv_branch_is_two_convolutions():
     torch.manual_seed(0)
     u = models.UNet(**models.UNET_CONFIGS["tiny"])
@@ -32,10 +36,16 @@ def test_conv_branch_is_two_convolutions():
             y_rank0 = conv(x)
             u.lora = None
             graph = models.conv_lora_branch(y0, x, down.view(B, r, C, 9), up, conv.taps, C, O, H, H)
+            # One LoRA expanded over the batch (training) takes the batched-convolution path.
+            u.lora = {t["path"]: (down[:1].expand(B, -1, -1), up[:1].expand(B, -1, -1))}
+            y_shared = conv(x)
+            u.lora = None
         scale = ref.abs().max().item()
         assert (y - y0 - ref).abs().max().item() < 1e-5 * scale, t["path"]
         assert (graph - y).abs().max().item() < 1e-5 * scale, t["path"]
         assert torch.equal(y_rank0, y0), t["path"]
+        assert (y_shared - y0 - shared_ref(x, down[0], up[0], C, O)).abs().max().item() \
+            < 1e-5 * scale, t["path"]
 
 
 if __name__ == "__main__":
