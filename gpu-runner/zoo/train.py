@@ -807,7 +807,7 @@ def stage_rf(args):
 # v4: longer. v3 (2000 steps) was still undertrained: pastel alone went 0.66 -> 0.92 at 4000 steps. Outlined, whose
 # thin edges are the hardest for the LoRA to draw and whose decoder ceiling is 0.90, gets 6000.
 # v5: LoCon. The targets now include the 16 ResBlock 3x3 convolutions (down: 3x3 conv to rank 16, up: 1x1), which
-# the attention/projection-only LoRA could not replace: at 2000 steps the probe (experiments/conv_lora_probe.py) drew
+# the attention/projection-only LoRA could not replace: at 2000 steps the probe (experiments/README.md) drew
 # outlined at 0.762 against 0.559 without them (and 0.652 for v4's 6000 steps). A step costs about twice as much.
 LORA_VERSION = 5
 LORA_RANK = 16
