@@ -138,6 +138,24 @@ describe("LoRA branches on the real U-Net", () => {
     expect(norm(resid)).toBeLessThan(0.2 * norm(dBoth));
   });
 
+  it("a batch whose samples share their LoRAs feeds the convolutions once, with the same result", async () => {
+    const same = [[{ lora: kohya, scale: 0.7 }], [{ lora: kohya, scale: 0.7 }]];
+    const feeds = stackLoras(targets, same, maxRank);
+    const conv = targets.find((t) => t.kind === "conv3x3")!;
+    const linear = targets.find((t) => t.kind !== "conv3x3")!;
+    expect(feeds.find((f) => f.name === conv.down_input)!.dims[0]).toBe(1);
+    expect(feeds.find((f) => f.name === conv.up_input)!.dims[0]).toBe(1);
+    expect(feeds.find((f) => f.name === linear.down_input)!.dims[0]).toBe(2);
+    // The same LoRA under another object is not known to be shared: every sample is fed (the per-sample path).
+    const copy: ParsedLora = { bytes: kohya.bytes, layers: new Map(kohya.layers) };
+    const apart = [[{ lora: kohya, scale: 0.7 }], [{ lora: copy, scale: 0.7 }]];
+    expect(stackLoras(targets, apart, maxRank).find((f) => f.name === conv.down_input)!.dims[0]).toBe(2);
+    const a = await unet(same);
+    const b = await unet(apart);
+    expect(maxDiff(a, b)).toBeLessThan(1e-5);
+    expect(maxDiff(a, await unet([[]]).then((x) => Float32Array.from([...x, ...x])))).toBeGreaterThan(1e-4);
+  });
+
   it("refuses stacks above the model's rank and files for other layers", () => {
     const many = Array.from({ length: 200 }, () => ({ lora: kohya, scale: 1 }));
     expect(() => stackLoras(targets, [many], maxRank)).toThrow(/above the model's maximum/);

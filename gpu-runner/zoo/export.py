@@ -205,6 +205,31 @@ def example(spec, batch, rank, gen):
     return out
 
 
+_CONV_SYMBOLIC = []
+
+
+def _register_dynamic_conv():
+    """torch 1.13 refuses to export a convolution whose weight shape it cannot see (a scripted LoRA branch's
+    kernel, shaped at run time from a graph input: models.conv_lora_branch). ONNX Conv infers kernel_shape from W when
+    the attribute is absent, so such a convolution is written without it; every other one as torch writes it
+    (F.conv2d is aten::conv2d here)."""
+    if _CONV_SYMBOLIC:
+        return
+    from torch.onnx import symbolic_helper as sh
+    from torch.onnx import symbolic_opset9 as s9
+
+    def conv2d(g, input, weight, bias, stride, padding, dilation, groups):
+        sizes = sh._get_tensor_sizes(weight)
+        if sizes is not None and len(sizes) == 4 and all(s is not None for s in sizes[2:]):
+            return s9.conv2d(g, input, weight, bias, stride, padding, dilation, groups)
+        args = [input, weight] + ([] if sh._is_none(bias) else [bias])
+        pad = sh._parse_arg(padding, "is")
+        return g.op("Conv", *args, strides_i=sh._parse_arg(stride, "is"), pads_i=pad + pad,
+                    dilations_i=sh._parse_arg(dilation, "is"), group_i=sh._parse_arg(groups, "i"))
+    torch.onnx.register_custom_op_symbolic("aten::conv2d", conv2d, OPSET)
+    _CONV_SYMBOLIC.append(conv2d)
+
+
 def export_onnx(module, spec_in, spec_out, path, gen):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     args = example(spec_in, 2, 3, gen)
@@ -214,6 +239,7 @@ def export_onnx(module, spec_in, spec_out, path, gen):
         if axes:
             dyn[name] = axes
     module.eval()
+    _register_dynamic_conv()
     with torch.no_grad():
         try:
             torch.onnx.export(module, tuple(args), path, opset_version=OPSET,

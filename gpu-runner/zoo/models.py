@@ -85,10 +85,16 @@ def conv_lora_branch(y: torch.Tensor, x: torch.Tensor, down: torch.Tensor, up: t
     """LoRAConv2d's branch (see there); y itself when the rank is 0. Inside, the rank is at least 1, so no padding
     rank is needed against onnxruntime's MatMul with an inner dimension of 0 (see LoRALinear)."""
     if down.size(1) > 0:
-        z = torch.matmul(down.transpose(2, 3), x.reshape(-1, 1, C, H * W))  # [B, r, 9, HW]
-        h = F.conv2d(z.reshape(-1, 9, H, W), taps, padding=1)  # [B*r, 1, H, W]
-        h = h.reshape(z.size(0), z.size(1), H * W)  # [B, r, HW]
-        y = y + torch.matmul(up, h).reshape(-1, O, H, W)
+        if down.size(0) == 1 and up.size(0) == 1:
+            # One LoRA set for every sample (the runner feeds batch 1 then, e.g. CFG's two passes or one image): the
+            # LoRA as it is defined, two convolutions whose weights are the inputs.
+            h = F.conv2d(x, down.reshape(-1, C, 3, 3), padding=1)  # [B, r, H, W]
+            y = y + F.conv2d(h, up.reshape(O, -1, 1, 1))
+        else:
+            z = torch.matmul(down.transpose(2, 3), x.reshape(-1, 1, C, H * W))  # [B, r, 9, HW]
+            h = F.conv2d(z.reshape(-1, 9, H, W), taps, padding=1)  # [B*r, 1, H, W]
+            h = h.reshape(z.size(0), z.size(1), H * W)  # [B, r, HW]
+            y = y + torch.matmul(up, h).reshape(-1, O, H, W)
     return y
 
 

@@ -82,37 +82,50 @@ function rankOf(target: LoraTarget, uses: LoraUse[]): number {
  * [batch, out, R], R the largest total rank of any sample at that target.
  */
 export function stackLoras(targets: LoraTarget[], perSample: LoraUse[][], maxRank: number): BranchFeed[] {
-  const batch = perSample.length;
   const feeds: BranchFeed[] = [];
+  // When every sample has the same LoRAs (CFG's two passes, one image, a batch of one request), a 3×3 convolution
+  // target is fed once, with batch 1: the graph then runs the LoRA as two convolutions whose weights are the inputs,
+  // instead of per-sample 3×3 patches (bench/ADDONS.md: warm LoRA cost).
+  const shared = perSample.length > 1 && perSample.every((uses) => sameUses(uses, perSample[0]!));
   for (const t of targets) {
-    if (!t.down_input || !t.up_input) throw new LoraError(`target '${t.module}' has no branch inputs (a merge-mode bundle)`);
-    const R = Math.max(0, ...perSample.map((uses) => rankOf(t, uses)));
-    if (R > maxRank) throw new LoraError(`stacked LoRAs reach rank ${R} at '${t.module}', above the model's maximum of ${maxRank}`);
-    const nIn = downFeatures(t);
-    const nOut = t.out_features;
-    const down = new Float32Array(batch * R * nIn);
-    const up = new Float32Array(batch * nOut * R);
-    perSample.forEach((uses, b) => {
-      let r0 = 0;
-      for (const use of uses) {
-        const layer = use.lora.layers.get(t.module);
-        if (!layer) continue;
-        const s = use.scale * layer.scale;
-        // down rows r0..r0+rank of sample b.
-        down.set(layer.down, (b * R + r0) * nIn);
-        // up columns r0..r0+rank of sample b, scaled.
-        for (let o = 0; o < nOut; o++) {
-          const row = (b * nOut + o) * R + r0;
-          for (let r = 0; r < layer.rank; r++) up[row + r] = layer.up[o * layer.rank + r]! * s;
-        }
-        r0 += layer.rank;
-      }
-    });
-    const k = kernelSize(t);
-    feeds.push(
-      { name: t.down_input, data: down, dims: k > 1 ? [batch, R, t.in_features, k] : [batch, R, nIn] },
-      { name: t.up_input, data: up, dims: [batch, nOut, R] },
-    );
+    const samples = shared && kernelSize(t) > 1 ? perSample.slice(0, 1) : perSample;
+    feeds.push(...stackTarget(t, samples, maxRank));
   }
   return feeds;
+}
+
+function sameUses(a: LoraUse[], b: LoraUse[]): boolean {
+  return a.length === b.length && a.every((u, i) => u.lora === b[i]!.lora && u.scale === b[i]!.scale);
+}
+
+function stackTarget(t: LoraTarget, perSample: LoraUse[][], maxRank: number): BranchFeed[] {
+  const batch = perSample.length;
+  if (!t.down_input || !t.up_input) throw new LoraError(`target '${t.module}' has no branch inputs (a merge-mode bundle)`);
+  const R = Math.max(0, ...perSample.map((uses) => rankOf(t, uses)));
+  if (R > maxRank) throw new LoraError(`stacked LoRAs reach rank ${R} at '${t.module}', above the model's maximum of ${maxRank}`);
+  const nIn = downFeatures(t);
+  const nOut = t.out_features;
+  const down = new Float32Array(batch * R * nIn);
+  const up = new Float32Array(batch * nOut * R);
+  perSample.forEach((uses, b) => {
+    let r0 = 0;
+    for (const use of uses) {
+      const layer = use.lora.layers.get(t.module);
+      if (!layer) continue;
+      const s = use.scale * layer.scale;
+      // down rows r0..r0+rank of sample b.
+      down.set(layer.down, (b * R + r0) * nIn);
+      // up columns r0..r0+rank of sample b, scaled.
+      for (let o = 0; o < nOut; o++) {
+        const row = (b * nOut + o) * R + r0;
+        for (let r = 0; r < layer.rank; r++) up[row + r] = layer.up[o * layer.rank + r]! * s;
+      }
+      r0 += layer.rank;
+    }
+  });
+  const k = kernelSize(t);
+  return [
+    { name: t.down_input, data: down, dims: k > 1 ? [batch, R, t.in_features, k] : [batch, R, nIn] },
+    { name: t.up_input, data: up, dims: [batch, nOut, R] },
+  ];
 }

@@ -44,6 +44,12 @@ def test_conv_branch_is_two_convolutions():
         assert (y - y0 - ref).abs().max().item() < 1e-5 * scale, t["path"]
         assert (graph - y).abs().max().item() < 1e-5 * scale, t["path"]
         assert torch.equal(y_rank0, y0), t["path"]
+        # The graph's shared form (down and up with batch 1: one LoRA set for every sample) equals the per-sample one.
+        with torch.no_grad():
+            d1, u1 = down[:1].view(1, r, C, 9), up[:1]
+            shared = models.conv_lora_branch(y0, x, d1, u1, conv.taps, C, O, H, H)
+            each = models.conv_lora_branch(y0, x, d1.expand(B, -1, -1, -1), u1.expand(B, -1, -1), conv.taps, C, O, H, H)
+        assert (shared - each).abs().max().item() < 1e-5 * scale, t["path"]
         assert (y_shared - y0 - shared_ref(x, down[0], up[0], C, O)).abs().max().item() \
             < 1e-5 * scale, t["path"]
 
