@@ -77,8 +77,8 @@ def default_tokenizer():
 # ----------------------------------------------------------------------------------------------
 # The convolution LoRA branch is a scripted function so that the ONNX export keeps its `if`: an If node that skips
 # the branch when its rank is 0 (no LoRA at that layer, as in most requests). Measured on the trained U-Net with no
-# LoRA (bench/graph-cost.ts), its 16 branches cost +13-17% without the If, about +5% with it. (Linear branches keep
-# their zero-rank padding: an If costs them more than it saves.)
+# LoRA (bench/GRAPH.md), its 16 branches cost +13-17% without the If, +4-7% with it. (Linear branches keep their
+# zero-rank padding: inside Ifs they measured no cheaper.)
 @torch.jit.script
 def conv_lora_branch(y: torch.Tensor, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, taps: torch.Tensor,
                      C: int, O: int, H: int, W: int) -> torch.Tensor:
