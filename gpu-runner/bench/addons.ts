@@ -23,6 +23,7 @@ import { AddonStore } from "../src/addons/store.ts";
 import { readManifest } from "../src/pipeline/bundle.ts";
 import { encodePng } from "../src/pipeline/png.ts";
 import { InferencePool } from "../src/workers/pool.ts";
+import { median } from "./stats.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ZOO = join(HERE, "..", "zoo", "models");
@@ -171,7 +172,6 @@ if (merged) {
 }
 await Promise.all([pool.close(), sequentialPool.close()]);
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const base = median(samples.get(configs[0]!.label)!);
 const rows = configs.map((c) => {
   const m = median(samples.get(c.label)!);

@@ -12,20 +12,13 @@ import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import * as ort from "onnxruntime-node";
 import type { ModelManifest } from "../src/pipeline/manifest.ts";
+import { median } from "./stats.ts";
 
 const { values: args } = parseArgs({
-  options: { a: { type: "string" }, b: { type: "string" }, rounds: { type: "string", default: "200" }, out: { type: "string" }, note: { type: "string", default: "" } },
+  options: { a: { type: "string" }, b: { type: "string" }, rounds: { type: "string", default: "200" }, out: { type: "string" } },
 });
 if (!args.a || !args.b) throw new Error("usage: graph-cost.ts --a <bundle dir> --b <bundle dir> [--rounds n] [--out file.md]");
 const ROUNDS = Number(args.rounds);
-
-function seeded(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32 - 0.5;
-  });
-}
 
 async function open(dir: string) {
   // Read, not validated: only the unet component is needed (a bundle half-written by an experiment will do).
@@ -38,7 +31,7 @@ async function open(dir: string) {
       // Symbolic dims: batch, or a LoRA rank (0: no LoRA).
       const dims = t.shape.map((d) => (typeof d === "number" ? d : d === "batch" ? batch : 0));
       const n = dims.reduce((a, d) => a * d, 1);
-      const data = t.name === "timestep" ? new Float32Array(n).fill(500) : t.name.includes("residual") || t.name.startsWith("lora_") ? new Float32Array(n) : seeded(n, t.name.length);
+      const data = t.name === "timestep" ? new Float32Array(n).fill(500) : t.name.includes("residual") || t.name.startsWith("lora_") ? new Float32Array(n) : Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
       f[t.name] = new ort.Tensor("float32", data, dims);
     }
     return f;
@@ -49,7 +42,6 @@ async function open(dir: string) {
 
 const a = await open(args.a);
 const b = await open(args.b);
-const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 const rows: string[] = [];
 for (const batch of [1, 2]) {
   const fa = a.feeds(batch);
@@ -77,8 +69,6 @@ for (const batch of [1, 2]) {
   rows.push(`| ${batch} | ${ma.toFixed(3)} | ${mb.toFixed(3)} | ${(((mb - ma) / ma) * 100).toFixed(1)}% | ${diff.toExponential(1)} |`);
 }
 const report = `# U-Net graph cost with no LoRA (\`bench/graph-cost.ts\`)
-
-${args.note}
 
 - a: \`${a.m.name}\` ${a.m.version}, ${a.loraInputs} LoRA targets (\`${args.a}\`)
 - b: \`${b.m.name}\` ${b.m.version}, ${b.loraInputs} LoRA targets (\`${args.b}\`)

@@ -22,6 +22,7 @@ import { generate, type GenerationResult } from "../src/pipeline/pipeline.ts";
 import type { CachePolicy, GenerationRequest } from "../src/pipeline/request.ts";
 import { InferencePool } from "../src/workers/pool.ts";
 import { countFlops, kernelsPerRun, runOverheadPerInput, sustainedMatmulFlops } from "./flops.ts";
+import { median } from "./stats.ts";
 import { formatQuality, loadEvaluator, relativeLatentChange, scoreConfiguration } from "./quality.ts";
 import type { QualityScores } from "../src/eval/evaluator.ts";
 
@@ -120,11 +121,6 @@ function deepCacheBound(steps: number, interval: number, cachedShare: number): n
   return steps / (full + (steps - full) * cachedShare);
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-};
 const fmt = (x: number, digits = 1) => x.toFixed(digits);
 const pct = (part: number, whole: number) => `${((100 * part) / whole).toFixed(0)}%`;
 

@@ -205,7 +205,7 @@ def example(spec, batch, rank, gen):
     return out
 
 
-_CONV_SYMBOLIC = []
+_dynamic_conv_registered = False
 
 
 def _register_dynamic_conv():
@@ -213,7 +213,8 @@ def _register_dynamic_conv():
     kernel, shaped at run time from a graph input: models.conv_lora_branch). ONNX Conv infers kernel_shape from W when
     the attribute is absent, so such a convolution is written without it; every other one as torch writes it
     (F.conv2d is aten::conv2d here)."""
-    if _CONV_SYMBOLIC:
+    global _dynamic_conv_registered
+    if _dynamic_conv_registered:
         return
     from torch.onnx import symbolic_helper as sh
     from torch.onnx import symbolic_opset9 as s9
@@ -227,7 +228,7 @@ def _register_dynamic_conv():
         return g.op("Conv", *args, strides_i=sh._parse_arg(stride, "is"), pads_i=pad + pad,
                     dilations_i=sh._parse_arg(dilation, "is"), group_i=sh._parse_arg(groups, "i"))
     torch.onnx.register_custom_op_symbolic("aten::conv2d", conv2d, OPSET)
-    _CONV_SYMBOLIC.append(conv2d)
+    _dynamic_conv_registered = True
 
 
 def export_onnx(module, spec_in, spec_out, path, gen):

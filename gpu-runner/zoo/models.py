@@ -128,11 +128,13 @@ class LoRAConv2d(nn.Conv2d):
         y = conv(x) + up . (down * x),   down: a 3x3 conv cin -> r, up: a 1x1 conv r -> cout.
     Supplied like LoRALinear's, through `UNet.lora`: down [B, r, cin, 9] (kohya's lora_down [r, cin, 3, 3] with the
     kernel flattened, tap k = ky*3 + kx; [B, r, cin*9] is accepted outside the graph), up [B, cout, r].
-    In the exported graph (conv_lora_branch) it is computed tap by tap: Z_k = down_k x for the nine taps in one
-    MatMul ([B, r, 9, cin] x [B, 1, cin, HW]), then h(p) = sum_k Z_k(p + offset_k), a constant 3x3 convolution of
-    each rank's nine maps (weight [1, 9, 3, 3], the rank folded into the batch), then up as a MatMul. Building the 3x3 patches instead (im2col as a depthwise Conv)
-    cost the trained U-Net +41% with no LoRA (bench/graph-cost.ts), and padded reshapes with dynamic sizes add
-    dozens of shape nodes per branch; here every size but batch and rank is a constant."""
+    The branch is conv_lora_branch: with one LoRA set for every sample (batch-1 inputs, or one LoRA expanded over the
+    batch in training) it runs as the two convolutions; per sample, in the exported graph, tap by tap: Z_k = down_k x
+    for the nine taps in one MatMul ([B, r, 9, cin] x [B, 1, cin, HW]), then h(p) = sum_k Z_k(p + offset_k), a
+    constant 3x3 convolution of each rank's nine maps (weight [1, 9, 3, 3], the rank folded into the batch), then up
+    as a MatMul. Building the 3x3 patches instead (im2col as a depthwise Conv) cost the trained U-Net +41% with no
+    LoRA (bench/GRAPH.md), and padded reshapes with dynamic sizes add dozens of shape nodes per branch; here every
+    size but batch and rank is a constant."""
 
     path: str = ""
     owner = None
@@ -149,24 +151,25 @@ class LoRAConv2d(nn.Conv2d):
             down, up = ctx[self.path]
             # Plain ints (constants in the graph; the exported U-Net's spatial sizes are fixed, only batch and rank vary).
             C, O, H, W = self.in_channels, self.out_channels, int(x.shape[2]), int(x.shape[3])
-            if torch.onnx.is_in_onnx_export():
-                if down.dim() == 3:
-                    down = down.reshape(down.shape[0], down.shape[1], C, 9)
-                return conv_lora_branch(y, x, down, up, self.taps, C, O, H, W)
-            # Training and evaluation: the same branch on the 3x3 patches (nine shifted slices), 3x faster than the
-            # graph's form under autograd (a training step 0.35-0.44 s against 1.1-1.6 s, batch 32, one thread).
-            # tests/test_lora_branches.py and the export's numeric check (ONNX against this) hold the two forms equal.
-            if down.shape[1] > 0 and down.stride(0) == 0 and up.stride(0) == 0:
-                # One LoRA expanded over the batch (LoRA training, evaluation): two batched convolutions, as the
-                # LoRA is defined; 1.9x faster again than the patches.
-                h = F.conv2d(x, down[0].reshape(-1, C, 3, 3), padding=1)
-                y = y + F.conv2d(h, up[0].reshape(O, -1, 1, 1))
-            elif down.shape[1] > 0:
-                B = x.shape[0]
-                xp = F.pad(x, (1, 1, 1, 1))
-                cols = torch.stack([xp[:, :, i:i + H, j:j + W] for i in range(3) for j in range(3)], 2)  # [B,C,9,H,W]
-                h = torch.bmm(down.reshape(B, down.shape[1], C * 9), cols.reshape(B, C * 9, H * W))
-                y = y + torch.bmm(up, h).reshape(B, O, H, W)
+            if down.dim() == 3:
+                down = down.reshape(down.shape[0], down.shape[1], C, 9)
+            if not torch.onnx.is_in_onnx_export():
+                if down.stride(0) == 0 and up.stride(0) == 0:
+                    # One LoRA expanded over the batch (LoRA training, evaluation): the shared form, two batched
+                    # convolutions, 1.9x faster than the patches below.
+                    return conv_lora_branch(y, x, down[:1], up[:1], self.taps, C, O, H, W)
+                if down.shape[1] > 0:
+                    # Per sample outside the graph: the branch on the 3x3 patches (nine shifted slices), 3x faster
+                    # than the graph's form under autograd (a training step 0.35-0.44 s against 1.1-1.6 s, batch 32,
+                    # one thread). tests/test_lora_branches.py and the export's numeric check (ONNX against this)
+                    # hold the forms equal.
+                    B = x.shape[0]
+                    xp = F.pad(x, (1, 1, 1, 1))
+                    cols = torch.stack([xp[:, :, i:i + H, j:j + W] for i in range(3) for j in range(3)], 2)
+                    h = torch.bmm(down.reshape(B, down.shape[1], C * 9), cols.reshape(B, C * 9, H * W))
+                    y = y + torch.bmm(up, h).reshape(B, O, H, W)
+                return y
+            return conv_lora_branch(y, x, down, up, self.taps, C, O, H, W)
         return y
 
 
