@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { conditioningTensor, decodePng } from "../src/addons/control-image.ts";
-import type { RequestAddons } from "../src/addons/runtime.ts";
+import { loraSetKey, type RequestAddons } from "../src/addons/runtime.ts";
 import { encodePng } from "../src/pipeline/png.ts";
 import { InferencePool } from "../src/workers/pool.ts";
 
@@ -10,7 +10,8 @@ const bundle = join(import.meta.dirname, "../zoo/models/tiny-shapes-random");
 const cnDir = join(bundle, "addons/random-controlnet-mask");
 const cnManifest = JSON.parse(readFileSync(join(cnDir, "manifest.json"), "utf8"));
 const loraBytes = new Uint8Array(readFileSync(join(bundle, "addons/random-lora-kohya.safetensors")));
-const pool = new InferencePool({ size: 1 });
+// Stacked LoRAs throughout (a hot set would otherwise switch to merged weights mid-file); merging has its own test.
+const pool = new InferencePool({ size: 1, mergeHotAfter: 0 });
 afterAll(() => pool.close());
 
 const request = { prompt: "a large red circle on the left, blue background", seed: 11, sampler: "ddim" as const, steps: 6, guidance: 3 };
@@ -83,9 +84,46 @@ describe("bounded asynchronous loading", () => {
     expect(maxDiff(ready.latents, immediate)).toBeLessThan(1e-6);
   });
 
+  it("add-ons that arrive while a fresh worker is still loading the model are not lost", async () => {
+    const immediate = (await pool.generate(bundle, slow, { addons: [lora(1)] })).latents;
+    const fresh = new InferencePool({ size: 1, mergeHotAfter: 0 });
+    try {
+      // Already loaded: the "addons" message follows the job at once, before the worker has the bundle (it hung).
+      const r = await fresh.generate(bundle, slow, { addons: Promise.resolve([lora(1)]), addonJoinFraction: 0 });
+      expect(maxDiff(r.latents, immediate)).toBeLessThan(1e-6);
+    } finally {
+      await fresh.close();
+    }
+  }, 20_000);
+
   it("an add-on that fails to load fails the generation with its reason", async () => {
     const failing = Promise.reject(Object.assign(new Error("sha256 mismatch for addon_x@1"), { name: "AddonIntegrityError" }));
     await expect(pool.generate(bundle, slow, { addons: failing, addonJoinFraction: 0.25 })).rejects.toThrow(/sha256 mismatch/);
+  });
+});
+
+describe("hot LoRA sets through the pool", () => {
+  it("a set that keeps coming is merged in the worker and picked by its key while its files are still on the way", async () => {
+    const hot = new InferencePool({ size: 1, mergeHotAfter: 2 });
+    try {
+      const stacked = (await pool.generate(bundle, request, { addons: [lora(1)] })).latents;
+      const loraSets = [loraSetKey(lora(1).loras)];
+      const merged: boolean[] = [];
+      let last = stacked;
+      // The merge runs in the worker's background after the set's 2nd batch: a few more batches at most.
+      for (let i = 0; i < 12 && !merged.at(-1); i++) {
+        last = (await hot.generate(bundle, request, { addons: Promise.resolve([lora(1)]), addonJoinFraction: 0, loraSets, onAddonsJoined: (_, m) => merged.push(m) })).latents;
+      }
+      expect(merged.slice(0, 2)).toEqual([false, false]);
+      expect(merged.at(-1)).toBe(true);
+      expect(maxDiff(last, stacked)).toBeLessThan(1e-4);
+      // Another set on the same worker is stacked, not given the merged weights.
+      let other: boolean | undefined;
+      await hot.generate(bundle, request, { addons: Promise.resolve([lora(0.5)]), addonJoinFraction: 0, loraSets: [loraSetKey(lora(0.5).loras)], onAddonsJoined: (_, m) => (other = m) });
+      expect(other).toBe(false);
+    } finally {
+      await hot.close();
+    }
   });
 });
 

@@ -401,15 +401,16 @@ def validate_manifest(manifest, bundle_dir):
     if manifest.get("kind") == "diffusion":
         unet_in = {t["name"] for t in manifest["components"]["unet"]["inputs"]}
         merge = manifest.get("lora", {}).get("mode") == "merge"
-        inits = {}  # component -> its initializer names, read once (merge mode only)
+        inits = {}  # component -> its initializer names, read once
         for t in manifest.get("lora", {}).get("targets", []):
             for c in t["components"]:
-                if merge:  # the weight the runner merges into must be an initializer of that component
+                if merge or "weight" in t:  # the weight the runner merges into must be an initializer of that component
                     if c not in inits:
                         inits[c] = onnx_initializers(bundle_dir, manifest["components"][c])
                     if t.get("weight", {}).get(c) not in inits[c]:
                         problems.append(f"lora target {t['module']}: weight {t.get('weight', {}).get(c)} is not an "
                                         f"initializer of {c}")
+                if merge:
                     continue
                 cin = {x["name"] for x in manifest["components"][c]["inputs"]}
                 for n in (t.get("down_input"), t.get("up_input")):
@@ -640,6 +641,15 @@ def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, sca
         targets.append(dict(module=t["path"], kind=t["kind"], in_features=t["in_features"],
                             out_features=t["out_features"], components=["unet", part_comp] if split else ["unet"],
                             down_input=d, up_input=u))
+    if lora_mode == "branch":
+        # The weights too, per component: the runner merges a hot add-on set into them (addons/runtime.ts).
+        for c in {c for t in targets for c in t["components"]}:
+            mine = [t for t in targets if c in t["components"]]
+            names = merge_weight_names(os.path.join(tmp, comps[c]["path"]), unet, {t["module"] for t in mine})
+            for t, (wname, layout) in zip(mine, names):
+                t.setdefault("weight", {})[c] = wname
+                if t.setdefault("weight_layout", layout) != layout:
+                    raise BundleMismatch(f"{t['module']}: its weight is stored {layout} in {c}, {t['weight_layout']} elsewhere")
     guidance = dict(cfg=bool(cfg), default_scale=float(guidance_scale))
     if io.cond:
         guidance["embedding"] = dict(input="timestep_cond", dim=unet.config["cond_dim"], w_scale=1000.0)
@@ -678,15 +688,18 @@ def onnx_initializers(bundle_dir, comp):
     return {i.name for i in onnx.load(path).graph.initializer} if os.path.exists(path) else set()
 
 
-def merge_weight_names(onnx_path, unet):
-    """Each LoRA target's weight initializer in the exported graph, found by value (node names are compacted):
-    a Linear on tokens exports as MatMul with Wᵀ ("in_out"); as Gemm it keeps W ("out_in"), as does a Conv."""
+def merge_weight_names(onnx_path, unet, paths=None):
+    """Each LoRA target's weight initializer in the exported graph (of the targets in `paths`, default all), found
+    by value (node names are compacted): a Linear on tokens exports as MatMul with Wᵀ ("in_out"); as Gemm it keeps
+    W ("out_in"), as does a Conv. With fp16 storage the float16 initializer is the one named."""
     import onnx
     from onnx import numpy_helper
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(onnx_path).graph.initializer}
     mods = dict(unet.named_modules())
     out = []
     for t in unet.lora_target_info():
+        if paths is not None and t["path"] not in paths:
+            continue
         w = mods[t["path"]].weight.detach().float().numpy()
         hit = [(n, "in_out") for n, a in inits.items() if w.ndim == 2 and a.shape == w.T.shape and np.array_equal(a, w.T)]
         hit += [(n, "out_in") for n, a in inits.items() if a.shape == w.shape and np.array_equal(a, w)]

@@ -1,80 +1,94 @@
 /**
- * LoRA merging for bundles without branch inputs (DESIGN.md): W ← W + Σ scale·(alpha/rank)·up·down, written into
- * the ONNX model's initializers in place (the bytes keep their length, so no protobuf re-encoding), and a session
- * is built per add-on set. 3×3 convolutions compose as a convolution: the down kernel [r, in, 3, 3] followed by the
+ * LoRA merging (DESIGN.md): W ← W + Σ scale·(alpha/rank)·up·down, written into the ONNX model's initializers, and a
+ * session is built per add-on set: for bundles without branch inputs, and for a branch bundle's hot add-on sets
+ * (runtime.ts). float32 weights are added to in place (the bytes keep their length, so no protobuf re-encoding);
+ * float16-stored ones are widened to float32 and the graph re-encoded around them. 3×3 convolutions compose as a convolution: the down kernel [r, in, 3, 3] followed by the
  * 1×1 up [out, r] is one 3×3 kernel up·down. Field numbers follow onnx/onnx.proto.
  */
 import type { LoraTarget } from "../pipeline/manifest.ts";
+import { ProtoWriter } from "../onnx/builder.ts";
+import { ProtoReader, protoFields } from "../onnx/reader.ts";
 import { LoraError, type LoraUse } from "./lora.ts";
 import { downFeatures } from "./lora-keys.ts";
+import { f16ToF32 } from "./safetensors.ts";
+
+const FLOAT = 1;
+const FLOAT16 = 10;
 
 interface Located {
   dims: number[];
   dataType: number;
-  /** Where the float32 values are: raw_data bytes, or the packed float_data field. */
+  /** Where the values are: raw_data bytes, or the packed float_data / int32_data field. */
   offset: number;
   byteLength: number;
+  /** The TensorProto's field in the graph, [start, end) of the model bytes. */
+  start: number;
+  end: number;
 }
 
-function varint(buf: Uint8Array, pos: number): [number, number] {
-  let result = 0;
-  let shift = 0;
-  for (;;) {
-    const b = buf[pos++]!;
-    result += (b & 0x7f) * 2 ** shift;
-    if ((b & 0x80) === 0) return [result, pos];
-    shift += 7;
-    if (shift > 63) throw new LoraError("malformed ONNX varint");
+function field<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw new LoraError(`malformed ONNX model: ${(err as Error).message}`);
   }
 }
 
-/** Iterates the fields of one protobuf message in [start, end): field number, wire type, value span. */
-function* fields(buf: Uint8Array, start: number, end: number): Generator<{ field: number; wire: number; at: number; len: number; value: number }> {
-  let pos = start;
-  while (pos < end) {
-    const [key, p1] = varint(buf, pos);
-    const field = Math.floor(key / 8);
-    const wire = key & 7;
-    if (wire === 0) {
-      const [value, p2] = varint(buf, p1);
-      yield { field, wire, at: p1, len: p2 - p1, value };
-      pos = p2;
-    } else if (wire === 2) {
-      const [len, p2] = varint(buf, p1);
-      yield { field, wire, at: p2, len, value: 0 };
-      pos = p2 + len;
-    } else if (wire === 5) {
-      yield { field, wire, at: p1, len: 4, value: 0 };
-      pos = p1 + 4;
-    } else if (wire === 1) {
-      yield { field, wire, at: p1, len: 8, value: 0 };
-      pos = p1 + 8;
-    } else throw new LoraError(`unsupported protobuf wire type ${wire}`);
-  }
-}
-
-/** The graph's float initializers by name, with where their values lie in the model bytes. */
+/** The graph's float32 and float16 initializers by name, with where their values lie in the model bytes. */
 export function locateInitializers(model: Uint8Array): Map<string, Located> {
-  const out = new Map<string, Located>();
-  for (const g of fields(model, 0, model.byteLength)) {
-    if (g.field !== 7 || g.wire !== 2) continue; // ModelProto.graph
-    for (const f of fields(model, g.at, g.at + g.len)) {
-      if (f.field !== 5 || f.wire !== 2) continue; // GraphProto.initializer
-      let name = "";
-      const dims: number[] = [];
-      let dataType = 0;
-      let data: { offset: number; byteLength: number } | undefined;
-      for (const t of fields(model, f.at, f.at + f.len)) {
-        if (t.field === 8) name = new TextDecoder().decode(model.subarray(t.at, t.at + t.len));
-        else if (t.field === 1 && t.wire === 0) dims.push(t.value);
-        else if (t.field === 1 && t.wire === 2) for (let p = t.at; p < t.at + t.len; ) { const [d, n] = varint(model, p); dims.push(d); p = n; }
-        else if (t.field === 2) dataType = t.value;
-        else if ((t.field === 9 || t.field === 4) && t.wire === 2) data = { offset: t.at, byteLength: t.len };
+  return field(() => {
+    const out = new Map<string, Located>();
+    for (const g of protoFields(model)) {
+      if (g.field !== 7 || g.wire !== 2) continue; // ModelProto.graph
+      for (const f of protoFields(model, g.at, g.end)) {
+        if (f.field !== 5 || f.wire !== 2) continue; // GraphProto.initializer
+        let name = "";
+        const dims: number[] = [];
+        let dataType = 0;
+        let data: { offset: number; byteLength: number } | undefined;
+        for (const t of protoFields(model, f.at, f.end)) {
+          if (t.field === 8) name = new TextDecoder().decode(model.subarray(t.at, t.end));
+          else if (t.field === 1 && t.wire === 0) dims.push(t.value);
+          else if (t.field === 1 && t.wire === 2) {
+            const r = new ProtoReader(model, t.end);
+            r.pos = t.at;
+            r.ints(2, dims);
+          } else if (t.field === 2) dataType = t.value;
+          // raw_data (9), float_data (4); float16 values without raw_data sit in int32_data (5), one per varint.
+          else if ((t.field === 9 || t.field === 4) && t.wire === 2) data = { offset: t.at, byteLength: t.end - t.at };
+        }
+        if (data && (dataType === FLOAT || (dataType === FLOAT16 && data.byteLength > 0))) out.set(name, { dims, dataType, ...data, start: f.start, end: f.end });
       }
-      if (data && dataType === 1) out.set(name, { dims, dataType, ...data });
     }
+    return out;
+  });
+}
+
+/** The model with some initializers replaced by float32 ones (same names and dims): a float16-stored weight that
+ * received a LoRA delta is widened rather than rounded back to float16. */
+function replaceInitializers(model: Uint8Array, replaced: Map<string, { located: Located; values: Float32Array }>): Uint8Array {
+  const byStart = new Map([...replaced].map(([name, r]) => [r.located.start, { name, ...r }]));
+  const out = new ProtoWriter();
+  for (const top of protoFields(model)) {
+    if (top.field !== 7 || top.wire !== 2) {
+      out.raw(model.subarray(top.start, top.end));
+      continue;
+    }
+    out.message(7, (graph) => {
+      for (const g of protoFields(model, top.at, top.end)) {
+        const r = byStart.get(g.start);
+        if (!r) {
+          graph.raw(model.subarray(g.start, g.end));
+          continue;
+        }
+        graph.message(5, (t) => {
+          for (const d of r.located.dims) t.int(1, d);
+          t.int(2, FLOAT).string(8, r.name).bytes(9, new Uint8Array(r.values.buffer, r.values.byteOffset, r.values.byteLength));
+        });
+      }
+    });
   }
-  return out;
+  return out.finish();
 }
 
 /** Σ over uses of scale·(alpha/rank)·up·down for one target, as [out, in] (or [out, in, kh, kw] for conv3x3). */
@@ -109,6 +123,7 @@ export function mergeLoras(model: Uint8Array, component: string, targets: LoraTa
   const merged = model.slice();
   const where = locateInitializers(merged);
   const view = new DataView(merged.buffer, merged.byteOffset, merged.byteLength);
+  const widened = new Map<string, { located: Located; values: Float32Array }>();
   for (const t of targets) {
     const name = t.weight?.[component];
     if (!name) continue;
@@ -116,16 +131,27 @@ export function mergeLoras(model: Uint8Array, component: string, targets: LoraTa
     if (!delta) continue;
     const w = where.get(name);
     if (!w) throw new LoraError(`initializer '${name}' of target '${t.module}' is not in ${component}`);
-    if (w.byteLength !== delta.length * 4) throw new LoraError(`initializer '${name}' has ${w.byteLength / 4} values; the LoRA delta has ${delta.length}`);
+    const size = w.dataType === FLOAT ? 4 : 2;
+    if (w.byteLength !== delta.length * size) throw new LoraError(`initializer '${name}' has ${w.byteLength / size} values; the LoRA delta has ${delta.length}`);
+    // float32 is added to in place; float16 (a bundle stored at half size) is widened to float32 first.
+    let values: Float32Array | undefined;
+    if (w.dataType === FLOAT16) {
+      values = Float32Array.from({ length: delta.length }, (_, i) => f16ToF32(view.getUint16(w.offset + i * 2, true)));
+      widened.set(name, { located: w, values });
+    }
     const transposed = t.weight_layout === "in_out";
     const nIn = downFeatures(t);
     for (let o = 0; o < t.out_features; o++) {
       for (let i = 0; i < nIn; i++) {
         const index = transposed ? i * t.out_features + o : o * nIn + i;
-        const at = w.offset + index * 4;
-        view.setFloat32(at, view.getFloat32(at, true) + delta[o * nIn + i]!, true);
+        const d = delta[o * nIn + i]!;
+        if (values) values[index]! += d;
+        else {
+          const at = w.offset + index * 4;
+          view.setFloat32(at, view.getFloat32(at, true) + d, true);
+        }
       }
     }
   }
-  return merged;
+  return widened.size ? replaceInitializers(merged, widened) : merged;
 }

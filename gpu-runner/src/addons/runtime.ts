@@ -25,6 +25,7 @@ export interface RequestAddons {
 const PARSED_LORAS_KEPT = 64;
 /** Merged U-Nets kept per worker (each holds its own weights): a bounded cache of add-on sets. */
 const MERGED_BUNDLES_KEPT = 4;
+const SET_USES_KEPT = 256;
 
 /** A ControlNet worker of this inference worker's own: steps' residuals are computed there, in parallel. */
 class ControlNetWorker {
@@ -72,7 +73,17 @@ const plain = (t: ort.Tensor): PlainTensor => ({ data: (t.data as Float32Array).
 export interface AddonRuntimeOptions {
   /** Run ControlNets in a worker of their own, beside the U-Net's head, or in sequence here (default). */
   parallelControlNet?: boolean;
+  /** On a branch model, merge an add-on set into the weights on its n-th batch (bundleFor); 0: never. */
+  mergeHotAfter?: number;
 }
+
+/** What identifies a request's LoRA set: its files' hashes and scales, in any order ("" for none). */
+export function loraSetKey(loras: ReadonlyArray<{ sha256: string; scale: number }>): string {
+  return loras.map((l) => `${l.sha256}:${l.scale}`).sort().join(",");
+}
+
+/** A set seen in 3 batches is likely to come again: merging it costs about one LCM-4 generation (bench/ADDONS.md). */
+export const DEFAULT_MERGE_HOT_AFTER = 3;
 
 export class AddonRuntime {
   private readonly loras = new Map<string, ParsedLora>();
@@ -81,45 +92,100 @@ export class AddonRuntime {
   private readonly parallel: boolean;
   private cnWorker: ControlNetWorker | undefined;
   private readonly batchKeys: string[] = [];
-  private readonly merged = new Map<string, Promise<Bundle>>();
+  private readonly merged = new Map<string, { promise: Promise<Bundle>; ready?: Bundle }>();
+  /** Batches per add-on set on a branch model, towards `mergeHotAfter` (bounded, least recent dropped). */
+  private readonly setUses = new Map<string, number>();
+  private readonly mergeHotAfter: number;
   /** How many merged sessions were built (a warm add-on set builds none): for tests and the bench. */
   mergedBuilds = 0;
 
   constructor(session: SessionConfig, options: AddonRuntimeOptions = {}) {
     this.session = session;
     this.parallel = options.parallelControlNet ?? false;
+    this.mergeHotAfter = options.mergeHotAfter ?? DEFAULT_MERGE_HOT_AFTER;
   }
 
   /**
-   * The bundle a batch runs on: the bundle itself, or for a merge-mode model (no branch inputs) a copy whose U-Net
-   * sessions have the batch's LoRAs merged into their weights, built once per add-on set and kept in a bounded
-   * cache. Requests with different LoRAs cannot share a batch on such a model.
+   * The bundle a batch runs on: the bundle itself, or a copy whose U-Net sessions have the batch's LoRAs merged into
+   * their weights, built once per add-on set and kept in a bounded cache.
+   * - A merge-mode model (no branch inputs) always runs merged: the set is merged before the batch starts, and
+   *   requests with different LoRAs cannot share a batch.
+   * - A branch model runs a set stacked into its branch inputs, and merges it once it is hot: on the set's
+   *   `mergeHotAfter`-th batch the merge starts in the background, and the batches that come after it is ready run
+   *   merged, with the branches at rank 0. Stacking costs each U-Net call what the branches compute (a LoCon LoRA at
+   *   rank 16 adds 18% of this U-Net's multiply-adds); merged weights cost nothing per call (bench/ADDONS.md).
    */
   async bundleFor(bundle: Bundle, addons: RequestAddons[]): Promise<Bundle> {
     const spec = bundle.manifest.lora;
-    if (spec?.mode !== "merge") return bundle;
-    const keyOf = (a: RequestAddons) => a.loras.map((l) => `${l.sha256}:${l.scale}`).sort().join(",");
-    const key = keyOf(addons[0]!);
-    if (addons.some((a) => keyOf(a) !== key)) throw new LoraError(`model ${bundle.manifest.name} merges LoRAs: requests with different LoRAs cannot share a batch`);
-    if (key === "") return bundle;
+    if (!spec || addons.length === 0) return bundle;
+    const keys = addons.map((a) => loraSetKey(a.loras));
+    if (spec.mode === "merge") {
+      if (keys.some((k) => k !== keys[0])) throw new LoraError(`model ${bundle.manifest.name} merges LoRAs: requests with different LoRAs cannot share a batch`);
+      if (keys[0] === "") return bundle;
+      return this.mergedSet(bundle, keys[0]!, addons[0]!).promise;
+    }
+    const hot = this.hotMerged(bundle, keys);
+    this.countUse(bundle, addons);
+    return hot ?? bundle;
+  }
+
+  /** A branch model's merged copy for the batch's one LoRA set (`loraSetKey` per request), if it is ready. */
+  hotMerged(bundle: Bundle, keys: string[]): Bundle | undefined {
+    if (bundle.manifest.lora?.mode !== "branch" || keys.length === 0 || keys[0] === "" || keys.some((k) => k !== keys[0])) return undefined;
+    const cacheKey = `${bundle.dir}|${keys[0]}`;
+    const entry = this.merged.get(cacheKey);
+    if (!entry?.ready) return undefined;
+    this.merged.delete(cacheKey); // most recently used last
+    this.merged.set(cacheKey, entry);
+    return entry.ready;
+  }
+
+  /** Counts a batch's LoRA set on a branch model and starts merging it in the background once it is hot. */
+  countUse(bundle: Bundle, addons: RequestAddons[]): void {
+    const spec = bundle.manifest.lora;
+    if (spec?.mode !== "branch" || this.mergeHotAfter === 0 || addons.length === 0) return;
+    const key = loraSetKey(addons[0]!.loras);
+    if (key === "" || addons.some((a) => loraSetKey(a.loras) !== key)) return;
+    // Every target's weight must be named in every component that holds it, or a merge would drop layers.
+    if (!spec.targets.every((t) => t.components.every((c) => t.weight?.[c]))) return;
     const cacheKey = `${bundle.dir}|${key}`;
-    let built = this.merged.get(cacheKey);
-    if (built) {
+    const uses = (this.setUses.get(cacheKey) ?? 0) + 1;
+    this.setUses.delete(cacheKey);
+    this.setUses.set(cacheKey, uses);
+    while (this.setUses.size > SET_USES_KEPT) this.setUses.delete(this.setUses.keys().next().value!);
+    if (uses >= this.mergeHotAfter && !this.merged.has(cacheKey)) this.mergedSet(bundle, key, addons[0]!).promise.catch(() => {});
+  }
+
+  /** Resolves when every merge started so far has finished (built or failed): for tests and the bench. */
+  async mergesSettled(): Promise<void> {
+    await Promise.allSettled([...this.merged.values()].map((e) => e.promise));
+  }
+
+  /** The cache entry of an add-on set's merged bundle, building it when absent (evicting the least recent). */
+  private mergedSet(bundle: Bundle, key: string, addons: RequestAddons): { promise: Promise<Bundle>; ready?: Bundle } {
+    const cacheKey = `${bundle.dir}|${key}`;
+    let entry = this.merged.get(cacheKey);
+    if (entry) {
       this.merged.delete(cacheKey);
     } else {
-      built = this.buildMerged(bundle, addons[0]!);
-      built.catch(() => this.merged.delete(cacheKey));
+      const promise = this.buildMerged(bundle, key, addons);
+      const created: { promise: Promise<Bundle>; ready?: Bundle } = { promise };
+      promise.then(
+        (b) => (created.ready = b),
+        () => this.merged.delete(cacheKey),
+      );
+      entry = created;
     }
-    this.merged.set(cacheKey, built);
+    this.merged.set(cacheKey, entry);
     while (this.merged.size > MERGED_BUNDLES_KEPT) {
       const [oldest, evicted] = this.merged.entries().next().value!;
       this.merged.delete(oldest);
-      void evicted.then((b) => b.release()).catch(() => {});
+      void evicted.promise.then((b) => b.release()).catch(() => {});
     }
-    return built;
+    return entry;
   }
 
-  private async buildMerged(bundle: Bundle, addons: RequestAddons): Promise<Bundle> {
+  private async buildMerged(bundle: Bundle, key: string, addons: RequestAddons): Promise<Bundle> {
     const spec = bundle.manifest.lora!;
     const uses = addons.loras.map((l): LoraUse => ({ lora: this.lora(bundle, l.sha256, l.bytes), scale: l.scale }));
     const replaced: Partial<Record<ComponentName, Component>> = {};
@@ -131,6 +197,7 @@ export class AddonRuntime {
     }
     return {
       ...bundle,
+      lorasMerged: key,
       components: { ...bundle.components, ...replaced },
       release: async () => {
         await Promise.all(Object.values(replaced).map((c) => c.session.release()));
@@ -173,6 +240,9 @@ export class AddonRuntime {
    * brings add-ons, so the pipeline keeps its zero defaults untouched.
    */
   async provider(bundle: Bundle, imagesPer: number[], addons: RequestAddons[]): Promise<UnetInputProvider | undefined> {
+    if (bundle.lorasMerged !== undefined && addons.some((a) => loraSetKey(a.loras) !== bundle.lorasMerged)) {
+      throw new LoraError("a batch on merged weights got LoRAs other than the ones merged");
+    }
     if (addons.every((a) => a.loras.length === 0 && a.controlnets.length === 0)) return undefined;
     const perImage = <T>(pick: (a: RequestAddons) => T): T[] => imagesPer.flatMap((n, r) => Array<T>(n).fill(pick(addons[r]!)));
     const loraUses = perImage((a) => a.loras.map((l): LoraUse => ({ lora: this.lora(bundle, l.sha256, l.bytes), scale: l.scale })));
@@ -196,8 +266,9 @@ export class AddonRuntime {
       const repeat = unetBatch / images;
       const sampleOf = (s: number) => s % images;
       const loraFeeds: StepFeeds = {};
-      // A merge-mode model has the LoRAs in its weights already (bundleFor).
-      if (loraUses.some((u) => u.length > 0) && bundle.manifest.lora?.mode !== "merge") {
+      // A merge-mode model, or a hot set's merged copy of a branch model, has the LoRAs in its weights already
+      // (bundleFor): its branches stay at rank 0.
+      if (loraUses.some((u) => u.length > 0) && bundle.manifest.lora?.mode !== "merge" && bundle.lorasMerged === undefined) {
         const spec = bundle.manifest.lora!;
         const perSample = Array.from({ length: unetBatch }, (_, s) => loraUses[sampleOf(s)]!);
         for (const f of stackLoras(spec.targets, perSample, spec.max_rank)) loraFeeds[f.name] = new ort.Tensor("float32", f.data, f.dims);

@@ -115,7 +115,7 @@ export function parseHeader(prefix: Uint8Array, fileLength: number): Safetensors
   return { dataOffset, tensors, metadata };
 }
 
-function f16ToF32(h: number): number {
+export function f16ToF32(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;
   const exp = (h >> 10) & 0x1f;
   const frac = h & 0x3ff;

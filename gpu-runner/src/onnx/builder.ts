@@ -47,7 +47,7 @@ export interface GraphSpec {
 const ELEM_TYPE: Record<OnnxDtype, number> = { float32: 1, int32: 6, int64: 7, float16: 10 };
 
 /** Protobuf wire-format writer (varints, length-delimited fields, fixed32 floats). */
-class ProtoWriter {
+export class ProtoWriter {
   private readonly parts: Uint8Array[] = [];
 
   private varint(value: bigint | number): void {
@@ -84,6 +84,12 @@ class ProtoWriter {
     this.key(field, 2);
     this.varint(value.length);
     this.parts.push(value);
+    return this;
+  }
+
+  /** Fields that are already encoded (keys and values), copied as they are. */
+  raw(encoded: Uint8Array): this {
+    this.parts.push(encoded);
     return this;
   }
 

@@ -19,7 +19,7 @@ export interface OnnxGraph {
   initializers: Map<string, number[]>;
 }
 
-class ProtoReader {
+export class ProtoReader {
   pos = 0;
   private readonly buf: Uint8Array;
   private readonly end: number;
@@ -94,6 +94,41 @@ class ProtoReader {
     this.pos += len;
     return r;
   }
+}
+
+/** One field of a message: its number and wire type, where its key starts, where its value starts and ends. */
+export interface ProtoField {
+  field: number;
+  wire: number;
+  /** Offset of the key (the field as encoded is buf[start, end)). */
+  start: number;
+  /** Offset of the value (a length-delimited field's payload, a varint's or a fixed field's bytes). */
+  at: number;
+  end: number;
+  /** A varint field's value. */
+  value: number;
+}
+
+/** The fields of the message in buf[start, end), in order. */
+export function protoFields(buf: Uint8Array, start = 0, end = buf.length): ProtoField[] {
+  const r = new ProtoReader(buf, end);
+  r.pos = start;
+  const out: ProtoField[] = [];
+  while (!r.done()) {
+    const begin = r.pos;
+    const [field, wire] = r.key();
+    let at = r.pos;
+    let value = 0;
+    if (wire === 2) {
+      const len = r.varint();
+      at = r.pos;
+      r.pos += len;
+    } else if (wire === 0) value = r.varint();
+    else r.skip(wire);
+    if (r.pos > end) throw new Error("onnx: truncated field");
+    out.push({ field, wire, start: begin, at, end: r.pos, value });
+  }
+  return out;
 }
 
 function readAttribute(r: ProtoReader): [string, number | number[] | null] {

@@ -126,6 +126,9 @@ export interface Bundle {
   manifest: ModelManifest;
   tokenizer: WordTokenizer;
   components: Partial<Record<ComponentName, Component>> & Record<"text_encoder" | "unet" | "vae_decoder", Component>;
+  /** The U-Net's weights hold this LoRA set (addons/runtime.ts `loraSetKey`, `bundleFor`): its branch inputs stay
+   * at rank 0, and only batches of this set may run on it. */
+  lorasMerged?: string;
   release(): Promise<void>;
 }
 

@@ -10,7 +10,7 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { InferencePool } from "../workers/pool.ts";
 import { conditioningTensor, dataUrlBytes, decodePng } from "../addons/control-image.ts";
-import type { RequestAddons } from "../addons/runtime.ts";
+import { loraSetKey, type RequestAddons } from "../addons/runtime.ts";
 import type { AddonStore, FetchedAddon } from "../addons/store.ts";
 import { readTar } from "../addons/tar.ts";
 import { ControlNetManifest } from "../pipeline/manifest.ts";
@@ -218,16 +218,24 @@ export class Runner {
       const tAddons = performance.now();
       let addonLoadMs = 0;
       let joinedAt: number | null = null;
+      let lorasMerged = false;
       const loading = this.prepareAddons(leased).then((a) => {
         addonLoadMs = performance.now() - tAddons;
         return [a];
       });
       const late = this.o.addonJoinFraction !== undefined && leased.addons.length > 0;
+      // The LoRA set's key is known from the lease before the files arrive: a worker holding it merged uses it.
+      const shaOf = (id: string, version: number) => leased.addons.find((a) => a.ref === `${id}@${version}`)?.sha256;
+      const loras = job.request.loras.map((l) => ({ sha256: shaOf(l.id, l.version) ?? "", scale: l.scale }));
       const t0 = performance.now();
       const result = await this.o.pool.generate(model.dir, pipelineRequest(job.request), {
         addons: late ? loading : await loading,
         ...(late ? { addonJoinFraction: this.o.addonJoinFraction } : {}),
-        onAddonsJoined: (step) => (joinedAt = step),
+        ...(loras.length && loras.every((l) => l.sha256) ? { loraSets: [loraSetKey(loras)] } : {}),
+        onAddonsJoined: (step, merged) => {
+          joinedAt = step;
+          lorasMerged = merged;
+        },
         signal: cancel.signal,
         onProgress: ({ step, steps }) => {
           progress = { step, total: steps };
@@ -281,6 +289,8 @@ export class Runner {
           cache: job.request.cache,
           addons: leased.addons.map((a) => ({ ref: a.ref, sha256: a.sha256 })),
           addons_joined_at_step: joinedAt,
+          // The LoRAs ran merged into the weights (a hot set) rather than stacked into the branch inputs.
+          loras_merged: lorasMerged,
         },
       });
       this.done.push({ id: job.id, status: "succeeded", ms: performance.now() - started });

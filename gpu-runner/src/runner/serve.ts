@@ -8,7 +8,7 @@
  */
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { DEFAULT_ADDON_JOIN_FRACTION } from "../addons/runtime.ts";
+import { DEFAULT_ADDON_JOIN_FRACTION, DEFAULT_MERGE_HOT_AFTER } from "../addons/runtime.ts";
 import { AddonStore } from "../addons/store.ts";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -27,6 +27,13 @@ function joinFraction(value: string | undefined): { addonJoinFraction?: number }
   return { addonJoinFraction: f };
 }
 
+/** `--lora-merge-after`: merge a LoRA set into a worker's weights on its n-th batch there; 0 never. */
+function mergeAfter(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`--lora-merge-after must be a whole number ≥ 0 (got "${value}")`);
+  return n;
+}
+
 const { values } = parseArgs({
   options: {
     edge: { type: "string", default: process.env.EDGE_URL ?? "http://127.0.0.1:8787" },
@@ -42,6 +49,7 @@ const { values } = parseArgs({
     "addon-disk-mb": { type: "string", default: process.env.ADDON_DISK_MB ?? "4096" },
     "addon-join-fraction": { type: "string", default: process.env.ADDON_JOIN_FRACTION ?? String(DEFAULT_ADDON_JOIN_FRACTION) },
     "parallel-controlnet": { type: "boolean", default: process.env.PARALLEL_CONTROLNET === "1" },
+    "lora-merge-after": { type: "string", default: process.env.LORA_MERGE_AFTER ?? String(DEFAULT_MERGE_HOT_AFTER) },
     "grace-ms": { type: "string", default: "30000" },
   },
 });
@@ -64,6 +72,7 @@ if (models.size === 0) {
 const pool = new InferencePool({
   size: Number(values.workers),
   parallelControlNet: values["parallel-controlnet"],
+  mergeHotAfter: mergeAfter(values["lora-merge-after"]),
   session: SessionConfigSchema.parse({ executionProviders: values.ep.split(","), intraOpNumThreads: Number(values.threads) }),
 });
 const runner = new Runner({

@@ -15,7 +15,7 @@ if (port === null) throw new Error("inference-worker must run in a worker thread
 const init = workerData as WorkerInit;
 const session = SessionConfigSchema.parse(init.session);
 const bundles = new Map<string, Promise<Bundle>>();
-const addonRuntime = new AddonRuntime(session, { parallelControlNet: init.parallelControlNet ?? false });
+const addonRuntime = new AddonRuntime(session, { parallelControlNet: init.parallelControlNet ?? false, ...(init.mergeHotAfter !== undefined ? { mergeHotAfter: init.mergeHotAfter } : {}) });
 
 function bundle(dir: string): Promise<Bundle> {
   let loading = bundles.get(dir);
@@ -42,6 +42,10 @@ port.on("message", async (msg: ToWorker) => {
   const send = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
   const cancel = new Int32Array(msg.cancelFlag);
   const controller = new AbortController();
+  // Registered before anything is awaited: the "addons" message may come while the bundle is still loading.
+  const arrival =
+    msg.addonJoinFraction === undefined ? undefined : new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
+  arrival?.catch(() => {}); // a failure reaches the generation through `await` or the late provider below
   try {
     let loaded = await bundle(msg.bundleDir);
     const imagesPer = msg.requests.map((r) => GenerationRequest.parse(r).n);
@@ -49,14 +53,17 @@ port.on("message", async (msg: ToWorker) => {
     let joinedAt: () => number | null = () => (msg.addons ? 0 : null);
     let addons = msg.addons;
     const merging = loaded.manifest.lora?.mode === "merge";
-    if (merging && msg.addonJoinFraction !== undefined) {
+    if (merging && arrival) {
       // Merged weights are needed before the first step: a merge-mode model waits for its add-ons.
-      addons = await new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
+      addons = await arrival;
       joinedAt = () => 0;
     }
     if (addons) loaded = await addonRuntime.bundleFor(loaded, addons);
-    if (msg.addonJoinFraction !== undefined && !merging) {
-      const arrival = new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
+    if (arrival && msg.addonJoinFraction !== undefined && !merging) {
+      // A hot set's merged weights are picked by the set's key; the arriving add-ons count towards making it hot.
+      const base = loaded;
+      if (msg.loraSets) loaded = addonRuntime.hotMerged(base, msg.loraSets) ?? base;
+      arrival.then((a) => addonRuntime.countUse(base, a), () => {});
       const late = lateAddons(arrival.then((a) => addonRuntime.provider(loaded, imagesPer, a)), msg.addonJoinFraction);
       unetInputs = late.provider;
       joinedAt = late.joinedAt;
@@ -74,7 +81,7 @@ port.on("message", async (msg: ToWorker) => {
       },
     });
     const buffers = results.flatMap((r) => [...r.images.map((img) => img.buffer), r.latents.buffer]) as ArrayBuffer[];
-    send({ type: "result", id: msg.id, results, addonsJoinedAt: joinedAt() }, buffers);
+    send({ type: "result", id: msg.id, results, addonsJoinedAt: joinedAt(), lorasMerged: loaded.lorasMerged !== undefined }, buffers);
   } catch (err) {
     const e = err instanceof Error ? err : new Error(String(err));
     send({ type: "error", id: msg.id, error: { name: e.name, message: e.message } });

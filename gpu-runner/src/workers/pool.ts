@@ -27,6 +27,8 @@ export interface PoolOptions {
    * saves (bench/ADDONS.md); turn it on where the U-Net's head is heavy enough to hide a ControlNet.
    */
   parallelControlNet?: boolean;
+  /** Merge a LoRA set into a worker's U-Net weights on its n-th batch there (AddonRuntimeOptions); 0: never. */
+  mergeHotAfter?: number;
 }
 
 export interface JobOptions {
@@ -39,8 +41,13 @@ export interface JobOptions {
    */
   addons?: RequestAddons[] | Promise<RequestAddons[]>;
   addonJoinFraction?: number;
-  /** Told at which step the add-ons took effect (0: from the start). */
-  onAddonsJoined?: (step: number | null) => void;
+  /**
+   * Per request, its LoRA set (addons/runtime.ts `loraSetKey`), known before late add-ons arrive: a worker that
+   * holds that hot set merged into the weights runs the batch on them.
+   */
+  loraSets?: string[];
+  /** Told at which step the add-ons took effect (0: from the start), and whether the LoRAs ran merged. */
+  onAddonsJoined?: (step: number | null, lorasMerged: boolean) => void;
 }
 
 /** An error raised inside a worker, with the original error's name (BundleError, SamplerMismatchError, ...). */
@@ -73,6 +80,7 @@ export class InferencePool {
   readonly size: number;
   readonly session: SessionConfig;
   readonly parallelControlNet: boolean;
+  private readonly mergeHotAfter: number | undefined;
   private readonly slots: Slot[] = [];
   private readonly queue: Job[] = [];
   private nextId = 1;
@@ -83,11 +91,12 @@ export class InferencePool {
     if (!Number.isInteger(this.size) || this.size < 1) throw new RangeError(`pool size must be ≥ 1, got ${this.size}`);
     this.session = options.session ?? DEFAULT_SESSION_CONFIG;
     this.parallelControlNet = options.parallelControlNet ?? false;
+    this.mergeHotAfter = options.mergeHotAfter;
     for (let i = 0; i < this.size; i++) this.slots.push(this.spawn());
   }
 
   private spawn(): Slot {
-    const init: WorkerInit = { session: this.session, parallelControlNet: this.parallelControlNet };
+    const init: WorkerInit = { session: this.session, parallelControlNet: this.parallelControlNet, ...(this.mergeHotAfter !== undefined ? { mergeHotAfter: this.mergeHotAfter } : {}) };
     const slot: Slot = { worker: new Worker(WORKER_URL, { workerData: init }), job: null, bundles: new Set() };
     slot.worker.on("message", (msg: FromWorker) => this.onMessage(slot, msg));
     slot.worker.on("error", (err) => this.onCrash(slot, err));
@@ -107,7 +116,7 @@ export class InferencePool {
     slot.job = null;
     if (msg.type === "result") {
       slot.bundles.add(job.bundleDir);
-      job.options.onAddonsJoined?.(msg.addonsJoinedAt);
+      job.options.onAddonsJoined?.(msg.addonsJoinedAt, msg.lorasMerged);
       job.resolve(msg.results);
     } else {
       job.reject(new WorkerJobError(msg.error.name, msg.error.message));
@@ -144,6 +153,7 @@ export class InferencePool {
         cancelFlag: job.cancelFlag,
         ...(addons && !(addons instanceof Promise) ? { addons } : {}),
         ...(late ? { addonJoinFraction } : {}),
+        ...(job.options.loraSets ? { loraSets: job.options.loraSets } : {}),
       };
       slot.worker.postMessage(msg);
       if (late) {

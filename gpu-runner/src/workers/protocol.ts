@@ -8,6 +8,8 @@ export interface WorkerInit {
   session: SessionConfig;
   /** ControlNets in a worker of their own beside the U-Net's head, or in sequence (default; see PoolOptions). */
   parallelControlNet?: boolean;
+  /** See AddonRuntimeOptions. */
+  mergeHotAfter?: number;
 }
 
 export type ToWorker = {
@@ -22,9 +24,11 @@ export type ToWorker = {
   addons?: RequestAddons[];
   /** The add-ons follow in an "addons" message; the generation waits for them by this fraction of its steps. */
   addonJoinFraction?: number;
+  /** Per request, its LoRA set (`loraSetKey`), sent even when the add-ons follow later. */
+  loraSets?: string[];
 } | { type: "addons"; id: number; addons: RequestAddons[] } | { type: "addons-failed"; id: number; error: { name: string; message: string } };
 
 export type FromWorker =
   | { type: "progress"; id: number; step: number; steps: number }
-  | { type: "result"; id: number; results: GenerationResult[]; addonsJoinedAt: number | null }
+  | { type: "result"; id: number; results: GenerationResult[]; addonsJoinedAt: number | null; lorasMerged: boolean }
   | { type: "error"; id: number; error: { name: string; message: string } };
