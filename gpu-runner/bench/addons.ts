@@ -81,8 +81,10 @@ function mergeBundle(): string | undefined {
 }
 const merged = mergeBundle();
 
-const pool = new InferencePool({ size: 1, parallelControlNet: true });
-const sequentialPool = new InferencePool({ size: 1, parallelControlNet: false });
+// Stacked rows stay stacked (merging off); the hot rows' pool merges a set on its 3rd batch, as the runner does.
+const pool = new InferencePool({ size: 1, parallelControlNet: true, mergeHotAfter: 0 });
+const sequentialPool = new InferencePool({ size: 1, parallelControlNet: false, mergeHotAfter: 0 });
+const hotPool = new InferencePool({ size: 1, parallelControlNet: true });
 
 interface Config {
   label: string;
@@ -90,6 +92,8 @@ interface Config {
   bundle?: string;
   /** ControlNets in sequence on the inference worker instead of in their own worker. */
   sequential?: boolean;
+  /** On the pool that merges hot LoRA sets (with LoRAs: warmed up until the set runs merged). */
+  hot?: boolean;
   /** Returns the add-ons for one generation, possibly still loading, and whether to overlap them. */
   addons: () => { addons: RequestAddons[] | Promise<RequestAddons[]>; joinFraction?: number };
 }
@@ -132,6 +136,10 @@ const configs: Config[] = [
         ]),
       ]
     : []),
+  // The same worker's baseline: the hot rows run on a worker of their own.
+  { label: "LCM-4, no add-on, on the hot-set worker", hot: true, addons: () => ({ addons: [none] }) },
+  { label: "LCM-4, 1 LoRA, hot set (merged into the branch model)", hot: true, addons: () => ({ addons: [{ loras: [loraOf(0)], controlnets: [] }] }) },
+  { label: "LCM-4, 3 LoRAs, hot set (merged into the branch model)", hot: true, addons: () => ({ addons: [{ loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] }] }) },
   ...(merged
     ? [
         { label: "LCM-4, 1 LoRA merged (warm: merged session cached)", bundle: merged, addons: () => ({ addons: [{ loras: [loraOf(0)], controlnets: [] }] }) },
@@ -148,16 +156,30 @@ const configs: Config[] = [
 
 const samples = new Map<string, number[]>(configs.map((c) => [c.label, []]));
 // Warm-up: sessions, parsed LoRAs, ControlNet sessions.
-const poolFor = (c: Config) => (c.sequential ? sequentialPool : pool);
+const poolFor = (c: Config) => (c.hot ? hotPool : c.sequential ? sequentialPool : pool);
+let hotMerged = 0;
+let hotRuns = 0;
+let hotWarmup = 0;
 for (const c of configs) {
-  const { addons, joinFraction } = c.addons();
-  await poolFor(c).generate(c.bundle ?? bundle, request, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}) });
+  const { addons: first } = c.addons();
+  const mergeable = c.hot && !(first instanceof Promise) && first.some((a) => a.loras.length > 0);
+  for (let i = 0, merged = false; i < (mergeable ? 20 : 1) && !(mergeable && merged); i++) {
+    const { addons, joinFraction } = c.addons();
+    await poolFor(c).generate(c.bundle ?? bundle, request, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}), onAddonsJoined: (_, m) => (merged = m) });
+    if (mergeable) hotWarmup++;
+  }
 }
 for (let round = 0; round < ROUNDS; round++) {
-  for (const c of configs) {
+  // Each round starts at another configuration: the one after the slow cold-fetch rows (an idle worker) rotates.
+  for (let k = 0; k < configs.length; k++) {
+    const c = configs[(k + round) % configs.length]!;
     const start = performance.now();
     const { addons, joinFraction } = c.addons();
-    await poolFor(c).generate(c.bundle ?? bundle, { ...request, seed: request.seed + round }, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}) });
+    await poolFor(c).generate(c.bundle ?? bundle, { ...request, seed: request.seed + round }, {
+      addons,
+      ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}),
+      onAddonsJoined: (_, m) => c.hot && c.label.includes("hot set") && (hotRuns++, (hotMerged += m ? 1 : 0)),
+    });
     samples.get(c.label)!.push(performance.now() - start);
   }
 }
@@ -170,7 +192,7 @@ if (merged) {
   a.latents.forEach((v, i) => ((maxDiff = Math.max(maxDiff, Math.abs(v - b.latents[i]!))), (norm = Math.max(norm, Math.abs(v)))));
   agreement = `Stacked against merged, 3 LoRAs, same seed: final latents differ by at most ${maxDiff.toExponential(2)} (latents up to ${norm.toFixed(2)} in magnitude).`;
 }
-await Promise.all([pool.close(), sequentialPool.close()]);
+await Promise.all([pool.close(), sequentialPool.close(), hotPool.close()]);
 
 const base = median(samples.get(configs[0]!.label)!);
 const rows = configs.map((c) => {
@@ -183,7 +205,7 @@ const hidden = (delay: number) => ((cold(delay, false) - cold(delay, true)) / de
 const report = `# Add-on serving benchmark
 
 Bundle: \`${relative(join(HERE, ".."), bundle)}\`${random ? " — **randomly initialised test bundle** (timings only: the trained family was not exported yet)" : ""}.
-Command: \`npm run bench:addons -w gpu-runner -- --rounds ${ROUNDS}\`; one inference worker (1 thread); ${ROUNDS} interleaved rounds after a warm-up;
+Command: \`npm run bench:addons -w gpu-runner -- --rounds ${ROUNDS}\`; one inference worker (1 thread); ${ROUNDS} interleaved rounds after a warm-up, each starting at the next configuration;
 load average at the end ${loadavg().map((l) => l.toFixed(2)).join(" / ")} (other work on the machine raises it).
 Latency is request to PNG through the worker pool (text encoding, 4 LCM steps, VAE, PNG, add-on application).
 
@@ -196,7 +218,10 @@ Cold add-on: overlapping hides ${hidden(50).toFixed(0)}% of a 50 ms fetch and ${
 
 Targets (issue 5): stacked LoRAs add ≤ 5% to a warm LCM-4 generation; a ControlNet in parallel adds ≤ 30%; overlap hides
 most of a cold fetch. "In parallel": the ControlNet runs in a worker of its own while the inference worker runs the
-U-Net's head (the U-Net then runs as its split parts); "in sequence": both on the inference worker. ${
+U-Net's head (the U-Net then runs as its split parts); "in sequence": both on the inference worker.
+Stacked rows run with hot-set merging off (\`mergeHotAfter: 0\`). Hot rows run as the runner does by default
+(\`--lora-merge-after 3\`): the set ran stacked until it was merged in the background into the branch model's own
+weights (${hotWarmup} warm-up generations for the two hot sets), and ${hotMerged} of the ${hotRuns} timed hot runs ran merged. ${
   merged
     ? `Merged rows run the merge-mode twin \`${relative(join(HERE, ".."), merged)}\` (no LoRA branch inputs; built by \`export.py merge\`):
 "warm" reuses the session built for that add-on set, "cold" merges the LoRA into the weights and builds a session per request.

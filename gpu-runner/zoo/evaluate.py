@@ -427,7 +427,10 @@ def evaluate_controlnet(unet, te, tok, cn, n=256, steps=50, guidance=4.0, scale=
 def decoder_tag():
     """Rows decoded with the `vaedec` stage's fine-tuned decoder say so (earlier rows used the original one)."""
     p = os.path.join(CKPT, "vaedec.pt")
-    return " · fine-tuned decoder" if os.path.exists(p) and torch.load(p, map_location="cpu").get("finished") else ""
+    ck = torch.load(p, map_location="cpu") if os.path.exists(p) else {}
+    if not ck.get("finished"):
+        return ""
+    return " · fine-tuned decoder" + (f" v{ck['version']}" if ck.get("version", 1) > 1 else "")
 
 
 def record_result(res):
