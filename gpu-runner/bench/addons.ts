@@ -156,13 +156,18 @@ const configs: Config[] = [
 
 const samples = new Map<string, number[]>(configs.map((c) => [c.label, []]));
 // Warm-up: sessions, parsed LoRAs, ControlNet sessions.
+/** A hot row whose add-ons bring LoRAs: its set becomes merged on the hot-set pool. */
+function mergesLoras(c: Config): boolean {
+  if (!c.hot) return false; // before c.addons(): a cold row's addons() starts a fetch
+  const { addons } = c.addons();
+  return !(addons instanceof Promise) && addons.some((a) => a.loras.length > 0);
+}
 const poolFor = (c: Config) => (c.hot ? hotPool : c.sequential ? sequentialPool : pool);
 let hotMerged = 0;
 let hotRuns = 0;
 let hotWarmup = 0;
 for (const c of configs) {
-  const { addons: first } = c.addons();
-  const mergeable = c.hot && !(first instanceof Promise) && first.some((a) => a.loras.length > 0);
+  const mergeable = mergesLoras(c);
   for (let i = 0, merged = false; i < (mergeable ? 20 : 1) && !(mergeable && merged); i++) {
     const { addons, joinFraction } = c.addons();
     await poolFor(c).generate(c.bundle ?? bundle, request, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}), onAddonsJoined: (_, m) => (merged = m) });
@@ -178,7 +183,7 @@ for (let round = 0; round < ROUNDS; round++) {
     await poolFor(c).generate(c.bundle ?? bundle, { ...request, seed: request.seed + round }, {
       addons,
       ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}),
-      onAddonsJoined: (_, m) => c.hot && c.label.includes("hot set") && (hotRuns++, (hotMerged += m ? 1 : 0)),
+      onAddonsJoined: (_, m) => mergesLoras(c) && (hotRuns++, (hotMerged += m ? 1 : 0)),
     });
     samples.get(c.label)!.push(performance.now() - start);
   }

@@ -2,8 +2,9 @@
  * LoRA merging (DESIGN.md): W ← W + Σ scale·(alpha/rank)·up·down, written into the ONNX model's initializers, and a
  * session is built per add-on set: for bundles without branch inputs, and for a branch bundle's hot add-on sets
  * (runtime.ts). float32 weights are added to in place (the bytes keep their length, so no protobuf re-encoding);
- * float16-stored ones are widened to float32 and the graph re-encoded around them. 3×3 convolutions compose as a convolution: the down kernel [r, in, 3, 3] followed by the
- * 1×1 up [out, r] is one 3×3 kernel up·down. Field numbers follow onnx/onnx.proto.
+ * float16-stored ones are widened to float32 and the graph re-encoded around them. 3×3 convolutions compose as a
+ * convolution: the down kernel [r, in, 3, 3] followed by the 1×1 up [out, r] is one 3×3 kernel up·down. Field
+ * numbers follow onnx/onnx.proto.
  */
 import type { LoraTarget } from "../pipeline/manifest.ts";
 import { ProtoWriter } from "../onnx/builder.ts";
@@ -18,7 +19,7 @@ const FLOAT16 = 10;
 interface Located {
   dims: number[];
   dataType: number;
-  /** Where the values are: raw_data bytes, or the packed float_data / int32_data field. */
+  /** Where the values are: raw_data bytes, or (float32 only) the packed float_data field. */
   offset: number;
   byteLength: number;
   /** The TensorProto's field in the graph, [start, end) of the model bytes. */
@@ -26,7 +27,8 @@ interface Located {
   end: number;
 }
 
-function field<T>(fn: () => T): T {
+/** Runs a parse, reporting a malformed model as a LoraError. */
+function asLoraError<T>(fn: () => T): T {
   try {
     return fn();
   } catch (err) {
@@ -36,7 +38,7 @@ function field<T>(fn: () => T): T {
 
 /** The graph's float32 and float16 initializers by name, with where their values lie in the model bytes. */
 export function locateInitializers(model: Uint8Array): Map<string, Located> {
-  return field(() => {
+  return asLoraError(() => {
     const out = new Map<string, Located>();
     for (const g of protoFields(model)) {
       if (g.field !== 7 || g.wire !== 2) continue; // ModelProto.graph
@@ -45,7 +47,7 @@ export function locateInitializers(model: Uint8Array): Map<string, Located> {
         let name = "";
         const dims: number[] = [];
         let dataType = 0;
-        let data: { offset: number; byteLength: number } | undefined;
+        let data: { offset: number; byteLength: number; raw: boolean } | undefined;
         for (const t of protoFields(model, f.at, f.end)) {
           if (t.field === 8) name = new TextDecoder().decode(model.subarray(t.at, t.end));
           else if (t.field === 1 && t.wire === 0) dims.push(t.value);
@@ -54,10 +56,11 @@ export function locateInitializers(model: Uint8Array): Map<string, Located> {
             r.pos = t.at;
             r.ints(2, dims);
           } else if (t.field === 2) dataType = t.value;
-          // raw_data (9), float_data (4); float16 values without raw_data sit in int32_data (5), one per varint.
-          else if ((t.field === 9 || t.field === 4) && t.wire === 2) data = { offset: t.at, byteLength: t.end - t.at };
+          // raw_data (9), or float32's packed float_data (4).
+          else if ((t.field === 9 || t.field === 4) && t.wire === 2) data = { offset: t.at, byteLength: t.end - t.at, raw: t.field === 9 };
         }
-        if (data && (dataType === FLOAT || (dataType === FLOAT16 && data.byteLength > 0))) out.set(name, { dims, dataType, ...data, start: f.start, end: f.end });
+        // float16 values outside raw_data (one per int32_data varint) are not located: such a weight is not merged into.
+        if (data && (dataType === FLOAT || (dataType === FLOAT16 && data.raw))) out.set(name, { dims, dataType, offset: data.offset, byteLength: data.byteLength, start: f.start, end: f.end });
       }
     }
     return out;

@@ -82,6 +82,12 @@ export function loraSetKey(loras: ReadonlyArray<{ sha256: string; scale: number 
   return loras.map((l) => `${l.sha256}:${l.scale}`).sort().join(",");
 }
 
+/** The cache key of a branch model's batch whose requests all bring one non-empty LoRA set; else undefined. */
+function hotSetKey(bundle: Bundle, keys: string[]): string | undefined {
+  if (bundle.manifest.lora?.mode !== "branch" || keys.length === 0 || keys[0] === "" || keys.some((k) => k !== keys[0])) return undefined;
+  return `${bundle.dir}|${keys[0]}`;
+}
+
 /** A set seen in 3 batches is likely to come again: merging it costs about one LCM-4 generation (bench/ADDONS.md). */
 export const DEFAULT_MERGE_HOT_AFTER = 3;
 
@@ -131,8 +137,8 @@ export class AddonRuntime {
 
   /** A branch model's merged copy for the batch's one LoRA set (`loraSetKey` per request), if it is ready. */
   hotMerged(bundle: Bundle, keys: string[]): Bundle | undefined {
-    if (bundle.manifest.lora?.mode !== "branch" || keys.length === 0 || keys[0] === "" || keys.some((k) => k !== keys[0])) return undefined;
-    const cacheKey = `${bundle.dir}|${keys[0]}`;
+    const cacheKey = hotSetKey(bundle, keys);
+    if (cacheKey === undefined) return undefined;
     const entry = this.merged.get(cacheKey);
     if (!entry?.ready) return undefined;
     this.merged.delete(cacheKey); // most recently used last
@@ -142,18 +148,15 @@ export class AddonRuntime {
 
   /** Counts a batch's LoRA set on a branch model and starts merging it in the background once it is hot. */
   countUse(bundle: Bundle, addons: RequestAddons[]): void {
-    const spec = bundle.manifest.lora;
-    if (spec?.mode !== "branch" || this.mergeHotAfter === 0 || addons.length === 0) return;
-    const key = loraSetKey(addons[0]!.loras);
-    if (key === "" || addons.some((a) => loraSetKey(a.loras) !== key)) return;
+    const cacheKey = hotSetKey(bundle, addons.map((a) => loraSetKey(a.loras)));
+    if (cacheKey === undefined || this.mergeHotAfter === 0) return;
     // Every target's weight must be named in every component that holds it, or a merge would drop layers.
-    if (!spec.targets.every((t) => t.components.every((c) => t.weight?.[c]))) return;
-    const cacheKey = `${bundle.dir}|${key}`;
+    if (!bundle.manifest.lora!.targets.every((t) => t.components.every((c) => t.weight?.[c]))) return;
     const uses = (this.setUses.get(cacheKey) ?? 0) + 1;
     this.setUses.delete(cacheKey);
     this.setUses.set(cacheKey, uses);
     while (this.setUses.size > SET_USES_KEPT) this.setUses.delete(this.setUses.keys().next().value!);
-    if (uses >= this.mergeHotAfter && !this.merged.has(cacheKey)) this.mergedSet(bundle, key, addons[0]!).promise.catch(() => {});
+    if (uses >= this.mergeHotAfter && !this.merged.has(cacheKey)) this.mergedSet(bundle, loraSetKey(addons[0]!.loras), addons[0]!).promise.catch(() => {});
   }
 
   /** Resolves when every merge started so far has finished (built or failed): for tests and the bench. */

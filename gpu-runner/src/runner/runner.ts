@@ -82,6 +82,9 @@ export interface RunnerOptions {
 /** Errors that another attempt cannot fix: the job fails at once instead of being retried. */
 const PERMANENT = new Set(["BundleError", "ExecutionProviderError", "SamplerMismatchError", "GenerationError", "ZodError", "LoraError", "ControlImageError", "AddonIntegrityError", "TarError"]);
 
+/** How a lease names an add-on version (`LeasedJob.addons[].ref`). */
+const addonRef = (id: string, version: number) => `${id}@${version}`;
+
 export class Runner {
   private stopping = false;
   private current: Promise<void> | null = null;
@@ -144,7 +147,7 @@ export class Runner {
       }),
     );
     const need = (id: string, version: number) => {
-      const f = fetched.get(`${id}@${version}`);
+      const f = fetched.get(addonRef(id, version));
       if (!f) throw new Error(`the lease carries no URL for add-on ${id}@${version}`);
       return f;
     };
@@ -225,7 +228,7 @@ export class Runner {
       });
       const late = this.o.addonJoinFraction !== undefined && leased.addons.length > 0;
       // The LoRA set's key is known from the lease before the files arrive: a worker holding it merged uses it.
-      const shaOf = (id: string, version: number) => leased.addons.find((a) => a.ref === `${id}@${version}`)?.sha256;
+      const shaOf = (id: string, version: number) => leased.addons.find((a) => a.ref === addonRef(id, version))?.sha256;
       const loras = job.request.loras.map((l) => ({ sha256: shaOf(l.id, l.version) ?? "", scale: l.scale }));
       const t0 = performance.now();
       const result = await this.o.pool.generate(model.dir, pipelineRequest(job.request), {
