@@ -313,9 +313,10 @@ def evaluate_rf(unet, te, tok, n=256, steps=1, log=print, tag="rf", seed=0, reco
 
 @torch.no_grad()
 def evaluate_lora(unet, te, tok, styles_scales: dict, n=256, steps=50, guidance=4.0, log=print, seed=0, record=True,
-                  ckpt=None):
+                  ckpt=None, start=0):
     """Style LoRAs (from checkpoints/loras.pt, or `ckpt`) stacked along the rank axis with their scales folded into
-    `up`, applied to both CFG halves; prompts carry the trigger words. Reports the style detection rate."""
+    `up`, applied to both CFG halves; prompts carry the trigger words. Reports the style detection rate. `start`: the
+    first held-out prompt seed (the report's rows use 0; recipes are compared on 9000.., which it never shows)."""
     ck = torch.load(ckpt or os.path.join(CKPT, "loras.pt"), map_location="cpu")
     paths = [t["path"] for t in unet.lora_target_info()]
     styles = [s for s in data.STYLES if s in styles_scales]
@@ -328,7 +329,7 @@ def evaluate_lora(unet, te, tok, styles_scales: dict, n=256, steps=50, guidance=
             us.append(u.float() * styles_scales[s])  # alpha = rank -> scale 1
         lora[p] = (torch.cat(ds, 0), torch.cat(us, 1))
     t0 = time.time()
-    prompts = data.eval_prompts(n, styles=styles)
+    prompts = data.eval_prompts(n, start=start, styles=styles)
     caps = [p[2] for p in prompts]
     cond = te(tok(caps))
     uncond = te(tok([""])).expand(n, -1, -1)
@@ -341,7 +342,7 @@ def evaluate_lora(unet, te, tok, styles_scales: dict, n=256, steps=50, guidance=
     # The sampled latents do not depend on the VAE decoder: they are cached (keyed by the LoRA weights, the U-Net and
     # the sampling settings), so a new decoder is scored on the very same latents without sampling again.
     import hashlib
-    h = hashlib.sha256(repr((sorted(styles_scales.items()), n, steps, guidance, seed)).encode())
+    h = hashlib.sha256(repr((sorted(styles_scales.items()), n, steps, guidance, seed) + ((start,) if start else ())).encode())
     for p in paths:
         h.update(lora[p][0].numpy().tobytes()); h.update(lora[p][1].numpy().tobytes())
     h.update(next(iter(unet.state_dict().values())).numpy().tobytes())
@@ -354,7 +355,11 @@ def evaluate_lora(unet, te, tok, styles_scales: dict, n=256, steps=50, guidance=
         torch.save(lat, cache + ".tmp"); os.replace(cache + ".tmp", cache)
     imgs = decode(lat)
     res = score_images(imgs, [p[1] for p in prompts], styles_expected=styles)
-    tag = f"LoRA v{ck.get('version', 2)} " + "+".join(f"{s}@{styles_scales[s]}" for s in styles)
+    import train
+    recipes = train.lora_recipes_of(ck)
+    tag = "LoRA " + "+".join(f"{s}@{styles_scales[s]} (v{recipes[s]['version']})" for s in styles)
+    if start:
+        tag += f" · held-out prompts {start}..{start + n - 1}"
     res.update(tag=tag, sampler="ddim", steps=steps, guidance=guidance, n=n, seconds=round(time.time() - t0, 1))
     name = "grid_lora_" + "_".join(styles)
     save_grid(imgs, caps, name)
@@ -479,6 +484,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layout-free", action="store_true", help="controlnet: prompts without position and size")
     ap.add_argument("--stack", default="", help="loras: only this comma-separated set of styles, stacked at scale 1")
+    ap.add_argument("--start", type=int, default=0, help="loras --stack: first held-out prompt seed (default 0)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.what == "report":
@@ -534,7 +540,7 @@ def main():
         rf.load_state_dict({k: v.float() for k, v in rck["model"].items()})
         evaluate_rf(rf.eval(), te, tok, n=args.n, steps=1, tag="rectified-flow 1-step")
     elif args.what == "loras" and args.stack:
-        evaluate_lora(unet, te, tok, {s: 1.0 for s in args.stack.split(",")}, n=args.n)
+        evaluate_lora(unet, te, tok, {s: 1.0 for s in args.stack.split(",")}, n=args.n, start=args.start)
     elif args.what == "loras":
         for s in data.STYLES:
             evaluate_lora(unet, te, tok, {s: 1.0}, n=args.n)

@@ -1043,17 +1043,7 @@ def export_trained(root=MODELS_DIR, log=print):
     if addons_keep:
         shutil.copytree(os.path.join(addons_keep, "addons"), os.path.join(base_dir, "addons"))
     addons = os.path.join(base_dir, "addons")
-    if train.stage_finished("loras"):
-        lck = torch.load(os.path.join(ck_dir, "loras.pt"), map_location="cpu")
-        for style, lo in lck["loras"].items():
-            # F16, as trained and checkpointed (the runner reads F16 and BF16 as well as F32): half the bytes.
-            lo16 = {p: (d.half(), u.half()) for p, (d, u) in lo.items()}
-            save_safetensors(os.path.join(addons, f"lora-{style}.safetensors"), lora_to_kohya(lo16, lck["rank"], unet),
-                             {"family": FAMILY, "format": "kohya", "rank": str(lck["rank"]), "trigger": style})
-            if style == "pastel":
-                save_safetensors(os.path.join(addons, f"lora-{style}-peft.safetensors"), lora_to_peft(lo16, unet),
-                                 {"family": FAMILY, "format": "peft", "r": str(lck["rank"]),
-                                  "lora_alpha": str(lck["rank"]), "trigger": style})
+    export_loras(root, unet)
     if train.stage_finished("controlnet"):
         cn = _round_fp16(train.load_controlnet(unet))
         write_controlnet(os.path.join(addons, "controlnet-mask"), name="tiny-shapes-controlnet-mask",
@@ -1081,6 +1071,29 @@ def export_trained(root=MODELS_DIR, log=print):
 
 
 MERGE_DIR = os.path.join(ZOO, ".work", "bundles")
+
+
+def export_loras(root=MODELS_DIR, unet=None, log=print):
+    """The style LoRA add-ons of the base bundle, from checkpoints/loras.pt (also on their own, `export.py loras`,
+    after the `loras` stage retrained a style: the bundles do not change)."""
+    import train
+    if not train.stage_finished("loras"):
+        log("loras: the stage has not finished with its current recipes; add-ons left as they are")
+        return
+    if unet is None:
+        unet = train.load_base(ema=True)[1]
+    addons = os.path.join(root, FAMILY, "addons")
+    lck = torch.load(os.path.join(train.CKPT, "loras.pt"), map_location="cpu")
+    for style, lo in lck["loras"].items():
+        # F16, as trained and checkpointed (the runner reads F16 and BF16 as well as F32): half the bytes.
+        lo16 = {p: (d.half(), u.half()) for p, (d, u) in lo.items()}
+        save_safetensors(os.path.join(addons, f"lora-{style}.safetensors"), lora_to_kohya(lo16, lck["rank"], unet),
+                         {"family": FAMILY, "format": "kohya", "rank": str(lck["rank"]), "trigger": style})
+        if style == "pastel":
+            save_safetensors(os.path.join(addons, f"lora-{style}-peft.safetensors"), lora_to_peft(lo16, unet),
+                             {"family": FAMILY, "format": "peft", "r": str(lck["rank"]),
+                              "lora_alpha": str(lck["rank"]), "trigger": style})
+        log(f"loras: wrote lora-{style}.safetensors")
 
 
 def export_merge(out_root=MERGE_DIR, log=print):
@@ -1119,5 +1132,8 @@ if __name__ == "__main__":
         write_checksums(MODELS_DIR)
     elif what == "merge":
         export_merge()
+    elif what == "loras":
+        export_loras()
+        write_checksums(MODELS_DIR)
     else:
-        raise SystemExit(f"unknown target {what} (use: random | trained | evaluator | merge)")
+        raise SystemExit(f"unknown target {what} (use: random | trained | evaluator | loras | merge)")

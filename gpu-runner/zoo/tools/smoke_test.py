@@ -28,6 +28,7 @@ models.VAE_CONFIGS["base"] = dict(ch=(8, 8, 8))
 train.BASE_N = 300
 train.LORA_N = 200
 train.CN_N = 200
+train.LORA_RECIPES = {s: dict(r, steps=3) for s, r in train.LORA_RECIPES.items()}  # what --steps 3 trains
 train.RF_PAIRS = 256
 train.RF_ODE_STEPS = 3
 _score = evaluate.score_images
