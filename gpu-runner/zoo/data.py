@@ -165,21 +165,33 @@ def _down(im_hr: Image.Image) -> np.ndarray:
 _STRIPES = {}
 
 
+STRIPE_PERIOD_HR = 24  # supersampled pixels along x (and y): 6 px at 64x64; a stripe is 10 of them wide
+
+
 def _stripes(phase: int) -> np.ndarray:
     """Anti-aliased diagonal stripes, period 6 px at 64x64 (cached per phase)."""
     if phase not in _STRIPES:
         yy, xx = np.mgrid[0:SIZE * SS, 0:SIZE * SS]
-        hr = (((xx + yy + phase) % 24) < 10).astype(np.uint8) * 255
+        hr = (((xx + yy + phase) % STRIPE_PERIOD_HR) < 10).astype(np.uint8) * 255
         _STRIPES[phase] = np.asarray(Image.fromarray(hr).resize((SIZE, SIZE), Image.BOX), np.float32) / 255.0
     return _STRIPES[phase]
+
+
+def stripe_cell_phase(phase: int, cell: int = 4) -> np.ndarray:
+    """[64/cell, 64/cell] where the stripes stand at each cell's top-left pixel, as a fraction of their period in
+    [0,1): a cell-by-cell description of a striped image's stripes (the stripe code in the latent, train.py)."""
+    n = SIZE // cell
+    i, j = np.mgrid[0:n, 0:n]
+    return (((i + j) * cell * SS + phase) % STRIPE_PERIOD_HR) / STRIPE_PERIOD_HR
 
 
 def _pastel(rgb):
     return tuple(0.45 * c + 0.55 * 255 for c in rgb)
 
 
-def render(attrs: dict, styles=(), rng: np.random.Generator | None = None):
-    """Render attributes (+ optional styles) into (image uint8 [64,64,3], mask uint8 [64,64])."""
+def render(attrs: dict, styles=(), rng: np.random.Generator | None = None, info: dict | None = None):
+    """Render attributes (+ optional styles) into (image uint8 [64,64,3], mask uint8 [64,64]). `info`, when given,
+    receives what else was drawn at random: the stripes' phase (`stripe_phase`, in supersampled pixels)."""
     rng = rng if rng is not None else np.random.default_rng(0)
     d = SIZE_PX[attrs["size"]] * rng.uniform(0.92, 1.08)
     px, py = POS_XY[attrs["position"]]
@@ -200,7 +212,9 @@ def render(attrs: dict, styles=(), rng: np.random.Generator | None = None):
         inner = _down(_shape_mask_hr(attrs["shape"], cx, cy, d, rot, k))
         alpha = np.clip(fill - inner, 0.0, 1.0)
     if "striped" in styles:
-        phase = int(rng.integers(0, 24))
+        phase = int(rng.integers(0, STRIPE_PERIOD_HR))
+        if info is not None:
+            info["stripe_phase"] = phase
         stripe = _stripes(phase)
         white = np.array([250, 250, 250], np.float32)
         if "outlined" in styles:
@@ -225,8 +239,9 @@ def sample(seed: int, styles=None, style_prob: float = 0.0) -> Sample:
             k = 1 if rng.random() < 0.6 else 2
             styles = sorted(rng.choice(STYLES, size=k, replace=False).tolist(), key=STYLES.index)
     template = int(rng.integers(len(TEMPLATES)))
-    img, mask = render(attrs, styles, rng)
-    return Sample(seed, attrs, list(styles), caption_for(attrs, styles, template), img, mask)
+    extra = {}
+    img, mask = render(attrs, styles, rng, extra)
+    return Sample(seed, attrs, list(styles), caption_for(attrs, styles, template), img, mask, extra)
 
 
 def labels(s: Sample) -> dict:

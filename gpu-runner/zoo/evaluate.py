@@ -492,10 +492,11 @@ def main():
         return
     if args.what == "vae":  # the ceiling the VAE allows: evaluator on VAE reconstructions of held-out images
         vae, sf = load_vae()
+        import train
         imgs, _, _, _, ss = data.batch_arrays(np.arange(9000, 9000 + args.n), styles=[])
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
-            rec = decode(vae.encoder(x)[0] * sf)
+            rec = decode(train.encode_latents(vae, sf, imgs, ss))
         r = score_images(rec, [s.attrs for s in ss])
         r["psnr"] = float(10 * math.log10(4.0 / (rec - x).pow(2).mean().item()))
         save_grid(rec, [data.caption_for(s.attrs) for s in ss], "grid_vae_reconstructions")
@@ -506,14 +507,16 @@ def main():
         # Per style: can a style survive the VAE at all? (the ceiling of any style LoRA's detection rate)
         for style in data.STYLES:
             imgs, _, _, _, ss = data.batch_arrays(np.arange(9000, 9000 + args.n), styles=[style])
-            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
-            with torch.no_grad():
-                rec = decode(vae.encoder(x)[0] * sf)
-            r = score_images(rec, [s.attrs for s in ss], styles_expected=[style])
-            r.update(tag=f"VAE reconstructions of held-out {style} images (style ceiling)", sampler="-", steps="-",
-                     guidance="-", n=args.n)
-            record_result(r)
-            print(style, r["style_detected"])
+            codes = (False, True) if style == "striped" and train.stripe_code_on() else (False,)
+            for code in codes:  # the stripe code's ceiling, and what the encoder alone keeps
+                with torch.no_grad():
+                    rec = decode(train.encode_latents(vae, sf, imgs, ss, code))
+                r = score_images(rec, [s.attrs for s in ss], styles_expected=[style])
+                how = " with the stripe code" if code else (" (encoder only, no stripe code)" if len(codes) > 1 else "")
+                r.update(tag=f"VAE reconstructions of held-out {style} images{how} (style ceiling)", sampler="-",
+                         steps="-", guidance="-", n=args.n)
+                record_result(r)
+                print(style + how, r["style_detected"])
         return
     if args.what == "real":
         r = real_baseline(args.n)

@@ -643,7 +643,7 @@ def write_bundle(out_dir, *, name, version, description, unet, te, tok, vae, sca
                             down_input=d, up_input=u))
     if lora_mode == "branch":
         # The weights too, per component: the runner merges a hot add-on set into them (addons/runtime.ts).
-        for c in {c for t in targets for c in t["components"]}:
+        for c in sorted({c for t in targets for c in t["components"]}):  # sorted: the same manifest every export
             mine = [t for t in targets if c in t["components"]]
             names = merge_weight_names(os.path.join(tmp, comps[c]["path"]), unet, {t["module"] for t in mine})
             for t, (wname, layout) in zip(mine, names):

@@ -240,17 +240,58 @@ def edge_map(x):
     return F.max_pool2d((g * 4).clamp(0, 1), 3, 1, 1)
 
 
+# The stripe code (vaedec v3). The `vae` encoder keeps no trace of stripes finer than its 4x latent grid (a striped
+# shape encodes as a paler solid colour), so no decoder could tell where to draw them and no LoRA could ask for them:
+# the striped ceiling was 0.023. A striped image's latent is therefore defined as the encoder's mean plus a code
+# that says, cell by cell, where the stripes stand: STRIPE_CODE_SCALE x the shape's coverage of the cell x
+# (cos, sin) of the stripes' phase at the cell (data.stripe_cell_phase), on latent channels 0 and 1. Plain and other
+# styled images get no code, so every U-Net stays valid; vaedec phase 3 teaches the decoder to read it, and the
+# striped LoRA learns to write it. (The encoder does not write it: img2img of a striped picture loses its stripes.)
+STRIPE_CODE_SCALE = 1.0  # in scaled-latent units (the latents' std is 1)
+
+
+def stripe_code(samples, sf):
+    """[N,4,16,16] unscaled offsets that carry the stripe code of each striped sample (zeros for the others)."""
+    out = torch.zeros(len(samples), 4, 16, 16)
+    for k, s in enumerate(samples):
+        if "striped" not in s.styles:
+            continue
+        phi = torch.from_numpy(2 * math.pi * data.stripe_cell_phase(s.extra["stripe_phase"])).float()
+        cover = F.avg_pool2d(torch.from_numpy(s.mask).float()[None, None] / 255.0, 4)[0, 0]
+        out[k, 0], out[k, 1] = cover * torch.cos(phi), cover * torch.sin(phi)
+    return out * (STRIPE_CODE_SCALE / sf)
+
+
+def stripe_code_on():
+    """Whether the family's latents carry the stripe code: once the decoder has learnt to read it (vaedec v3)."""
+    p = os.path.join(CKPT, "vaedec.pt")
+    ck = torch.load(p, map_location="cpu") if os.path.exists(p) else {}
+    return ck.get("phase", 1) >= 3 and bool(ck.get("finished"))
+
+
+def encode_latents(vae, sf, imgs, samples, code=None):
+    """Scaled latents of real images as every U-Net and LoRA trains on them: the encoder's mean, plus the stripe
+    code once the decoder reads it (`code` overrides that check)."""
+    z = vae.encoder(to_img_tensor(imgs))[0]
+    if stripe_code_on() if code is None else code:
+        z = z + stripe_code(samples, sf)
+    return z * sf
+
+
 # vaedec v2 adds phase 2: from phase 1's decoder, VAEDEC_EDGE_STEPS more steps with the L1 weighted 1 + 4 x edge_map
 # (a fresh critic, listened to from its step 200). Probe (experiments/vaedec_edge.py, 1200 steps; seeds 9000..9255):
 # outlined ceiling 0.902 -> 0.941 (400) -> 0.957 (800), outlined + pastel 0.711 -> 0.801 -> 0.836, plain
 # reconstructions 0.993 -> 0.998, FD 406 -> 319, no style drawn on plain images (1 of 256 read as outlined). The stage
 # (3000 steps): ceilings outlined 0.980, outlined + pastel 0.875; LoRA v5 outlined 0.793 -> 0.852, stacked pair
 # 0.660 -> 0.820; but blurry latents (one-step LCM) now decode with dark rims that read as outlined (REPORT.md).
-VAEDEC_VERSION = 2
+VAEDEC_VERSION = 3
 VAEDEC_PHASES = dict(
-    # phase: steps, lr, seed range, edge weight, decoder listens to the critic from, critic trains from, torch seed
+    # phase: steps, lr, seed range, edge weight, decoder listens to the critic from, critic trains from, torch seed,
+    # striped images' latents carry the stripe code
     phase1=dict(steps=1500, lr=2e-4, seeds=200_000_000, edge_w=0.0, gan_start=300, critic_start=100, seed=1),
     phase2=dict(steps=3000, lr=1e-4, seeds=260_000_000, edge_w=4.0, gan_start=200, critic_start=0, seed=2),
+    phase3=dict(steps=2000, lr=1e-4, seeds=330_000_000, edge_w=4.0, gan_start=200, critic_start=0, seed=3,
+                stripe_code=True),
 )
 
 
@@ -261,12 +302,13 @@ def stage_vaedec(args):
     has two losses that let the decoder draw a texture whose exact phase the latent does not pin down (an L1/MSE
     decoder must draw the blurred average instead): a patch-spectrum loss (magnitudes of windowed 16x16 patch
     spectra, phase-free) and a PatchGAN hinge loss with the taming/SD adaptive weight. Phase 2 (v2) weights the L1
-    towards edges. Each phase checkpoints; phase 1's decoder is kept in vaedec.pt while phase 2 runs."""
+    towards edges. Phase 3 (v3) teaches it the stripe code (stripe_code). Each phase checkpoints; the previous
+    phase's decoder is kept in vaedec.pt while the next one runs."""
     log = Log("vaedec")
     p = os.path.join(CKPT, "vaedec.pt")
     ck = torch.load(p, map_location="cpu") if os.path.exists(p) else {}
     done = ck.get("phase", 1) if ck.get("finished") else 0
-    for i, name in enumerate(("phase1", "phase2"), start=1):
+    for i, name in enumerate(VAEDEC_PHASES, start=1):
         if done >= i:
             continue
         ph = dict(VAEDEC_PHASES[name])
@@ -312,11 +354,13 @@ def decoder_phase(log, name, ph):
             for g in o.param_groups:
                 g["lr"] = cosine_lr(step, TOTAL, LR, warmup=50)
         seeds = data.TRAIN_SEED_BASE + ph["seeds"] + step * B + np.arange(B)  # >= TRAIN_MIN_SEED, unused range
-        imgs, _, _, _, _ = data.batch_arrays(seeds, style_prob=0.6)
+        imgs, _, _, _, ss = data.batch_arrays(seeds, style_prob=0.6)
         x = to_img_tensor(imgs)
         with torch.no_grad():
             mean, logvar = vae.encoder(x)
             z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+            if ph.get("stripe_code"):
+                z = z + stripe_code(ss, sf)
         rec = dec(z)
         if ph["edge_w"]:
             w = 1 + ph["edge_w"] * edge_map(x)
@@ -353,9 +397,10 @@ def decoder_phase(log, name, ph):
     dec.eval()
     with torch.no_grad():
         seeds = data.TRAIN_SEED_BASE + 150_000_000 + np.arange(1024)
-        imgs, _, _, _, _ = data.batch_arrays(seeds, style_prob=0.35)
+        imgs, _, _, _, ss = data.batch_arrays(seeds, style_prob=0.35)
         x = to_img_tensor(imgs)
-        rec = torch.cat([dec(vae.encoder(x[i:i + 256])[0]) for i in range(0, 1024, 256)])
+        rec = torch.cat([dec(encode_latents(vae, sf, imgs[i:i + 256], ss[i:i + 256], ph.get("stripe_code", False)) / sf)
+                         for i in range(0, 1024, 256)])
         psnr = 10 * math.log10(4.0 / (rec.clamp(-1, 1) - x).pow(2).mean().item())
     log(f"{name} finished: reconstruction PSNR {psnr:.2f} dB on 1024 images")
     return vae, psnr
@@ -488,7 +533,7 @@ def build_latent_dataset(log, path, n, seed_base, styles=None, style_prob=0.0, w
             seeds = seed_base + np.arange(i, min(n, i + 500))
             assert seeds.min() >= data.TRAIN_MIN_SEED
             imgs, mk, caps, labs, ss = data.batch_arrays(seeds, styles=styles, style_prob=style_prob)
-            lat.append((vae.encoder(to_img_tensor(imgs))[0] * sf).half())
+            lat.append(encode_latents(vae, sf, imgs, ss).half())
             caps_attr.extend(caps)
             seeds_all.append(seeds)
             style_lab.append(labs["styles"])
@@ -869,7 +914,7 @@ def stage_rf(args):
 LORA_VERSION = 6
 LORA_RANK = 16
 LORA_RECIPES = dict(outlined=dict(version=6, steps=4000, weighting=os.environ.get("LORA_WEIGHTING", "shape")),
-                    striped=dict(version=5, steps=2000, weighting="none"),
+                    striped=dict(version=6, steps=2000, weighting="none"),  # v6: on latents with the stripe code
                     pastel=dict(version=5, steps=3000, weighting="none"))
 LORA_N = 12000  # styled training images per LoRA
 LORA_BATCH, LORA_LR = 32, 1e-3
@@ -937,7 +982,8 @@ def lora_loss(unet, te, lat, ids_all, empty_ids, acp, lp, B, g, weights=None):
 def lora_dataset(log, style):
     """The styled training latents of one LoRA, with each image's mask and 16x16 edge map (cached under .work)."""
     si = data.STYLES.index(style)
-    return build_latent_dataset(log, os.path.join(WORK, f"lora_{style}_latents_maps.pt"), LORA_N,
+    code = "_stripecode" if style == "striped" and stripe_code_on() else ""
+    return build_latent_dataset(log, os.path.join(WORK, f"lora_{style}_latents_maps{code}.pt"), LORA_N,
                                 data.STYLE_SEED_BASE + si * 1_000_000, styles=[style], with_masks=True,
                                 with_edges=True)
 
