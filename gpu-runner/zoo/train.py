@@ -250,6 +250,11 @@ def edge_map(x):
 STRIPE_CODE_SCALE = 1.0  # in scaled-latent units (the latents' std is 1)
 
 
+def cell_cover(masks):
+    """uint8 masks [N,64,64] -> the shape's coverage of each latent cell, [N,1,16,16] in [0,1]."""
+    return F.avg_pool2d(torch.as_tensor(masks).float().unsqueeze(1) / 255.0, 4)
+
+
 def stripe_code(samples, sf):
     """[N,4,16,16] unscaled offsets that carry the stripe code of each striped sample (zeros for the others)."""
     out = torch.zeros(len(samples), 4, 16, 16)
@@ -257,7 +262,7 @@ def stripe_code(samples, sf):
         if "striped" not in s.styles:
             continue
         phi = torch.from_numpy(2 * math.pi * data.stripe_cell_phase(s.extra["stripe_phase"])).float()
-        cover = F.avg_pool2d(torch.from_numpy(s.mask).float()[None, None] / 255.0, 4)[0, 0]
+        cover = cell_cover(s.mask[None])[0, 0]
         out[k, 0], out[k, 1] = cover * torch.cos(phi), cover * torch.sin(phi)
     return out * (STRIPE_CODE_SCALE / sf)
 
@@ -525,6 +530,7 @@ def build_latent_dataset(log, path, n, seed_base, styles=None, style_prob=0.0, w
     if os.path.exists(path):
         return torch.load(path)
     vae, sf = load_vae()
+    code = stripe_code_on()
     log(f"encoding {n} images (seeds {seed_base}..{seed_base + n - 1}) with the VAE ...")
     lat, caps_attr, tmpl, seeds_all, style_lab, masks, edges = [], [], [], [], [], [], []
     t0 = time.time()
@@ -533,7 +539,7 @@ def build_latent_dataset(log, path, n, seed_base, styles=None, style_prob=0.0, w
             seeds = seed_base + np.arange(i, min(n, i + 500))
             assert seeds.min() >= data.TRAIN_MIN_SEED
             imgs, mk, caps, labs, ss = data.batch_arrays(seeds, styles=styles, style_prob=style_prob)
-            lat.append(encode_latents(vae, sf, imgs, ss).half())
+            lat.append(encode_latents(vae, sf, imgs, ss, code).half())
             caps_attr.extend(caps)
             seeds_all.append(seeds)
             style_lab.append(labs["styles"])
@@ -912,7 +918,6 @@ def stage_rf(args):
 # Striped v6: on latents with the stripe code (vaedec v3); 4000 steps (2000: 0.875 on prompts 9000-9255, 4000: 0.902).
 # Each style keeps the recipe it was trained with (loras.pt "recipes"); the stage retrains only a style whose recipe
 # differs from LORA_RECIPES.
-LORA_VERSION = 6
 LORA_RANK = 16
 LORA_RECIPES = dict(outlined=dict(version=6, steps=4000, weighting=os.environ.get("LORA_WEIGHTING", "shape")),
                     striped=dict(version=6, steps=4000, weighting="none"),  # v6: on latents with the stripe code
@@ -951,7 +956,7 @@ def lora_weight_maps(ds, weighting):
     if weighting == "none":
         return None
     if weighting == "shape":
-        cover = F.avg_pool2d(ds["masks"].float().unsqueeze(1) / 255.0, 4)
+        cover = cell_cover(ds["masks"])
         w = 1 + cover / cover.mean((1, 2, 3), keepdim=True).clamp_min(1e-3)
     elif weighting == "edges":
         w = 1 + 4 * ds["edges"].float().unsqueeze(1)
@@ -1075,7 +1080,8 @@ def stage_loras(args):
                                 export.lora_to_kohya(lo32, alpha=LORA_RANK, unet=unet),
                                 {"family": "tiny-shapes", "format": "kohya", "rank": str(LORA_RANK), "trigger": style})
     atomic_save(dict(loras=outputs, rank=LORA_RANK, recipes={st: recipes[st] for st in outputs},
-                     steps={st: recipes[st]["steps"] for st in outputs}, batch=B, version=LORA_VERSION, finished=True),
+                     steps={st: recipes[st]["steps"] for st in outputs}, batch=B,
+                     version=max(recipes[st]["version"] for st in outputs), finished=True),
                 os.path.join(CKPT, "loras.pt"))
     log("finished")
     try:  # what this run trained, alone and in the stacked pairs (kept styles' rows are in the report already)
