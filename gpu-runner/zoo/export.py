@@ -1087,12 +1087,13 @@ def export_loras(root=MODELS_DIR, unet=None, log=print):
     for style, lo in lck["loras"].items():
         # F16, as trained and checkpointed (the runner reads F16 and BF16 as well as F32): half the bytes.
         lo16 = {p: (d.half(), u.half()) for p, (d, u) in lo.items()}
-        save_safetensors(os.path.join(addons, f"lora-{style}.safetensors"), lora_to_kohya(lo16, lck["rank"], unet),
-                         {"family": FAMILY, "format": "kohya", "rank": str(lck["rank"]), "trigger": style})
+        rank = next(iter(lo16.values()))[0].shape[0]  # each style's own (train.LORA_RECIPES)
+        save_safetensors(os.path.join(addons, f"lora-{style}.safetensors"), lora_to_kohya(lo16, rank, unet),
+                         {"family": FAMILY, "format": "kohya", "rank": str(rank), "trigger": style})
         if style == "pastel":
             save_safetensors(os.path.join(addons, f"lora-{style}-peft.safetensors"), lora_to_peft(lo16, unet),
-                             {"family": FAMILY, "format": "peft", "r": str(lck["rank"]),
-                              "lora_alpha": str(lck["rank"]), "trigger": style})
+                             {"family": FAMILY, "format": "peft", "r": str(rank),
+                              "lora_alpha": str(rank), "trigger": style})
         log(f"loras: wrote lora-{style}.safetensors")
 
 

@@ -98,7 +98,7 @@ describe("the whole stack, on loopback", () => {
     const addons = (await api(stack, "GET", "/v1/addons", stack.apiKey)).body.data;
     const family = (await api(stack, "GET", `/v1/models/${stack.defaultModel}`, stack.apiKey)).body.family;
     const named = (name: string) => addons.find((a: any) => a.name === name && a.family === family);
-    // Outlined and pastel: the pair whose stack the zoo measures at 0.81 (REPORT.md; striped + pastel 0.93), the one
+    // Outlined and pastel: the pair whose stack the zoo measures at 0.84 (REPORT.md; striped + pastel 0.93), the one
     // whose two styles change the same pixels (pastel pales the outline that outlined draws).
     const [outlined, pastel, mask] = [named("lora-outlined"), named("lora-pastel"), named("controlnet-mask")];
     if (!outlined || !pastel || !mask) return ctx.skip(); // the zoo has not exported the trained add-ons
@@ -132,9 +132,10 @@ describe("the whole stack, on loopback", () => {
       // steps get a margin below those.
       expect(plainScores.mean).toBeGreaterThanOrEqual(0.8);
       expect(ious.reduce((a, b) => a + b, 0) / ious.length).toBeGreaterThanOrEqual(0.6);
-      // Outlined misses its detection target (REPORT.md: outlined 0.871, pastel 1.00 alone at DDIM-50), so what this
-      // asserts is that they work through the whole stack: the styles are detected more often with them than
-      // without them on the same prompts, seeds and control images.
+      // Four images at 25 steps are too few to hold to the detection targets (REPORT.md, 256 prompts at DDIM-50:
+      // outlined 0.926, pastel 1.00 alone, stacked 0.84), so what this asserts is that they work through the whole
+      // stack: the styles are detected more often with them than without them on the same prompts, seeds and
+      // control images.
       const detected = (s: typeof scores) => s.styleRates.outlined! + s.styleRates.pastel!;
       expect(detected(scores)).toBeGreaterThan(detected(plainScores));
     } finally {

@@ -1,6 +1,7 @@
 """The style LoRAs' training objective and recipe bookkeeping (run: /usr/bin/python3 gpu-runner/zoo/tests/test_lora_objective.py).
 The per-cell weights of the epsilon-MSE (train.lora_weight_maps) must keep each image's mean at 1 and put the weight
-where they say; a weighting of all ones must give the plain MSE; a style is retrained exactly when its recipe changed."""
+where they say; a weighting of all ones must give the plain MSE; the draws must favour the images the style changes
+least (train.lora_sampling) and follow the probabilities given; a style is retrained exactly when its recipe changed."""
 import os
 import sys
 import tempfile
@@ -54,7 +55,46 @@ def test_edge_weighting_and_errors():
         assert "rings" in str(e)
 
 
-def test_ones_weighting_is_the_plain_mse():
+def test_style_change_weighting():
+    """shape+style adds weight where the style alters the picture: an outlined shape's hole, nowhere outside it."""
+    seeds = np.arange(data.STYLE_SEED_BASE, data.STYLE_SEED_BASE + 40)
+    ss = [data.sample(int(s), ["outlined"]) for s in seeds]
+    k = next(i for i, s in enumerate(ss) if s.attrs["size"] == "large" and s.attrs["shape"] in ("circle", "square"))
+    change = train.style_change(seeds, "outlined")
+    assert change.shape == (40, 1, 16, 16)
+    cover = train.cell_cover(np.stack([s.mask for s in ss]))
+    assert change[cover == 0].abs().max() == 0  # outside the shape the outlined style changes nothing
+    x, y = data.POS_XY[ss[k].attrs["position"]]
+    hole = (y // 4, x // 4)  # the latent cell at the shape's centre is inside its hole
+    assert change[k, 0][hole] > 0.2, change[k, 0][hole]
+    ds = dict(masks=torch.from_numpy(np.stack([s.mask for s in ss])), seeds=seeds)
+    shape, both = (train.lora_weight_maps(ds, w, "outlined").float() for w in ("shape", "shape+style"))
+    assert torch.allclose(both.mean((1, 2, 3)), torch.ones(40), atol=2e-3)
+    assert both[k, 0][hole] > shape[k, 0][hole] * 1.2  # the hole weighs more than under shape alone
+    pastel = train.style_change(seeds[:4], "pastel")
+    assert (pastel > 0).all()  # pastel changes every cell
+
+
+def test_change_sampling():
+    """sampling=change draws the images the style alters least (small shapes' small holes) more often."""
+    seeds = np.arange(data.STYLE_SEED_BASE, data.STYLE_SEED_BASE + 200)
+    ss = [data.sample(int(s), ["outlined"]) for s in seeds]
+    ds = dict(seeds=seeds)
+    assert train.lora_sampling(ds, "uniform", "outlined") is None
+    p = train.lora_sampling(ds, "change", "outlined")
+    assert p.shape == (200,) and abs(p.sum().item() - 1) < 1e-5 and (p > 0).all()
+    mean_p = lambda shape, size: p[[i for i, s in enumerate(ss) if s.attrs["shape"] == shape and
+                                    s.attrs["size"] == size]].mean()
+    assert mean_p("star", "small") > 2 * mean_p("circle", "large")
+    assert mean_p("circle", "small") > mean_p("circle", "large")
+    try:
+        train.lora_sampling(ds, "hard", "outlined")
+        raise AssertionError("an unknown sampling was accepted")
+    except ValueError as e:
+        assert "hard" in str(e)
+
+
+def tiny_lora_setup():
     torch.manual_seed(0)
     unet = models.UNet(**models.UNET_CONFIGS["tiny"]).eval()
     te = models.TextEncoder(vocab_size=40, **models.TEXT_CONFIGS["tiny"]).eval()
@@ -63,6 +103,11 @@ def test_ones_weighting_is_the_plain_mse():
         torch.nn.init.normal_(u, std=0.05)  # a LoRA that does something
     lat, ids = torch.randn(6, 4, 16, 16).half(), torch.zeros(6, models.MAX_LENGTH, dtype=torch.long)
     acp = models.alphas_cumprod(torch.float32)
+    return unet, te, lat, ids, acp, lp
+
+
+def test_ones_weighting_is_the_plain_mse():
+    unet, te, lat, ids, acp, lp = tiny_lora_setup()
     args = (unet, te, lat, ids, ids[0], acp, lp, 4)
     plain = train.lora_loss(*args, torch.Generator().manual_seed(3))
     ones = train.lora_loss(*args, torch.Generator().manual_seed(3), weights=torch.ones(6, 1, 16, 16).half())
@@ -70,10 +115,24 @@ def test_ones_weighting_is_the_plain_mse():
     assert torch.allclose(plain, ones, rtol=1e-5) and torch.allclose(2 * plain, twice, rtol=1e-5)
 
 
+def test_probs_decide_what_is_drawn():
+    """All the probability on image 2 gives the loss of a dataset whose every image is image 2."""
+    unet, te, lat, ids, acp, lp = tiny_lora_setup()
+    only2 = torch.zeros(6)
+    only2[2] = 1
+    a = train.lora_loss(unet, te, lat, ids, ids[0], acp, lp, 4, torch.Generator().manual_seed(3), probs=only2)
+    same = lat[2:3].expand(6, -1, -1, -1).clone()
+    b = train.lora_loss(unet, te, same, ids, ids[0], acp, lp, 4, torch.Generator().manual_seed(3),
+                        probs=torch.full((6,), 1 / 6))
+    c = train.lora_loss(unet, te, lat, ids, ids[0], acp, lp, 4, torch.Generator().manual_seed(3),
+                        probs=torch.full((6,), 1 / 6))
+    assert torch.allclose(a, b, rtol=1e-5) and not torch.allclose(a, c, rtol=1e-3)
+
+
 def test_recipes_decide_what_is_retrained():
     v5 = dict(loras={s: {} for s in data.STYLES}, rank=16, version=5, steps=dict(outlined=4000, striped=2000, pastel=3000))
     old = train.lora_recipes_of(v5)
-    assert old["pastel"] == dict(version=5, steps=3000, weighting="none", rank=16)
+    assert old["pastel"] == dict(version=5, steps=3000, weighting="none", rank=16, n=train.LORA_N, sampling="uniform")
     keep = train.CKPT
     with tempfile.TemporaryDirectory() as d:
         train.CKPT = d
