@@ -923,8 +923,7 @@ def stage_rf(args):
 # Each style keeps the recipe it was trained with (loras.pt "recipes"); the stage retrains only a style whose recipe
 # differs from LORA_RECIPES.
 LORA_RANK = 16
-LORA_RECIPES = dict(outlined=dict(version=7, steps=4000, rank=32, sampling="change",
-                                  weighting=os.environ.get("LORA_WEIGHTING", "shape+style")),
+LORA_RECIPES = dict(outlined=dict(version=7, steps=4000, rank=32, weighting="shape+style", sampling="change"),
                     striped=dict(version=6, steps=4000, weighting="none"),  # v6: on latents with the stripe code
                     pastel=dict(version=5, steps=3000, weighting="none"))
 LORA_N = 12000  # styled training images per LoRA
