@@ -250,9 +250,14 @@ def edge_map(x):
 STRIPE_CODE_SCALE = 1.0  # in scaled-latent units (the latents' std is 1)
 
 
+def cell_mean(m):
+    """A per-pixel map [N,64,64] -> its mean over each 4x4 latent cell, [N,1,16,16]."""
+    return F.avg_pool2d(torch.as_tensor(m).float().unsqueeze(1), 4)
+
+
 def cell_cover(masks):
     """uint8 masks [N,64,64] -> the shape's coverage of each latent cell, [N,1,16,16] in [0,1]."""
-    return F.avg_pool2d(torch.as_tensor(masks).float().unsqueeze(1) / 255.0, 4)
+    return cell_mean(torch.as_tensor(masks).float() / 255.0)
 
 
 def stripe_code(samples, sf):
@@ -959,8 +964,7 @@ def style_change(seeds, style):
         chunk = seeds[i:i + 500]
         styled = data.batch_arrays(chunk, styles=[style])[0].astype(np.float32)
         plain = data.batch_arrays(chunk, styles=[])[0].astype(np.float32)
-        diff = torch.from_numpy(np.abs(styled - plain).mean(-1) / 255.0).unsqueeze(1)
-        out.append(F.avg_pool2d(diff, 4))
+        out.append(cell_mean(np.abs(styled - plain).mean(-1) / 255.0))
     return torch.cat(out)
 
 
@@ -1126,16 +1130,9 @@ def stage_loras(args):
         trained.add(style)
         atomic_save(dict(lp=lp.state_dict(), opt=opt.state_dict(), step=step, extra=extra(None)), state_path("loras"))
         prev = load_state("loras")
-    import export
-    for style, lo in outputs.items():
-        lo32 = {p: (d.float(), u.float()) for p, (d, u) in lo.items()}
-        rank = recipes[style]["rank"]
-        export.save_safetensors(os.path.join(CKPT, "loras", f"{style}.safetensors"),
-                                export.lora_to_kohya(lo32, alpha=rank, unet=unet),
-                                {"family": "tiny-shapes", "format": "kohya", "rank": str(rank), "trigger": style})
-    atomic_save(dict(loras=outputs, recipes={st: recipes[st] for st in outputs},
-                     steps={st: recipes[st]["steps"] for st in outputs}, batch=B,
-                     version=max(recipes[st]["version"] for st in outputs), finished=True),
+    # The add-on files are written from this by `export.py loras` (export.export_loras); the recipes say each style's
+    # steps, version and rank.
+    atomic_save(dict(loras=outputs, recipes={st: recipes[st] for st in outputs}, batch=B, finished=True),
                 os.path.join(CKPT, "loras.pt"))
     log("finished")
     try:  # what this run trained, alone and in the stacked pairs (kept styles' rows are in the report already)
