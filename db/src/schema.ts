@@ -2,13 +2,29 @@
  * The system of record (D1 / SQLite). Times are integer milliseconds since the epoch; JSON columns hold
  * documents that are read whole. Every index below serves a query on a hot path, named beside it.
  */
+import {
+  ADDON_KINDS,
+  ADDON_VERSION_STATUSES,
+  ENABLED_STATUSES,
+  JOB_STATUSES,
+  SCOPES,
+  TENANT_STATUSES,
+  USER_ROLES,
+  VISIBILITIES,
+  WEBHOOK_DELIVERY_STATUSES,
+} from "@imagegen/contracts/enums";
+import type { AddonDetails } from "@imagegen/contracts/addons";
+import type { GenerationRequest, Provenance, Timings } from "@imagegen/contracts/generations";
+import type { ModelSpec } from "@imagegen/contracts/models";
 import { sql } from "drizzle-orm";
 import { index, integer, primaryKey, real, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+
+type Scope = (typeof SCOPES)[number];
 
 export const tenants = sqliteTable("tenants", {
   id: text("id").primaryKey(),
   name: text("name").notNull(),
-  status: text("status", { enum: ["active", "suspended"] }).notNull().default("active"),
+  status: text("status", { enum: TENANT_STATUSES }).notNull().default("active"),
   /** Per-tenant limits; null means the deployment default from env. */
   maxConcurrentJobs: integer("max_concurrent_jobs"),
   maxImagesPerDay: integer("max_images_per_day"),
@@ -25,7 +41,7 @@ export const users = sqliteTable(
     id: text("id").primaryKey(),
     tenantId: text("tenant_id").notNull().references(() => tenants.id),
     email: text("email").notNull(),
-    role: text("role", { enum: ["owner", "member"] }).notNull().default("member"),
+    role: text("role", { enum: USER_ROLES }).notNull().default("member"),
     createdAt: integer("created_at").notNull(),
   },
   (t) => [uniqueIndex("users_tenant_email").on(t.tenantId, t.email)],
@@ -42,7 +58,7 @@ export const apiKeys = sqliteTable(
     prefix: text("prefix").notNull(),
     /** SHA-256 of the whole key, hex. Keys are 256-bit random, so a fast hash is enough. */
     hash: text("hash").notNull(),
-    scopes: text("scopes", { mode: "json" }).$type<string[]>().notNull(),
+    scopes: text("scopes", { mode: "json" }).$type<Scope[]>().notNull(),
     createdAt: integer("created_at").notNull(),
     lastUsedAt: integer("last_used_at"),
     expiresAt: integer("expires_at"),
@@ -58,9 +74,9 @@ export const models = sqliteTable("models", {
   id: text("id").primaryKey(),
   family: text("family").notNull(),
   displayName: text("display_name").notNull(),
-  /** Request limits and defaults derived from the bundle's manifest (see edge/src/schemas/models.ts). */
-  spec: text("spec", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
-  status: text("status", { enum: ["active", "disabled"] }).notNull().default("active"),
+  /** Request limits and defaults derived from the bundle's manifest (see edge/src/models/from-manifest.ts). */
+  spec: text("spec", { mode: "json" }).$type<ModelSpec>().notNull(),
+  status: text("status", { enum: ENABLED_STATUSES }).notNull().default("active"),
   createdAt: integer("created_at").notNull(),
   updatedAt: integer("updated_at").notNull(),
 });
@@ -70,10 +86,10 @@ export const addons = sqliteTable(
   {
     id: text("id").primaryKey(),
     tenantId: text("tenant_id").notNull().references(() => tenants.id),
-    kind: text("kind", { enum: ["lora", "controlnet"] }).notNull(),
+    kind: text("kind", { enum: ADDON_KINDS }).notNull(),
     name: text("name").notNull(),
     family: text("family").notNull(),
-    visibility: text("visibility", { enum: ["private", "tenant", "public"] }).notNull().default("private"),
+    visibility: text("visibility", { enum: VISIBILITIES }).notNull().default("private"),
     latestVersion: integer("latest_version").notNull().default(0),
     createdAt: integer("created_at").notNull(),
     updatedAt: integer("updated_at").notNull(),
@@ -90,21 +106,20 @@ export const addonVersions = sqliteTable(
   {
     addonId: text("addon_id").notNull().references(() => addons.id),
     version: integer("version").notNull(),
-    status: text("status", { enum: ["pending", "validating", "ready", "rejected"] }).notNull().default("pending"),
+    status: text("status", { enum: ADDON_VERSION_STATUSES }).notNull().default("pending"),
     rejectionReason: text("rejection_reason"),
     sizeBytes: integer("size_bytes"),
     sha256: text("sha256"),
     storageKey: text("storage_key").notNull(),
     /** What validation found (rank, targets, residual names...). */
-    details: text("details", { mode: "json" }).$type<Record<string, unknown>>(),
+    details: text("details", { mode: "json" }).$type<AddonDetails>(),
     createdAt: integer("created_at").notNull(),
     updatedAt: integer("updated_at").notNull(),
   },
   (t) => [primaryKey({ columns: [t.addonId, t.version] })],
 );
 
-export const jobStatuses = ["queued", "running", "succeeded", "failed", "canceled"] as const;
-export type JobStatus = (typeof jobStatuses)[number];
+export type JobStatus = (typeof JOB_STATUSES)[number];
 
 export const jobs = sqliteTable(
   "jobs",
@@ -114,10 +129,10 @@ export const jobs = sqliteTable(
     tenantId: text("tenant_id").notNull().references(() => tenants.id),
     apiKeyId: text("api_key_id"),
     modelId: text("model_id").notNull(),
-    status: text("status", { enum: jobStatuses }).notNull().default("queued"),
+    status: text("status", { enum: JOB_STATUSES }).notNull().default("queued"),
     /** The normalised request (defaults applied, seed chosen, add-ons resolved to versions and hashes). */
-    request: text("request", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
-    /** "addon_id@version" of every add-on the job needs: lease affinity matches it against a runner's warm set. */
+    request: text("request", { mode: "json" }).$type<GenerationRequest>().notNull(),
+    /** "addon_id@version" (contracts' refs.ts) of every add-on the job needs: lease affinity matches it against a runner's warm set. */
     addonRefs: text("addon_refs", { mode: "json" }).$type<string[]>().notNull(),
     imageCount: integer("image_count").notNull(),
     attempts: integer("attempts").notNull().default(0),
@@ -130,9 +145,9 @@ export const jobs = sqliteTable(
     errorCode: text("error_code"),
     errorMessage: text("error_message"),
     /** queue_ms, addon_load_ms, inference_ms, upload_ms, total_ms ... */
-    timings: text("timings", { mode: "json" }).$type<Record<string, number>>(),
+    timings: text("timings", { mode: "json" }).$type<Timings>(),
     /** What produced the images: model and add-on hashes, sampler, steps, seed, runner. */
-    provenance: text("provenance", { mode: "json" }).$type<Record<string, unknown>>(),
+    provenance: text("provenance", { mode: "json" }).$type<Provenance>(),
     idempotencyKey: text("idempotency_key"),
     requestHash: text("request_hash"),
     webhookUrl: text("webhook_url"),
@@ -176,7 +191,7 @@ export const runners = sqliteTable("runners", {
   name: text("name").notNull(),
   /** SHA-256 of the runner token: a secret of its own kind, never a tenant key. */
   tokenHash: text("token_hash").notNull().unique(),
-  status: text("status", { enum: ["active", "disabled"] }).notNull().default("active"),
+  status: text("status", { enum: ENABLED_STATUSES }).notNull().default("active"),
   capacity: integer("capacity").notNull().default(1),
   warmAddons: text("warm_addons", { mode: "json" }).$type<string[]>().notNull().default(sql`'[]'`),
   models: text("models", { mode: "json" }).$type<string[]>().notNull().default(sql`'[]'`),
@@ -208,7 +223,7 @@ export const webhookDeliveries = sqliteTable(
     jobId: text("job_id"),
     event: text("event").notNull(),
     payload: text("payload", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
-    status: text("status", { enum: ["pending", "delivered", "failed"] }).notNull().default("pending"),
+    status: text("status", { enum: WEBHOOK_DELIVERY_STATUSES }).notNull().default("pending"),
     attempts: integer("attempts").notNull().default(0),
     nextAttemptAt: integer("next_attempt_at"),
     lastResponseStatus: integer("last_response_status"),

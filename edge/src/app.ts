@@ -2,6 +2,7 @@
  * Composition: middleware order, the four surfaces (public `/v1`, runner `/internal/v1`, operator `/admin/v1`,
  * and the OpenAPI document), and the one error envelope.
  */
+import type { OpenApiDocument } from "@imagegen/contracts/openapi";
 import { database } from "@imagegen/db";
 import { HTTPException } from "hono/http-exception";
 import { adminAuth, runnerAuth, tenantAuth } from "./auth/middleware.ts";
@@ -10,6 +11,7 @@ import { loadSettings } from "./env.ts";
 import { ApiError, errorBody } from "./errors.ts";
 import { rateLimit } from "./limits/middleware.ts";
 import { jsonBody } from "./middleware/json-body.ts";
+import { openApiDocuments } from "./openapi.ts";
 import { requestId } from "./middleware/request-id.ts";
 import { addons } from "./routes/addons.ts";
 import { admin } from "./routes/admin.ts";
@@ -38,17 +40,9 @@ export function createApp() {
   app.get("/healthz", (c) => c.json({ ok: true }));
   app.get("/dashboard", (c) => c.html(DASHBOARD_HTML));
 
-  app.doc31("/v1/openapi.json", {
-    openapi: "3.1.0",
-    info: {
-      title: "imagegen API",
-      version: "0.1.0",
-      description: "Multi-tenant image generation with LoRA and ControlNet add-ons, few-step samplers and block caching.",
-    },
-    servers: [{ url: "/" }],
-    security: [{ bearerAuth: [] }],
-  });
-  app.openAPIRegistry.registerComponent("securitySchemes", "bearerAuth", { type: "http", scheme: "bearer", description: "An API key (igk_…)" });
+  // The public document only: the admin and runner documents are committed in contracts/openapi/.
+  let publicDocument: OpenApiDocument | undefined;
+  app.get("/v1/openapi.json", (c) => c.json((publicDocument ??= openApiDocuments(app).public)));
 
   // The order matters: authenticate, then rate-limit by key, then route.
   app.use("/v1/*", async (c, next) => (c.req.path === "/v1/openapi.json" ? next() : tenantAuth()(c, next)));

@@ -2,18 +2,8 @@
  * One error envelope everywhere: `{ error: { type, code, message, param?, request_id } }`.
  * Handlers throw `ApiError`; `app.onError` renders it (and anything unexpected as a 500).
  */
+import type { ErrorBody, ErrorType } from "@imagegen/contracts/errors";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-
-export type ErrorType =
-  | "invalid_request_error"
-  | "authentication_error"
-  | "permission_error"
-  | "not_found_error"
-  | "conflict_error"
-  | "idempotency_error"
-  | "rate_limit_error"
-  | "quota_exceeded_error"
-  | "api_error";
 
 export class ApiError extends Error {
   constructor(
@@ -47,10 +37,6 @@ export class ApiError extends Error {
   static conflict(code: string, message: string): ApiError {
     return new ApiError(409, "conflict_error", code, message);
   }
-}
-
-export interface ErrorBody {
-  error: { type: ErrorType; code: string; message: string; param?: string; request_id: string };
 }
 
 export function errorBody(err: ApiError, requestId: string): ErrorBody {

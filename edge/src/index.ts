@@ -3,6 +3,7 @@ import { database } from "@imagegen/db";
 import { createApp } from "./app.ts";
 import { expireLeases } from "./dispatch/expiry.ts";
 import type { Env } from "./env.ts";
+import { objectStore } from "./storage/index.ts";
 import { sweepRetention } from "./storage/retention.ts";
 import { deliverDue } from "./webhooks/index.ts";
 
@@ -15,6 +16,7 @@ export default {
   fetch: app.fetch,
   async scheduled(_controller, env, ctx) {
     const db = database(env.DB);
-    ctx.waitUntil(Promise.all([expireLeases(env, db, Date.now(), (p) => ctx.waitUntil(p)), sweepRetention(env, db), deliverDue(db)]));
+    const to = { env, db, waitUntil: (p: Promise<unknown>) => ctx.waitUntil(p) };
+    ctx.waitUntil(Promise.all([expireLeases(to), sweepRetention(objectStore(env), db), deliverDue(db)]));
   },
 } satisfies ExportedHandler<Env>;

@@ -1,6 +1,9 @@
+import { createExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { database } from "@imagegen/db";
+import { createApp } from "../src/app.ts";
+import { objectStore } from "../src/storage/index.ts";
 import { sweepRetention } from "../src/storage/retention.ts";
 import { call, completeLeased, generate, lease, newRunner, newTenant, registerAddon, registerModel } from "./helpers.ts";
 
@@ -95,8 +98,8 @@ describe("object storage through presigned URLs", () => {
     await completeLeased(runner.token, l.body);
     const key = l.body.outputs[0].storage_key;
     expect(await env.BUCKET!.head(key)).not.toBeNull();
-    expect(await sweepRetention(env, database(env.DB), Date.now())).toBe(0);
-    expect(await sweepRetention(env, database(env.DB), Date.now() + 2 * 86_400_000)).toBe(1);
+    expect(await sweepRetention(objectStore(env), database(env.DB), Date.now())).toBe(0);
+    expect(await sweepRetention(objectStore(env), database(env.DB), Date.now() + 2 * 86_400_000)).toBe(1);
     expect(await env.BUCKET!.head(key)).toBeNull();
     const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
     expect(seen.body.images).toHaveLength(0);
@@ -116,5 +119,98 @@ describe("re-signing", () => {
     const plain = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, { token: t.key });
     expect(plain.status).toBe(200);
     expect(new URL(plain.body.url).searchParams.get("X-Amz-Expires")).toBe("3600");
+  });
+});
+
+/**
+ * An S3-compatible store without the R2 binding (MinIO, AWS): the Worker reaches it only over HTTP. Here a small
+ * S3 endpoint in front of the test bucket answers the calls the edge makes (GET, HEAD, DELETE).
+ */
+describe("an S3 store without the R2 binding", () => {
+  const s3Env = { ...env, BUCKET: undefined };
+  const bucketPath = `${new URL(env.S3_ENDPOINT!).pathname}/${env.S3_BUCKET}/`;
+  const s3Calls: string[] = [];
+
+  async function fakeS3(req: Request): Promise<Response> {
+    const url = new URL(req.url);
+    const key = decodeURIComponent(url.pathname.slice(bucketPath.length));
+    s3Calls.push(`${req.method} ${key}`);
+    if (req.method === "DELETE") {
+      await env.BUCKET!.delete(key);
+      return new Response(null, { status: 204 });
+    }
+    const obj = await env.BUCKET!.get(key);
+    if (!obj) {
+      const missing = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>No such key</Message></Error>`;
+      return new Response(req.method === "HEAD" ? null : missing, { status: 404, headers: { "content-type": "application/xml" } });
+    }
+    const headers = { "content-length": String(obj.size), "content-type": obj.httpMetadata?.contentType ?? "application/octet-stream" };
+    return new Response(req.method === "HEAD" ? null : obj.body, { headers });
+  }
+
+  const realFetch = globalThis.fetch;
+  beforeAll(() => {
+    expect(env.BUCKET).toBeDefined();
+  });
+  afterEach(() => {
+    vi.restoreAllMocks();
+    s3Calls.length = 0;
+  });
+  const serveS3 = () =>
+    vi.spyOn(globalThis, "fetch").mockImplementation(async (input, init) => {
+      const req = new Request(input, init);
+      return req.url.startsWith(env.S3_ENDPOINT!) ? fakeS3(req) : realFetch(req);
+    });
+
+  it("reads, heads and deletes through the S3 API", async () => {
+    serveS3();
+    const store = objectStore(s3Env);
+    const key = "tenants/s3/outputs/x/0.png";
+    await env.BUCKET!.put(key, new Uint8Array([1, 2, 3]), { httpMetadata: { contentType: "image/png" } });
+    expect(await store.head(key)).toEqual({ size: 3, contentType: "image/png" });
+    expect(await store.get(key)).toEqual(new Uint8Array([1, 2, 3]));
+    expect(await store.get("tenants/s3/missing")).toBeUndefined();
+    await store.delete([key]);
+    expect(await env.BUCKET!.head(key)).toBeNull();
+    expect(await store.sha256("tenants/s3/missing")).toBeUndefined();
+    expect(s3Calls).toEqual([`HEAD ${key}`, `GET ${key}`, "GET tenants/s3/missing", `DELETE ${key}`, "GET tenants/s3/missing"]);
+  });
+
+  it("retention deletes the objects, not only the rows", async () => {
+    const t = await newTenant("s3-retention", { retention_days: 1 });
+    const runner = await newRunner();
+    await generate(t.key);
+    const l = await lease(runner.token);
+    await completeLeased(runner.token, l.body);
+    const key = l.body.outputs[0].storage_key;
+    serveS3();
+    expect(await sweepRetention(objectStore(s3Env), database(env.DB), Date.now() + 2 * 86_400_000)).toBe(1);
+    expect(s3Calls).toEqual([`DELETE ${key}`]);
+    expect(await env.BUCKET!.head(key)).toBeNull();
+  });
+
+  it("the OpenAI-compatible b64_json answer reads the image through it", async () => {
+    await registerModel("s3-openai");
+    const t = await newTenant("s3-openai");
+    const runner = await newRunner();
+    serveS3();
+    const ctx = createExecutionContext();
+    const asked = createApp().fetch(
+      new Request("http://edge.test/v1/images/generations", {
+        method: "POST",
+        headers: { authorization: `Bearer ${t.key}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "s3-openai", prompt: "a small blue square", response_format: "b64_json" }),
+      }),
+      s3Env,
+      ctx,
+    );
+    const l = await lease(runner.token, { models: ["s3-openai"], wait_ms: 5000 });
+    expect((await completeLeased(runner.token, l.body)).status).toBe(200);
+    const res = await asked;
+    const body = (await res.json()) as any;
+    expect(res.status).toBe(200);
+    const bytes = Uint8Array.from(atob(body.data[0].b64_json), (ch) => ch.charCodeAt(0));
+    expect(new TextDecoder().decode(bytes)).toBe(`png ${l.body.outputs[0].storage_key}`);
+    expect(s3Calls).toContain(`GET ${l.body.outputs[0].storage_key}`);
   });
 });

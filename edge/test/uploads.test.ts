@@ -1,10 +1,10 @@
 /// <reference types="vite/client" />
 import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
-import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
-import { writeTar } from "../../gpu-runner/src/addons/tar.ts";
-import cnManifest from "../../gpu-runner/zoo/models/tiny-shapes-random/addons/random-controlnet-mask/manifest.json";
-import cnOnnxUrl from "../../gpu-runner/zoo/models/tiny-shapes-random/addons/random-controlnet-mask/controlnet/model.onnx?url&inline";
+import { encodeSafetensors } from "@imagegen/formats/safetensors";
+import { writeTar } from "@imagegen/formats/tar";
+import cnManifest from "../../gpu-runner/models/tiny-shapes-random/addons/random-controlnet-mask/manifest.json";
+import cnOnnxUrl from "../../gpu-runner/models/tiny-shapes-random/addons/random-controlnet-mask/controlnet/model.onnx?url&inline";
 import { sha256Hex } from "../src/lib/crypto.ts";
 import { call, generate, newTenant, registerModel, TINY_SPEC } from "./helpers.ts";
 

@@ -18,7 +18,8 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { conditioningTensor, decodePng } from "../src/addons/control-image.ts";
-import { DEFAULT_ADDON_JOIN_FRACTION, joinStepOf, type RequestAddons } from "../src/addons/runtime.ts";
+import { DEFAULT_ADDON_JOIN_FRACTION, joinStepOf } from "../src/addons/late-join.ts";
+import type { RequestAddons } from "../src/addons/request-addons.ts";
 import { AddonStore } from "../src/addons/store.ts";
 import { readManifest } from "../src/pipeline/bundle.ts";
 import { encodePng } from "../src/pipeline/png.ts";
@@ -26,7 +27,7 @@ import { InferencePool } from "../src/workers/pool.ts";
 import { median } from "./stats.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const ZOO = join(HERE, "..", "zoo", "models");
+const ZOO = join(HERE, "..", "models");
 const { values: args } = parseArgs({
   options: { bundle: { type: "string" }, rounds: { type: "string", default: "7" }, "join-fraction": { type: "string", default: String(DEFAULT_ADDON_JOIN_FRACTION) } },
 });
@@ -67,14 +68,14 @@ function maskConditioning(dir: string): Float32Array {
 const request = { prompt: "a large red circle on the left, blue background", seed: 3, sampler: "lcm" as const, steps: 4 };
 /**
  * The merge-mode twin of the bundle (same weights, no LoRA branch inputs), built from the zoo's checkpoints by
- * `export.py merge` into the git-ignored zoo/.work/bundles: 8 MB of float32 that a script regenerates in seconds.
+ * `python -m zoo.export merge` into the git-ignored zoo/.work/bundles: 8 MB of float32 that a script regenerates in seconds.
  */
 function mergeBundle(): string | undefined {
   const dir = join(HERE, "..", "zoo", ".work", "bundles", `${manifest.name}-merge`);
   if (random) return undefined;
   if (!existsSync(join(dir, "manifest.json"))) {
-    process.stderr.write(`building ${dir} (export.py merge) ...\n`);
-    const r = spawnSync("/usr/bin/python3", [join(HERE, "..", "zoo", "export.py"), "merge"], { stdio: ["ignore", "ignore", "inherit"] });
+    process.stderr.write(`building ${dir} (python -m zoo.export merge) ...\n`);
+    const r = spawnSync("/usr/bin/python3", ["-m", "zoo.export", "merge"], { cwd: join(HERE, ".."), stdio: ["ignore", "ignore", "inherit"] });
     if (r.status !== 0) process.stderr.write("could not build the merge-mode bundle (needs /usr/bin/python3 with torch): merge rows skipped\n");
   }
   return existsSync(join(dir, "manifest.json")) ? dir : undefined;
@@ -228,10 +229,10 @@ Stacked rows run with hot-set merging off (\`mergeHotAfter: 0\`). Hot rows run a
 (\`--lora-merge-after 3\`): the set ran stacked until it was merged in the background into the branch model's own
 weights (${hotWarmup} warm-up generations for the two hot sets), and ${hotMerged} of the ${hotRuns} timed hot runs ran merged. ${
   merged
-    ? `Merged rows run the merge-mode twin \`${relative(join(HERE, ".."), merged)}\` (no LoRA branch inputs; built by \`export.py merge\`):
+    ? `Merged rows run the merge-mode twin \`${relative(join(HERE, ".."), merged)}\` (no LoRA branch inputs; built by \`python -m zoo.export merge\`):
 "warm" reuses the session built for that add-on set, "cold" merges the LoRA into the weights and builds a session per request.
 ${agreement}`
-    : "Merge-and-rebuild rows are missing: no merge-mode twin of this bundle (random bundle, or `export.py merge` could not run)."
+    : "Merge-and-rebuild rows are missing: no merge-mode twin of this bundle (random bundle, or `python -m zoo.export merge` could not run)."
 }
 `;
 writeFileSync(join(HERE, "ADDONS.md"), report);

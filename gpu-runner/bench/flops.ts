@@ -9,9 +9,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import * as ort from "onnxruntime-node";
-import type { ComponentSpec } from "../src/pipeline/manifest.ts";
+import type { ComponentSpec } from "@imagegen/formats/manifest";
 import { buildModel } from "../src/onnx/builder.ts";
-import { readOnnxGraph } from "../src/onnx/reader.ts";
+import { readOnnxGraph } from "@imagegen/formats/onnx-reader";
 
 interface ProfileEvent {
   cat: string;

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import * as ort from "onnxruntime-node";
-import type { ModelManifest } from "../src/pipeline/manifest.ts";
+import type { ModelManifest } from "@imagegen/formats/manifest";
 import { median } from "./stats.ts";
 
 const { values: args } = parseArgs({

@@ -14,14 +14,16 @@ import { loadavg } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { AddonRuntime, DEFAULT_ADDON_JOIN_FRACTION, type RequestAddons } from "../src/addons/runtime.ts";
+import { DEFAULT_ADDON_JOIN_FRACTION } from "../src/addons/late-join.ts";
+import type { RequestAddons } from "../src/addons/request-addons.ts";
+import { AddonRuntime } from "../src/addons/runtime.ts";
 import { ImageEvaluator, type HeldoutPrompt, type QualityScores } from "../src/eval/evaluator.ts";
 import { DEFAULT_SESSION_CONFIG, loadBundle } from "../src/pipeline/bundle.ts";
 import type { GenerationRequest } from "../src/pipeline/request.ts";
 import { scoreConfiguration } from "./quality.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const ZOO = join(HERE, "..", "zoo", "models");
+const ZOO = join(HERE, "..", "models");
 const { values: args } = parseArgs({ options: { n: { type: "string", default: "96" } } });
 const N = Number(args.n);
 
@@ -110,7 +112,7 @@ ${rows.map((r) => `| ${r.config} | ${r.join} | ${(r.q.styleDetected ?? 0).toFixe
 
 The latest join step that stays within 0.05 of joining at step 0 in style detection and within 0.02 in attribute
 accuracy: ${choice.map((c) => `${c.config.label}: step ${c.k} of ${c.config.request.steps} (${(100 * c.fraction).toFixed(0)}% of the steps)`).join("; ")}.
-The runner's default bound (\`--addon-join-fraction\`, \`DEFAULT_ADDON_JOIN_FRACTION\` = ${DEFAULT_ADDON_JOIN_FRACTION} in src/addons/runtime.ts)
+The runner's default bound (\`--addon-join-fraction\`, \`DEFAULT_ADDON_JOIN_FRACTION\` = ${DEFAULT_ADDON_JOIN_FRACTION} in src/addons/late-join.ts)
 is set from this table: the smallest of the fractions above, so that it holds for every sampler measured.
 `;
 writeFileSync(join(HERE, "JOIN.md"), report);

@@ -15,9 +15,9 @@ import { dirname, join, relative } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { readOnnxGraph } from "../src/onnx/reader.ts";
+import { readOnnxGraph } from "@imagegen/formats/onnx-reader";
 import { loadBundle, readManifest, type Bundle } from "../src/pipeline/bundle.ts";
-import type { SamplerName } from "../src/pipeline/manifest.ts";
+import type { SamplerName } from "@imagegen/formats/manifest";
 import { generate, type GenerationResult } from "../src/pipeline/pipeline.ts";
 import type { CachePolicy, GenerationRequest } from "../src/pipeline/request.ts";
 import { InferencePool } from "../src/workers/pool.ts";
@@ -28,7 +28,7 @@ import type { QualityScores } from "../src/eval/evaluator.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const RUNNER = join(HERE, "..");
-const ZOO = join(RUNNER, "zoo", "models");
+const ZOO = join(RUNNER, "models");
 const PROMPTS = [
   "a large red circle on the left, blue background",
   "a small green square on the right, white background",

@@ -3,21 +3,23 @@
  * prompt → PNG from a model bundle, for people who only want the runner. Generation runs in an inference
  * worker, so the progress bar on stderr keeps moving.
  *
- *   node gpu-runner/src/cli.ts "a large red circle on the left, blue background" --sampler lcm --steps 4 --out c.png
+ * From the repository root (Node ≥ 22.12 runs the .ts directly; `npx node` is the project-local Node 22):
+ *
+ *   npx node gpu-runner/src/cli.ts "a large red circle on the left, blue background" --sampler lcm --steps 4 --out c.png
  */
 import { writeFileSync } from "node:fs";
 import { dirname, extname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { SessionConfigSchema } from "./pipeline/bundle.ts";
-import { SamplerName } from "./pipeline/manifest.ts";
+import { SamplerName } from "@imagegen/formats/manifest";
 import { GenerationRequest } from "./pipeline/request.ts";
 import { InferencePool } from "./workers/pool.ts";
 
-const DEFAULT_BUNDLE = join(dirname(fileURLToPath(import.meta.url)), "..", "zoo", "models", "tiny-shapes");
+const DEFAULT_BUNDLE = join(dirname(fileURLToPath(import.meta.url)), "..", "models", "tiny-shapes");
 
 const USAGE = `usage: imagegen-runner <prompt> [options]
-  --bundle <dir>           model bundle (default: zoo/models/tiny-shapes)
+  --bundle <dir>           model bundle (default: models/tiny-shapes)
   --sampler <name>         ddim | lcm | rectified-flow (default: the model's)
   --steps <n>              sampling steps (default: the model's)
   --seed <n>               seed (default 0); image i uses seed + i
@@ -89,7 +91,7 @@ async function main(): Promise<void> {
   const interval = num("cache-interval", values["cache-interval"]);
   const request = GenerationRequest.safeParse({
     prompt: positionals[0],
-    negativePrompt: values.negative,
+    negative_prompt: values.negative,
     sampler: sampler?.data,
     steps: num("steps", values.steps),
     seed: num("seed", values.seed),

@@ -2,11 +2,11 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { conditioningTensor, decodePng } from "../src/addons/control-image.ts";
-import { loraSetKey, type RequestAddons } from "../src/addons/runtime.ts";
+import { loraSetKey, type RequestAddons } from "../src/addons/request-addons.ts";
 import { encodePng } from "../src/pipeline/png.ts";
 import { InferencePool } from "../src/workers/pool.ts";
 
-const bundle = join(import.meta.dirname, "../zoo/models/tiny-shapes-random");
+const bundle = join(import.meta.dirname, "../models/tiny-shapes-random");
 const cnDir = join(bundle, "addons/random-controlnet-mask");
 const cnManifest = JSON.parse(readFileSync(join(cnDir, "manifest.json"), "utf8"));
 const loraBytes = new Uint8Array(readFileSync(join(bundle, "addons/random-lora-kohya.safetensors")));

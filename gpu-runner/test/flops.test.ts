@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { countFlops } from "../bench/flops.ts";
 import { buildModel } from "../src/onnx/builder.ts";
-import { readOnnxGraph } from "../src/onnx/reader.ts";
+import { readOnnxGraph } from "@imagegen/formats/onnx-reader";
 import { heavyUnet, toyManifest, writeToyBundle } from "./fixtures/toy-bundle.ts";
 
 describe("ONNX graph reader and FLOP count", () => {

@@ -1,13 +1,14 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AddonRuntime, loraSetKey, type RequestAddons } from "../src/addons/runtime.ts";
+import { loraSetKey, type RequestAddons } from "../src/addons/request-addons.ts";
+import { AddonRuntime } from "../src/addons/runtime.ts";
 import { loadBundle, type Bundle } from "../src/pipeline/bundle.ts";
 import { generate } from "../src/pipeline/pipeline.ts";
 
 // A branch model (LoRA branch inputs, float32 weights) whose manifest also names every target's weight: a hot
 // add-on set is merged into those weights (addons/runtime.ts `bundleFor`).
-const dir = join(import.meta.dirname, "../zoo/models/tiny-shapes-random");
+const dir = join(import.meta.dirname, "../models/tiny-shapes-random");
 const kohya = new Uint8Array(readFileSync(join(dir, "addons/random-lora-kohya.safetensors")));
 const peft = new Uint8Array(readFileSync(join(dir, "addons/random-lora-peft.safetensors")));
 const request = { prompt: "a red circle", seed: 4, sampler: "ddim" as const, steps: 3, guidance: 2 };
@@ -80,8 +81,8 @@ describe("hot LoRA sets on a branch model", () => {
 
 describe("merging into float16-stored weights", () => {
   // The trained LCM bundle stores its weights as float16 (+ Cast); its LoCon LoRA reaches linear and 3×3 targets.
-  const lcmDir = join(import.meta.dirname, "../zoo/models/tiny-shapes-lcm");
-  const outlined = join(import.meta.dirname, "../zoo/models/tiny-shapes/addons/lora-outlined.safetensors");
+  const lcmDir = join(import.meta.dirname, "../models/tiny-shapes-lcm");
+  const outlined = join(import.meta.dirname, "../models/tiny-shapes/addons/lora-outlined.safetensors");
   it("widens them to float32: the merged image is the stacked one", async (ctx) => {
     let lcm: Bundle;
     try {

@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { stackLoras, type LoraUse, type ParsedLora } from "../src/addons/lora.ts";
 import { locateInitializers, mergeLoras } from "../src/addons/merge.ts";
 import { buildModel } from "../src/onnx/builder.ts";
-import type { LoraTarget } from "../src/pipeline/manifest.ts";
+import type { LoraTarget } from "@imagegen/formats/manifest";
 
 const IN = 8, OUT = 6, TOKENS = 5;
 

@@ -3,10 +3,10 @@ import { join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { beforeAll, describe, expect, it } from "vitest";
 import { LoraError, parseLora, stackLoras, type LoraUse, type ParsedLora } from "../src/addons/lora.ts";
-import { ModelManifest } from "../src/pipeline/manifest.ts";
-import { encodeSafetensors } from "../src/addons/safetensors.ts";
+import { ModelManifest } from "@imagegen/formats/manifest";
+import { encodeSafetensors } from "@imagegen/formats/safetensors";
 
-const dir = join(import.meta.dirname, "../zoo/models/tiny-shapes-random");
+const dir = join(import.meta.dirname, "../models/tiny-shapes-random");
 const manifest = ModelManifest.parse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
 const { targets, max_rank: maxRank } = manifest.lora!;
 const unetSpec = manifest.components.unet;

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from "vitest";
-import { encodeSafetensors } from "../src/addons/safetensors.ts";
+import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { AddonRuntime } from "../src/addons/runtime.ts";
 import { loadBundle, type Bundle } from "../src/pipeline/bundle.ts";
 import { generate } from "../src/pipeline/pipeline.ts";

@@ -3,9 +3,9 @@ import { fileURLToPath } from "node:url";
 import * as ort from "onnxruntime-node";
 import { describe, expect, it } from "vitest";
 import { buildModel } from "../src/onnx/builder.ts";
-import { OnnxError, readOnnxIo, type ReadAt } from "../src/onnx/reader.ts";
+import { OnnxError, readOnnxIo, type ReadAt } from "@imagegen/formats/onnx-reader";
 
-const MODELS = fileURLToPath(new URL("../zoo/models/", import.meta.url));
+const MODELS = fileURLToPath(new URL("../models/", import.meta.url));
 
 /** A ReadAt over bytes in memory that counts what it was asked for. */
 function counting(bytes: Uint8Array) {

@@ -38,7 +38,7 @@ describe("generate (toy bundle)", () => {
   });
 
   it("lets compatible requests share one U-Net batch without changing their bytes", async () => {
-    const a = { prompt: "a red circle", negativePrompt: "blue", seed: 10, n: 2, steps: 4 };
+    const a = { prompt: "a red circle", negative_prompt: "blue", seed: 10, n: 2, steps: 4 };
     const b = { prompt: "a blue square on the left", seed: 77, steps: 4 };
     const [batchedA, batchedB] = await generateBatch(bundle, [a, b]);
     const [soloA, soloB] = [await generate(bundle, a), await generate(bundle, b)];

@@ -12,7 +12,7 @@ import { EdgeClient } from "../src/runner/edge-client.ts";
 import { discoverModels, Runner } from "../src/runner/runner.ts";
 import { InferencePool } from "../src/workers/pool.ts";
 
-const MODELS = join(import.meta.dirname, "../zoo/models");
+const MODELS = join(import.meta.dirname, "../models");
 const pool = new InferencePool({ size: 1 });
 afterAll(() => pool.close());
 
@@ -176,6 +176,18 @@ describe("runner lease loop", () => {
     expect(edge.calls.some((c) => c.path === "/internal/v1/jobs/job_cancel/complete")).toBe(false);
     const last = edge.calls.filter((c) => c.path === "/internal/v1/jobs/job_cancel/heartbeat").at(-1)!;
     expect(last.body.progress.step).toBeLessThan(400);
+  });
+
+  it("a failure sends its code and whether it is retryable, across the worker boundary too", async () => {
+    edge.queue.push(leased(edge, "job_nomodel", { model: "not-here" }), leased(edge, "job_sampler", { sampler: "rectified-flow" }));
+    const r = runner(edge);
+    const running = r.run();
+    await until("two failures", () => r.done.length === 2);
+    await r.stop();
+    await running;
+    const failOf = (id: string) => edge.calls.find((c) => c.path === `/internal/v1/jobs/${id}/fail`)!.body;
+    expect(failOf("job_nomodel")).toMatchObject({ retryable: false, error: { code: "model_not_served" } });
+    expect(failOf("job_sampler")).toMatchObject({ retryable: false, error: { code: "sampler_mismatch", message: expect.stringMatching(/rectified-flow/) } });
   });
 
   it("shutdown past the grace period hands the job back to the queue", async () => {

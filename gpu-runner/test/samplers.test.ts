@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import type { ModelManifest } from "../src/pipeline/manifest.ts";
+import type { ModelManifest } from "@imagegen/formats/manifest";
 import { ddimStep, ddimTimesteps, DdimSampler } from "../src/samplers/ddim.ts";
 import { createSampler, SamplerMismatchError } from "../src/samplers/index.ts";
 import { guidanceScaleEmbedding, lcmBoundaryScalings, lcmTimesteps, LcmSampler } from "../src/samplers/lcm.ts";

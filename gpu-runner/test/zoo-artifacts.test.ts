@@ -13,7 +13,7 @@ import { loadControlNet } from "../src/addons/controlnet.ts";
 import { parseLora } from "../src/addons/lora.ts";
 import { DEFAULT_SESSION_CONFIG, loadBundle, readManifest } from "../src/pipeline/bundle.ts";
 
-const MODELS = fileURLToPath(new URL("../zoo/models/", import.meta.url));
+const MODELS = fileURLToPath(new URL("../models/", import.meta.url));
 
 function walk(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)]));

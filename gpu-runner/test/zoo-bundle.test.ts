@@ -17,7 +17,7 @@ import * as ort from "onnxruntime-node";
 import { generate, type UnetInputProvider } from "../src/pipeline/pipeline.ts";
 import type { GenerationRequest } from "../src/pipeline/request.ts";
 
-const MODELS = fileURLToPath(new URL("../zoo/models/", import.meta.url));
+const MODELS = fileURLToPath(new URL("../models/", import.meta.url));
 const BASE = "tiny-shapes-random";
 const GOLDENS = fileURLToPath(new URL("./goldens/tiny-shapes-random.json", import.meta.url));
 const UPDATE = process.env.UPDATE_GOLDENS === "1";

@@ -81,13 +81,13 @@ async function waitForEdge(deadlineMs) {
   throw new Error(`the edge did not answer on ${edgeUrl} within ${deadlineMs / 1000} s`);
 }
 
-/** Registers every model bundle under gpu-runner/zoo/models with the limits its manifest implies. */
+/** Registers every model bundle under gpu-runner/models with the limits its manifest implies. */
 async function registerModels() {
-  const dir = join(root, "gpu-runner/zoo/models");
+  const dir = join(root, "gpu-runner/models");
   const registered = [];
   if (!existsSync(dir)) return registered;
   // Node 22 strips the types of the edge's TypeScript module: one mapping from manifest to model limits.
-  const { modelSpecFromManifest } = await import("../../edge/src/schemas/model-from-manifest.ts");
+  const { modelSpecFromManifest } = await import("../../edge/src/models/from-manifest.ts");
   for (const name of readdirSync(dir)) {
     const path = join(dir, name, "manifest.json");
     if (!existsSync(path)) continue;
@@ -109,10 +109,10 @@ async function registerModels() {
  * bundles as tar archives. Each goes into the bucket and is registered as a public add-on of the demo tenant.
  */
 async function registerDemoAddons(tenantId, apiKey) {
-  const dir = join(root, "gpu-runner/zoo/models");
+  const dir = join(root, "gpu-runner/models");
   if (!existsSync(dir)) return [];
   const { S3Client, PutObjectCommand } = await import("@aws-sdk/client-s3");
-  const { writeTar } = await import("../../gpu-runner/src/addons/tar.ts");
+  const { writeTar } = await import("@imagegen/formats/tar");
   const client = new S3Client({
     endpoint: s3.endpoint,
     region: "auto",

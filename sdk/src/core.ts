@@ -1,9 +1,10 @@
 /**
- * The HTTP core: base URL, API key, default headers, timeouts, retries with exponential backoff and jitter that
- * honour `Retry-After` (429, 408, 409 lock contention excluded, 5xx, network errors), and an idempotency key on
+ * The HTTP core: base URL, API key, default headers, timeouts, retries (network errors and the statuses of the
+ * shared policy in retry.ts, with backoff that honours `Retry-After`), and an idempotency key on
  * every POST so a retried create never makes a second job. Runs on Node, browsers and Workers (global fetch).
  */
 import { APIConnectionError, makeError } from "./errors.ts";
+import { isRetryableStatus, retryDelayMs } from "./retry.ts";
 import type { ErrorBody } from "./types.ts";
 
 export interface ClientOptions {
@@ -30,22 +31,6 @@ export interface RequestOptions {
 }
 
 const env = (name: string): string | undefined => (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
-
-function retryable(status: number): boolean {
-  return status === 408 || status === 429 || status >= 500;
-}
-
-/** Backoff before retry `attempt` (0-based): Retry-After when the server gave one, else 0.5 s · 2^n with jitter. */
-export function retryDelayMs(attempt: number, headers?: Headers): number {
-  const after = headers?.get("retry-after");
-  if (after) {
-    const seconds = Number(after);
-    if (Number.isFinite(seconds)) return Math.min(60_000, seconds * 1000);
-    const date = Date.parse(after);
-    if (Number.isFinite(date)) return Math.max(0, Math.min(60_000, date - Date.now()));
-  }
-  return Math.min(8_000, 500 * 2 ** attempt) * (0.75 + Math.random() / 2);
-}
 
 export class Core {
   readonly baseURL: string;
@@ -108,7 +93,7 @@ export class Core {
         const text = await res.text();
         return { data: (text ? JSON.parse(text) : null) as T, headers: res.headers, status: res.status };
       }
-      if (retryable(res.status) && attempt < maxRetries) {
+      if (isRetryableStatus(res.status) && attempt < maxRetries) {
         await res.body?.cancel();
         await sleep(retryDelayMs(attempt, res.headers));
         continue;

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
+import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { api, startStack, type Stack } from "./stack.ts";
 
 const CHROMIUM = "/usr/bin/chromium";

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
+import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { api, spawnRunner, startStack, waitFor, type Stack } from "./stack.ts";
 
 let stack: Stack;

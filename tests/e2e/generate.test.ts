@@ -5,8 +5,8 @@ import { encodePng } from "../../gpu-runner/src/pipeline/png.ts";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { encodeSafetensors } from "../../gpu-runner/src/addons/safetensors.ts";
-import { writeTar } from "../../gpu-runner/src/addons/tar.ts";
+import { encodeSafetensors } from "@imagegen/formats/safetensors";
+import { writeTar } from "@imagegen/formats/tar";
 import { ImageEvaluator } from "../../gpu-runner/src/eval/evaluator.ts";
 import { AuthenticationError, ImageGen, NotFoundError } from "../../sdk/src/index.ts";
 import OpenAI from "openai";
@@ -181,7 +181,7 @@ describe("the whole stack, on loopback", () => {
   it("a tenant uploads its own ControlNet (a tar of the bundle) through the SDK; it is validated and steers generation", async () => {
     const client = new ImageGen({ apiKey: stack.apiKey, baseURL: stack.edgeUrl });
     const model = await client.models.get(stack.defaultModel);
-    const dir = join(fileURLToPath(new URL("../../gpu-runner/zoo/models", import.meta.url)), model.family === "tiny-shapes" ? "tiny-shapes/addons/controlnet-mask" : "tiny-shapes-random/addons/random-controlnet-mask");
+    const dir = join(fileURLToPath(new URL("../../gpu-runner/models", import.meta.url)), model.family === "tiny-shapes" ? "tiny-shapes/addons/controlnet-mask" : "tiny-shapes-random/addons/random-controlnet-mask");
     const manifest = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8"));
     const tar = writeTar([
       { path: "manifest.json", data: readFileSync(join(dir, "manifest.json")) },

@@ -1,3 +1,4 @@
+import { parseAddonRef } from "@imagegen/contracts/refs";
 import { and, desc, eq, inArray, isNull, or, sql } from "drizzle-orm";
 import { transaction } from "../batch.ts";
 import type { Db } from "../index.ts";
@@ -72,8 +73,8 @@ export async function versionsForRefs(db: Db, refs: string[]): Promise<ResolvedA
       and(
         isNull(addons.deletedAt),
         or(...refs.map((r) => {
-          const [id, v] = r.split("@");
-          return and(eq(addons.id, id!), eq(addonVersions.version, Number(v)));
+          const { id, version } = parseAddonRef(r);
+          return and(eq(addons.id, id), eq(addonVersions.version, version ?? 0));
         })),
       ),
     );

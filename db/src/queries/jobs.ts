@@ -3,6 +3,8 @@
  * by the state it expects, so concurrent callers cannot both win: a job is leased by one runner, completed once,
  * and an expired lease is requeued or failed exactly once.
  */
+import { ACTIVE_JOB_STATUSES, TERMINAL_JOB_STATUSES } from "@imagegen/contracts/enums";
+import type { Provenance, Timings } from "@imagegen/contracts/generations";
 import { and, desc, eq, inArray, lt, sql } from "drizzle-orm";
 import { transaction } from "../batch.ts";
 import type { Db } from "../index.ts";
@@ -14,8 +16,8 @@ export type NewJob = typeof jobs.$inferInsert;
 export type Image = typeof images.$inferSelect;
 export type NewImage = typeof images.$inferInsert;
 
-export const ACTIVE: JobStatus[] = ["queued", "running"];
-export const TERMINAL: JobStatus[] = ["succeeded", "failed", "canceled"];
+export const ACTIVE: JobStatus[] = [...ACTIVE_JOB_STATUSES];
+export const TERMINAL: JobStatus[] = [...TERMINAL_JOB_STATUSES];
 
 export interface Caps {
   maxConcurrentJobs: number;
@@ -155,9 +157,9 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
 
 /**
  * Puts jobs whose lease expired back in the queue, or fails them once they used up their attempts.
- * Returns the jobs it changed so the caller can wake runners (requeued) and watchers (failed).
+ * Returns the jobs it changed, as they are now, so the caller can announce each.
  */
-export async function expireLeases(db: Db, now: number): Promise<Array<Pick<Job, "id" | "status" | "tenantId">>> {
+export async function expireLeases(db: Db, now: number): Promise<Job[]> {
   const exhausted = sql`${jobs.attempts} >= ${jobs.maxAttempts}`;
   return db
     .update(jobs)
@@ -171,7 +173,7 @@ export async function expireLeases(db: Db, now: number): Promise<Array<Pick<Job,
       leaseExpiresAt: null,
     })
     .where(and(eq(jobs.status, "running"), lt(jobs.leaseExpiresAt, now)))
-    .returning({ id: jobs.id, status: jobs.status, tenantId: jobs.tenantId });
+    .returning();
 }
 
 export type LeaseCheck =
@@ -210,8 +212,8 @@ export interface Completion {
   leaseId: string;
   now: number;
   images: NewImage[];
-  timings: Record<string, number>;
-  provenance: Record<string, unknown>;
+  timings: Timings;
+  provenance: Provenance;
 }
 
 /** Completes a job held by this lease, with its images, in one transaction. Repeating it changes nothing. */

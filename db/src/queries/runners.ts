@@ -26,7 +26,3 @@ export function reportRunner(db: Db, id: string, report: { warmAddons?: string[]
     })
     .where(eq(runners.id, id));
 }
-
-export async function listRunners(db: Db): Promise<Runner[]> {
-  return db.select().from(runners).orderBy(runners.id);
-}

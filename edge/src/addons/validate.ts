@@ -3,12 +3,12 @@
  * runner loads it with (gpu-runner/src/addons): a reason a person can act on, or what was found.
  */
 import { modelsTable, type Db } from "@imagegen/db";
-import { mapLoraKeys } from "../../../gpu-runner/src/addons/lora-keys.ts";
-import { headerByteLength, parseHeader, SafetensorsError } from "../../../gpu-runner/src/addons/safetensors.ts";
-import { listTar, TarError } from "../../../gpu-runner/src/addons/tar.ts";
-import { OnnxError, readOnnxIo } from "../../../gpu-runner/src/onnx/reader.ts";
-import { ControlNetManifest, controlNetMismatches } from "../../../gpu-runner/src/pipeline/manifest.ts";
-import { ModelSpec } from "../schemas/models.ts";
+import { mapLoraKeys } from "@imagegen/formats/lora-keys";
+import { headerByteLength, parseHeader, SafetensorsError } from "@imagegen/formats/safetensors";
+import { listTar, TarError } from "@imagegen/formats/tar";
+import { OnnxError, readOnnxIo } from "@imagegen/formats/onnx-reader";
+import { ControlNetManifest, controlNetMismatches } from "@imagegen/formats/manifest";
+import { ModelSpec } from "@imagegen/contracts";
 import type { ObjectStore } from "../storage/index.ts";
 
 export type Verdict = { ok: true; details: Record<string, unknown> } | { ok: false; reason: string };

@@ -1,3 +1,4 @@
+import type { Scope } from "@imagegen/contracts/keys";
 import type { MiddlewareHandler } from "hono";
 import { apiKeysTable, runnersTable } from "@imagegen/db";
 import type { AppEnv } from "../context.ts";
@@ -25,7 +26,7 @@ export const tenantAuth = (): MiddlewareHandler<AppEnv> => async (c, next) => {
   await next();
 };
 
-export function requireScope(c: { var: AppEnv["Variables"] }, scope: string): void {
+export function requireScope(c: { var: AppEnv["Variables"] }, scope: Scope): void {
   if (!c.var.auth.key.scopes.includes(scope)) {
     throw ApiError.forbidden("missing_scope", `This API key lacks the '${scope}' scope.`);
   }

@@ -3,38 +3,12 @@ import { addonsTable } from "@imagegen/db";
 import { requireScope } from "../auth/middleware.ts";
 import { router } from "../context.ts";
 import { ApiError } from "../errors.ts";
-import { ADDON_SIZE_LIMITS, Addon, AddonUpload, AddonVersion, CreateAddonBody, UpdateAddonBody } from "../schemas/admin.ts";
+import { Addon, ADDON_SIZE_LIMITS, AddonUpload, AddonVersion, CreateAddonBody, errorResponses, formatAddonRef, IdParam, iso, UpdateAddonBody } from "@imagegen/contracts";
+import { presentAddon, presentVersion } from "../addons/present.ts";
 import { validateControlNet, validateLora } from "../addons/validate.ts";
 import { addonKey, objectStore } from "../storage/index.ts";
 import { newId } from "../lib/ids.ts";
-import { audit } from "./admin.ts";
-import { errorResponses, IdParam, iso } from "../schemas/common.ts";
-
-export function presentAddon(a: addonsTable.Addon, tenantId: string): z.infer<typeof Addon> {
-  return {
-    id: a.id,
-    object: "addon",
-    kind: a.kind,
-    name: a.name,
-    family: a.family,
-    visibility: a.visibility,
-    latest_version: a.latestVersion,
-    owned: a.tenantId === tenantId,
-    created_at: iso(a.createdAt)!,
-  };
-}
-
-export function presentVersion(v: addonsTable.AddonVersion): z.infer<typeof AddonVersion> {
-  return {
-    version: v.version,
-    status: v.status,
-    rejection_reason: v.rejectionReason,
-    size_bytes: v.sizeBytes,
-    sha256: v.sha256,
-    details: v.details ?? null,
-    created_at: iso(v.createdAt)!,
-  };
-}
+import { audit } from "../audit/log.ts";
 
 const UPLOAD_URL_TTL_SECONDS = 3600;
 const AddonId = IdParam("add-on id", "addon_01hzy3k8m2q9w7e4r5t6y7u8i9");
@@ -81,7 +55,7 @@ export const addons = router()
       const { addon, version } = await addonsTable.addVersion(db, existing.id, { storageKey: (v) => addonKey(tenantId, existing!.id, v), sizeBytes: body.size_bytes, sha256: body.sha256 }, now);
       const contentType = "application/octet-stream";
       const url = await objectStore(c.env).presignPut(version.storageKey, UPLOAD_URL_TTL_SECONDS, contentType, body.size_bytes);
-      await audit(c, { tenantId, actor: c.var.auth.key.id, action: "addon.upload", target: `${addon.id}@${version.version}`, details: { name: body.name, size_bytes: body.size_bytes } });
+      await audit(c, { tenantId, actor: c.var.auth.key.id, action: "addon.upload", target: formatAddonRef(addon.id, version.version), details: { name: body.name, size_bytes: body.size_bytes } });
       return c.json(
         {
           addon: presentAddon(addon, tenantId),
@@ -108,11 +82,11 @@ export const addons = router()
       const db = c.var.db;
       const addon = await addonsTable.getOwnedAddon(db, tenantId, id);
       const row = addon && (await addonsTable.getVersion(db, id, version));
-      if (!addon || !row) throw ApiError.notFound("add-on version", `${id}@${version}`, "id");
+      if (!addon || !row) throw ApiError.notFound("add-on version", formatAddonRef(id, version), "id");
       if (row.status === "ready" || row.status === "rejected") return c.json(presentVersion(row), 200);
       const now = Date.now();
       if (!(await addonsTable.transitionVersion(db, id, version, ["pending"], { status: "validating" }, now))) {
-        throw ApiError.conflict("finalize_in_progress", `Add-on ${id}@${version} is already being validated.`);
+        throw ApiError.conflict("finalize_in_progress", `Add-on ${formatAddonRef(id, version)} is already being validated.`);
       }
       const store = objectStore(c.env);
       const reject = async (reason: string) =>
@@ -121,7 +95,7 @@ export const addons = router()
       if (!stored) {
         // Nothing uploaded yet: back to pending so the tenant can upload and finalize again.
         await addonsTable.transitionVersion(db, id, version, ["validating"], { status: "pending" }, Date.now());
-        throw ApiError.conflict("upload_missing", `Nothing has been uploaded for ${id}@${version} yet; PUT the file to the upload URL first.`);
+        throw ApiError.conflict("upload_missing", `Nothing has been uploaded for ${formatAddonRef(id, version)} yet; PUT the file to the upload URL first.`);
       }
       if (stored.size !== row.sizeBytes) return reject(`The upload has ${stored.size} bytes but ${row.sizeBytes} were declared (truncated or wrong file).`);
       const digest = await store.sha256(row.storageKey);

@@ -1,32 +1,20 @@
 /** The operator's API (`/admin/v1`, ADMIN_TOKEN): tenants, their keys and limits, runners, models, demo add-ons. */
 import { createRoute, z } from "@hono/zod-openapi";
-import { addonsTable, apiKeysTable, auditTable, modelsTable, runnersTable, tenantsTable } from "@imagegen/db";
-import type { Context } from "hono";
-import { displayPrefix, API_KEY_PREFIX, RUNNER_TOKEN_PREFIX } from "../auth/secrets.ts";
-import { router, type AppEnv } from "../context.ts";
+import { addonsTable, auditTable, modelsTable, runnersTable, tenantsTable } from "@imagegen/db";
+import { presentAddon } from "../addons/present.ts";
+import { audit } from "../audit/log.ts";
+import { createKey } from "../auth/keys.ts";
+import { RUNNER_TOKEN_PREFIX } from "../auth/secrets.ts";
+import { router } from "../context.ts";
 import type { Settings } from "../env.ts";
 import { ApiError } from "../errors.ts";
 import { newSecret, sha256Hex } from "../lib/crypto.ts";
 import { newId } from "../lib/ids.ts";
-import {
-  Addon,
-  ApiKey,
-  CreatedApiKey,
-  CreatedRunner,
-  CreateKeyBody,
-  CreateRunnerBody,
-  CreateTenantBody,
-  RegisterAddonBody,
-  Tenant,
-  UpdateTenantBody,
-} from "../schemas/admin.ts";
-import { errorResponses, IdParam, iso } from "../schemas/common.ts";
-import { Model, UpsertModelBody } from "../schemas/models.ts";
-import { presentAddon } from "./addons.ts";
-import { presentModel } from "./models.ts";
+import { Addon, CreatedApiKey, CreatedRunner, CreateKeyBody, CreateRunnerBody, CreateTenantBody, errorResponses, IdParam, iso, Model, RegisterAddonBody, Tenant, UpdateTenantBody, UpsertModelBody } from "@imagegen/contracts";
+import { presentModel } from "../models/present.ts";
 import { DEFAULT_RETENTION_DAYS } from "../storage/retention.ts";
 
-export function presentTenant(t: tenantsTable.Tenant, s: Settings): z.infer<typeof Tenant> {
+function presentTenant(t: tenantsTable.Tenant, s: Settings): z.infer<typeof Tenant> {
   return {
     id: t.id,
     object: "tenant",
@@ -40,51 +28,6 @@ export function presentTenant(t: tenantsTable.Tenant, s: Settings): z.infer<type
     },
     created_at: iso(t.createdAt)!,
   };
-}
-
-export function presentKey(k: apiKeysTable.ApiKey): z.infer<typeof ApiKey> {
-  return {
-    id: k.id,
-    object: "api_key",
-    tenant_id: k.tenantId,
-    name: k.name,
-    prefix: k.prefix,
-    scopes: k.scopes,
-    created_at: iso(k.createdAt)!,
-    last_used_at: iso(k.lastUsedAt),
-    expires_at: iso(k.expiresAt),
-    revoked_at: iso(k.revokedAt),
-  };
-}
-
-/** Creates an API key; the secret is returned once and only its hash is stored. Shared with /v1/keys. */
-export async function createKey(c: Context<AppEnv>, tenantId: string, body: z.infer<typeof CreateKeyBody>, actor: string) {
-  const secret = newSecret(API_KEY_PREFIX);
-  const now = Date.now();
-  const key = await apiKeysTable.insertKey(c.var.db, {
-    id: newId("key", now),
-    tenantId,
-    name: body.name,
-    prefix: displayPrefix(secret),
-    hash: await sha256Hex(secret),
-    scopes: body.scopes,
-    createdAt: now,
-    expiresAt: body.expires_in_days ? now + body.expires_in_days * 86_400_000 : null,
-  });
-  await audit(c, { tenantId, actor, action: "api_key.create", target: key.id, details: { name: key.name, scopes: key.scopes } });
-  return { ...presentKey(key), secret };
-}
-
-export function audit(c: Context<AppEnv>, e: { tenantId?: string; actor: string; action: string; target?: string; details?: Record<string, unknown> }) {
-  return auditTable.auditInsert(c.var.db, {
-    id: newId("aud"),
-    tenantId: e.tenantId ?? null,
-    actor: e.actor,
-    action: e.action,
-    target: e.target ?? null,
-    details: { ...e.details, request_id: c.var.requestId },
-    createdAt: Date.now(),
-  });
 }
 
 const limitsToColumns = (l: z.infer<typeof CreateTenantBody>["limits"]) => ({

@@ -3,9 +3,9 @@ import { apiKeysTable } from "@imagegen/db";
 import { requireScope } from "../auth/middleware.ts";
 import { router } from "../context.ts";
 import { ApiError } from "../errors.ts";
-import { ApiKey, ApiKeyList, CreatedApiKey, CreateKeyBody } from "../schemas/admin.ts";
-import { errorResponses, IdParam } from "../schemas/common.ts";
-import { audit, createKey, presentKey } from "./admin.ts";
+import { ApiKey, ApiKeyList, CreatedApiKey, CreateKeyBody, errorResponses, IdParam } from "@imagegen/contracts";
+import { audit } from "../audit/log.ts";
+import { createKey, presentKey } from "../auth/keys.ts";
 
 const KeyId = IdParam("API key id", "key_01hzy3k8m2q9w7e4r5t6y7u8i9");
 

@@ -1,13 +1,9 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { modelsTable } from "@imagegen/db";
 import { router } from "../context.ts";
+import { presentModel } from "../models/present.ts";
 import { ApiError } from "../errors.ts";
-import { errorResponses, IdParam, iso } from "../schemas/common.ts";
-import { Model, ModelList, ModelSpec } from "../schemas/models.ts";
-
-export function presentModel(m: modelsTable.Model): z.infer<typeof Model> {
-  return { id: m.id, object: "model", family: m.family, display_name: m.displayName, spec: ModelSpec.parse(m.spec), created_at: iso(m.createdAt)! };
-}
+import { errorResponses, IdParam, iso, Model, ModelList, ModelSpec } from "@imagegen/contracts";
 
 export const models = router()
   .openapi(

@@ -3,9 +3,11 @@ import { createRoute } from "@hono/zod-openapi";
 import { jobsTable } from "@imagegen/db";
 import { router } from "../context.ts";
 import { ApiError } from "../errors.ts";
-import { errorResponses } from "../schemas/common.ts";
-import { OpenAIImageBody, OpenAIImagesResponse } from "../schemas/openai.ts";
-import { loadPresentedJob, submitGeneration, waitForJob } from "./generations.ts";
+import { errorResponses, OpenAIImageBody, OpenAIImagesResponse } from "@imagegen/contracts";
+import { loadPresentedJob } from "../generations/present.ts";
+import { submitGeneration } from "../generations/submit.ts";
+import { waitForJob } from "../jobs/follow.ts";
+import { objectStore } from "../storage/index.ts";
 
 /** How long the synchronous answer waits for the job (the official client's default timeout is 10 minutes). */
 const WAIT_SECONDS = 60;
@@ -46,7 +48,7 @@ export const openai = router().openapi(route, async (c) => {
     },
     c.req.header("idempotency-key"),
   );
-  const done = (await waitForJob(c, c.var.auth.tenant.id, job.id, WAIT_SECONDS)) ?? job;
+  const done = (await waitForJob(c.env, c.var.db, c.var.auth.tenant.id, job.id, WAIT_SECONDS)) ?? job;
   if (done.status === "queued" || done.status === "running") {
     throw new ApiError(503, "api_error", "generation_timeout", `The generation did not finish within ${WAIT_SECONDS} s; it continues as ${job.id} (GET /v1/generations/${job.id}).`, undefined, { "Retry-After": "5" });
   }
@@ -59,9 +61,8 @@ export const openai = router().openapi(route, async (c) => {
     presented.images.map(async (img) => {
       if (b.response_format === "url") return { url: img.url ?? undefined };
       const stored = images.find((i) => i.index === img.index)!;
-      const obj = await c.env.BUCKET?.get(stored.storageKey);
-      if (!obj) throw new ApiError(500, "api_error", "image_unavailable", "The image could not be read back from storage.");
-      const bytes = new Uint8Array(await obj.arrayBuffer());
+      const bytes = await objectStore(c.env).get(stored.storageKey);
+      if (!bytes) throw new ApiError(500, "api_error", "image_unavailable", "The image could not be read back from storage.");
       let bin = "";
       for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
       return { b64_json: btoa(bin) };

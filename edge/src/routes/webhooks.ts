@@ -4,28 +4,11 @@ import { requireScope } from "../auth/middleware.ts";
 import { router } from "../context.ts";
 import { ApiError } from "../errors.ts";
 import { newSecret } from "../lib/crypto.ts";
-import { errorResponses, IdParam, iso } from "../schemas/common.ts";
+import { errorResponses, IdParam, iso, WEBHOOK_SIGNATURE_SCHEME, WebhookDelivery, WebhookSecret } from "@imagegen/contracts";
 import { deliver, tenantWebhookSecret } from "../webhooks/index.ts";
-import { audit } from "./admin.ts";
+import { audit } from "../audit/log.ts";
 
-const Secret = z.object({ secret: z.string(), scheme: z.literal("t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<raw body>\">") }).openapi("WebhookSecret");
-const Delivery = z
-  .object({
-    id: z.string(),
-    object: z.literal("webhook_delivery"),
-    event: z.string(),
-    url: z.string(),
-    generation_id: z.string().nullable(),
-    status: z.enum(["pending", "delivered", "failed"]),
-    attempts: z.number().int(),
-    next_attempt_at: z.string().nullable(),
-    last_response_status: z.number().int().nullable(),
-    last_error: z.string().nullable(),
-    created_at: z.string(),
-  })
-  .openapi("WebhookDelivery");
-
-const present = (d: webhooksTable.Delivery): z.infer<typeof Delivery> => ({
+const present = (d: webhooksTable.Delivery): WebhookDelivery => ({
   id: d.id,
   object: "webhook_delivery",
   event: d.event,
@@ -38,36 +21,35 @@ const present = (d: webhooksTable.Delivery): z.infer<typeof Delivery> => ({
   last_error: d.lastError,
   created_at: iso(d.createdAt)!,
 });
-const SCHEME = 't=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">' as const;
 const ok = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { "application/json": { schema } } });
 
 export const webhooks = router()
   .openapi(
-    createRoute({ method: "get", path: "/webhooks/secret", tags: ["webhooks"], summary: "The secret that signs this tenant's webhook deliveries (Imagegen-Signature)", responses: { 200: ok(Secret, "The secret"), ...errorResponses(401, 403, 429) } }),
+    createRoute({ method: "get", path: "/webhooks/secret", tags: ["webhooks"], summary: "The secret that signs this tenant's webhook deliveries (Imagegen-Signature)", responses: { 200: ok(WebhookSecret, "The secret"), ...errorResponses(401, 403, 429) } }),
     async (c) => {
       requireScope(c, "keys:write");
-      return c.json({ secret: await tenantWebhookSecret(c.var.db, c.var.auth.tenant.id), scheme: SCHEME }, 200);
+      return c.json({ secret: await tenantWebhookSecret(c.var.db, c.var.auth.tenant.id), scheme: WEBHOOK_SIGNATURE_SCHEME }, 200);
     },
   )
   .openapi(
-    createRoute({ method: "post", path: "/webhooks/secret/rotate", tags: ["webhooks"], summary: "Replace the webhook signing secret", responses: { 200: ok(Secret, "The new secret"), ...errorResponses(401, 403, 429) } }),
+    createRoute({ method: "post", path: "/webhooks/secret/rotate", tags: ["webhooks"], summary: "Replace the webhook signing secret", responses: { 200: ok(WebhookSecret, "The new secret"), ...errorResponses(401, 403, 429) } }),
     async (c) => {
       requireScope(c, "keys:write");
       const secret = newSecret("whsec");
       await webhooksTable.rotateWebhookSecret(c.var.db, c.var.auth.tenant.id, secret);
       await audit(c, { tenantId: c.var.auth.tenant.id, actor: c.var.auth.key.id, action: "webhook_secret.rotate" });
-      return c.json({ secret, scheme: SCHEME }, 200);
+      return c.json({ secret, scheme: WEBHOOK_SIGNATURE_SCHEME }, 200);
     },
   )
   .openapi(
-    createRoute({ method: "get", path: "/webhooks/deliveries", tags: ["webhooks"], summary: "Recent webhook deliveries", responses: { 200: ok(z.object({ object: z.literal("list"), data: z.array(Delivery) }), "Deliveries"), ...errorResponses(401, 429) } }),
+    createRoute({ method: "get", path: "/webhooks/deliveries", tags: ["webhooks"], summary: "Recent webhook deliveries", responses: { 200: ok(z.object({ object: z.literal("list"), data: z.array(WebhookDelivery) }), "Deliveries"), ...errorResponses(401, 429) } }),
     async (c) => {
       requireScope(c, "generations:read");
       return c.json({ object: "list" as const, data: (await webhooksTable.listDeliveries(c.var.db, c.var.auth.tenant.id)).map(present) }, 200);
     },
   )
   .openapi(
-    createRoute({ method: "post", path: "/webhooks/deliveries/{id}/redeliver", tags: ["webhooks"], summary: "Send a delivery again, now", request: { params: IdParam("delivery id", "whd_01hzy3k8m2q9w7e4r5t6y7u8i9") }, responses: { 200: ok(Delivery, "After the attempt"), ...errorResponses(401, 404, 429) } }),
+    createRoute({ method: "post", path: "/webhooks/deliveries/{id}/redeliver", tags: ["webhooks"], summary: "Send a delivery again, now", request: { params: IdParam("delivery id", "whd_01hzy3k8m2q9w7e4r5t6y7u8i9") }, responses: { 200: ok(WebhookDelivery, "After the attempt"), ...errorResponses(401, 404, 429) } }),
     async (c) => {
       requireScope(c, "generations:write");
       const { id } = c.req.valid("param");

@@ -5,15 +5,12 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { addonsTable, jobsTable, runnersTable } from "@imagegen/db";
 import { router } from "../context.ts";
-import { doorbell, jobTopic, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
+import { doorbell, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
 import { expireLeases } from "../dispatch/expiry.ts";
 import { ApiError } from "../errors.ts";
+import { announce, announcerOf } from "../jobs/announce.ts";
 import { randomBase32 } from "../lib/ids.ts";
-import { errorResponses, iso } from "../schemas/common.ts";
-import type { GenerationRequest } from "../schemas/generations.ts";
-import { CompleteBody, FailBody, HeartbeatBody, HeartbeatResult, LeaseBody, LeasedJob, RunnerJobResult } from "../schemas/runner.ts";
-import { loadPresentedJob } from "../routes/generations.ts";
-import { generationEnded } from "../webhooks/index.ts";
+import { CompleteBody, errorResponses, FailBody, formatAddonRef, HeartbeatBody, HeartbeatResult, iso, LeaseBody, LeasedJob, RunnerAck } from "@imagegen/contracts";
 import { objectStore, outputKey } from "../storage/index.ts";
 
 /** Presigned URLs live long enough for a slow job; the lease, not the URL, bounds who may write. */
@@ -49,7 +46,7 @@ const complete = createRoute({
   tags: ["runner"],
   summary: "Complete a leased job with its images",
   request: { params: JobId, body: { content: { "application/json": { schema: CompleteBody } }, required: true } },
-  responses: { 200: { description: "Completed", content: { "application/json": { schema: RunnerJobResult } } }, ...errorResponses(400, 401, 404, 409) },
+  responses: { 200: { description: "Completed (or already completed by this lease)", content: { "application/json": { schema: RunnerAck } } }, ...errorResponses(400, 401, 404, 409) },
 });
 
 const fail = createRoute({
@@ -58,7 +55,7 @@ const fail = createRoute({
   tags: ["runner"],
   summary: "Fail a leased job (retryable failures are requeued while attempts remain)",
   request: { params: JobId, body: { content: { "application/json": { schema: FailBody } }, required: true } },
-  responses: { 200: { description: "Failed or requeued", content: { "application/json": { schema: RunnerJobResult } } }, ...errorResponses(400, 401, 404, 409) },
+  responses: { 200: { description: "Failed, or requeued (status queued)", content: { "application/json": { schema: RunnerAck } } }, ...errorResponses(400, 401, 404, 409) },
 });
 
 /** Why a runner's call on a job it does not (or no longer) hold is refused. */
@@ -75,6 +72,8 @@ function leaseError(check: jobsTable.LeaseCheck & { ok: false }, id: string): Ap
   }
 }
 
+const ack = (job: jobsTable.Job): RunnerAck => ({ ok: true, status: job.status });
+
 export const runnerApi = router()
   .openapi(lease, async (c) => {
     const body = c.req.valid("json");
@@ -84,7 +83,7 @@ export const runnerApi = router()
     const bell = doorbell(c.env, QUEUE_TOPIC);
     for (;;) {
       const seq = await bell.current();
-      await expireLeases(c.env, db, Date.now(), (p) => c.executionCtx.waitUntil(p));
+      await expireLeases(announcerOf(c), Date.now());
       const now = Date.now();
       const job = await jobsTable.leaseJob(db, {
         runnerId: runner.id,
@@ -96,15 +95,14 @@ export const runnerApi = router()
         affinityMaxWaitMs: settings.affinityMaxWaitMs,
       });
       if (job) {
-        await doorbell(c.env, jobTopic(job.id)).ring();
-        const request = job.request as GenerationRequest;
+        await announce(announcerOf(c), job);
+        const request = job.request;
         const versions = await addonsTable.versionsForRefs(db, job.addonRefs);
-        const missing = job.addonRefs.filter((ref) => !versions.some((v) => `${v.addon.id}@${v.version.version}` === ref));
+        const missing = job.addonRefs.filter((ref) => !versions.some((v) => formatAddonRef(v.addon.id, v.version.version) === ref));
         if (missing.length) {
           // The add-on was deleted while the job waited: fail it clearly rather than run without it.
           const failed = await jobsTable.failJob(db, { id: job.id, runnerId: runner.id, leaseId: job.leaseId!, now, code: "addon_deleted", message: `Add-on ${missing.join(", ")} was deleted before the job ran.`, retryable: false });
-          await doorbell(c.env, jobTopic(job.id)).ring();
-          if (failed) await generationEnded(c.env, db, failed, (p) => c.executionCtx.waitUntil(p));
+          if (failed) await announce(announcerOf(c), failed);
           continue;
         }
         const store = objectStore(c.env);
@@ -118,7 +116,7 @@ export const runnerApi = router()
           versions.map(async ({ addon, version }) => ({
             id: addon.id,
             version: version.version,
-            ref: `${addon.id}@${version.version}`,
+            ref: formatAddonRef(addon.id, version.version),
             kind: addon.kind,
             sha256: version.sha256,
             size_bytes: version.sizeBytes,
@@ -164,7 +162,7 @@ export const runnerApi = router()
       total: body.progress?.total,
     });
     if (job) {
-      if (body.progress) await doorbell(c.env, jobTopic(id)).ring();
+      if (body.progress) await announce(announcerOf(c), job);
       return c.json({ cancel: false, lease_expires_at: iso(job.leaseExpiresAt) }, 200);
     }
     const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
@@ -179,7 +177,7 @@ export const runnerApi = router()
     const replay = !held.ok && held.reason === "already_finished" && held.job?.status === "succeeded";
     if (!held.ok && !replay) throw leaseError(held, id);
     const job = held.job!;
-    const count = (job.request as GenerationRequest).n;
+    const count = job.request.n;
     const indexes = new Set(body.images.map((i) => i.index));
     if (indexes.size !== body.images.length || body.images.some((i) => i.index >= count) || body.images.length !== count) {
       throw ApiError.invalid("invalid_images", `Job '${id}' asked for ${count} images with distinct indexes 0..${count - 1}.`, "images");
@@ -222,11 +220,8 @@ export const runnerApi = router()
       const again = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
       throw leaseError(again.ok ? { ok: false, reason: "lease_lost", job: again.job } : again, id);
     }
-    if (!replay) {
-      await doorbell(c.env, jobTopic(id)).ring();
-      await generationEnded(c.env, db, done, (p) => c.executionCtx.waitUntil(p));
-    }
-    return c.json({ job: await loadPresentedJob(c.env, db, done) }, 200);
+    if (!replay) await announce(announcerOf(c), done);
+    return c.json(ack(done), 200);
   })
   .openapi(fail, async (c) => {
     const { id } = c.req.valid("param");
@@ -242,13 +237,12 @@ export const runnerApi = router()
       retryable: body.retryable,
     });
     if (failed) {
-      await doorbell(c.env, failed.status === "queued" ? QUEUE_TOPIC : jobTopic(id)).ring();
-      if (failed.status === "failed") await generationEnded(c.env, db, failed, (p) => c.executionCtx.waitUntil(p));
-      return c.json({ job: await loadPresentedJob(c.env, db, failed) }, 200);
+      await announce(announcerOf(c), failed);
+      return c.json(ack(failed), 200);
     }
     const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
     if (!check.ok && check.reason === "already_finished" && check.job?.status === "failed") {
-      return c.json({ job: await loadPresentedJob(c.env, db, check.job) }, 200);
+      return c.json(ack(check.job), 200);
     }
     throw leaseError(check.ok ? { ok: false, reason: "lease_lost" } : check, id);
   });

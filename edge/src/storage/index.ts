@@ -2,9 +2,10 @@
  * Object storage through the S3 API (`@aws-sdk/client-s3`): R2 in production, any S3-compatible store elsewhere,
  * and wrangler's local R2 bucket (which checks SigV4 signatures and expiry) on one machine. Runners and clients
  * only ever get presigned URLs for exactly the objects a job reads or writes; keys are namespaced by tenant.
- * Reads the edge does itself (HEAD, hashing an upload) go through the R2 binding when there is one.
+ * What the edge does itself (HEAD, reads, deletes) goes through the R2 binding when there is one, and through the
+ * S3 API otherwise: every caller uses this one interface, so either store serves every path.
  */
-import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import type { Env } from "../env.ts";
 import { ApiError } from "../errors.ts";
@@ -19,6 +20,10 @@ export interface ObjectStore {
   /** A PUT that must carry exactly this content type (and this length, when given). */
   presignPut(key: string, expiresInSeconds: number, contentType: string, contentLength?: number): Promise<string>;
   head(key: string): Promise<ObjectInfo | undefined>;
+  /** The whole object, undefined when it does not exist. */
+  get(key: string): Promise<Uint8Array | undefined>;
+  /** Deletes the objects; a key that does not exist is not an error. */
+  delete(keys: string[]): Promise<void>;
   /** SHA-256 (hex) of the object, streamed; undefined when it does not exist. */
   sha256(key: string): Promise<string | undefined>;
   /** The first bytes of an object (e.g. a safetensors header), undefined when it does not exist. */
@@ -63,6 +68,26 @@ async function digestStream(body: ReadableStream<Uint8Array>): Promise<string> {
   return [...new Uint8Array(await digest.digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/**
+ * The edge's own S3 calls are presigned and fetched rather than sent through the client: in Workers the SDK parses
+ * XML answers (errors such as NoSuchKey, DeleteObjects results) with DOMParser, which workerd lacks
+ * (aws/aws-sdk-js-v3#7375), so a missing object would throw instead of answering "not there".
+ */
+async function s3Fetch(env: Env, command: GetObjectCommand | DeleteObjectCommand, init: RequestInit): Promise<Response> {
+  return fetch(await getSignedUrl(s3(env).client, command, { expiresIn: 60 }), init);
+}
+
+/** An object's body, or undefined when there is none (the fetched answer is a 404). */
+async function s3Get(env: Env, key: string, range?: string): Promise<Response | undefined> {
+  const res = await s3Fetch(env, new GetObjectCommand({ Bucket: s3(env).bucket, Key: key }), range ? { headers: { range } } : {});
+  if (res.status === 404) {
+    await res.body?.cancel();
+    return undefined;
+  }
+  if (!res.ok) throw new Error(`Storage answered ${res.status} to GET ${key}: ${(await res.text()).slice(0, 200)}`);
+  return res;
+}
+
 export function objectStore(env: Env): ObjectStore {
   const bucket = env.BUCKET;
   return {
@@ -92,33 +117,42 @@ export function objectStore(env: Env): ObjectStore {
         throw err;
       }
     },
+    async get(key) {
+      if (bucket) {
+        const obj = await bucket.get(key);
+        return obj ? new Uint8Array(await obj.arrayBuffer()) : undefined;
+      }
+      const res = await s3Get(env, key);
+      return res ? new Uint8Array(await res.arrayBuffer()) : undefined;
+    },
+    async delete(keys) {
+      if (keys.length === 0) return;
+      if (bucket) return bucket.delete(keys);
+      const { bucket: name } = s3(env);
+      // One DELETE per key: DeleteObjects needs a body checksum a presigned request cannot carry.
+      await Promise.all(
+        keys.map(async (key) => {
+          const res = await s3Fetch(env, new DeleteObjectCommand({ Bucket: name, Key: key }), { method: "DELETE" });
+          await res.body?.cancel();
+          if (!res.ok && res.status !== 404) throw new Error(`Storage answered ${res.status} to DELETE ${key}.`);
+        }),
+      );
+    },
     async sha256(key) {
       if (bucket) {
         const obj = await bucket.get(key);
         return obj ? digestStream(obj.body) : undefined;
       }
-      const { client, bucket: name } = s3(env);
-      try {
-        const r = await client.send(new GetObjectCommand({ Bucket: name, Key: key }));
-        return digestStream(r.Body!.transformToWebStream() as ReadableStream<Uint8Array>);
-      } catch (err) {
-        if ((err as { name?: string }).name === "NoSuchKey") return undefined;
-        throw err;
-      }
+      const res = await s3Get(env, key);
+      return res ? digestStream(res.body!) : undefined;
     },
     async readRange(key, offset, length) {
       if (bucket) {
         const obj = await bucket.get(key, { range: { offset, length } });
         return obj ? new Uint8Array(await obj.arrayBuffer()) : undefined;
       }
-      const { client, bucket: name } = s3(env);
-      try {
-        const r = await client.send(new GetObjectCommand({ Bucket: name, Key: key, Range: `bytes=${offset}-${offset + length - 1}` }));
-        return await r.Body!.transformToByteArray();
-      } catch (err) {
-        if ((err as { name?: string }).name === "NoSuchKey") return undefined;
-        throw err;
-      }
+      const res = await s3Get(env, key, `bytes=${offset}-${offset + length - 1}`);
+      return res ? new Uint8Array(await res.arrayBuffer()) : undefined;
     },
   };
 }

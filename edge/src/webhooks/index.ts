@@ -11,7 +11,7 @@ import { webhooksTable, type Db, type jobsTable } from "@imagegen/db";
 import type { Env } from "../env.ts";
 import { newSecret } from "../lib/crypto.ts";
 import { newId } from "../lib/ids.ts";
-import { loadPresentedJob } from "../routes/generations.ts";
+import { loadPresentedJob } from "../generations/present.ts";
 
 const encoder = new TextEncoder();
 

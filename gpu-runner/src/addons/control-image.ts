@@ -4,10 +4,14 @@
  * and palette PNGs without interlacing (what image tools write); refuses the rest with a reason.
  */
 import { inflateSync } from "node:zlib";
-import type { ControlNetManifest } from "../pipeline/manifest.ts";
+import { RunnerError } from "../errors.ts";
+import type { ControlNetManifest } from "@imagegen/formats/manifest";
 
-export class ControlImageError extends Error {
+export class ControlImageError extends RunnerError {
   override readonly name = "ControlImageError";
+  constructor(message: string, options?: ErrorOptions) {
+    super("control_image_invalid", message, options);
+  }
 }
 
 export interface DecodedImage {

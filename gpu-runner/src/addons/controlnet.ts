@@ -6,8 +6,9 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
+import { describeIssues } from "../errors.ts";
 import { BundleError, Component, compareTensors, sessionOptions, type ComponentName, type SessionConfig } from "../pipeline/bundle.ts";
-import { ControlNetManifest, controlNetMismatches, type ModelManifest } from "../pipeline/manifest.ts";
+import { ControlNetManifest, controlNetMismatches, type ModelManifest } from "@imagegen/formats/manifest";
 
 /** A ControlNet known by its bundle folder and manifest. */
 export interface ControlNetRef {
@@ -25,7 +26,7 @@ export async function loadControlNet(dir: string, base: ModelManifest, config: S
   const path = join(dir, "manifest.json");
   if (!existsSync(path)) throw new BundleError(dir, ["manifest.json not found"]);
   const parsed = ControlNetManifest.safeParse(JSON.parse(readFileSync(path, "utf8")));
-  if (!parsed.success) throw new BundleError(dir, parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`));
+  if (!parsed.success) throw new BundleError(dir, describeIssues(parsed.error.issues));
   const manifest = parsed.data;
   const problems = controlNetMismatches(manifest, { name: base.name, family: base.family, residuals: base.controlnet?.residuals ?? [] });
   const spec = manifest.components.controlnet;

@@ -4,19 +4,23 @@
  * scales folded into `up`. Branches are per sample ([batch, rank, in] / [batch, out, rank]), so requests with
  * different LoRAs share one U-Net batch; samples with fewer ranks are padded with zeros, which add nothing.
  */
-import type { LoraTarget } from "../pipeline/manifest.ts";
-import { downFeatures, kernelSize, mapLoraKeys } from "./lora-keys.ts";
-import { parseHeader, readFloatTensor, SafetensorsError } from "./safetensors.ts";
+import { RunnerError } from "../errors.ts";
+import type { LoraTarget } from "@imagegen/formats/manifest";
+import { downFeatures, kernelSize, mapLoraKeys } from "@imagegen/formats/lora-keys";
+import { parseHeader, readFloatTensor, SafetensorsError } from "@imagegen/formats/safetensors";
 
-export class LoraError extends Error {
+export class LoraError extends RunnerError {
   override readonly name = "LoraError";
+  constructor(message: string, options?: ErrorOptions) {
+    super("lora_invalid", message, options);
+  }
 }
 
 export interface LoraLayer {
   rank: number;
   inFeatures: number;
   outFeatures: number;
-  /** [rank, in], row-major ([rank, in·9] for a 3×3 convolution: lora-keys.ts `downFeatures`). */
+  /** [rank, in], row-major ([rank, in·9] for a 3×3 convolution: `downFeatures` in @imagegen/formats/lora-keys). */
   down: Float32Array;
   /** [out, rank], row-major. */
   up: Float32Array;

@@ -6,12 +6,12 @@
  * convolution: the down kernel [r, in, 3, 3] followed by the 1×1 up [out, r] is one 3×3 kernel up·down. Field
  * numbers follow onnx/onnx.proto.
  */
-import type { LoraTarget } from "../pipeline/manifest.ts";
+import type { LoraTarget } from "@imagegen/formats/manifest";
 import { ProtoWriter } from "../onnx/builder.ts";
-import { ProtoReader, protoFields } from "../onnx/reader.ts";
+import { ProtoReader, protoFields } from "@imagegen/formats/onnx-reader";
 import { LoraError, type LoraUse } from "./lora.ts";
-import { downFeatures } from "./lora-keys.ts";
-import { f16ToF32 } from "./safetensors.ts";
+import { downFeatures } from "@imagegen/formats/lora-keys";
+import { f16ToF32 } from "@imagegen/formats/safetensors";
 
 const FLOAT = 1;
 const FLOAT16 = 10;

@@ -9,9 +9,13 @@ import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { RunnerError } from "../errors.ts";
 
-export class AddonIntegrityError extends Error {
+export class AddonIntegrityError extends RunnerError {
   override readonly name = "AddonIntegrityError";
+  constructor(message: string, options?: ErrorOptions) {
+    super("addon_integrity", message, options);
+  }
 }
 
 export interface AddonSource {

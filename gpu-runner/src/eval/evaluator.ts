@@ -1,7 +1,7 @@
 /**
  * The zoo's image evaluator, run from TypeScript: it predicts the attributes (shape, colour, size, position,
  * background) and style bits of generated images, and yields the features a Fréchet distance is computed on.
- * Its contract is `evaluator.json` beside the ONNX file (written by `zoo/export.py evaluator`): class names per
+ * Its contract is `evaluator.json` beside the ONNX file (written by `python -m zoo.export evaluator`): class names per
  * head, the held-out prompts with their attributes, their shape masks (ControlNet IoU) and the Fréchet reference
  * statistics of 2000 held-out real images. The network was trained on rendered images only, never on model output.
  *
@@ -18,7 +18,7 @@ import { z } from "zod";
 import { decodePng } from "../addons/control-image.ts";
 import { DEFAULT_SESSION_CONFIG, sessionOptions, type SessionConfig } from "../pipeline/bundle.ts";
 
-export const DEFAULT_EVALUATOR_DIR = fileURLToPath(new URL("../../zoo/models/evaluator/", import.meta.url));
+export const DEFAULT_EVALUATOR_DIR = fileURLToPath(new URL("../../models/evaluator/", import.meta.url));
 
 const Rgb = z.tuple([z.number().int().min(0).max(255), z.number().int().min(0).max(255), z.number().int().min(0).max(255)]);
 
@@ -103,7 +103,7 @@ export class ImageEvaluator {
 
   static async load(dir: string = DEFAULT_EVALUATOR_DIR, config: SessionConfig = DEFAULT_SESSION_CONFIG): Promise<ImageEvaluator> {
     const specPath = join(dir, "evaluator.json");
-    if (!existsSync(specPath)) throw new EvaluatorError(`no evaluator at ${dir} (evaluator.json missing; build it with: /usr/bin/python3 gpu-runner/zoo/export.py evaluator)`);
+    if (!existsSync(specPath)) throw new EvaluatorError(`no evaluator at ${dir} (evaluator.json missing; build it with: cd gpu-runner && /usr/bin/python3 -m zoo.export evaluator)`);
     const parsed = EvaluatorSpec.safeParse(JSON.parse(readFileSync(specPath, "utf8")));
     if (!parsed.success) throw new EvaluatorError(`${specPath}: ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
     const spec = parsed.data;

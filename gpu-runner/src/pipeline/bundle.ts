@@ -9,8 +9,9 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import * as ort from "onnxruntime-node";
 import { z } from "zod";
+import { describeIssues, RunnerError } from "../errors.ts";
 import { buildModel } from "../onnx/builder.ts";
-import { ModelManifest, type ComponentSpec, type TensorSpec } from "./manifest.ts";
+import { ModelManifest, type ComponentSpec, type TensorSpec } from "@imagegen/formats/manifest";
 import { WordTokenizer } from "./tokenizer.ts";
 
 /** Inputs and outputs the pipeline addresses by name, as the Stable Diffusion ONNX export names them. */
@@ -22,12 +23,12 @@ export const UNET_IO = {
 
 export type ComponentName = keyof ModelManifest["components"];
 
-export class BundleError extends Error {
+export class BundleError extends RunnerError {
   override readonly name = "BundleError";
   readonly problems: readonly string[];
 
   constructor(dir: string, problems: readonly string[]) {
-    super(`bundle ${dir} is invalid:\n  - ${problems.join("\n  - ")}`);
+    super("bundle_invalid", `bundle ${dir} is invalid:\n  - ${problems.join("\n  - ")}`);
     this.problems = problems;
   }
 }
@@ -51,8 +52,11 @@ export const DEFAULT_SESSION_CONFIG: SessionConfig = { executionProviders: ["cpu
 export type Feeds = Record<string, ort.Tensor>;
 
 /** The execution providers asked for cannot run here (a CUDA build missing, no device): the runner's setup, not the bundle. */
-export class ExecutionProviderError extends Error {
+export class ExecutionProviderError extends RunnerError {
   override readonly name = "ExecutionProviderError";
+  constructor(message: string, options?: ErrorOptions) {
+    super("execution_provider_unavailable", message, options);
+  }
 }
 
 const checkedProviders = new Map<string, Promise<void>>();
@@ -126,8 +130,10 @@ export interface Bundle {
   manifest: ModelManifest;
   tokenizer: WordTokenizer;
   components: Partial<Record<ComponentName, Component>> & Record<"text_encoder" | "unet" | "vae_decoder", Component>;
-  /** The U-Net's weights hold this LoRA set (addons/runtime.ts `loraSetKey`, `bundleFor`): its branch inputs stay
-   * at rank 0, and only batches of this set may run on it. */
+  /**
+   * The U-Net's weights hold this LoRA set (`loraSetKey`, merged by addons/hot-merge.ts): its branch inputs stay
+   * at rank 0, and only batches of this set may run on it.
+   */
   lorasMerged?: string;
   release(): Promise<void>;
 }
@@ -146,7 +152,7 @@ export function readManifest(dir: string): ModelManifest {
   if (!parsed.success) {
     throw new BundleError(
       dir,
-      parsed.error.issues.map((issue) => `manifest.${issue.path.map(String).join(".") || "(root)"}: ${issue.message}`),
+      describeIssues(parsed.error.issues).map((line) => `manifest.${line}`),
     );
   }
   return parsed.data;
@@ -278,7 +284,7 @@ export function sessionOptions(config: SessionConfig): ort.InferenceSession.Sess
  * Loads a model bundle: manifest, tokenizer and one session per component, all checked.
  *
  * @example
- * const bundle = await loadBundle("gpu-runner/zoo/models/tiny-shapes");
+ * const bundle = await loadBundle("gpu-runner/models/tiny-shapes");
  * console.log(bundle.manifest.samplers);
  */
 export async function loadBundle(dir: string, config: SessionConfig = DEFAULT_SESSION_CONFIG): Promise<Bundle> {

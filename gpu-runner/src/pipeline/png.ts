@@ -64,3 +64,9 @@ export function vaeOutputToRgb(planar: Float32Array, width: number, height: numb
   }
   return rgb;
 }
+
+/** The PNG files of a decoded batch ([n, 3, height, width] planar), one per image. */
+export function encodePngs(decoded: Float32Array, n: number, width: number, height: number): Uint8Array[] {
+  const plane = 3 * width * height;
+  return Array.from({ length: n }, (_, i) => encodePng(vaeOutputToRgb(decoded.subarray(i * plane, (i + 1) * plane), width, height), width, height));
+}

@@ -1,9 +1,11 @@
 /**
  * The runner's side of the runner protocol (edge/src/runner-api): lease (long poll), heartbeat, complete, fail,
- * and uploads to the presigned URLs a lease hands out. Transient failures (network errors, 5xx, 429) are retried
- * with exponential backoff and jitter, so a briefly unreachable edge or store does not lose a job; answers that
- * will not change on retry (4xx) are returned to the caller as `EdgeError`s.
+ * and uploads to the presigned URLs a lease hands out. Transient failures (network errors, 408, 429, 5xx) are
+ * retried under the SDK's retry policy (`@imagegen/sdk/retry`: the server's Retry-After, else exponential backoff
+ * with jitter), so a briefly unreachable or overloaded edge or store does not lose a job; answers that will not
+ * change on retry (other 4xx) are returned to the caller as `EdgeError`s.
  */
+import { isRetryableStatus, retryDelayMs, type Backoff } from "@imagegen/sdk/retry";
 import type { z } from "zod";
 import type {
   CompleteBody,
@@ -12,7 +14,7 @@ import type {
   HeartbeatResult,
   LeaseBody,
   LeasedJob as LeasedJobSchema,
-} from "../../../edge/src/schemas/runner.ts";
+} from "@imagegen/contracts/runner";
 
 export type LeasedJob = z.infer<typeof LeasedJobSchema>;
 export type LeaseRequest = z.input<typeof LeaseBody>;
@@ -24,22 +26,21 @@ export class EdgeError extends Error {
   override readonly name = "EdgeError";
   readonly status: number;
   readonly code: string;
-  constructor(status: number, code: string, message: string) {
+  /** The answer's headers: its Retry-After sets the wait before the next attempt. */
+  readonly headers: Headers | undefined;
+  constructor(status: number, code: string, message: string, headers?: Headers) {
     super(message);
     this.status = status;
     this.code = code;
+    this.headers = headers;
   }
 }
 
-export interface RetryPolicy {
+export interface RetryPolicy extends Backoff {
   attempts: number;
-  baseMs: number;
-  maxMs: number;
 }
 
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 8, baseMs: 200, maxMs: 5_000 };
-
-const transient = (status: number) => status >= 500 || status === 429 || status === 408;
 
 /** Runs `attempt` until it succeeds, a non-transient error, or the policy's attempts run out. */
 export async function withRetry<T>(what: string, attempt: () => Promise<T>, policy: RetryPolicy, signal?: AbortSignal): Promise<T> {
@@ -49,9 +50,10 @@ export async function withRetry<T>(what: string, attempt: () => Promise<T>, poli
     try {
       return await attempt();
     } catch (err) {
-      if (err instanceof EdgeError && !transient(err.status)) throw err;
+      if (err instanceof EdgeError && !isRetryableStatus(err.status)) throw err;
       last = err;
-      const delay = Math.min(policy.maxMs, policy.baseMs * 2 ** i) * (0.5 + Math.random() / 2);
+      if (i + 1 === policy.attempts) break;
+      const delay = retryDelayMs(i, err instanceof EdgeError ? err.headers : undefined, policy);
       await new Promise((r) => setTimeout(r, delay));
     }
   }
@@ -79,7 +81,7 @@ export class EdgeClient {
     const parsed = text ? (JSON.parse(text) as T & { error?: { code: string; message: string } }) : null;
     if (!res.ok) {
       const e = (parsed as { error?: { code: string; message: string } } | null)?.error;
-      throw new EdgeError(res.status, e?.code ?? "http_error", e?.message ?? `${res.status} from ${path}`);
+      throw new EdgeError(res.status, e?.code ?? "http_error", e?.message ?? `${res.status} from ${path}`, res.headers);
     }
     return { status: res.status, body: parsed };
   }
@@ -109,7 +111,7 @@ export class EdgeClient {
       "upload",
       async () => {
         const res = await fetch(url, { method: "PUT", body: bytes, headers: { "content-type": contentType }, signal: AbortSignal.timeout(60_000) });
-        if (!res.ok) throw new EdgeError(res.status, "upload_failed", `storage answered ${res.status}: ${(await res.text()).slice(0, 200)}`);
+        if (!res.ok) throw new EdgeError(res.status, "upload_failed", `storage answered ${res.status}: ${(await res.text()).slice(0, 200)}`, res.headers);
       },
       this.retry,
       signal,

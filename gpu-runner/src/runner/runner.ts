@@ -9,12 +9,14 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, w
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { InferencePool } from "../workers/pool.ts";
-import { conditioningTensor, dataUrlBytes, decodePng } from "../addons/control-image.ts";
-import { loraSetKey, type RequestAddons } from "../addons/runtime.ts";
-import type { AddonStore, FetchedAddon } from "../addons/store.ts";
-import { readTar } from "../addons/tar.ts";
-import { ControlNetManifest } from "../pipeline/manifest.ts";
+import { ControlImageError, conditioningTensor, dataUrlBytes, decodePng } from "../addons/control-image.ts";
+import { loraSetKey, type RequestAddons } from "../addons/request-addons.ts";
+import { AddonIntegrityError, type AddonStore, type FetchedAddon } from "../addons/store.ts";
+import { describeIssues, FAILURE_CODES, failureOf, RunnerError } from "../errors.ts";
+import { readTar } from "@imagegen/formats/tar";
+import { ControlNetManifest } from "@imagegen/formats/manifest";
 
+import { formatAddonRef } from "@imagegen/contracts/refs";
 import type { GenerationRequest } from "../pipeline/request.ts";
 import { EdgeError, type EdgeClient, type LeasedJob } from "./edge-client.ts";
 
@@ -42,20 +44,10 @@ export function discoverModels(modelsDir: string): Map<string, ModelEntry> {
 
 type EdgeRequest = LeasedJob["job"]["request"];
 
-/** The edge's wire request as the pipeline takes it. */
+/** The fields of the edge's request that decide the images (the rest says where they go and who asked). */
 export function pipelineRequest(r: EdgeRequest): GenerationRequest {
-  return {
-    prompt: r.prompt,
-    negativePrompt: r.negative_prompt,
-    sampler: r.sampler,
-    steps: r.steps,
-    seed: r.seed,
-    guidance: r.guidance,
-    n: r.n,
-    width: r.width,
-    height: r.height,
-    cache: r.cache.mode === "deepcache" ? { mode: "deepcache", interval: r.cache.interval, schedule: r.cache.schedule } : null,
-  };
+  const { prompt, negative_prompt, sampler, steps, seed, guidance, n, width, height, cache } = r;
+  return { prompt, negative_prompt, sampler, steps, seed, guidance, n, width, height, cache };
 }
 
 export interface RunnerOptions {
@@ -79,11 +71,7 @@ export interface RunnerOptions {
   log?: (event: Record<string, unknown>) => void;
 }
 
-/** Errors that another attempt cannot fix: the job fails at once instead of being retried. */
-const PERMANENT = new Set(["BundleError", "ExecutionProviderError", "SamplerMismatchError", "GenerationError", "ZodError", "LoraError", "ControlImageError", "AddonIntegrityError", "TarError"]);
-
 /** How a lease names an add-on version (`LeasedJob.addons[].ref`). */
-const addonRef = (id: string, version: number) => `${id}@${version}`;
 
 export class Runner {
   private stopping = false;
@@ -142,13 +130,13 @@ export class Runner {
     const fetched = new Map<string, FetchedAddon>();
     await Promise.all(
       leased.addons.map(async (a) => {
-        if (!a.sha256) throw Object.assign(new Error(`add-on ${a.ref} has no sha256 to verify against`), { name: "AddonIntegrityError" });
+        if (!a.sha256) throw new AddonIntegrityError(`add-on ${a.ref} has no sha256 to verify against`);
         fetched.set(a.ref, await this.o.addons.get({ ref: a.ref, url: a.get_url, sha256: a.sha256, sizeBytes: a.size_bytes }));
       }),
     );
     const need = (id: string, version: number) => {
-      const f = fetched.get(addonRef(id, version));
-      if (!f) throw new Error(`the lease carries no URL for add-on ${id}@${version}`);
+      const f = fetched.get(formatAddonRef(id, version));
+      if (!f) throw new Error(`the lease carries no URL for add-on ${formatAddonRef(id, version)}`);
       return f;
     };
     const r = leased.job.request;
@@ -156,11 +144,12 @@ export class Runner {
       loras: r.loras.map((l) => ({ sha256: need(l.id, l.version).sha256, bytes: need(l.id, l.version).bytes, scale: l.scale })),
       controlnets: r.controlnets.map((c, i) => {
         const dir = this.unpackControlNet(need(c.id, c.version));
-        const manifest = ControlNetManifest.parse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
+        const manifest = ControlNetManifest.safeParse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
+        if (!manifest.success) throw new RunnerError("addon_invalid", `ControlNet add-on ${formatAddonRef(c.id, c.version)}: manifest.json: ${describeIssues(manifest.error.issues).join("; ")}`);
         try {
-          return { dir, conditioning: conditioningTensor(decodePng(dataUrlBytes(c.image)), manifest.conditioning), scale: c.scale };
+          return { dir, conditioning: conditioningTensor(decodePng(dataUrlBytes(c.image)), manifest.data.conditioning), scale: c.scale };
         } catch (err) {
-          throw Object.assign(new Error(`controlnets[${i}].image: ${(err as Error).message}`), { name: "ControlImageError" });
+          throw new ControlImageError(`controlnets[${i}].image: ${(err as Error).message}`, { cause: err });
         }
       }),
     };
@@ -171,14 +160,20 @@ export class Runner {
     const dir = join(this.o.controlNetDir, addon.sha256);
     if (existsSync(join(dir, "manifest.json"))) return dir;
     const tmp = `${dir}.${process.pid}.${Date.now()}.tmp`;
-    for (const entry of readTar(addon.bytes)) {
+    let entries;
+    try {
+      entries = readTar(addon.bytes);
+    } catch (err) {
+      throw new RunnerError("addon_invalid", `ControlNet add-on ${addon.ref}: ${(err as Error).message}`, { cause: err });
+    }
+    for (const entry of entries) {
       const path = join(tmp, entry.path);
       mkdirSync(dirname(path), { recursive: true });
       writeFileSync(path, entry.data);
     }
     if (!existsSync(join(tmp, "manifest.json"))) {
       rmSync(tmp, { recursive: true, force: true });
-      throw Object.assign(new Error(`ControlNet add-on ${addon.ref} has no manifest.json`), { name: "BundleError" });
+      throw new RunnerError("addon_invalid", `ControlNet add-on ${addon.ref} has no manifest.json`);
     }
     try {
       renameSync(tmp, dir);
@@ -217,7 +212,7 @@ export class Runner {
     let lastProgressBeat = 0;
     this.log({ event: "job.start", job: job.id, attempt: job.attempt, queued_ms: job.queued_ms, sampler: job.request.sampler, steps: job.request.steps });
     try {
-      if (!model) throw Object.assign(new Error(`this runner does not serve model '${job.request.model}'`), { name: "BundleError" });
+      if (!model) throw new RunnerError("model_not_served", `this runner does not serve model '${job.request.model}'`);
       const tAddons = performance.now();
       let addonLoadMs = 0;
       let joinedAt: number | null = null;
@@ -228,7 +223,7 @@ export class Runner {
       });
       const late = this.o.addonJoinFraction !== undefined && leased.addons.length > 0;
       // The LoRA set's key is known from the lease before the files arrive: a worker holding it merged uses it.
-      const shaOf = (id: string, version: number) => leased.addons.find((a) => a.ref === addonRef(id, version))?.sha256;
+      const shaOf = (id: string, version: number) => leased.addons.find((a) => a.ref === formatAddonRef(id, version))?.sha256;
       const loras = job.request.loras.map((l) => ({ sha256: shaOf(l.id, l.version) ?? "", scale: l.scale }));
       const t0 = performance.now();
       const result = await this.o.pool.generate(model.dir, pipelineRequest(job.request), {
@@ -299,22 +294,21 @@ export class Runner {
       this.done.push({ id: job.id, status: "succeeded", ms: performance.now() - started });
       this.log({ event: "job.done", job: job.id, ms: round(performance.now() - started), inference_ms: round(inferenceMs), upload_ms: round(uploadMs) });
     } catch (err) {
-      const name = (err as Error).name;
       if (canceled) {
         this.done.push({ id: job.id, status: "canceled", ms: performance.now() - started });
         this.log({ event: "job.canceled", job: job.id });
       } else if (this.jobAbort.signal.aborted) {
         // Shutting down: hand the job back so another runner finishes it.
-        await this.o.edge.fail(job.id, { lease_id: leaseId, error: { code: "runner_shutdown", message: "The runner shut down mid-job; requeued." }, retryable: true }).catch(() => {});
+        await this.o.edge.fail(job.id, { lease_id: leaseId, error: { code: "runner_shutdown", message: "The runner shut down mid-job; requeued." }, retryable: FAILURE_CODES.runner_shutdown }).catch(() => {});
         this.done.push({ id: job.id, status: "released", ms: performance.now() - started });
         this.log({ event: "job.released", job: job.id });
       } else {
-        const permanent = PERMANENT.has(name);
+        const { code, retryable } = failureOf(err);
         await this.o.edge
-          .fail(job.id, { lease_id: leaseId, error: { code: permanent ? "generation_failed" : "runner_error", message: String((err as Error).message).slice(0, 2000) }, retryable: !permanent })
+          .fail(job.id, { lease_id: leaseId, error: { code, message: String((err as Error).message).slice(0, 2000) }, retryable })
           .catch((e) => this.log({ event: "fail.error", job: job.id, error: String(e) }));
         this.done.push({ id: job.id, status: "failed", ms: performance.now() - started });
-        this.log({ event: "job.failed", job: job.id, error: String((err as Error).message), retryable: !permanent });
+        this.log({ event: "job.failed", job: job.id, code, error: String((err as Error).message), retryable });
       }
     } finally {
       clearInterval(timer);

@@ -2,13 +2,16 @@
 /**
  * The runner daemon: serves every model bundle under --models to the edge's runner API.
  *
- *   EDGE_URL=http://127.0.0.1:8787 RUNNER_TOKEN=igr_… node gpu-runner/src/runner/serve.ts --workers 1
+ *   EDGE_URL=http://127.0.0.1:8787 RUNNER_TOKEN=igr_… npx node gpu-runner/src/runner/serve.ts --workers 1
+ *
+ * (from the repository root; `npx node` is the project-local Node 22, which runs the .ts directly)
  *
  * SIGINT / SIGTERM: stop leasing, finish the job in hand (or hand it back after --grace-ms), then exit.
  */
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { DEFAULT_ADDON_JOIN_FRACTION, DEFAULT_MERGE_HOT_AFTER } from "../addons/runtime.ts";
+import { DEFAULT_MERGE_HOT_AFTER } from "../addons/hot-merge.ts";
+import { DEFAULT_ADDON_JOIN_FRACTION } from "../addons/late-join.ts";
 import { AddonStore } from "../addons/store.ts";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -17,7 +20,7 @@ import { InferencePool } from "../workers/pool.ts";
 import { EdgeClient } from "./edge-client.ts";
 import { discoverModels, Runner } from "./runner.ts";
 
-const DEFAULT_MODELS = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "zoo", "models");
+const DEFAULT_MODELS = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "models");
 
 /** `--addon-join-fraction`: a number in [0, 1], or "off" to load add-ons before sampling starts. */
 function joinFraction(value: string | undefined): { addonJoinFraction?: number } {

@@ -6,8 +6,9 @@
 import * as ort from "onnxruntime-node";
 import { parentPort, workerData } from "node:worker_threads";
 import { controlNetResiduals, loadControlNet, type ControlNet } from "../addons/controlnet.ts";
+import { toWire, type WireError } from "../errors.ts";
 import { SessionConfigSchema } from "../pipeline/bundle.ts";
-import type { ModelManifest } from "../pipeline/manifest.ts";
+import type { ModelManifest } from "@imagegen/formats/manifest";
 
 export interface PlainTensor {
   data: Float32Array;
@@ -29,7 +30,7 @@ export type ToControlNet =
 
 export type FromControlNet =
   | { type: "residuals"; id: number; residuals: Record<string, PlainTensor> }
-  | { type: "error"; id: number; error: { name: string; message: string } };
+  | { type: "error"; id: number; error: WireError };
 
 const port = parentPort;
 if (port === null) throw new Error("controlnet-worker must run in a worker thread");
@@ -64,7 +65,6 @@ port.on("message", async (msg: ToControlNet) => {
     }
     port.postMessage({ type: "residuals", id: msg.id, residuals } satisfies FromControlNet, Object.values(residuals).map((r) => r.data.buffer as ArrayBuffer));
   } catch (err) {
-    const e = err instanceof Error ? err : new Error(String(err));
-    port.postMessage({ type: "error", id: msg.id, error: { name: e.name, message: e.message } } satisfies FromControlNet);
+    port.postMessage({ type: "error", id: msg.id, error: toWire(err) } satisfies FromControlNet);
   }
 });

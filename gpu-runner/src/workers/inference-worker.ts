@@ -4,11 +4,13 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { loadBundle, SessionConfigSchema, type Bundle } from "../pipeline/bundle.ts";
-import { generateBatch } from "../pipeline/pipeline.ts";
+import { generateBatch, resolveRequest } from "../pipeline/pipeline.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./protocol.ts";
-import { AddonRuntime, lateAddons, type RequestAddons } from "../addons/runtime.ts";
+import { lateAddons } from "../addons/late-join.ts";
+import type { RequestAddons } from "../addons/request-addons.ts";
+import { AddonRuntime } from "../addons/runtime.ts";
+import { fromWire, toWire } from "../errors.ts";
 import type { UnetInputProvider } from "../pipeline/pipeline.ts";
-import { GenerationRequest } from "../pipeline/request.ts";
 
 const port = parentPort;
 if (port === null) throw new Error("inference-worker must run in a worker thread");
@@ -36,7 +38,7 @@ port.on("message", async (msg: ToWorker) => {
     const waiting = lateArrivals.get(msg.id);
     lateArrivals.delete(msg.id);
     if (msg.type === "addons") waiting?.resolve(msg.addons);
-    else waiting?.reject(Object.assign(new Error(msg.error.message), { name: msg.error.name }));
+    else waiting?.reject(fromWire(msg.error));
     return;
   }
   const send = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
@@ -48,7 +50,7 @@ port.on("message", async (msg: ToWorker) => {
   arrival?.catch(() => {}); // a failure reaches the generation through `await` or the late provider below
   try {
     let loaded = await bundle(msg.bundleDir);
-    const imagesPer = msg.requests.map((r) => GenerationRequest.parse(r).n);
+    const imagesPer = msg.requests.map((r) => resolveRequest(r).n);
     let unetInputs: UnetInputProvider | undefined;
     let joinedAt: () => number | null = () => (msg.addons ? 0 : null);
     let addons = msg.addons;
@@ -83,8 +85,7 @@ port.on("message", async (msg: ToWorker) => {
     const buffers = results.flatMap((r) => [...r.images.map((img) => img.buffer), r.latents.buffer]) as ArrayBuffer[];
     send({ type: "result", id: msg.id, results, addonsJoinedAt: joinedAt(), lorasMerged: loaded.lorasMerged !== undefined }, buffers);
   } catch (err) {
-    const e = err instanceof Error ? err : new Error(String(err));
-    send({ type: "error", id: msg.id, error: { name: e.name, message: e.message } });
+    send({ type: "error", id: msg.id, error: toWire(err) });
   } finally {
     lateArrivals.delete(msg.id);
     addonRuntime.endBatch();

@@ -5,7 +5,7 @@
  *
  * @example
  * const pool = new InferencePool({ size: 2, session: { executionProviders: ["cpu"], intraOpNumThreads: 1 } });
- * const result = await pool.generate("gpu-runner/zoo/models/tiny-shapes", { prompt: "a red circle", seed: 1 });
+ * const result = await pool.generate("gpu-runner/models/tiny-shapes", { prompt: "a red circle", seed: 1 });
  * await pool.close();
  */
 import { availableParallelism } from "node:os";
@@ -15,7 +15,8 @@ import { DEFAULT_SESSION_CONFIG, type SessionConfig } from "../pipeline/bundle.t
 import type { GenerationResult } from "../pipeline/pipeline.ts";
 import type { GenerationRequest } from "../pipeline/request.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./protocol.ts";
-import type { RequestAddons } from "../addons/runtime.ts";
+import type { RequestAddons } from "../addons/request-addons.ts";
+import { fromWire, toWire } from "../errors.ts";
 
 export interface PoolOptions {
   /** Number of workers; defaults to the number of cores. */
@@ -42,20 +43,12 @@ export interface JobOptions {
   addons?: RequestAddons[] | Promise<RequestAddons[]>;
   addonJoinFraction?: number;
   /**
-   * Per request, its LoRA set (addons/runtime.ts `loraSetKey`), known before late add-ons arrive: a worker that
+   * Per request, its LoRA set (`loraSetKey`), known before late add-ons arrive: a worker that
    * holds that hot set merged into the weights runs the batch on them.
    */
   loraSets?: string[];
   /** Told at which step the add-ons took effect (0: from the start), and whether the LoRAs ran merged. */
   onAddonsJoined?: (step: number | null, lorasMerged: boolean) => void;
-}
-
-/** An error raised inside a worker, with the original error's name (BundleError, SamplerMismatchError, ...). */
-export class WorkerJobError extends Error {
-  constructor(name: string, message: string) {
-    super(message);
-    this.name = name;
-  }
 }
 
 interface Job {
@@ -119,7 +112,7 @@ export class InferencePool {
       job.options.onAddonsJoined?.(msg.addonsJoinedAt, msg.lorasMerged);
       job.resolve(msg.results);
     } else {
-      job.reject(new WorkerJobError(msg.error.name, msg.error.message));
+      job.reject(fromWire(msg.error));
     }
     this.dispatch();
   }
@@ -159,7 +152,7 @@ export class InferencePool {
       if (late) {
         (addons as Promise<RequestAddons[]>).then(
           (a) => slot.job === job && slot.worker.postMessage({ type: "addons", id: job.id, addons: a } satisfies ToWorker),
-          (e: Error) => slot.job === job && slot.worker.postMessage({ type: "addons-failed", id: job.id, error: { name: e.name, message: e.message } } satisfies ToWorker),
+          (e: unknown) => slot.job === job && slot.worker.postMessage({ type: "addons-failed", id: job.id, error: toWire(e) } satisfies ToWorker),
         );
       }
     }

@@ -2,7 +2,8 @@
 import type { SessionConfig } from "../pipeline/bundle.ts";
 import type { GenerationResult } from "../pipeline/pipeline.ts";
 import type { GenerationRequest } from "../pipeline/request.ts";
-import type { RequestAddons } from "../addons/runtime.ts";
+import type { RequestAddons } from "../addons/request-addons.ts";
+import type { WireError } from "../errors.ts";
 
 export interface WorkerInit {
   session: SessionConfig;
@@ -26,9 +27,9 @@ export type ToWorker = {
   addonJoinFraction?: number;
   /** Per request, its LoRA set (`loraSetKey`), sent even when the add-ons follow later. */
   loraSets?: string[];
-} | { type: "addons"; id: number; addons: RequestAddons[] } | { type: "addons-failed"; id: number; error: { name: string; message: string } };
+} | { type: "addons"; id: number; addons: RequestAddons[] } | { type: "addons-failed"; id: number; error: WireError };
 
 export type FromWorker =
   | { type: "progress"; id: number; step: number; steps: number }
   | { type: "result"; id: number; results: GenerationResult[]; addonsJoinedAt: number | null; lorasMerged: boolean }
-  | { type: "error"; id: number; error: { name: string; message: string } };
+  | { type: "error"; id: number; error: WireError };

@@ -45,10 +45,17 @@ export class ProtoReader {
     }
   }
 
-  /** Negative int64 values arrive as 10-byte varints; dims and attributes here are small and ≥ −1. */
+  /**
+   * Negative int64 values arrive as 10-byte two's-complement varints, past a double's exact range (summed as a
+   * double, −1 rounds to 2^64 and reads as 0): those are decoded again with BigInt.
+   */
   signedVarint(): number {
+    const start = this.pos;
     const v = this.varint();
-    return v >= 2 ** 63 ? v - 2 ** 64 : v;
+    if (v < 2 ** 53) return v;
+    let big = 0n;
+    for (let i = start; i < this.pos; i++) big |= BigInt(this.buf[i]! & 0x7f) << BigInt(7 * (i - start));
+    return Number(BigInt.asIntN(64, big));
   }
 
   /** Returns [field, wireType] of the next key. */

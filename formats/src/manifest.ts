@@ -1,11 +1,11 @@
 /**
  * The model-bundle contract (DESIGN.md, "Model bundles"): the one place where the manifest is declared.
- * The zoo's export validates against `gpu-runner/manifest.schema.json`, generated from this file by
- * `npm run schema -w gpu-runner`; the runner's bundle loader validates with the same zod schema and then
+ * The zoo's export validates against `formats/manifest.schema.json`, generated from this file by
+ * `npm run schema -w formats`; the runner's bundle loader validates with the same zod schema and then
  * checks every declared tensor against the ONNX sessions' real inputs and outputs.
  */
 import { z } from "zod";
-import { LORA_TARGET_KINDS } from "../addons/lora-keys.ts";
+import { LORA_TARGET_KINDS } from "./lora-keys.ts";
 
 /**
  * A dimension: a fixed size, or a symbolic name for a dynamic axis. The runner sizes "batch" (the U-Net's batch,
@@ -36,7 +36,7 @@ export type ComponentSpec = z.infer<typeof ComponentSpec>;
 export const PredictionType = z.enum(["epsilon", "v_prediction", "flow"]);
 export type PredictionType = z.infer<typeof PredictionType>;
 
-export const SamplerName = z.enum(["ddim", "lcm", "rectified-flow"]);
+export const SamplerName = z.enum(["ddim", "lcm", "rectified-flow", "euler", "euler-a", "dpm++2m", "dpm++2m-karras"]);
 export type SamplerName = z.infer<typeof SamplerName>;
 
 export const SchedulerSpec = z
@@ -252,3 +252,11 @@ export function controlNetMismatches(cn: ControlNetManifest, model: { name: stri
 
 export const BundleManifest = z.discriminatedUnion("kind", [ModelManifest, ControlNetManifest]);
 export type BundleManifest = z.infer<typeof BundleManifest>;
+
+/**
+ * The JSON Schema of a bundle manifest, committed as `formats/manifest.schema.json` for validators outside
+ * TypeScript (the zoo's Python export); derived from the zod schema so the two cannot disagree.
+ */
+export function bundleManifestJsonSchema(): Record<string, unknown> {
+  return { title: "imagegen model bundle manifest", ...z.toJSONSchema(BundleManifest, { target: "draft-2020-12" }) };
+}

@@ -1,5 +1,5 @@
 import { z } from "@hono/zod-openapi";
-import { CacheOption, ControlNetUse, LoraUse, MAX_PROMPT_CHARS, MAX_SEED } from "./generations.ts";
+import { CacheOption, ControlNetUse, Guidance, ImageCount, LoraUse, NegativePrompt, Prompt, Seed, Steps } from "./generations.ts";
 import { SamplerName } from "./models.ts";
 
 /**
@@ -9,9 +9,9 @@ import { SamplerName } from "./models.ts";
  */
 export const OpenAIImageBody = z
   .object({
-    prompt: z.string().min(1).max(MAX_PROMPT_CHARS),
+    prompt: Prompt,
     model: z.string().min(1).max(64).optional(),
-    n: z.number().int().min(1).max(16).default(1),
+    n: ImageCount.default(1),
     size: z.string().regex(/^\d{1,4}x\d{1,4}$/, "expected WIDTHxHEIGHT, e.g. 64x64").optional(),
     response_format: z.enum(["url", "b64_json"]).default("url"),
     quality: z.string().max(32).optional(),
@@ -21,11 +21,11 @@ export const OpenAIImageBody = z
     output_format: z.enum(["png"]).optional(),
     moderation: z.string().max(32).optional(),
     // Extensions.
-    negative_prompt: z.string().max(MAX_PROMPT_CHARS).optional(),
-    seed: z.number().int().min(0).max(MAX_SEED).optional(),
+    negative_prompt: NegativePrompt.optional(),
+    seed: Seed.optional(),
     sampler: SamplerName.optional(),
-    steps: z.number().int().min(1).max(1000).optional(),
-    guidance: z.number().min(0).max(50).optional(),
+    steps: Steps.optional(),
+    guidance: Guidance.optional(),
     loras: z.array(LoraUse).max(8).optional(),
     controlnets: z.array(ControlNetUse).max(4).optional(),
     cache: CacheOption.optional(),

@@ -2,8 +2,8 @@
  * What the edge accepts for a model follows from its bundle's manifest (the runner's contract), so a model is
  * registered from the very file the runner loads, never described twice by hand.
  */
-import type { ModelManifest } from "../../../gpu-runner/src/pipeline/manifest.ts";
-import type { ModelSpec, SamplerName } from "./models.ts";
+import type { ModelManifest } from "@imagegen/formats/manifest";
+import type { ModelSpec, SamplerName } from "@imagegen/contracts/models";
 
 /** Step ranges each sampler is meant for: few-step samplers are distilled for their range. */
 const STEP_RANGE: Record<SamplerName, { min: number; max: number; fallback: number; guidance: number }> = {
@@ -11,6 +11,11 @@ const STEP_RANGE: Record<SamplerName, { min: number; max: number; fallback: numb
   // LCM-LoRA style sampling on a guided base: one pass per step at a low scale (REFERENCE.md).
   lcm: { min: 1, max: 8, fallback: 4, guidance: 1.5 },
   "rectified-flow": { min: 1, max: 50, fallback: 1, guidance: 1 },
+  // The Stable Diffusion samplers users pick, at SD's usual guidance.
+  euler: { min: 1, max: 150, fallback: 30, guidance: 7.5 },
+  "euler-a": { min: 1, max: 150, fallback: 30, guidance: 7.5 },
+  "dpm++2m": { min: 1, max: 100, fallback: 25, guidance: 7.5 },
+  "dpm++2m-karras": { min: 1, max: 100, fallback: 25, guidance: 7.5 },
 };
 
 export function modelSpecFromManifest(m: ModelManifest): ModelSpec {

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { readTar, TarError, writeTar } from "../src/addons/tar.ts";
+import { readTar, TarError, writeTar } from "./tar.ts";
 
 describe("ControlNet add-on archives", () => {
   it("round-trips, and GNU tar reads what it writes", () => {

@@ -1,13 +1,32 @@
+/**
+ * Generations: what a client asks for (`CreateGenerationBody`), the one request the edge hands to the pipeline
+ * (`GenerationRequest`: defaults applied, seed chosen, add-ons pinned), and what a client gets back.
+ * Every bound is declared once here; the OpenAI-compatible body and the runner reuse the same field schemas.
+ */
 import { z } from "@hono/zod-openapi";
+import { CACHE_SCHEDULES, JOB_STATUSES } from "./enums.ts";
 import { SamplerName } from "./models.ts";
+import { ADDON_REF_PATTERN } from "./refs.ts";
 
 export const MAX_PROMPT_CHARS = 1000;
 export const MAX_SEED = 2 ** 32 - 1;
+export const MAX_IMAGES = 16;
+export const MAX_SIZE = 4096;
+/** DeepCache's full-pass interval a client may ask for; 1 (a full pass every step) would cache nothing. */
+export const DEEPCACHE_INTERVAL = { min: 2, max: 10, default: 3 } as const;
 
-/** `addon_…` or `addon_…@<version>`. */
+export const Prompt = z.string().min(1).max(MAX_PROMPT_CHARS);
+export const NegativePrompt = z.string().max(MAX_PROMPT_CHARS);
+export const Seed = z.number().int().min(0).max(MAX_SEED);
+export const ImageCount = z.number().int().min(1).max(MAX_IMAGES);
+export const ImageSide = z.number().int().positive().max(MAX_SIZE);
+export const Steps = z.number().int().min(1).max(1000);
+export const Guidance = z.number().min(0).max(50);
+
+/** `addon_…` or `addon_…@<version>` (see refs.ts). */
 export const AddonRef = z
   .string()
-  .regex(/^[a-z]+_[0-9a-z]{1,40}(@[1-9][0-9]{0,5})?$/, "expected an add-on id, optionally with @version")
+  .regex(ADDON_REF_PATTERN, "expected an add-on id, optionally with @version")
   .openapi({ example: "addon_01hzy3k8m2q9w7e4r5t6y7u8i9@2" });
 
 export const LoraUse = z
@@ -30,31 +49,32 @@ export const ControlNetUse = z
   .strict()
   .openapi("ControlNetUse");
 
+export const DeepCacheOption = z
+  .object({
+    mode: z.literal("deepcache"),
+    interval: z.number().int().min(DEEPCACHE_INTERVAL.min).max(DEEPCACHE_INTERVAL.max).default(DEEPCACHE_INTERVAL.default),
+    schedule: z.enum(CACHE_SCHEDULES).default("uniform"),
+  })
+  .strict();
+export type DeepCacheOption = z.infer<typeof DeepCacheOption>;
+
 export const CacheOption = z
-  .discriminatedUnion("mode", [
-    z.object({ mode: z.literal("off") }).strict(),
-    z
-      .object({
-        mode: z.literal("deepcache"),
-        interval: z.number().int().min(2).max(10).default(3),
-        schedule: z.enum(["uniform", "non-uniform"]).default("uniform"),
-      })
-      .strict(),
-  ])
+  .discriminatedUnion("mode", [z.object({ mode: z.literal("off") }).strict(), DeepCacheOption])
   .openapi("CacheOption");
+export type CacheOption = z.infer<typeof CacheOption>;
 
 export const CreateGenerationBody = z
   .object({
     model: z.string().min(1).max(64).optional().openapi({ example: "tiny-shapes" }),
-    prompt: z.string().min(1).max(MAX_PROMPT_CHARS).openapi({ example: "a large red circle on the left, blue background" }),
-    negative_prompt: z.string().max(MAX_PROMPT_CHARS).optional(),
-    width: z.number().int().positive().max(4096).optional(),
-    height: z.number().int().positive().max(4096).optional(),
-    n: z.number().int().min(1).max(16).default(1),
-    seed: z.number().int().min(0).max(MAX_SEED).optional(),
+    prompt: Prompt.openapi({ example: "a large red circle on the left, blue background" }),
+    negative_prompt: NegativePrompt.optional(),
+    width: ImageSide.optional(),
+    height: ImageSide.optional(),
+    n: ImageCount.default(1),
+    seed: Seed.optional(),
     sampler: SamplerName.optional(),
-    steps: z.number().int().min(1).max(1000).optional(),
-    guidance: z.number().min(0).max(50).optional(),
+    steps: Steps.optional(),
+    guidance: Guidance.optional(),
     loras: z.array(LoraUse).max(8).default([]),
     controlnets: z.array(ControlNetUse).max(4).default([]),
     cache: CacheOption.optional(),
@@ -66,7 +86,15 @@ export const CreateGenerationBody = z
   .openapi("CreateGeneration");
 export type CreateGenerationBody = z.infer<typeof CreateGenerationBody>;
 
-export const JobStatus = z.enum(["queued", "running", "succeeded", "failed", "canceled"]).openapi("JobStatus");
+export const JobStatus = z.enum(JOB_STATUSES).openapi("JobStatus");
+export type JobStatus = z.infer<typeof JobStatus>;
+
+/** queue_ms, addon_load_ms, inference_ms, upload_ms, total_ms … */
+export const Timings = z.record(z.string(), z.number());
+export type Timings = z.infer<typeof Timings>;
+/** What produced the images: model and add-on hashes, sampler, steps, seed, runner. */
+export const Provenance = z.record(z.string(), z.unknown());
+export type Provenance = z.infer<typeof Provenance>;
 
 export const ResolvedAddon = z.object({
   id: z.string(),
@@ -76,19 +104,22 @@ export const ResolvedAddon = z.object({
   scale: z.number(),
 });
 
-/** The request as the job runs it: defaults applied, seed chosen, add-ons pinned to versions and hashes. */
+/**
+ * The request as the job runs it: defaults applied, seed chosen, add-ons pinned to versions and hashes. The one
+ * shape from the edge to the pipeline (the runner's pipeline takes a subset of these fields, with the same bounds).
+ */
 export const GenerationRequest = z
   .object({
     model: z.string(),
-    prompt: z.string(),
-    negative_prompt: z.string(),
-    width: z.number().int(),
-    height: z.number().int(),
-    n: z.number().int(),
-    seed: z.number().int(),
+    prompt: Prompt,
+    negative_prompt: NegativePrompt,
+    width: ImageSide,
+    height: ImageSide,
+    n: ImageCount,
+    seed: Seed,
     sampler: SamplerName,
-    steps: z.number().int(),
-    guidance: z.number(),
+    steps: Steps,
+    guidance: Guidance,
     loras: z.array(ResolvedAddon),
     controlnets: z.array(ResolvedAddon.extend({ image: z.string() })),
     cache: CacheOption,
@@ -131,8 +162,8 @@ export const Generation = z
     images: z.array(GenerationImage),
     error: z.object({ code: z.string(), message: z.string() }).nullable(),
     attempts: z.number().int(),
-    timings: z.record(z.string(), z.number()).nullable(),
-    provenance: z.record(z.string(), z.unknown()).nullable(),
+    timings: Timings.nullable(),
+    provenance: Provenance.nullable(),
     created_at: z.string(),
     started_at: z.string().nullable(),
     finished_at: z.string().nullable(),

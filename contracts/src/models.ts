@@ -1,7 +1,8 @@
+/** Models: what each accepts (its spec, derived from its bundle's manifest by the edge when it is registered). */
 import { z } from "@hono/zod-openapi";
-import { LORA_TARGET_KINDS } from "../../../gpu-runner/src/addons/lora-keys.ts";
+import { ENABLED_STATUSES, LORA_TARGET_KINDS, SAMPLER_NAMES } from "./enums.ts";
 
-export const SamplerName = z.enum(["ddim", "lcm", "rectified-flow"]).openapi("SamplerName");
+export const SamplerName = z.enum(SAMPLER_NAMES).openapi("SamplerName");
 export type SamplerName = z.infer<typeof SamplerName>;
 
 export const SamplerLimits = z
@@ -14,7 +15,7 @@ export const SamplerLimits = z
   })
   .strict();
 
-/** What a model accepts, derived from its bundle's manifest when it is registered. */
+/** What a model accepts, derived from its bundle's manifest when it is registered (edge/src/models/from-manifest.ts). */
 export const ModelSpec = z
   .object({
     default_width: z.number().int().positive(),
@@ -66,7 +67,7 @@ export const UpsertModelBody = z
     family: z.string().min(1).max(64),
     display_name: z.string().min(1).max(128),
     spec: ModelSpec,
-    status: z.enum(["active", "disabled"]).default("active"),
+    status: z.enum(ENABLED_STATUSES).default("active"),
   })
   .strict()
   .openapi("UpsertModel");

@@ -1,10 +1,12 @@
+/** The runner API (`/internal/v1`): lease, heartbeat, complete, fail. Runners authenticate with a runner token. */
 import { z } from "@hono/zod-openapi";
-import { Generation, GenerationRequest } from "./generations.ts";
+import { AddonKind, Sha256 } from "./addons.ts";
+import { GenerationRequest, JobStatus } from "./generations.ts";
 
 export const LeaseBody = z
   .object({
     models: z.array(z.string().min(1).max(64)).min(1).max(32),
-    /** "addon_id@version" of every add-on this runner holds parsed and ready. */
+    /** "addon_id@version" (refs.ts) of every add-on this runner holds parsed and ready. */
     warm_addons: z.array(z.string().max(128)).max(1000).default([]),
     capacity: z.number().int().min(1).max(64).default(1),
     /** How long to wait for a job before answering 204 (long poll). */
@@ -32,7 +34,7 @@ export const LeasedJob = z
         id: z.string(),
         version: z.number().int(),
         ref: z.string(),
-        kind: z.enum(["lora", "controlnet"]),
+        kind: AddonKind,
         sha256: z.string().nullable(),
         size_bytes: z.number().int().nullable(),
         get_url: z.string(),
@@ -63,7 +65,7 @@ export const CompletedImage = z
     width: z.number().int().positive(),
     height: z.number().int().positive(),
     seed: z.number().int().min(0),
-    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    sha256: Sha256,
     size_bytes: z.number().int().positive(),
   })
   .strict();
@@ -87,4 +89,9 @@ export const FailBody = z
   .strict()
   .openapi("Fail");
 
-export const RunnerJobResult = z.object({ job: Generation }).openapi("RunnerJobResult");
+/**
+ * What `complete` and `fail` answer: the job's state after the call (`queued` when a retryable failure was
+ * requeued). Not the public job: a runner has no use for signed image URLs, and signing them costs the edge.
+ */
+export const RunnerAck = z.object({ ok: z.literal(true), status: JobStatus }).openapi("RunnerAck");
+export type RunnerAck = z.infer<typeof RunnerAck>;

@@ -1,0 +1,56 @@
+/**
+ * Every closed set of names the wire and the database share, declared once. Plain tuples with no imports, so that
+ * `db` (drizzle's `text(..., { enum })`) and the zod schemas can both start from them; the zod modules export the
+ * schema and its type under the singular name (`JobStatus`, `AddonKind`, …).
+ */
+
+/** `queued → running → succeeded | failed | canceled`. */
+export const JOB_STATUSES = ["queued", "running", "succeeded", "failed", "canceled"] as const;
+/** The states that still hold a tenant's concurrency slot. */
+export const ACTIVE_JOB_STATUSES = ["queued", "running"] as const satisfies readonly (typeof JOB_STATUSES)[number][];
+/** The states a job never leaves. */
+export const TERMINAL_JOB_STATUSES = ["succeeded", "failed", "canceled"] as const satisfies readonly (typeof JOB_STATUSES)[number][];
+
+export const ADDON_KINDS = ["lora", "controlnet"] as const;
+
+/** private: the owner's keys only; tenant: the owner's tenant; public: every tenant. */
+export const VISIBILITIES = ["private", "tenant", "public"] as const;
+
+/** An uploaded add-on version is usable only once validation made it `ready`. */
+export const ADDON_VERSION_STATUSES = ["pending", "validating", "ready", "rejected"] as const;
+
+/**
+ * Samplers a request may name. The bundle manifest (`@imagegen/formats`) lists the same names for what a model was
+ * trained for; formats depends on nothing of ours, so the edge's tests check that the two lists agree.
+ */
+export const SAMPLER_NAMES = ["ddim", "lcm", "rectified-flow", "euler", "euler-a", "dpm++2m", "dpm++2m-karras"] as const;
+
+/** How DeepCache spaces its full U-Net passes. */
+export const CACHE_SCHEDULES = ["uniform", "non-uniform"] as const;
+
+/** LoRA target layer kinds a model spec names (the same list as the manifest's in `@imagegen/formats`). */
+export const LORA_TARGET_KINDS = ["linear", "conv1x1", "conv3x3"] as const;
+
+export const TENANT_STATUSES = ["active", "suspended"] as const;
+
+/** Models and runners are both switched on and off by an operator. */
+export const ENABLED_STATUSES = ["active", "disabled"] as const;
+
+export const USER_ROLES = ["owner", "member"] as const;
+
+export const SCOPES = ["generations:write", "generations:read", "addons:write", "addons:read", "keys:write"] as const;
+
+export const WEBHOOK_DELIVERY_STATUSES = ["pending", "delivered", "failed"] as const;
+
+/** The `type` of the one error body; the HTTP status goes with it. */
+export const ERROR_TYPES = [
+  "invalid_request_error",
+  "authentication_error",
+  "permission_error",
+  "not_found_error",
+  "conflict_error",
+  "idempotency_error",
+  "rate_limit_error",
+  "quota_exceeded_error",
+  "api_error",
+] as const;

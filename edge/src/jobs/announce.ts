@@ -1,0 +1,33 @@
+/**
+ * Every change of a job's state is announced here, one way: create, lease, progress, cancel, complete, fail, and
+ * the requeues (lease expiry, retryable failure). The job's own doorbell wakes its watchers (SSE streams,
+ * `Prefer: wait`); the queue's doorbell wakes idle runners whenever a job becomes leasable; a job that ended
+ * records and sends its webhook. Usage is not counted here: it is written in the same transaction as the change
+ * it counts, so that the daily image cap holds under concurrent creates.
+ */
+import { jobsTable, type Db } from "@imagegen/db";
+import type { Context } from "hono";
+import type { AppEnv } from "../context.ts";
+import { doorbell, jobTopic, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
+import type { Env } from "../env.ts";
+import { generationEnded } from "../webhooks/index.ts";
+
+/** What announcing needs: the doorbells, the database (webhook deliveries), and work that may finish after the answer. */
+export interface Announcer {
+  env: Env;
+  db: Db;
+  waitUntil(p: Promise<unknown>): void;
+}
+
+export const announcerOf = (c: Context<AppEnv>): Announcer => ({ env: c.env, db: c.var.db, waitUntil: (p) => c.executionCtx.waitUntil(p) });
+
+const TERMINAL = new Set(jobsTable.TERMINAL);
+
+/** Tells everyone who cares that `job` (as it is now) changed. */
+export async function announce(to: Announcer, job: jobsTable.Job): Promise<void> {
+  await Promise.all([
+    doorbell(to.env, jobTopic(job.id)).ring(),
+    job.status === "queued" ? doorbell(to.env, QUEUE_TOPIC).ring() : undefined,
+  ]);
+  if (TERMINAL.has(job.status)) await generationEnded(to.env, to.db, job, to.waitUntil);
+}

@@ -1,0 +1,6 @@
+// Everything at once; importers that need one format take its subpath (`@imagegen/formats/tar`) instead.
+export * from "./safetensors.ts";
+export * from "./tar.ts";
+export * from "./lora-keys.ts";
+export * from "./onnx-reader.ts";
+export * from "./manifest.ts";

@@ -1,0 +1,86 @@
+/**
+ * The runner's one error type. Each failure carries a stable `code` (what the edge records on the job and shows the
+ * tenant) and `retryable` (whether another attempt, perhaps on another runner, can succeed), decided where the error
+ * is raised: the runner does not guess from class names. Errors that cross a worker_threads boundary keep both.
+ */
+
+/** Every failure code, and whether a job that failed with it goes back to the queue. */
+export const FAILURE_CODES = {
+  /** A model bundle or a ControlNet bundle that does not load or lies about its tensors. */
+  bundle_invalid: false,
+  /** The lease named a model this runner has no bundle for. */
+  model_not_served: false,
+  /** The execution providers asked for cannot run on this machine. */
+  execution_provider_unavailable: false,
+  /** The sampler does not fit the model (not listed in its manifest, or the wrong prediction type). */
+  sampler_mismatch: false,
+  /** The request does not validate. */
+  request_invalid: false,
+  /** The request cannot be generated on this model (size, batch, U-Net inputs). */
+  generation_failed: false,
+  lora_invalid: false,
+  control_image_invalid: false,
+  /** An add-on file whose bytes are not the ones its sha256 names. */
+  addon_integrity: false,
+  /** An add-on file that is not what its kind needs (a ControlNet archive without a bundle). */
+  addon_invalid: false,
+  /** Anything unforeseen (network, storage, a worker that died): another attempt may well succeed. */
+  runner_error: true,
+  /** The runner shut down mid-job and hands it back. */
+  runner_shutdown: true,
+} as const satisfies Record<string, boolean>;
+
+export type FailureCode = keyof typeof FAILURE_CODES;
+
+export interface Failure {
+  code: FailureCode;
+  retryable: boolean;
+}
+
+export class RunnerError extends Error implements Failure {
+  override name = "RunnerError";
+  readonly code: FailureCode;
+  readonly retryable: boolean;
+
+  constructor(code: FailureCode, message: string, options?: ErrorOptions & { retryable?: boolean }) {
+    super(message, options);
+    this.code = code;
+    this.retryable = options?.retryable ?? FAILURE_CODES[code];
+  }
+
+  /** An error from a module that knows no failure codes (a sampler, zod), given one; its name and message stay. */
+  static wrap(err: Error, code: FailureCode): RunnerError {
+    const wrapped = new RunnerError(code, err.message, { cause: err });
+    wrapped.name = err.name;
+    return wrapped;
+  }
+}
+
+/** The code and retryability of anything thrown: a RunnerError's own, else an unforeseen (retryable) runner error. */
+export function failureOf(err: unknown): Failure {
+  if (err instanceof RunnerError) return { code: err.code, retryable: err.retryable };
+  return { code: "runner_error", retryable: FAILURE_CODES.runner_error };
+}
+
+/** A schema's complaints (zod issues) as lines a tenant can act on: where, and what is wrong there. */
+export function describeIssues(issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }>): string[] {
+  return issues.map((i) => `${i.path.map(String).join(".") || "(root)"}: ${i.message}`);
+}
+
+/** An error as it crosses a thread boundary: structured clone keeps no class, so the failure travels as fields. */
+export interface WireError extends Failure {
+  name: string;
+  message: string;
+}
+
+export function toWire(err: unknown): WireError {
+  const e = err instanceof Error ? err : new Error(String(err));
+  return { name: e.name, message: e.message, ...failureOf(e) };
+}
+
+/** The error on this side of the boundary: a RunnerError with the original's name, message, code and retryability. */
+export function fromWire(wire: WireError): RunnerError {
+  const err = new RunnerError(wire.code, wire.message, { retryable: wire.retryable });
+  err.name = wire.name;
+  return err;
+}
