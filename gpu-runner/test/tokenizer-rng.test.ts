@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { WordTokenizer } from "../src/pipeline/tokenizer.ts";
+import { WordTokenizer } from "../src/tokenizers/word.ts";
 import { Rng } from "../src/pipeline/rng.ts";
 
 const spec = { type: "word", vocab: "v", max_length: 6, lowercase: true, pad_id: 0, unk_id: 1, bos_id: 2, eos_id: 3 } as const;

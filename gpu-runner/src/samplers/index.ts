@@ -3,10 +3,11 @@
  * the manifest does not list, is refused: its images would be noise. `force` exists for the bench, which runs
  * every sampler on an untrained random bundle to time it.
  */
-import type { ModelManifest, SamplerName } from "../pipeline/manifest.ts";
+import type { ModelManifest, SamplerName } from "@imagegen/formats/manifest";
 import { DdimSampler } from "./ddim.ts";
 import { LcmSampler } from "./lcm.ts";
 import { RectifiedFlowSampler } from "./rectified-flow.ts";
+import { samplerFromSchedulerConfig } from "./scheduler-config.ts";
 import { SamplerMismatchError, type Sampler } from "./types.ts";
 
 export function createSampler(
@@ -29,6 +30,9 @@ export function createSampler(
         return new LcmSampler(manifest.scheduler, predictionType);
       case "rectified-flow":
         return new RectifiedFlowSampler(predictionType);
+      default:
+        // The diffusers samplers read the manifest's training schedule as diffusers would read scheduler_config.json.
+        return samplerFromSchedulerConfig({ ...manifest.scheduler, clip_sample: false }, { sampler: name, predictionType });
     }
   } catch (err) {
     if (err instanceof SamplerMismatchError) {
@@ -38,4 +42,5 @@ export function createSampler(
   }
 }
 
-export { SamplerMismatchError, type Sampler } from "./types.ts";
+export { SCHEDULER_CLASSES, samplerFromSchedulerConfig, type DiffusersSchedulerConfig, type SchedulerOverrides } from "./scheduler-config.ts";
+export { SamplerMismatchError, type NoiseSource, type Sampler, type StepResult } from "./types.ts";

@@ -3,8 +3,8 @@
  * the sample to the consistency function's clean estimate with the boundary-condition scalings, then re-noises it
  * to the next timestep of the skeleton, except after the last step.
  */
-import type { PredictionType, SchedulerSpec } from "../pipeline/manifest.ts";
-import { alphasCumprod, predictOriginal } from "./noise-schedule.ts";
+import type { PredictionType, SchedulerSpec } from "@imagegen/formats/manifest";
+import { alphasCumprod, predictOriginal, type PredictionKind, type TrainingSchedule } from "./noise-schedule.ts";
 import { SamplerMismatchError, type NoiseSource, type Sampler, type StepResult } from "./types.ts";
 
 /** σ_data of the consistency-model parameterisation (diffusers' LCMScheduler). */
@@ -59,12 +59,12 @@ export class LcmSampler implements Sampler {
   readonly initNoiseSigma = 1;
   timesteps: readonly number[] = [];
   private readonly alphas: Float64Array;
-  private readonly spec: SchedulerSpec;
-  private readonly predictionType: "epsilon" | "v_prediction";
+  private readonly spec: TrainingSchedule;
+  private readonly predictionType: PredictionKind;
   private readonly timestepScaling: number;
   private readonly originalInferenceSteps: number;
 
-  constructor(spec: SchedulerSpec, predictionType: PredictionType) {
+  constructor(spec: TrainingSchedule & Pick<SchedulerSpec, "original_inference_steps" | "timestep_scaling">, predictionType: PredictionType | "sample") {
     if (predictionType === "flow") throw new SamplerMismatchError("lcm needs an epsilon or v_prediction model, not flow");
     this.spec = spec;
     this.predictionType = predictionType;
@@ -75,6 +75,10 @@ export class LcmSampler implements Sampler {
 
   setTimesteps(steps: number): void {
     this.timesteps = lcmTimesteps(steps, this.spec.num_train_timesteps, this.originalInferenceSteps);
+  }
+
+  scaleModelInput(sample: Float32Array): Float32Array {
+    return sample;
   }
 
   step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise: NoiseSource): StepResult {

@@ -3,7 +3,7 @@
  * predicts the velocity from noise to image. N steps feed t_i = (1 − i/N)·1000 and move x ← x + v/N; one step
  * is InstaFlow's x0 = z + v(z, 1000).
  */
-import type { PredictionType } from "../pipeline/manifest.ts";
+import type { PredictionType } from "@imagegen/formats/manifest";
 import { SamplerMismatchError, type Sampler, type StepResult } from "./types.ts";
 
 export function rectifiedFlowTimesteps(steps: number, timeScale = 1000): number[] {
@@ -26,6 +26,10 @@ export class RectifiedFlowSampler implements Sampler {
 
   setTimesteps(steps: number): void {
     this.timesteps = rectifiedFlowTimesteps(steps);
+  }
+
+  scaleModelInput(sample: Float32Array): Float32Array {
+    return sample;
   }
 
   step(velocity: Float32Array, stepIndex: number, sample: Float32Array): StepResult {

@@ -3,7 +3,7 @@
  * timesteps fed to the U-Net, `step` turns one model output into the next sample. A sampler knows nothing about
  * ONNX, batching or guidance passes; the pipeline composes those.
  */
-import type { PredictionType, SamplerName } from "../pipeline/manifest.ts";
+import type { PredictionType, SamplerName } from "@imagegen/formats/manifest";
 
 /** Fills a buffer with standard normal noise, per image, from the request's seeded generators. */
 export type NoiseSource = (size: number) => Float32Array;
@@ -26,10 +26,19 @@ export interface Sampler {
   readonly classifierFreeGuidance: boolean;
   /** Timesteps in sampling order, as fed to the U-Net; empty until `setTimesteps`. */
   readonly timesteps: readonly number[];
-  /** Standard deviation of the initial noise. */
+  /** Standard deviation of the initial noise: the pipeline multiplies its unit Gaussian latents by it. */
   readonly initNoiseSigma: number;
   setTimesteps(steps: number): void;
-  /** Advances from `timesteps[stepIndex]` to the next timestep (or to the clean latent after the last one). */
+  /**
+   * The U-Net's input at `timesteps[stepIndex]` (diffusers' `scale_model_input`): σ-parameterised samplers
+   * (Euler, Euler ancestral) divide by √(σ² + 1); the others return `sample` itself.
+   */
+  scaleModelInput(sample: Float32Array, stepIndex: number): Float32Array;
+  /**
+   * Advances from `timesteps[stepIndex]` to the next timestep (or to the clean latent after the last one). Steps run
+   * in order from 0 after `setTimesteps` (multistep samplers keep the previous outputs). Stochastic samplers
+   * (LCM, Euler ancestral) draw from `noise`; a parity test passes diffusers' own noise through it.
+   */
   step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise: NoiseSource): StepResult;
 }
 
