@@ -20,6 +20,7 @@ Styles compose (e.g. pastel + striped), which is what stacked LoRAs are scored o
 Rendering: shapes are drawn at 4x resolution with PIL and box-filtered down to 64x64,
 which gives clean anti-aliased edges.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,12 +52,16 @@ SIZES = ["small", "large"]
 SIZE_PX = {"small": 20.0, "large": 34.0}  # nominal bounding diameter in pixels
 POSITIONS = ["left", "right", "top", "bottom", "center"]
 POS_XY = {"left": (18, 32), "right": (46, 32), "top": (32, 18), "bottom": (32, 46), "center": (32, 32)}
-POS_PHRASE = {"left": "on the left", "right": "on the right", "top": "at the top",
-              "bottom": "at the bottom", "center": "in the center"}
+POS_PHRASE = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "center": "in the center",
+}
 STYLES = ["outlined", "striped", "pastel"]
 ATTRS = ["shape", "color", "size", "position", "background"]
-ATTR_CLASSES = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZES,
-                "position": POSITIONS, "background": COLOR_NAMES}
+ATTR_CLASSES = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZES, "position": POSITIONS, "background": COLOR_NAMES}
 
 TEMPLATES = [
     "a {size} {color} {shape} {pos}, {bg} background",
@@ -73,13 +78,18 @@ class Sample:
     styles: list
     caption: str
     image: np.ndarray  # uint8 [64,64,3]
-    mask: np.ndarray   # uint8 [64,64]   (255 inside the shape)
+    mask: np.ndarray  # uint8 [64,64]   (255 inside the shape)
     extra: dict = field(default_factory=dict)
 
 
 def caption_for(attrs: dict, styles=(), template: int = 0) -> str:
-    c = TEMPLATES[template].format(size=attrs["size"], color=attrs["color"], shape=attrs["shape"],
-                                   pos=POS_PHRASE[attrs["position"]], bg=attrs["background"])
+    c = TEMPLATES[template].format(
+        size=attrs["size"],
+        color=attrs["color"],
+        shape=attrs["shape"],
+        pos=POS_PHRASE[attrs["position"]],
+        bg=attrs["background"],
+    )
     if styles:
         c = c + ", " + " ".join(s for s in STYLES if s in styles)
     return c
@@ -128,8 +138,10 @@ def _shape_polygon(shape: str, cx: float, cy: float, d: float, rot: float, scale
         h = r * 0.86  # squares look bigger than circles at the same diameter
         pts = [(-h, -h), (h, -h), (h, h), (-h, h)]
     elif shape == "triangle":
-        pts = [(r * math.cos(a), r * math.sin(a) + r * 0.12)
-               for a in (-math.pi / 2, -math.pi / 2 + 2 * math.pi / 3, -math.pi / 2 + 4 * math.pi / 3)]
+        pts = [
+            (r * math.cos(a), r * math.sin(a) + r * 0.12)
+            for a in (-math.pi / 2, -math.pi / 2 + 2 * math.pi / 3, -math.pi / 2 + 4 * math.pi / 3)
+        ]
     elif shape == "star":
         pts = []
         for k in range(10):
@@ -171,7 +183,7 @@ STRIPE_PERIOD_HR = 24  # supersampled pixels along x (and y): 6 px at 64x64; a s
 def _stripes(phase: int) -> np.ndarray:
     """Anti-aliased diagonal stripes, period 6 px at 64x64 (cached per phase)."""
     if phase not in _STRIPES:
-        yy, xx = np.mgrid[0:SIZE * SS, 0:SIZE * SS]
+        yy, xx = np.mgrid[0 : SIZE * SS, 0 : SIZE * SS]
         hr = (((xx + yy + phase) % STRIPE_PERIOD_HR) < 10).astype(np.uint8) * 255
         _STRIPES[phase] = np.asarray(Image.fromarray(hr).resize((SIZE, SIZE), Image.BOX), np.float32) / 255.0
     return _STRIPES[phase]
@@ -272,18 +284,28 @@ def eval_prompts(n: int = 256, start: int = 0, styles=()):
 
 
 if __name__ == "__main__":
-    import sys, time
+    import sys
+    import time
+
     out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/shapes_grid.png"
     t = time.time()
     ims = []
     caps = []
     for i in range(64):
-        st = [] if i < 32 else [STYLES[(i - 32) % 3]] if i < 56 else ["pastel", "striped"] if i < 60 else ["outlined", "striped"]
+        st = (
+            []
+            if i < 32
+            else [STYLES[(i - 32) % 3]]
+            if i < 56
+            else ["pastel", "striped"]
+            if i < 60
+            else ["outlined", "striped"]
+        )
         s = sample(TRAIN_SEED_BASE + i, styles=st)
         ims.append(s.image)
         caps.append(s.caption)
     print(f"{(time.time() - t) / 64 * 1000:.2f} ms/sample")
-    grid = np.concatenate([np.concatenate(ims[r * 8:(r + 1) * 8], 1) for r in range(8)], 0)
+    grid = np.concatenate([np.concatenate(ims[r * 8 : (r + 1) * 8], 1) for r in range(8)], 0)
     Image.fromarray(grid).resize((1024, 1024), Image.NEAREST).save(out)
     print("\n".join(caps[:8]))
     print(vocabulary(), len(vocabulary()))

@@ -4,6 +4,7 @@ ControlNet residual inputs, optional LCM guidance embedding, DeepCache split), C
 Everything here exports to ONNX opset 17 with torch 1.13 (plain matmul/softmax attention, GroupNorm,
 nearest upsampling, no fused kernels).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ BETA_START, BETA_END = 0.00085, 0.012
 
 
 def alphas_cumprod(dtype=torch.float64) -> torch.Tensor:
-    betas = torch.linspace(BETA_START ** 0.5, BETA_END ** 0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, 0).to(dtype)
 
 
@@ -68,7 +69,8 @@ class WordTokenizer:
 
 
 def default_tokenizer():
-    import data
+    from zoo import data
+
     return WordTokenizer.from_words(data.vocabulary())
 
 
@@ -80,8 +82,17 @@ def default_tokenizer():
 # LoRA (bench/GRAPH.md), its 16 branches cost +13-17% without the If, +4-7% with it. (Linear branches keep their
 # zero-rank padding: inside Ifs they measured no cheaper.)
 @torch.jit.script
-def conv_lora_branch(y: torch.Tensor, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, taps: torch.Tensor,
-                     C: int, O: int, H: int, W: int) -> torch.Tensor:
+def conv_lora_branch(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    down: torch.Tensor,
+    up: torch.Tensor,
+    taps: torch.Tensor,
+    C: int,
+    O: int,
+    H: int,
+    W: int,
+) -> torch.Tensor:
     """LoRAConv2d's branch (see there); y itself when the rank is 0. Inside, the rank is at least 1, so no padding
     rank is needed against onnxruntime's MatMul with an inner dimension of 0 (see LoRALinear)."""
     if down.size(1) > 0:
@@ -165,7 +176,7 @@ class LoRAConv2d(nn.Conv2d):
                     # hold the forms equal.
                     B = x.shape[0]
                     xp = F.pad(x, (1, 1, 1, 1))
-                    cols = torch.stack([xp[:, :, i:i + H, j:j + W] for i in range(3) for j in range(3)], 2)
+                    cols = torch.stack([xp[:, :, i : i + H, j : j + W] for i in range(3) for j in range(3)], 2)
                     h = torch.bmm(down.reshape(B, down.shape[1], C * 9), cols.reshape(B, C * 9, H * W))
                     y = y + torch.bmm(up, h).reshape(B, O, H, W)
                 return y
@@ -258,8 +269,8 @@ def sinusoidal(t: torch.Tensor, dim: int, sin_first: bool = False, max_period: f
 
 def guidance_embedding(guidance: torch.Tensor, dim: int):
     """LCM `timestep_cond`, exactly diffusers' `get_guidance_scale_embedding` (LatentConsistencyModelPipeline):
-        w = (guidance - 1) * 1000;  half = dim // 2;  f_j = exp(-ln(10000) * j / (half - 1)),  j = 0..half-1
-        emb = [sin(w * f_0..f_{half-1}), cos(w * f_0..f_{half-1})]      (sin first, then cos)"""
+    w = (guidance - 1) * 1000;  half = dim // 2;  f_j = exp(-ln(10000) * j / (half - 1)),  j = 0..half-1
+    emb = [sin(w * f_0..f_{half-1}), cos(w * f_0..f_{half-1})]      (sin first, then cos)"""
     w = (guidance.float() - 1.0) * 1000.0
     half = dim // 2
     f = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
@@ -317,33 +328,52 @@ class UNet(nn.Module):
     def __init__(self, ch=(32, 64, 128), tdim=128, ctx_dim=64, heads=(1, 2, 4), latent=4, hw=16, cond_dim=0):
         super().__init__()
         c0, c1, c2 = ch
-        self.config = dict(ch=tuple(ch), tdim=tdim, ctx_dim=ctx_dim, heads=tuple(heads), latent=latent, hw=hw,
-                           cond_dim=cond_dim)
+        self.config = dict(
+            ch=tuple(ch), tdim=tdim, ctx_dim=ctx_dim, heads=tuple(heads), latent=latent, hw=hw, cond_dim=cond_dim
+        )
         self.time_embedding = TimeEmbedding(c0 * 2, tdim, cond_dim)
         self.conv_in = nn.Conv2d(latent + 2, c0, 3, padding=1)
         h0, h1, h2 = hw, hw // 2, hw // 4
         D = nn.ModuleDict
-        self.down_blocks = nn.ModuleList([
-            D(dict(res=ResBlock(c0, c0, tdim),
-                   attn=SpatialTransformer(c0, ctx_dim, h0, heads[0], self_attn=False, lora_cross=True))),
-            D(dict(res=ResBlock(c0, c1, tdim),
-                   attn=SpatialTransformer(c1, ctx_dim, h1, heads[1], lora_proj=True))),
-            D(dict(res=ResBlock(c1, c2, tdim),
-                   attn=SpatialTransformer(c2, ctx_dim, h2, heads[2]))),
-        ])
-        self.downsamplers = nn.ModuleList([nn.Conv2d(c0, c0, 3, stride=2, padding=1),
-                                           nn.Conv2d(c1, c1, 3, stride=2, padding=1)])
-        self.mid_block = D(dict(res1=ResBlock(c2, c2, tdim),
-                                attn=SpatialTransformer(c2, ctx_dim, h2, heads[2], lora_cross=True),
-                                res2=ResBlock(c2, c2, tdim)))
-        self.up_blocks = nn.ModuleList([
-            D(dict(res=ResBlock(c2 + c2, c2, tdim),
-                   attn=SpatialTransformer(c2, ctx_dim, h2, heads[2]))),
-            D(dict(res=ResBlock(c2 + c1, c1, tdim),
-                   attn=SpatialTransformer(c1, ctx_dim, h1, heads[1], lora_proj=True))),
-            D(dict(res=ResBlock(c1 + c0, c0, tdim),
-                   attn=SpatialTransformer(c0, ctx_dim, h0, heads[0], self_attn=False, lora_cross=True))),
-        ])
+        self.down_blocks = nn.ModuleList(
+            [
+                D(
+                    dict(
+                        res=ResBlock(c0, c0, tdim),
+                        attn=SpatialTransformer(c0, ctx_dim, h0, heads[0], self_attn=False, lora_cross=True),
+                    )
+                ),
+                D(dict(res=ResBlock(c0, c1, tdim), attn=SpatialTransformer(c1, ctx_dim, h1, heads[1], lora_proj=True))),
+                D(dict(res=ResBlock(c1, c2, tdim), attn=SpatialTransformer(c2, ctx_dim, h2, heads[2]))),
+            ]
+        )
+        self.downsamplers = nn.ModuleList(
+            [nn.Conv2d(c0, c0, 3, stride=2, padding=1), nn.Conv2d(c1, c1, 3, stride=2, padding=1)]
+        )
+        self.mid_block = D(
+            dict(
+                res1=ResBlock(c2, c2, tdim),
+                attn=SpatialTransformer(c2, ctx_dim, h2, heads[2], lora_cross=True),
+                res2=ResBlock(c2, c2, tdim),
+            )
+        )
+        self.up_blocks = nn.ModuleList(
+            [
+                D(dict(res=ResBlock(c2 + c2, c2, tdim), attn=SpatialTransformer(c2, ctx_dim, h2, heads[2]))),
+                D(
+                    dict(
+                        res=ResBlock(c2 + c1, c1, tdim),
+                        attn=SpatialTransformer(c1, ctx_dim, h1, heads[1], lora_proj=True),
+                    )
+                ),
+                D(
+                    dict(
+                        res=ResBlock(c1 + c0, c0, tdim),
+                        attn=SpatialTransformer(c0, ctx_dim, h0, heads[0], self_attn=False, lora_cross=True),
+                    )
+                ),
+            ]
+        )
         self.upsamplers = nn.ModuleList([nn.Conv2d(c2, c2, 3, padding=1), nn.Conv2d(c1, c1, 3, padding=1)])
         self.norm_out = gn(c0)
         self.conv_out = nn.Conv2d(c0, latent, 3, padding=1)
@@ -364,11 +394,27 @@ class UNet(nn.Module):
             m = mods[p]
             part = "head" if p.startswith("down_blocks.0.") else "tail" if p.startswith("up_blocks.2.") else "deep"
             if isinstance(m, LoRAConv2d):  # the down input holds the flattened 3x3 kernel: in_features * 9 columns
-                out.append(dict(path=p, kind="conv3x3", in_features=m.in_channels,
-                                out_features=m.out_channels, down_features=m.in_channels * 9, part=part))
+                out.append(
+                    dict(
+                        path=p,
+                        kind="conv3x3",
+                        in_features=m.in_channels,
+                        out_features=m.out_channels,
+                        down_features=m.in_channels * 9,
+                        part=part,
+                    )
+                )
             else:
-                out.append(dict(path=p, kind="linear", in_features=m.in_features, out_features=m.out_features,
-                                down_features=m.in_features, part=part))
+                out.append(
+                    dict(
+                        path=p,
+                        kind="linear",
+                        in_features=m.in_features,
+                        out_features=m.out_features,
+                        down_features=m.in_features,
+                        part=part,
+                    )
+                )
         return out
 
     def residual_shapes(self):
@@ -413,15 +459,24 @@ class UNet(nn.Module):
         h = b["attn"](b["res"](torch.cat([deep_feature, skip0], 1), temb), ctx)
         return self.conv_out(F.silu(self.norm_out(h)))
 
-    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, lora=None,
-                down_residuals=None, mid_residual=None):
+    def forward(
+        self,
+        sample,
+        timestep,
+        encoder_hidden_states,
+        timestep_cond=None,
+        lora=None,
+        down_residuals=None,
+        mid_residual=None,
+    ):
         self.lora = lora
         try:
             temb = self.temb(timestep, timestep_cond)
             s0 = self.head(sample, temb, encoder_hidden_states)
             deep = self.deep(s0, temb, encoder_hidden_states, down_residuals, mid_residual)
-            return self.tail(deep, s0, temb, encoder_hidden_states,
-                             None if down_residuals is None else down_residuals[0])
+            return self.tail(
+                deep, s0, temb, encoder_hidden_states, None if down_residuals is None else down_residuals[0]
+            )
         finally:
             self.lora = None
 
@@ -443,13 +498,18 @@ class ControlNet(nn.Module):
         self.mid_block = None
         hid = max(8, c0 // 2)
         self.hint = nn.Sequential(  # 64x64 mask -> 16x16 features
-            nn.Conv2d(hint_channels, hid, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(hid, hid, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(hid, c0, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(c0, c0, 3, padding=1))
+            nn.Conv2d(hint_channels, hid, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(hid, hid, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(hid, c0, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c0, c0, 3, padding=1),
+        )
         nn.init.zeros_(self.hint[-1].weight)
         nn.init.zeros_(self.hint[-1].bias)
         import copy
+
         self.down_blocks = copy.deepcopy(unet.down_blocks)
         self.downsamplers = copy.deepcopy(unet.downsamplers)
         self.mid_block = copy.deepcopy(unet.mid_block)
@@ -493,9 +553,17 @@ class TextEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
         self.blocks = nn.ModuleList()
         for _ in range(layers):
-            self.blocks.append(nn.ModuleDict(dict(n1=nn.LayerNorm(dim), attn=Attention(dim, None, heads),
-                                                  n2=nn.LayerNorm(dim), ff1=nn.Linear(dim, 2 * dim),
-                                                  ff2=nn.Linear(2 * dim, dim))))
+            self.blocks.append(
+                nn.ModuleDict(
+                    dict(
+                        n1=nn.LayerNorm(dim),
+                        attn=Attention(dim, None, heads),
+                        n2=nn.LayerNorm(dim),
+                        ff1=nn.Linear(dim, 2 * dim),
+                        ff2=nn.Linear(2 * dim, dim),
+                    )
+                )
+            )
         self.final = nn.LayerNorm(dim)
 
     def forward(self, input_ids):
@@ -527,10 +595,18 @@ class VAEEncoder(nn.Module):
     def __init__(self, ch=(32, 64, 64), latent=4):
         super().__init__()
         a, b, c = ch
-        self.net = nn.Sequential(nn.Conv2d(3, a, 3, padding=1), VAEBlock(a, a),
-                                 nn.Conv2d(a, b, 3, stride=2, padding=1), VAEBlock(b, b),
-                                 nn.Conv2d(b, c, 3, stride=2, padding=1), VAEBlock(c, c), VAEBlock(c, c),
-                                 gn(c), nn.SiLU(), nn.Conv2d(c, 2 * latent, 3, padding=1))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, a, 3, padding=1),
+            VAEBlock(a, a),
+            nn.Conv2d(a, b, 3, stride=2, padding=1),
+            VAEBlock(b, b),
+            nn.Conv2d(b, c, 3, stride=2, padding=1),
+            VAEBlock(c, c),
+            VAEBlock(c, c),
+            gn(c),
+            nn.SiLU(),
+            nn.Conv2d(c, 2 * latent, 3, padding=1),
+        )
 
     def forward(self, x):
         mean, logvar = self.net(x).chunk(2, 1)
@@ -571,15 +647,24 @@ class VAE(nn.Module):
 class Evaluator(nn.Module):
     def __init__(self, feat=128):
         super().__init__()
-        import data
+        from zoo import data
+
         self.heads_spec = {a: len(data.ATTR_CLASSES[a]) for a in data.ATTRS}
         self.heads_spec["styles"] = len(data.STYLES)
 
         def blk(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                                 nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
-        self.body = nn.Sequential(blk(5, 16), nn.MaxPool2d(2), blk(16, 32), nn.MaxPool2d(2), blk(32, 64),
-                                  nn.MaxPool2d(2), blk(64, 128))  # 8x8
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            )
+
+        self.body = nn.Sequential(
+            blk(5, 16), nn.MaxPool2d(2), blk(16, 32), nn.MaxPool2d(2), blk(32, 64), nn.MaxPool2d(2), blk(64, 128)
+        )  # 8x8
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(128 * 8 * 8, feat), nn.ReLU())
         self.heads = nn.ModuleDict({k: nn.Linear(feat, n) for k, n in self.heads_spec.items()})
 

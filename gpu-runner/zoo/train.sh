@@ -33,7 +33,7 @@ STAGES=("$@")
 if [ ${#STAGES[@]} -eq 0 ]; then STAGES=(vae evaluator base lcm rf vaedec loras controlnet); fi
 for s in "${STAGES[@]}"; do
   echo "$(date -u '+%F %T') === stage $s ==="
-  if ! "$PY" "$Z/train.py" "$s"; then
+  if ! (cd "$Z/.." && "$PY" -m zoo.train "$s"); then
     echo "$(date -u '+%F %T') stage $s failed or is not available; stopping"; exit 1
   fi
 done

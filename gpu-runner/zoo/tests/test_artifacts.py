@@ -1,15 +1,17 @@
-"""Verifies the committed zoo artifacts:  /usr/bin/python3 -m pytest gpu-runner/zoo/tests  (or run this file).
-* every file listed in models/SHA256SUMS exists and matches its checksum (a corrupted artifact fails);
-* every manifest.json validates against gpu-runner/manifest.schema.json and matches its ONNX graphs;
+"""Verifies the committed zoo artifacts:  cd gpu-runner && /usr/bin/python3 -m pytest zoo/tests
+* every file listed in gpu-runner/models/SHA256SUMS exists and matches its checksum (a corrupted artifact fails);
+* every manifest.json validates against formats/manifest.schema.json and matches its ONNX graphs;
 * every LoRA add-on parses as safetensors and its keys map onto the bundle's LoRA targets."""
+
 import hashlib
 import json
 import os
-import sys
 
-ZOO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ZOO)
-MODELS = os.path.join(ZOO, "models")
+from zoo import paths
+from zoo.export.manifest import validate_manifest
+from zoo.export.safetensors import kohya_key, load_safetensors
+
+MODELS = paths.MODELS_DIR
 
 
 def test_checksums():
@@ -33,29 +35,27 @@ def manifests():
 
 
 def test_manifests_match_graphs():
-    import export
     found = 0
     for d in manifests():
-        export.validate_manifest(json.load(open(os.path.join(d, "manifest.json"))), d)
+        validate_manifest(json.load(open(os.path.join(d, "manifest.json"))), d)
         found += 1
     assert found > 0
 
 
 def test_lora_addons_map_to_targets():
-    import export
     for d in manifests():
         m = json.load(open(os.path.join(d, "manifest.json")))
         if m.get("kind") != "diffusion":
             continue
         targets = {t["module"]: t for t in m["lora"]["targets"]}
-        kohya = {export.kohya_key(p): p for p in targets}
+        kohya = {kohya_key(p): p for p in targets}
         addons = os.path.join(d, "addons")
         if not os.path.isdir(addons):
             continue
         for f in os.listdir(addons):
             if not f.endswith(".safetensors"):
                 continue
-            tensors, meta = export.load_safetensors(os.path.join(addons, f))
+            tensors, meta = load_safetensors(os.path.join(addons, f))
             for k, v in tensors.items():
                 if k.startswith("lora_unet_"):
                     base, kind = k.split(".", 1)

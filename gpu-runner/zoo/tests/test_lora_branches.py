@@ -1,14 +1,11 @@
-"""The U-Net's LoRA branches against their definitions (run: /usr/bin/python3 gpu-runner/zoo/tests/test_lora_branches.py).
+"""The U-Net's LoRA branches against their definitions (run: cd gpu-runner && /usr/bin/python3 -m pytest zoo/tests).
 A conv3x3 branch must equal the LoRA applied as two convolutions (down: 3x3 to rank r, up: 1x1), in both the form used
 for training and the form exported to ONNX (models.conv_lora_branch), and rank 0 must change nothing."""
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import models  # noqa: E402
+from zoo import models
 
 
 def shared_ref(x, down, up, C, O):
@@ -26,8 +23,12 @@ def test_conv_branch_is_two_convolutions():
         conv, C, O = mods[t["path"]], t["in_features"], t["out_features"]
         x = torch.randn(B, C, H, H)
         down, up = torch.randn(B, r, C * 9), torch.randn(B, O, r)
-        ref = torch.cat([F.conv2d(F.conv2d(x[b:b + 1], down[b].view(r, C, 3, 3), padding=1), up[b].view(O, r, 1, 1))
-                         for b in range(B)])
+        ref = torch.cat(
+            [
+                F.conv2d(F.conv2d(x[b : b + 1], down[b].view(r, C, 3, 3), padding=1), up[b].view(O, r, 1, 1))
+                for b in range(B)
+            ]
+        )
         with torch.no_grad():
             y0 = conv(x)
             u.lora = {t["path"]: (down, up)}
@@ -50,8 +51,7 @@ def test_conv_branch_is_two_convolutions():
             shared = models.conv_lora_branch(y0, x, d1, u1, conv.taps, C, O, H, H)
             each = models.conv_lora_branch(y0, x, d1.expand(B, -1, -1, -1), u1.expand(B, -1, -1), conv.taps, C, O, H, H)
         assert (shared - each).abs().max().item() < 1e-5 * scale, t["path"]
-        assert (y_shared - y0 - shared_ref(x, down[0], up[0], C, O)).abs().max().item() \
-            < 1e-5 * scale, t["path"]
+        assert (y_shared - y0 - shared_ref(x, down[0], up[0], C, O)).abs().max().item() < 1e-5 * scale, t["path"]
 
 
 if __name__ == "__main__":

@@ -1,18 +1,16 @@
-"""The style LoRAs' training objective and recipe bookkeeping (run: /usr/bin/python3 gpu-runner/zoo/tests/test_lora_objective.py).
-The per-cell weights of the epsilon-MSE (train.lora_weight_maps) must keep each image's mean at 1 and put the weight
+"""The style LoRAs' training objective and recipe bookkeeping (run: cd gpu-runner && /usr/bin/python3 -m pytest zoo/tests).
+The per-cell weights of the epsilon-MSE (zoo.stages.loras.lora_weight_maps) must keep each image's mean at 1 and put the weight
 where they say; a weighting of all ones must give the plain MSE; the draws must favour the images the style changes
-least (train.lora_sampling) and follow the probabilities given; a style is retrained exactly when its recipe changed."""
+least (loras.lora_sampling) and follow the probabilities given; a style is retrained exactly when its recipe changed."""
+
 import os
-import sys
 import tempfile
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
-import models  # noqa: E402
-import train  # noqa: E402
+from zoo import data, latents, loop, models, paths, train
+from zoo.stages import loras
 
 
 def styled_maps(sizes):
@@ -23,13 +21,13 @@ def styled_maps(sizes):
         im, mk = data.render(attrs, ["outlined"], np.random.default_rng(i))
         imgs.append(im)
         masks.append(mk)
-    x = train.to_img_tensor(np.stack(imgs))
-    edges = torch.nn.functional.max_pool2d(train.edge_map(x), 4).squeeze(1).half()
+    x = loop.to_img_tensor(np.stack(imgs))
+    edges = torch.nn.functional.max_pool2d(latents.edge_map(x), 4).squeeze(1).half()
     return dict(masks=torch.from_numpy(np.stack(masks)), edges=edges)
 
 
 def test_shape_weighting():
-    w = train.lora_weight_maps(styled_maps(["small", "large"]), "shape").float()
+    w = loras.lora_weight_maps(styled_maps(["small", "large"]), "shape").float()
     assert w.shape == (2, 1, 16, 16)
     assert torch.allclose(w.mean((1, 2, 3)), torch.ones(2), atol=2e-3)  # each image's mean is 1
     small, large = w[0, 0], w[1, 0]
@@ -43,13 +41,13 @@ def test_shape_weighting():
 
 def test_edge_weighting_and_errors():
     maps = styled_maps(["large"])
-    w = train.lora_weight_maps(maps, "edges").float()[0, 0]
+    w = loras.lora_weight_maps(maps, "edges").float()[0, 0]
     on = maps["edges"][0].float() > 0.99
     assert on.any() and (~on).any()
     assert w[on].min() > w[~on & (maps["edges"][0].float() == 0)].max()
-    assert train.lora_weight_maps(maps, "none") is None
+    assert loras.lora_weight_maps(maps, "none") is None
     try:
-        train.lora_weight_maps(maps, "rings")
+        loras.lora_weight_maps(maps, "rings")
         raise AssertionError("an unknown weighting was accepted")
     except ValueError as e:
         assert "rings" in str(e)
@@ -60,18 +58,18 @@ def test_style_change_weighting():
     seeds = np.arange(data.STYLE_SEED_BASE, data.STYLE_SEED_BASE + 40)
     ss = [data.sample(int(s), ["outlined"]) for s in seeds]
     k = next(i for i, s in enumerate(ss) if s.attrs["size"] == "large" and s.attrs["shape"] in ("circle", "square"))
-    change = train.style_change(seeds, "outlined")
+    change = loras.style_change(seeds, "outlined")
     assert change.shape == (40, 1, 16, 16)
-    cover = train.cell_cover(np.stack([s.mask for s in ss]))
+    cover = latents.cell_cover(np.stack([s.mask for s in ss]))
     assert change[cover == 0].abs().max() == 0  # outside the shape the outlined style changes nothing
     x, y = data.POS_XY[ss[k].attrs["position"]]
     hole = (y // 4, x // 4)  # the latent cell at the shape's centre is inside its hole
     assert change[k, 0][hole] > 0.2, change[k, 0][hole]
     ds = dict(masks=torch.from_numpy(np.stack([s.mask for s in ss])), seeds=seeds)
-    shape, both = (train.lora_weight_maps(ds, w, "outlined").float() for w in ("shape", "shape+style"))
+    shape, both = (loras.lora_weight_maps(ds, w, "outlined").float() for w in ("shape", "shape+style"))
     assert torch.allclose(both.mean((1, 2, 3)), torch.ones(40), atol=2e-3)
     assert both[k, 0][hole] > shape[k, 0][hole] * 1.2  # the hole weighs more than under shape alone
-    pastel = train.style_change(seeds[:4], "pastel")
+    pastel = loras.style_change(seeds[:4], "pastel")
     assert (pastel > 0).all()  # pastel changes every cell
 
 
@@ -80,15 +78,17 @@ def test_change_sampling():
     seeds = np.arange(data.STYLE_SEED_BASE, data.STYLE_SEED_BASE + 200)
     ss = [data.sample(int(s), ["outlined"]) for s in seeds]
     ds = dict(seeds=seeds)
-    assert train.lora_sampling(ds, "uniform", "outlined") is None
-    p = train.lora_sampling(ds, "change", "outlined")
+    assert loras.lora_sampling(ds, "uniform", "outlined") is None
+    p = loras.lora_sampling(ds, "change", "outlined")
     assert p.shape == (200,) and abs(p.sum().item() - 1) < 1e-5 and (p > 0).all()
-    mean_p = lambda shape, size: p[[i for i, s in enumerate(ss) if s.attrs["shape"] == shape and
-                                    s.attrs["size"] == size]].mean()
+
+    def mean_p(shape, size):
+        return p[[i for i, s in enumerate(ss) if s.attrs["shape"] == shape and s.attrs["size"] == size]].mean()
+
     assert mean_p("star", "small") > 2 * mean_p("circle", "large")
     assert mean_p("circle", "small") > mean_p("circle", "large")
     try:
-        train.lora_sampling(ds, "hard", "outlined")
+        loras.lora_sampling(ds, "hard", "outlined")
         raise AssertionError("an unknown sampling was accepted")
     except ValueError as e:
         assert "hard" in str(e)
@@ -98,7 +98,7 @@ def tiny_lora_setup():
     torch.manual_seed(0)
     unet = models.UNet(**models.UNET_CONFIGS["tiny"]).eval()
     te = models.TextEncoder(vocab_size=40, **models.TEXT_CONFIGS["tiny"]).eval()
-    lp = train.LoRAParams(unet)
+    lp = loras.LoRAParams(unet)
     for u in lp.up:
         torch.nn.init.normal_(u, std=0.05)  # a LoRA that does something
     lat, ids = torch.randn(6, 4, 16, 16).half(), torch.zeros(6, models.MAX_LENGTH, dtype=torch.long)
@@ -109,9 +109,9 @@ def tiny_lora_setup():
 def test_ones_weighting_is_the_plain_mse():
     unet, te, lat, ids, acp, lp = tiny_lora_setup()
     args = (unet, te, lat, ids, ids[0], acp, lp, 4)
-    plain = train.lora_loss(*args, torch.Generator().manual_seed(3))
-    ones = train.lora_loss(*args, torch.Generator().manual_seed(3), weights=torch.ones(6, 1, 16, 16).half())
-    twice = train.lora_loss(*args, torch.Generator().manual_seed(3), weights=torch.full((6, 1, 16, 16), 2.0).half())
+    plain = loras.lora_loss(*args, torch.Generator().manual_seed(3))
+    ones = loras.lora_loss(*args, torch.Generator().manual_seed(3), weights=torch.ones(6, 1, 16, 16).half())
+    twice = loras.lora_loss(*args, torch.Generator().manual_seed(3), weights=torch.full((6, 1, 16, 16), 2.0).half())
     assert torch.allclose(plain, ones, rtol=1e-5) and torch.allclose(2 * plain, twice, rtol=1e-5)
 
 
@@ -120,30 +120,36 @@ def test_probs_decide_what_is_drawn():
     unet, te, lat, ids, acp, lp = tiny_lora_setup()
     only2 = torch.zeros(6)
     only2[2] = 1
-    a = train.lora_loss(unet, te, lat, ids, ids[0], acp, lp, 4, torch.Generator().manual_seed(3), probs=only2)
+    a = loras.lora_loss(unet, te, lat, ids, ids[0], acp, lp, 4, torch.Generator().manual_seed(3), probs=only2)
     same = lat[2:3].expand(6, -1, -1, -1).clone()
-    b = train.lora_loss(unet, te, same, ids, ids[0], acp, lp, 4, torch.Generator().manual_seed(3),
-                        probs=torch.full((6,), 1 / 6))
-    c = train.lora_loss(unet, te, lat, ids, ids[0], acp, lp, 4, torch.Generator().manual_seed(3),
-                        probs=torch.full((6,), 1 / 6))
+    b = loras.lora_loss(
+        unet, te, same, ids, ids[0], acp, lp, 4, torch.Generator().manual_seed(3), probs=torch.full((6,), 1 / 6)
+    )
+    c = loras.lora_loss(
+        unet, te, lat, ids, ids[0], acp, lp, 4, torch.Generator().manual_seed(3), probs=torch.full((6,), 1 / 6)
+    )
     assert torch.allclose(a, b, rtol=1e-5) and not torch.allclose(a, c, rtol=1e-3)
 
 
 def test_recipes_decide_what_is_retrained():
-    v5 = dict(loras={s: {} for s in data.STYLES}, rank=16, version=5, steps=dict(outlined=4000, striped=2000, pastel=3000))
-    old = train.lora_recipes_of(v5)
-    assert old["pastel"] == dict(version=5, steps=3000, weighting="none", rank=16, n=train.LORA_N, sampling="uniform")
-    keep = train.CKPT
+    v5 = dict(
+        loras={s: {} for s in data.STYLES}, rank=16, version=5, steps=dict(outlined=4000, striped=2000, pastel=3000)
+    )
+    old = loras.lora_recipes_of(v5)
+    assert old["pastel"] == dict(version=5, steps=3000, weighting="none", rank=16, n=loras.LORA_N, sampling="uniform")
+    keep = paths.CKPT
     with tempfile.TemporaryDirectory() as d:
-        train.CKPT = d
+        paths.CKPT = d
         try:
-            current = {s: train.lora_recipe(s) for s in data.STYLES}
+            current = {s: loras.lora_recipe(s) for s in data.STYLES}
             torch.save(dict(v5, recipes=current, finished=True), os.path.join(d, "loras.pt"))
             assert train.stage_finished("loras")
-            torch.save(dict(v5, recipes=dict(current, outlined=old["outlined"]), finished=True), os.path.join(d, "loras.pt"))
+            torch.save(
+                dict(v5, recipes=dict(current, outlined=old["outlined"]), finished=True), os.path.join(d, "loras.pt")
+            )
             assert not train.stage_finished("loras")  # outlined was trained with another recipe
         finally:
-            train.CKPT = keep
+            paths.CKPT = keep
 
 
 if __name__ == "__main__":

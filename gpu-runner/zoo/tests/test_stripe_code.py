@@ -1,16 +1,13 @@
-"""The stripe code that striped images' latents carry (run: /usr/bin/python3 gpu-runner/zoo/tests/test_stripe_code.py).
+"""The stripe code that striped images' latents carry (run: cd gpu-runner && /usr/bin/python3 -m pytest zoo/tests).
 It must say where the rendered stripes stand in each latent cell, sit only where the shape is, and be absent from
 every image that is not striped."""
+
 import math
-import os
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
-import train  # noqa: E402
+from zoo import data, latents
 
 
 def test_cell_phase_matches_the_rendered_stripes():
@@ -31,8 +28,8 @@ def test_code_follows_the_shape_and_only_striped_images():
     _, _, _, _, striped = data.batch_arrays(seeds, styles=["striped"])
     _, _, _, _, plain = data.batch_arrays(seeds, styles=["pastel"])
     sf = 0.6
-    code = train.stripe_code(striped, sf) * sf / train.STRIPE_CODE_SCALE
-    assert torch.count_nonzero(train.stripe_code(plain, sf)) == 0
+    code = latents.stripe_code(striped, sf) * sf / latents.STRIPE_CODE_SCALE
+    assert torch.count_nonzero(latents.stripe_code(plain, sf)) == 0
     assert torch.count_nonzero(code[:, 2:]) == 0  # channels 0 and 1 only
     for k, s in enumerate(striped):
         cover = torch.nn.functional.avg_pool2d(torch.from_numpy(s.mask).float()[None, None] / 255, 4)[0, 0]

@@ -1,0 +1,1 @@
+"""One module per training stage; `zoo.train` runs them by name."""
