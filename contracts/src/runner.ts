@@ -18,16 +18,24 @@ export const LeaseBody = z
 export const LeasedJob = z
   .object({
     lease_id: z.string(),
+    /**
+     * The acknowledgement deadline: the lease is provisional until the runner's first heartbeat, which counts the
+     * attempt and extends the lease to its full TTL. Unacknowledged, the job goes back to the queue at no cost.
+     */
     lease_expires_at: z.string(),
     job: z.object({
       id: z.string(),
       tenant_id: z.string(),
+      /** The attempt this lease becomes once acknowledged. */
       attempt: z.number().int(),
       queued_ms: z.number().int(),
       request: GenerationRequest,
     }),
-    /** Presigned PUTs, one per image: the only places this runner may write. */
-    outputs: z.array(z.object({ index: z.number().int(), storage_key: z.string(), put_url: z.string(), content_type: z.literal("image/png") })),
+    /**
+     * Where each image goes: keys of this lease alone, so a runner whose lease ended cannot overwrite another's
+     * images. The upload URLs come from `outputs` once the image and its checksum exist.
+     */
+    outputs: z.array(z.object({ index: z.number().int(), storage_key: z.string(), content_type: z.literal("image/png") })),
     /** Presigned GETs for the job's add-ons, with the hashes the runner must verify. */
     addons: z.array(
       z.object({
@@ -57,6 +65,36 @@ export const HeartbeatBody = z
 export const HeartbeatResult = z
   .object({ cancel: z.boolean(), lease_expires_at: z.string().nullable() })
   .openapi("HeartbeatResult");
+
+export const OutputUploadBody = z
+  .object({
+    lease_id: z.string().min(1).max(64),
+    images: z
+      .array(z.object({ index: z.number().int().min(0).max(63), sha256: Sha256, size_bytes: z.number().int().positive() }).strict())
+      .min(1)
+      .max(64),
+  })
+  .strict()
+  .openapi("OutputUploadRequest");
+
+/**
+ * Presigned PUTs that carry the declared size and SHA-256 (`x-amz-checksum-sha256`) in their signature, so the
+ * store refuses any other bytes; they expire with the lease.
+ */
+export const OutputUploads = z
+  .object({
+    uploads: z.array(
+      z.object({
+        index: z.number().int(),
+        storage_key: z.string(),
+        put_url: z.string(),
+        /** Send exactly these headers with the PUT: they are signed. */
+        headers: z.record(z.string(), z.string()),
+        expires_at: z.string(),
+      }),
+    ),
+  })
+  .openapi("OutputUploads");
 
 export const CompletedImage = z
   .object({

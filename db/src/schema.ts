@@ -139,7 +139,9 @@ export const jobs = sqliteTable(
     maxAttempts: integer("max_attempts").notNull(),
     leaseId: text("lease_id"),
     leaseOwner: text("lease_owner"),
+    /** Until the runner acknowledges the lease, lease_expires_at is the short ack deadline and no attempt is counted. */
     leaseExpiresAt: integer("lease_expires_at"),
+    leaseAckedAt: integer("lease_acked_at"),
     progressStep: integer("progress_step"),
     progressTotal: integer("progress_total"),
     errorCode: text("error_code"),

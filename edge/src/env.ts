@@ -18,6 +18,7 @@ export interface Env {
   DEFAULT_MAX_CONCURRENT_JOBS: string;
   DEFAULT_MAX_IMAGES_PER_DAY: string;
   LEASE_TTL_MS: string;
+  LEASE_ACK_TIMEOUT_MS?: string;
   MAX_JOB_ATTEMPTS: string;
   AFFINITY_MAX_WAIT_MS: string;
   DEFAULT_MODEL: string;
@@ -29,6 +30,8 @@ export interface Settings {
   defaultMaxConcurrentJobs: number;
   defaultMaxImagesPerDay: number;
   leaseTtlMs: number;
+  /** How long a leased job waits for its runner's acknowledgement before it goes back to the queue (no attempt spent). */
+  leaseAckTimeoutMs: number;
   maxJobAttempts: number;
   affinityMaxWaitMs: number;
   defaultModel: string;
@@ -41,11 +44,13 @@ function intVar(env: Env, name: keyof Env, fallback: number): number {
 }
 
 export function loadSettings(env: Env): Settings {
+  const leaseTtlMs = intVar(env, "LEASE_TTL_MS", 30_000);
   return {
     defaultRateLimitPerMinute: intVar(env, "DEFAULT_RATE_LIMIT_PER_MINUTE", 600),
     defaultMaxConcurrentJobs: intVar(env, "DEFAULT_MAX_CONCURRENT_JOBS", 16),
     defaultMaxImagesPerDay: intVar(env, "DEFAULT_MAX_IMAGES_PER_DAY", 5000),
-    leaseTtlMs: intVar(env, "LEASE_TTL_MS", 30_000),
+    leaseTtlMs,
+    leaseAckTimeoutMs: intVar(env, "LEASE_ACK_TIMEOUT_MS", Math.min(10_000, leaseTtlMs)),
     maxJobAttempts: intVar(env, "MAX_JOB_ATTEMPTS", 3),
     affinityMaxWaitMs: intVar(env, "AFFINITY_MAX_WAIT_MS", 2_000),
     defaultModel: env.DEFAULT_MODEL || "tiny-shapes",

@@ -1,5 +1,6 @@
 /** Drives the Worker as a client would: real HTTP requests through its fetch handler, real D1 and Durable Objects. */
 import { env, exports } from "cloudflare:workers";
+import { sha256Hex } from "../src/lib/crypto.ts";
 
 /** The Worker under test (its default export), as `wrangler.toml` declares it. */
 const worker = (exports as unknown as { default: Fetcher }).default;
@@ -15,7 +16,7 @@ export interface Answer<T = any> {
 export async function call<T = any>(
   method: string,
   path: string,
-  opts: { token?: string; body?: unknown; headers?: Record<string, string>; raw?: BodyInit } = {},
+  opts: { token?: string; body?: unknown; headers?: Record<string, string>; raw?: BodyInit; signal?: AbortSignal } = {},
 ): Promise<Answer<T>> {
   const headers: Record<string, string> = { ...opts.headers };
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;
@@ -24,7 +25,7 @@ export async function call<T = any>(
     body = JSON.stringify(opts.body);
     headers["content-type"] ??= "application/json";
   }
-  const res = await worker.fetch(new Request(`http://edge.test${path}`, { method, headers, body }));
+  const res = await worker.fetch(new Request(`http://edge.test${path}`, { method, headers, body, signal: opts.signal }));
   const text = await res.text();
   return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) : null };
 }
@@ -87,16 +88,33 @@ export async function registerAddon(tenantId: string, name: string, opts: Record
 export const generate = (key: string, body: Record<string, unknown> = {}, headers: Record<string, string> = {}) =>
   call("POST", "/v1/generations", { token: key, body: { prompt: "a large red circle on the left, blue background", ...body }, headers });
 
-export const lease = (runnerToken: string, body: Record<string, unknown> = {}) =>
+/** A lease call alone: the lease stays provisional (no attempt counted) until acknowledged. */
+export const leaseUnacked = (runnerToken: string, body: Record<string, unknown> = {}) =>
   call("POST", "/internal/v1/lease", { token: runnerToken, body: { models: ["tiny-shapes"], wait_ms: 0, ...body } });
+
+/** The first heartbeat acknowledges a lease: the attempt counts and the full lease deadline starts. */
+export const acknowledge = (runnerToken: string, leased: { lease_id: string; job: { id: string } }) =>
+  call("POST", `/internal/v1/jobs/${leased.job.id}/heartbeat`, { token: runnerToken, body: { lease_id: leased.lease_id } });
+
+/** What a runner does on receiving a job: lease it and acknowledge at once. */
+export async function lease(runnerToken: string, body: Record<string, unknown> = {}) {
+  const leased = await leaseUnacked(runnerToken, body);
+  if (leased.status === 200) {
+    const ack = await acknowledge(runnerToken, leased.body);
+    if (ack.status !== 200) throw new Error(`ack: ${JSON.stringify(ack.body)}`);
+  }
+  return leased;
+}
 
 /** What a runner does at the end of a job: PUT each image where the lease said, then report them. */
 export async function uploadOutputs(leased: { outputs: Array<{ index: number; storage_key: string }> }, count = leased.outputs.length) {
   const images = [];
   for (const out of leased.outputs.slice(0, count)) {
     const bytes = new TextEncoder().encode(`png ${out.storage_key}`);
-    await env.BUCKET!.put(out.storage_key, bytes, { httpMetadata: { contentType: "image/png" } });
-    images.push({ index: out.index, storage_key: out.storage_key, width: 64, height: 64, seed: 1 + out.index, sha256: "a".repeat(64), size_bytes: bytes.byteLength });
+    const sha256 = await sha256Hex(bytes);
+    // The store verifies the checksum signed into the PUT and keeps it, as R2 does.
+    await env.BUCKET!.put(out.storage_key, bytes, { httpMetadata: { contentType: "image/png" }, sha256 });
+    images.push({ index: out.index, storage_key: out.storage_key, width: 64, height: 64, seed: 1 + out.index, sha256, size_bytes: bytes.byteLength });
   }
   return images;
 }

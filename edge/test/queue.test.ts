@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
-import { call, completeLeased, generate, uploadOutputs, lease, newRunner, newTenant, registerAddon, registerModel } from "./helpers.ts";
+import { acknowledge, call, completeLeased, generate, uploadOutputs, lease, leaseUnacked, newRunner, newTenant, registerAddon, registerModel } from "./helpers.ts";
 
 beforeAll(async () => {
   await registerModel();
@@ -98,6 +98,68 @@ describe("lease", () => {
   });
 });
 
+describe("leases to runners that have gone", () => {
+  const jobRow = (id: string) => env.DB.prepare("SELECT status, attempts, lease_owner, lease_expires_at FROM jobs WHERE id = ?").bind(id).first<any>();
+
+  it("a lease nobody acknowledges costs no attempt: runners that vanished never fail a job", async () => {
+    const t = await newTenant("vanished");
+    await registerModel("vanish-model");
+    const gone = await newRunner("gone");
+    const job = await generate(t.key, { model: "vanish-model" });
+    // More vanished runners than the job has attempts (MAX_JOB_ATTEMPTS 3).
+    for (let i = 0; i < 4; i++) {
+      const l = await leaseUnacked(gone.token, { models: ["vanish-model"] });
+      expect(l.status).toBe(200);
+      expect(l.body.job.attempt).toBe(1);
+      // Provisional: the short acknowledgement deadline, not a whole lease TTL (30 s here).
+      expect(Date.parse(l.body.lease_expires_at) - Date.now()).toBeLessThanOrEqual(10_000);
+      expect((await jobRow(job.body.id)).attempts).toBe(0);
+      await expireLease(job.body.id);
+    }
+    const alive = await newRunner("alive-after");
+    const l = await leaseUnacked(alive.token, { models: ["vanish-model"] });
+    expect(l.body.job.id).toBe(job.body.id);
+    const ack = await acknowledge(alive.token, l.body);
+    expect(ack.status).toBe(200);
+    expect(Date.parse(ack.body.lease_expires_at) - Date.now()).toBeGreaterThan(20_000);
+    expect(await jobRow(job.body.id)).toMatchObject({ status: "running", attempts: 1 });
+    expect((await complete(alive.token, l.body)).status).toBe(200);
+  });
+
+  it("a job handed back before it was acknowledged (a runner stopping as it arrived) costs no attempt", async () => {
+    const t = await newTenant("handed-back");
+    await registerModel("handback-model");
+    const stopping = await newRunner("stopping");
+    const job = await generate(t.key, { model: "handback-model" });
+    const l = await leaseUnacked(stopping.token, { models: ["handback-model"] });
+    const back = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, {
+      token: stopping.token,
+      body: { lease_id: l.body.lease_id, error: { code: "runner_shutdown", message: "stopping" }, retryable: true },
+    });
+    expect(back.body).toEqual({ ok: true, status: "queued" });
+    const next = await lease(stopping.token, { models: ["handback-model"] });
+    expect(next.body.job).toMatchObject({ id: job.body.id, attempt: 1 });
+    expect((await jobRow(job.body.id)).attempts).toBe(1);
+  });
+
+  // Guards the hang-up path (workerd cancels a long poll whose caller went away, and the handler checks the request's
+  // signal where `enable_request_signal` fires it); the acknowledgement above is what makes a missed hang-up harmless.
+  it("a runner that hung up its long poll is not handed the next job", async () => {
+    const t = await newTenant("hung-up");
+    await registerModel("hangup-model");
+    const runner = await newRunner("hung-up");
+    const hangUp = new AbortController();
+    const poll = call("POST", "/internal/v1/lease", { token: runner.token, body: { models: ["hangup-model"], wait_ms: 5_000 }, signal: hangUp.signal }).catch((e) => e);
+    await new Promise((r) => setTimeout(r, 300));
+    hangUp.abort();
+    await poll;
+    await new Promise((r) => setTimeout(r, 100));
+    const job = await generate(t.key, { model: "hangup-model" });
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await jobRow(job.body.id)).status).toBe("queued");
+  });
+});
+
 describe("heartbeat, complete, fail", () => {
   it("heartbeat extends the lease and carries progress; cancel reaches the runner; completing after cancel fails", async () => {
     const t = await newTenant("hb");
@@ -173,6 +235,49 @@ describe("heartbeat, complete, fail", () => {
     expect(lateBeat.status).toBe(409);
     const ok = await complete(alive.token, second.body);
     expect(ok.status).toBe(200);
+  });
+
+  it("a lease past its deadline, not yet swept, can neither heartbeat, get upload URLs, nor complete", async () => {
+    const t = await newTenant("late");
+    const runner = await newRunner("late");
+    await registerModel("late-model");
+    const job = await generate(t.key, { model: "late-model" });
+    const l = await lease(runner.token, { models: ["late-model"] });
+    const images = await uploadOutputs(l.body);
+    await expireLease(job.body.id);
+    const done = await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body: { lease_id: l.body.lease_id, images } });
+    expect(done.status).toBe(409);
+    expect(done.body.error.code).toBe("lease_expired");
+    expect((await heartbeat(runner.token, job.body.id, { lease_id: l.body.lease_id })).body.error.code).toBe("lease_expired");
+    const urls = await call("POST", `/internal/v1/jobs/${job.body.id}/outputs`, { token: runner.token, body: { lease_id: l.body.lease_id, images: [{ index: 0, sha256: images[0]!.sha256, size_bytes: 9 }] } });
+    expect(urls.body.error.code).toBe("lease_expired");
+    const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(seen.body.status).toBe("running");
+    expect(seen.body.images).toHaveLength(0);
+  });
+
+  it("a runner whose lease expired cannot overwrite the images of the attempt that won", async () => {
+    const t = await newTenant("stale");
+    const stale = await newRunner("stale");
+    const alive = await newRunner("fresh");
+    await registerModel("stale-model");
+    const job = await generate(t.key, { model: "stale-model" });
+    const first = await lease(stale.token, { models: ["stale-model"] });
+    await expireLease(job.body.id);
+    const second = await lease(alive.token, { models: ["stale-model"] });
+    // Keys per lease: the stale runner's key is not the one the job keeps.
+    const [a, b] = [first.body.outputs[0].storage_key, second.body.outputs[0].storage_key];
+    expect(a).toBe(`tenants/${t.id}/outputs/${job.body.id}/${first.body.lease_id}/0.png`);
+    expect(b).toBe(`tenants/${t.id}/outputs/${job.body.id}/${second.body.lease_id}/0.png`);
+    expect((await complete(alive.token, second.body)).status).toBe(200);
+    // And no upload URL for a lease that ended.
+    const urls = await call("POST", `/internal/v1/jobs/${job.body.id}/outputs`, { token: stale.token, body: { lease_id: first.body.lease_id, images: [{ index: 0, sha256: "a".repeat(64), size_bytes: 9 }] } });
+    expect(urls.status).toBe(409);
+    await uploadOutputs(first.body);
+    const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(decodeURIComponent(new URL(seen.body.images[0].url).pathname)).toMatch(new RegExp(`/${b}$`));
+    const kept = await env.BUCKET!.get(b);
+    expect(await kept!.text()).toBe(`png ${b}`);
   });
 
   it("after its last attempt an expired job fails with a clear error", async () => {

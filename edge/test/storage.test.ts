@@ -3,8 +3,9 @@ import { env } from "cloudflare:workers";
 import { afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { database } from "@imagegen/db";
 import { createApp } from "../src/app.ts";
-import { objectStore } from "../src/storage/index.ts";
+import { objectStore, sealUpload } from "../src/storage/index.ts";
 import { sweepRetention } from "../src/storage/retention.ts";
+import { sha256Hex } from "../src/lib/crypto.ts";
 import { call, completeLeased, generate, lease, newRunner, newTenant, registerAddon, registerModel } from "./helpers.ts";
 
 beforeAll(async () => {
@@ -17,7 +18,7 @@ function signed(url: string) {
 }
 
 describe("object storage through presigned URLs", () => {
-  it("a lease carries presigned PUTs for exactly the job's outputs and GETs for its add-ons", async () => {
+  it("a lease names its outputs' keys and carries GETs for its add-ons; upload URLs are signed with each image's size and SHA-256 and expire with the lease", async () => {
     const t = await newTenant("storage");
     const addon = await registerAddon(t.id, "style", { sha256: "b".repeat(64), size_bytes: 10 });
     const runner = await newRunner();
@@ -25,13 +26,28 @@ describe("object storage through presigned URLs", () => {
     const l = await lease(runner.token);
     expect(l.body.outputs).toHaveLength(2);
     for (const out of l.body.outputs) {
-      const s = signed(out.put_url);
-      expect(s.path).toBe(`/cdn-cgi/local/r2/s3/imagegen/${out.storage_key}`);
-      expect(out.storage_key).toMatch(new RegExp(`^tenants/${t.id}/outputs/${l.body.job.id}/${out.index}\\.png$`));
-      expect(s.signature).toMatch(/^[0-9a-f]{64}$/);
-      expect(s.headers).toContain("content-type");
-      expect(s.expires).toBe(3600);
+      expect(out.storage_key).toBe(`tenants/${t.id}/outputs/${l.body.job.id}/${l.body.lease_id}/${out.index}.png`);
+      expect(out).not.toHaveProperty("put_url");
     }
+    const sha = (i: number) => `${i}`.repeat(64);
+    const asked = await call("POST", `/internal/v1/jobs/${l.body.job.id}/outputs`, {
+      token: runner.token,
+      body: { lease_id: l.body.lease_id, images: l.body.outputs.map((o: any) => ({ index: o.index, sha256: sha(o.index), size_bytes: 100 + o.index })) },
+    });
+    expect(asked.status, JSON.stringify(asked.body)).toBe(200);
+    for (const up of asked.body.uploads) {
+      const s = signed(up.put_url);
+      expect(up.storage_key).toBe(l.body.outputs[up.index].storage_key);
+      expect(s.path).toBe(`/cdn-cgi/local/r2/s3/imagegen/${up.storage_key}`);
+      expect(s.signature).toMatch(/^[0-9a-f]{64}$/);
+      expect(s.headers).toBe("content-length;content-type;host;x-amz-checksum-sha256");
+      expect(up.headers).toEqual({ "content-type": "image/png", "x-amz-checksum-sha256": btoa(String.fromCharCode(...Array(32).fill(up.index * 0x11))) });
+      // The lease's TTL (30 s here), not an hour: the URL dies with the lease.
+      expect(s.expires).toBeGreaterThan(25);
+      expect(s.expires).toBeLessThanOrEqual(30);
+    }
+    const tooMany = await call("POST", `/internal/v1/jobs/${l.body.job.id}/outputs`, { token: runner.token, body: { lease_id: l.body.lease_id, images: [{ index: 2, sha256: sha(2), size_bytes: 1 }] } });
+    expect(tooMany.status).toBe(400);
     expect(l.body.addons).toEqual([
       expect.objectContaining({ id: addon, version: 1, ref: `${addon}@1`, kind: "lora", sha256: "b".repeat(64), size_bytes: 10 }),
     ]);
@@ -52,6 +68,31 @@ describe("object storage through presigned URLs", () => {
     expect((await completeLeased(runner.token, l.body)).status).toBe(200);
   });
 
+  it("complete checks each image's SHA-256, not only its size: one flipped byte is refused", async () => {
+    const t = await newTenant("flipped");
+    const runner = await newRunner();
+    const job = await generate(t.key);
+    const l = await lease(runner.token);
+    const key = l.body.outputs[0].storage_key;
+    const png = new TextEncoder().encode("\x89PNG a real image, honestly");
+    const sha256 = await sha256Hex(png);
+    const flipped = png.slice();
+    flipped[10]! ^= 0x01;
+    // A store that kept no checksum (the S3 path): the edge reads the bytes.
+    await env.BUCKET!.put(key, flipped, { httpMetadata: { contentType: "image/png" } });
+    const body = { lease_id: l.body.lease_id, images: [{ index: 0, storage_key: key, width: 64, height: 64, seed: 1, sha256, size_bytes: png.byteLength }] };
+    const refused = await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body });
+    expect(refused.status).toBe(400);
+    expect(refused.body.error.code).toBe("output_checksum_mismatch");
+    // A store that verified a checksum on the PUT: its checksum is compared.
+    await env.BUCKET!.put(key, flipped, { httpMetadata: { contentType: "image/png" }, sha256: await sha256Hex(flipped) });
+    expect((await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body })).body.error.code).toBe("output_checksum_mismatch");
+    await env.BUCKET!.put(key, png, { httpMetadata: { contentType: "image/png" } });
+    expect((await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body })).status).toBe(200);
+    const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(seen.body.images[0].sha256).toBe(sha256);
+  });
+
   it("finished images come with signed GET URLs of the requested TTL, re-signable by their tenant only", async () => {
     const a = await newTenant("owner");
     const b = await newTenant("stranger");
@@ -62,7 +103,7 @@ describe("object storage through presigned URLs", () => {
     const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: a.key });
     const img = seen.body.images[0];
     expect(signed(img.url).expires).toBe(600);
-    expect(signed(img.url).path).toBe(`/cdn-cgi/local/r2/s3/imagegen/tenants/${a.id}/outputs/${job.body.id}/0.png`);
+    expect(signed(img.url).path).toBe(`/cdn-cgi/local/r2/s3/imagegen/tenants/${a.id}/outputs/${job.body.id}/${l.body.lease_id}/0.png`);
     expect(Date.parse(img.url_expires_at) - Date.now()).toBeGreaterThan(590_000);
     const again = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, { token: a.key, body: { expires_in_seconds: 120 } });
     expect(again.status).toBe(200);
@@ -139,6 +180,15 @@ describe("an S3 store without the R2 binding", () => {
       await env.BUCKET!.delete(key);
       return new Response(null, { status: 204 });
     }
+    const copySource = req.headers.get("x-amz-copy-source");
+    if (req.method === "PUT" && copySource) {
+      expect(url.searchParams.get("X-Amz-SignedHeaders")).toContain("x-amz-copy-source");
+      const from = await env.BUCKET!.get(decodeURIComponent(copySource).slice(`${env.S3_BUCKET}/`.length));
+      if (!from) return new Response(`<Error><Code>NoSuchKey</Code></Error>`, { status: 404 });
+      await env.BUCKET!.put(key, await from.arrayBuffer());
+      s3Calls[s3Calls.length - 1] = `COPY ${key}`;
+      return new Response(`<CopyObjectResult><ETag>"x"</ETag></CopyObjectResult>`, { headers: { "content-type": "application/xml" } });
+    }
     const obj = await env.BUCKET!.get(key);
     if (!obj) {
       const missing = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>No such key</Message></Error>`;
@@ -174,6 +224,17 @@ describe("an S3 store without the R2 binding", () => {
     expect(await env.BUCKET!.head(key)).toBeNull();
     expect(await store.sha256("tenants/s3/missing")).toBeUndefined();
     expect(s3Calls).toEqual([`HEAD ${key}`, `GET ${key}`, "GET tenants/s3/missing", `DELETE ${key}`, "GET tenants/s3/missing"]);
+  });
+
+  it("finalize seals an add-on upload by a server-side copy", async () => {
+    serveS3();
+    const store = objectStore(s3Env);
+    await env.BUCKET!.put("tenants/s3/addons/a/v1.upload", new Uint8Array([4, 5, 6]));
+    expect(await sealUpload(store, "tenants/s3/addons/a/v1")).toEqual({ size: 3, contentType: "application/octet-stream" });
+    expect(new Uint8Array(await (await env.BUCKET!.get("tenants/s3/addons/a/v1"))!.arrayBuffer())).toEqual(new Uint8Array([4, 5, 6]));
+    expect(await env.BUCKET!.head("tenants/s3/addons/a/v1.upload")).toBeNull();
+    expect(await sealUpload(store, "tenants/s3/addons/b/v1")).toBeUndefined();
+    expect(s3Calls).toEqual(["COPY tenants/s3/addons/a/v1", "DELETE tenants/s3/addons/a/v1.upload", "HEAD tenants/s3/addons/a/v1", "PUT tenants/s3/addons/b/v1", "HEAD tenants/s3/addons/b/v1"]);
   });
 
   it("retention deletes the objects, not only the rows", async () => {

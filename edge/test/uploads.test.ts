@@ -1,7 +1,8 @@
 /// <reference types="vite/client" />
 import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
-import { encodeSafetensors } from "@imagegen/formats/safetensors";
+import { encodeSafetensors, parseHeader } from "@imagegen/formats/safetensors";
+import { findNonFinite } from "../src/addons/validate.ts";
 import { writeTar } from "@imagegen/formats/tar";
 import cnManifest from "../../gpu-runner/models/tiny-shapes-random/addons/random-controlnet-mask/manifest.json";
 import cnOnnxUrl from "../../gpu-runner/models/tiny-shapes-random/addons/random-controlnet-mask/controlnet/model.onnx?url&inline";
@@ -156,6 +157,70 @@ describe("add-on uploads", () => {
     const r = await finalize(t.key, up.body.addon.id, 1);
     expect(r.body.status).toBe("rejected");
     expect(r.body.rejection_reason).toMatch(/^Does not fit model 'pair-b': key 'lora_unet_down_blocks_0_attentions_0_to_q\.lora_down\.weight' matches no LoRA target/);
+  });
+});
+
+describe("add-on integrity", () => {
+  it("a LoRA holding NaN or Inf is rejected at finalize, never ready", async () => {
+    const t = await newTenant("nan-lora");
+    for (const [name, bad] of [["nan", Number.NaN], ["inf", Number.POSITIVE_INFINITY]] as const) {
+      const file = kohyaLora();
+      const h = parseHeader(file, file.byteLength);
+      const up = h.tensors.get("lora_unet_down_blocks_0_attentions_0_to_q.lora_up.weight")!;
+      new DataView(file.buffer).setFloat32(h.dataOffset + up.begin + 4 * 5, bad, true);
+      const started = await startUpload(t.key, file, { name });
+      await put(started.body.upload.url, file);
+      const r = await finalize(t.key, started.body.addon.id, 1);
+      expect(r.body.status, name).toBe("rejected");
+      expect(r.body.rejection_reason, name).toBe("Tensor 'lora_unet_down_blocks_0_attentions_0_to_q.lora_up.weight' holds a non-finite value (NaN or ±Inf) at element 5; every image made with it would be broken.");
+      expect((await generate(t.key, { loras: [{ id: started.body.addon.id }] })).status, name).toBe(404);
+    }
+  });
+
+  it("values are checked by bounded range reads that cut tensors only between elements, for every float dtype", async () => {
+    // u8[3] | f16[3] (+Inf last) | bf16[2] | f64[2] | f32[2]: odd offsets, so 5-byte chunks straddle elements.
+    const layout: Array<[string, string, number]> = [["u", "U8", 3], ["h", "F16", 3], ["b", "BF16", 2], ["d", "F64", 2], ["f", "F32", 2]];
+    const size: Record<string, number> = { U8: 1, F16: 2, BF16: 2, F64: 8, F32: 4 };
+    const entries: Record<string, unknown> = {};
+    let offset = 0;
+    for (const [name, dtype, n] of layout) {
+      entries[name] = { dtype, shape: [n], data_offsets: [offset, offset + n * size[dtype]!] };
+      offset += n * size[dtype]!;
+    }
+    const json = new TextEncoder().encode(JSON.stringify(entries));
+    const file = new Uint8Array(8 + json.byteLength + offset).fill(0x3c, 8 + json.byteLength); // finite everywhere
+    new DataView(file.buffer).setBigUint64(0, BigInt(json.byteLength), true);
+    file.set(json, 8);
+    const header = parseHeader(file, file.byteLength);
+    const reads: Array<[number, number]> = [];
+    const read = async (at: number, n: number) => (reads.push([at, n]), file.slice(at, at + n));
+    const poke = (name: string, element: number, bytes: number[]) => file.set(bytes, header.dataOffset + header.tensors.get(name)!.begin + element * size[(entries[name] as any).dtype]!);
+    expect(await findNonFinite(read, header, 5)).toBeUndefined();
+    expect(reads.every(([, n]) => n <= 8)).toBe(true);
+    poke("f", 1, [0, 0, 0xc0, 0x7f]); // f32 NaN
+    expect(await findNonFinite(read, header, 5)).toEqual({ tensor: "f", element: 1 });
+    poke("d", 1, [0, 0, 0, 0, 0, 0, 0xf0, 0x7f]); // f64 +Inf
+    expect(await findNonFinite(read, header, 5)).toEqual({ tensor: "d", element: 1 });
+    poke("b", 1, [0x80, 0xff]); // bf16 -Inf
+    expect(await findNonFinite(read, header, 5)).toEqual({ tensor: "b", element: 1 });
+    poke("h", 2, [0x00, 0x7c]); // f16 +Inf
+    expect(await findNonFinite(read, header, 5)).toEqual({ tensor: "h", element: 2 });
+    poke("u", 0, [0xff]); // an integer is never non-finite
+    expect(await findNonFinite(read, header, 4096)).toEqual({ tensor: "h", element: 2 });
+  });
+
+  it("once ready, the file cannot be replaced through its upload URL (finalize seals it where no URL writes)", async () => {
+    const t = await newTenant("sealed");
+    const file = kohyaLora();
+    const up = await startUpload(t.key, file);
+    await put(up.body.upload.url, file);
+    expect((await finalize(t.key, up.body.addon.id, 1)).body.status).toBe("ready");
+    const versionKey = `tenants/${t.id}/addons/${up.body.addon.id}/v1`;
+    // The URL still lives for an hour: whatever it writes now is not the file jobs read.
+    await put(up.body.upload.url, kohyaLora(2));
+    const kept = await env.BUCKET!.get(versionKey);
+    expect(await sha256Hex(new Uint8Array(await kept!.arrayBuffer()))).toBe(await sha256Hex(file));
+    expect(decodeURIComponent(new URL(up.body.upload.url).pathname)).not.toMatch(new RegExp(`/${versionKey}$`));
   });
 });
 

@@ -48,6 +48,10 @@ describe("safetensors, parsed strictly", () => {
     ["offsets past the end (truncated data)", () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [4], data_offsets: [0, 16] } }), 8), /truncated/],
     ["negative shapes", () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [-1], data_offsets: [0, 4] } }), 4), /shape/],
     ["non-string metadata", () => headerWith(JSON.stringify({ __metadata__: { a: 1 } })), /metadata/],
+    // JSON.parse keeps the last: "w" would be read as the second entry where another reader takes the first.
+    ["a tensor named twice", () => headerWith('{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 4), /"w" twice/],
+    ["a field named twice in an entry", () => headerWith('{"w":{"dtype":"F32","shape":[1],"shape":[1],"data_offsets":[0,4]}}', 4), /"shape" twice/],
+    ["an escaped key equal to another", () => headerWith('{"__metadata__":{"a\\"b":"x","a\\u0022b":"y"}}'), /twice/],
   ];
   for (const [what, make, message] of hostile) {
     it(`refuses ${what}`, () => {
@@ -61,6 +65,11 @@ describe("safetensors, parsed strictly", () => {
     const file = encodeSafetensors({ w: { shape: [3], data: Float32Array.from([1, Number.NaN, 2]) } });
     const h = parseHeader(file, file.byteLength);
     expect(() => readFloatTensor(file, h, "w")).toThrow(/non-finite value at element 1/);
+  });
+
+  it("accepts equal keys in different objects, and key-like strings in values", () => {
+    const file = headerWith('{"__metadata__":{"w":"{\\"w\\":1,","dtype":"x"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 4);
+    expect(parseHeader(file, file.byteLength).metadata).toEqual({ w: '{"w":1,', dtype: "x" });
   });
 
   it("needs only the head of the file for the header (range reads)", () => {

@@ -66,11 +66,16 @@ export function parseHeader(prefix: Uint8Array, fileLength: number): Safetensors
   if (dataOffset > fileLength) throw new SafetensorsError(`header claims ${dataOffset - 8} bytes but the file has ${fileLength} (truncated?)`);
   if (prefix.byteLength < dataOffset) throw new SafetensorsError("not enough bytes given to read the header");
   let json: unknown;
+  let text: string;
   try {
-    json = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(prefix.subarray(8, dataOffset)));
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(prefix.subarray(8, dataOffset));
+    json = JSON.parse(text);
   } catch (err) {
     throw new SafetensorsError(`header is not valid UTF-8 JSON: ${(err as Error).message}`);
   }
+  // JSON.parse keeps the last of two equal keys: a reader that keeps the first would see another file.
+  const twice = duplicateKey(text);
+  if (twice !== undefined) throw new SafetensorsError(`header names ${JSON.stringify(twice)} twice`);
   if (json === null || typeof json !== "object" || Array.isArray(json)) throw new SafetensorsError("header must be a JSON object");
 
   const tensors = new Map<string, TensorInfo>();
@@ -115,6 +120,37 @@ export function parseHeader(prefix: Uint8Array, fileLength: number): Safetensors
   return { dataOffset, tensors, metadata };
 }
 
+/** The first key that occurs twice in one object of `text` (valid JSON), at any depth. */
+function duplicateKey(text: string): string | undefined {
+  const objects: Array<Set<string> | null> = []; // null: an array
+  let keyNext = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '"') {
+      let end = i + 1;
+      while (text[end] !== '"') end += text[end] === "\\" ? 2 : 1;
+      const keys = objects.at(-1);
+      if (keys && keyNext) {
+        const key = JSON.parse(text.slice(i, end + 1)) as string;
+        if (keys.has(key)) return key;
+        keys.add(key);
+        keyNext = false;
+      }
+      i = end;
+    } else if (ch === "{") {
+      objects.push(new Set());
+      keyNext = true;
+    } else if (ch === "[") {
+      objects.push(null);
+    } else if (ch === "}" || ch === "]") {
+      objects.pop();
+    } else if (ch === ",") {
+      keyNext = objects.at(-1) != null;
+    }
+  }
+  return undefined;
+}
+
 export function f16ToF32(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;
   const exp = (h >> 10) & 0x1f;
@@ -122,6 +158,35 @@ export function f16ToF32(h: number): number {
   if (exp === 0) return sign * 2 ** -14 * (frac / 1024);
   if (exp === 0x1f) return frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
   return sign * 2 ** (exp - 15) * (1 + frac / 1024);
+}
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+/** float32 → float16 bits, rounding to nearest even (overflow → ±Inf), as numpy's `astype(float16)`. */
+export function f32ToF16(value: number): number {
+  f32Scratch[0] = value;
+  const x = u32Scratch[0]!;
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  let mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    let half = mant >> shift;
+    const rem = mant & ((1 << shift) - 1);
+    const mid = 1 << (shift - 1);
+    if (rem > mid || (rem === mid && half & 1)) half++;
+    return sign | half;
+  }
+  let half = (e << 10) | (mant >> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++; // a carry into the exponent rounds up correctly
+  return sign | half;
 }
 
 /**

@@ -3,6 +3,8 @@
  * tenant) and `retryable` (whether another attempt, perhaps on another runner, can succeed), decided where the error
  * is raised: the runner does not guess from class names. Errors that cross a worker_threads boundary keep both.
  */
+import { SafetensorsError } from "@imagegen/formats/safetensors";
+import { TarError } from "@imagegen/formats/tar";
 
 /** Every failure code, and whether a job that failed with it goes back to the queue. */
 export const FAILURE_CODES = {
@@ -56,9 +58,14 @@ export class RunnerError extends Error implements Failure {
   }
 }
 
-/** The code and retryability of anything thrown: a RunnerError's own, else an unforeseen (retryable) runner error. */
+/**
+ * The code and retryability of anything thrown: a RunnerError's own; a malformed add-on file (a safetensors or tar
+ * reader's error, e.g. a non-finite value) fails the same way on every runner, so it is permanent; anything else is
+ * an unforeseen (retryable) runner error.
+ */
 export function failureOf(err: unknown): Failure {
   if (err instanceof RunnerError) return { code: err.code, retryable: err.retryable };
+  if (err instanceof SafetensorsError || err instanceof TarError) return { code: "addon_invalid", retryable: FAILURE_CODES.addon_invalid };
   return { code: "runner_error", retryable: FAILURE_CODES.runner_error };
 }
 

@@ -37,7 +37,7 @@ describe("edge client retries", () => {
 
   it("a 503 from storage with Retry-After is retried after that delay, then without it by backoff", async () => {
     script.set("/store/a.png", [{ status: 503, headers: { "retry-after": "1" } }, { status: 503 }]);
-    await client().upload(`${base}/store/a.png`, new Uint8Array(8), "image/png");
+    await client().upload(`${base}/store/a.png`, new Uint8Array(8), { "content-type": "image/png" });
     const [first, second] = gaps("/store/a.png");
     expect(first).toBeGreaterThanOrEqual(950);
     expect(second).toBeLessThan(500);

@@ -2,13 +2,15 @@
  * The runner's lease loop against a stand-in edge and store on 127.0.0.1 (the real edge is exercised end to end in
  * tests/e2e): storage that is down for a while, cancel mid-generation, shutdown with a job in hand.
  */
+import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { AddonStore } from "../src/addons/store.ts";
-import { EdgeClient } from "../src/runner/edge-client.ts";
+import { EdgeClient, type LeasedJob } from "../src/runner/edge-client.ts";
 import { discoverModels, Runner } from "../src/runner/runner.ts";
 import { InferencePool } from "../src/workers/pool.ts";
 
@@ -27,6 +29,14 @@ interface FakeEdge {
   firstAttempt: Map<string, number>;
   uploads: Map<string, number>;
   cancel: Set<string>;
+  /** Heartbeats on these jobs answer 409 (the lease is gone). */
+  lost: Set<string>;
+  /** The lease answer waits this long (a long poll in progress). */
+  leaseDelayMs: number;
+  /** Lease calls whose runner hung up before the answer. */
+  hungUp: number;
+  /** Files served to GET /files/<name> (add-ons). */
+  files: Map<string, Uint8Array>;
 }
 
 async function body(req: IncomingMessage): Promise<Buffer> {
@@ -36,13 +46,32 @@ async function body(req: IncomingMessage): Promise<Buffer> {
 }
 
 async function fakeEdge(): Promise<FakeEdge> {
-  const edge: FakeEdge = { url: "", server: null as unknown as Server, queue: [], calls: [], storageDownMs: 0, firstAttempt: new Map(), uploads: new Map(), cancel: new Set() };
+  const edge: FakeEdge = {
+    url: "",
+    server: null as unknown as Server,
+    queue: [],
+    calls: [],
+    storageDownMs: 0,
+    firstAttempt: new Map(),
+    uploads: new Map(),
+    cancel: new Set(),
+    lost: new Set(),
+    leaseDelayMs: 0,
+    hungUp: 0,
+    files: new Map(),
+  };
   edge.server = createServer(async (req, res) => {
     const raw = await body(req);
     const path = req.url!;
+    if (path.startsWith("/files/")) {
+      const file = edge.files.get(path.slice("/files/".length));
+      return file ? res.writeHead(200).end(file) : res.writeHead(404).end();
+    }
     if (path.startsWith("/store/")) {
       if (!edge.firstAttempt.has(path)) edge.firstAttempt.set(path, Date.now());
       if (Date.now() < edge.firstAttempt.get(path)! + edge.storageDownMs) return res.writeHead(503).end("down");
+      // As S3 and R2 do with a signed x-amz-checksum-sha256: other bytes are refused.
+      if (req.headers["x-amz-checksum-sha256"] !== createHash("sha256").update(raw).digest("base64")) return res.writeHead(400).end("<Error><Code>BadDigest</Code></Error>");
       edge.uploads.set(path, raw.byteLength);
       return res.writeHead(200).end();
     }
@@ -50,6 +79,15 @@ async function fakeEdge(): Promise<FakeEdge> {
     edge.calls.push({ path, body: json });
     const reply = (status: number, payload?: unknown) => res.writeHead(status, { "content-type": "application/json" }).end(payload ? JSON.stringify(payload) : undefined);
     if (path === "/internal/v1/lease") {
+      if (edge.leaseDelayMs) {
+        let closed = false;
+        res.on("close", () => (closed = true));
+        await new Promise((r) => setTimeout(r, edge.leaseDelayMs));
+        if (closed) {
+          edge.hungUp++;
+          return;
+        }
+      }
       const job = edge.queue.shift();
       if (!job) {
         await new Promise((r) => setTimeout(r, 50));
@@ -57,9 +95,20 @@ async function fakeEdge(): Promise<FakeEdge> {
       }
       return reply(200, job);
     }
-    const m = path.match(/^\/internal\/v1\/jobs\/([^/]+)\/(heartbeat|complete|fail)$/);
+    const m = path.match(/^\/internal\/v1\/jobs\/([^/]+)\/(heartbeat|outputs|complete|fail)$/);
     if (!m) return reply(404, { error: { code: "route_not_found", message: path } });
+    if (m[2] === "heartbeat" && edge.lost.has(m[1]!)) return reply(409, { error: { code: "lease_expired", message: "expired" } });
     if (m[2] === "heartbeat") return reply(200, { cancel: edge.cancel.has(m[1]!), lease_expires_at: null });
+    if (m[2] === "outputs") {
+      const uploads = json.images.map((i: { index: number; sha256: string }) => ({
+        index: i.index,
+        storage_key: `out/${m[1]}/${i.index}.png`,
+        put_url: `${edge.url}/store/${m[1]}/${i.index}.png`,
+        headers: { "content-type": "image/png", "x-amz-checksum-sha256": Buffer.from(i.sha256, "hex").toString("base64") },
+        expires_at: new Date(Date.now() + 30_000).toISOString(),
+      }));
+      return reply(200, { uploads });
+    }
     return reply(200, { job: {} });
   });
   await new Promise<void>((r) => edge.server.listen(0, "127.0.0.1", r));
@@ -96,8 +145,8 @@ function leased(edge: FakeEdge, id: string, request: Record<string, unknown> = {
         ...request,
       },
     },
-    outputs: [{ index: 0, storage_key: `out/${id}/0.png`, put_url: `${edge.url}/store/${id}/0.png`, content_type: "image/png" }],
-    addons: [],
+    outputs: [{ index: 0, storage_key: `out/${id}/0.png`, content_type: "image/png" }],
+    addons: [] as LeasedJob["addons"],
   };
 }
 
@@ -200,5 +249,86 @@ describe("runner lease loop", () => {
     expect(r.done[0]).toMatchObject({ id: "job_shutdown", status: "released" });
     const fail = edge.calls.find((c) => c.path === "/internal/v1/jobs/job_shutdown/fail")!;
     expect(fail.body).toMatchObject({ retryable: true, error: { code: "runner_shutdown" } });
+  });
+
+  const jobCalls = (id: string) => edge.calls.filter((c) => c.path.startsWith(`/internal/v1/jobs/${id}/`));
+
+  it("stop() hangs up the lease call in flight: a job that would arrive is never started", async () => {
+    edge.leaseDelayMs = 1_500;
+    edge.queue.push(leased(edge, "job_arriving"));
+    const before = edge.calls.length;
+    const r = runner(edge, { leaseWaitMs: 5_000 });
+    const running = r.run();
+    await until("the long poll", () => edge.calls.slice(before).some((c) => c.path === "/internal/v1/lease"));
+    const t = Date.now();
+    await r.stop();
+    await running;
+    expect(Date.now() - t).toBeLessThan(500);
+    await until("the edge to see the hang-up", () => edge.hungUp === 1, 3_000);
+    edge.leaseDelayMs = 0;
+    expect(r.done).toEqual([]);
+    expect(jobCalls("job_arriving")).toEqual([]);
+    expect(edge.queue.splice(0).map((j) => (j.job as { id: string }).id)).toEqual(["job_arriving"]);
+  });
+
+  it("a job that arrives anyway as the runner stops is handed back unacknowledged, before stop() resolves", async () => {
+    let arrive!: () => void;
+    const arrived = new Promise<void>((resolve) => (arrive = resolve));
+    // An answer already on its way when stop() is called: the abort cannot take it back.
+    class LateAnswer extends EdgeClient {
+      override async lease(): Promise<LeasedJob | null> {
+        await arrived;
+        return leased(edge, "job_late") as LeasedJob;
+      }
+    }
+    const r = runner(edge, { edge: new LateAnswer(edge.url, "igr_test") });
+    const running = r.run();
+    const stopped = r.stop();
+    arrive();
+    await stopped;
+    expect(jobCalls("job_late").map((c) => c.path)).toEqual(["/internal/v1/jobs/job_late/fail"]);
+    expect(jobCalls("job_late")[0]!.body).toMatchObject({ retryable: true, error: { code: "runner_shutdown" } });
+    expect(r.done).toEqual([{ id: "job_late", status: "released", ms: 0 }]);
+    await running;
+  });
+
+  it("a lease is acknowledged before any work; one the edge no longer honours is dropped untouched", async () => {
+    edge.lost.add("job_gone");
+    edge.queue.push(leased(edge, "job_gone"), leased(edge, "job_kept"));
+    const r = runner(edge);
+    const running = r.run();
+    await until("both jobs", () => r.done.length === 2);
+    await r.stop();
+    await running;
+    expect(r.done.map((d) => [d.id, d.status])).toEqual([["job_gone", "lost"], ["job_kept", "succeeded"]]);
+    expect(jobCalls("job_gone").map((c) => c.path)).toEqual(["/internal/v1/jobs/job_gone/heartbeat"]);
+    expect(jobCalls("job_kept")[0]!.path).toBe("/internal/v1/jobs/job_kept/heartbeat");
+    expect(jobCalls("job_kept")[0]!.body.progress).toBeUndefined();
+    expect(edge.uploads.has("/store/job_gone/0.png")).toBe(false);
+    // Uploaded with the signed checksum (the fake store refuses a body without it), then completed with the same.
+    const complete = jobCalls("job_kept").find((c) => c.path.endsWith("/complete"))!;
+    const asked = jobCalls("job_kept").find((c) => c.path.endsWith("/outputs"))!;
+    expect(asked.body.images).toEqual([{ index: 0, sha256: complete.body.images[0].sha256, size_bytes: complete.body.images[0].size_bytes }]);
+    expect(edge.uploads.get("/store/job_kept/0.png")).toBe(complete.body.images[0].size_bytes);
+  });
+
+  it("an add-on file with a NaN weight fails the job for good: no retry on another runner", async () => {
+    const module = "lora_unet_down_blocks_0_attn_attn2_to_q";
+    const up = new Float32Array(16).fill(0.01);
+    up[3] = Number.NaN;
+    const lora = encodeSafetensors({ [`${module}.lora_down.weight`]: { shape: [2, 8], data: new Float32Array(16).fill(0.01) }, [`${module}.lora_up.weight`]: { shape: [8, 2], data: up } });
+    const sha256 = createHash("sha256").update(lora).digest("hex");
+    edge.files.set("nan.safetensors", lora);
+    const job = leased(edge, "job_nan", { loras: [{ id: "addon_nan", version: 1, name: "nan", sha256, scale: 1 }] });
+    job.addons = [{ id: "addon_nan", version: 1, ref: "addon_nan@1", kind: "lora", sha256, size_bytes: lora.byteLength, get_url: `${edge.url}/files/nan.safetensors` }];
+    edge.queue.push(job);
+    const r = runner(edge);
+    const running = r.run();
+    await until("the failure", () => r.done.length === 1);
+    await r.stop();
+    await running;
+    const fail = jobCalls("job_nan").find((c) => c.path.endsWith("/fail"))!;
+    expect(fail.body).toMatchObject({ retryable: false, error: { message: expect.stringMatching(/non-finite/) } });
+    expect(["addon_invalid", "lora_invalid"]).toContain(fail.body.error.code);
   });
 });

@@ -5,7 +5,7 @@
  */
 import { ACTIVE_JOB_STATUSES, TERMINAL_JOB_STATUSES } from "@imagegen/contracts/enums";
 import type { Provenance, Timings } from "@imagegen/contracts/generations";
-import { and, desc, eq, inArray, lt, sql } from "drizzle-orm";
+import { and, desc, eq, gte, inArray, lt, sql } from "drizzle-orm";
 import { transaction } from "../batch.ts";
 import type { Db } from "../index.ts";
 import { images, jobs, usageCounters, type JobStatus } from "../schema.ts";
@@ -109,7 +109,8 @@ export interface LeaseRequest {
   warmAddons: string[];
   leaseId: string;
   now: number;
-  leaseTtlMs: number;
+  /** How long the runner has to acknowledge the lease (`heartbeat`) before the job goes back, attempt uncounted. */
+  ackTimeoutMs: number;
   /** Jobs older than this are preferred over warm-add-on matches: affinity never starves a job. */
   affinityMaxWaitMs: number;
   /** How many of each tenant's oldest queued jobs compete: enough for affinity to find a warm match. */
@@ -118,6 +119,8 @@ export interface LeaseRequest {
 
 /**
  * Leases one queued job, atomically (one UPDATE … WHERE id = (SELECT …) AND status = 'queued').
+ * The lease is provisional until the runner acknowledges it (`heartbeat`): a long poll can hand a job to a runner that
+ * has already gone, so the attempt is counted, and the full lease deadline starts, only at the acknowledgement.
  * Order: tenants with the fewest running jobs first (a burst from one tenant cannot starve another), then jobs
  * that have waited past the affinity bound, then jobs whose add-ons this runner holds warm, then the oldest.
  */
@@ -144,9 +147,8 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
       status: "running",
       leaseId: r.leaseId,
       leaseOwner: r.runnerId,
-      leaseExpiresAt: r.now + r.leaseTtlMs,
-      attempts: sql`${jobs.attempts} + 1`,
-      startedAt: sql`coalesce(${jobs.startedAt}, ${r.now})`,
+      leaseExpiresAt: r.now + r.ackTimeoutMs,
+      leaseAckedAt: null,
       progressStep: null,
       progressTotal: null,
     })
@@ -156,11 +158,12 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
 }
 
 /**
- * Puts jobs whose lease expired back in the queue, or fails them once they used up their attempts.
- * Returns the jobs it changed, as they are now, so the caller can announce each.
+ * Puts jobs whose lease expired back in the queue, or fails them once they used up their attempts. A lease never
+ * acknowledged cost no attempt: its job simply goes back. Returns the jobs it changed, as they are now, so the
+ * caller can announce each.
  */
 export async function expireLeases(db: Db, now: number): Promise<Job[]> {
-  const exhausted = sql`${jobs.attempts} >= ${jobs.maxAttempts}`;
+  const exhausted = sql`(${jobs.leaseAckedAt} IS NOT NULL AND ${jobs.attempts} >= ${jobs.maxAttempts})`;
   return db
     .update(jobs)
     .set({
@@ -171,6 +174,7 @@ export async function expireLeases(db: Db, now: number): Promise<Job[]> {
       leaseId: null,
       leaseOwner: null,
       leaseExpiresAt: null,
+      leaseAckedAt: null,
     })
     .where(and(eq(jobs.status, "running"), lt(jobs.leaseExpiresAt, now)))
     .returning();
@@ -178,18 +182,31 @@ export async function expireLeases(db: Db, now: number): Promise<Job[]> {
 
 export type LeaseCheck =
   | { ok: true; job: Job }
-  | { ok: false; reason: "not_found" | "lease_lost" | "canceled" | "already_finished"; job?: Job };
+  | { ok: false; reason: "not_found" | "lease_lost" | "lease_expired" | "canceled" | "already_finished"; job?: Job };
 
-/** Whether `leaseId` still holds job `id` for runner `runnerId`. */
-export async function checkLease(db: Db, id: string, runnerId: string, leaseId: string): Promise<LeaseCheck> {
+/** Whether `leaseId` still holds job `id` for runner `runnerId` at `now` (an expired lease not yet swept holds nothing). */
+export async function checkLease(db: Db, id: string, runnerId: string, leaseId: string, now: number): Promise<LeaseCheck> {
   const job = await getJobAnyTenant(db, id);
   if (!job) return { ok: false, reason: "not_found" };
   if (job.leaseId !== leaseId || job.leaseOwner !== runnerId) return { ok: false, reason: "lease_lost", job };
   if (job.status === "canceled") return { ok: false, reason: "canceled", job };
   if (job.status !== "running") return { ok: false, reason: "already_finished", job };
+  if (job.leaseExpiresAt === null || job.leaseExpiresAt < now) return { ok: false, reason: "lease_expired", job };
   return { ok: true, job };
 }
 
+/** The guard of every write a lease holder makes: its lease, on a running job, not past its deadline. */
+const holds = (id: string, leaseId: string, runnerId: string, now: number) =>
+  and(eq(jobs.id, id), eq(jobs.leaseId, leaseId), eq(jobs.leaseOwner, runnerId), eq(jobs.status, "running"), gte(jobs.leaseExpiresAt, now));
+
+/** Acknowledging a lease (its first heartbeat, or a complete without one) counts the attempt, once. */
+const acknowledge = (now: number) => ({
+  attempts: sql`${jobs.attempts} + (${jobs.leaseAckedAt} IS NULL)`,
+  leaseAckedAt: sql`coalesce(${jobs.leaseAckedAt}, ${now})`,
+  startedAt: sql`coalesce(${jobs.startedAt}, ${now})`,
+});
+
+/** Extends a lease (acknowledging it on the first call) and records progress. */
 export async function heartbeat(
   db: Db,
   h: { id: string; runnerId: string; leaseId: string; now: number; leaseTtlMs: number; step?: number; total?: number },
@@ -197,11 +214,12 @@ export async function heartbeat(
   const [row] = await db
     .update(jobs)
     .set({
+      ...acknowledge(h.now),
       leaseExpiresAt: h.now + h.leaseTtlMs,
       ...(h.step !== undefined ? { progressStep: h.step } : {}),
       ...(h.total !== undefined ? { progressTotal: h.total } : {}),
     })
-    .where(and(eq(jobs.id, h.id), eq(jobs.leaseId, h.leaseId), eq(jobs.leaseOwner, h.runnerId), eq(jobs.status, "running")))
+    .where(holds(h.id, h.leaseId, h.runnerId, h.now))
     .returning();
   return row;
 }
@@ -218,10 +236,10 @@ export interface Completion {
 
 /** Completes a job held by this lease, with its images, in one transaction. Repeating it changes nothing. */
 export async function completeJob(db: Db, c: Completion): Promise<Job | undefined> {
-  const holds = and(eq(jobs.id, c.id), eq(jobs.leaseId, c.leaseId), eq(jobs.leaseOwner, c.runnerId));
   const finish = db
     .update(jobs)
     .set({
+      ...acknowledge(c.now),
       status: "succeeded",
       finishedAt: c.now,
       timings: c.timings,
@@ -229,7 +247,7 @@ export async function completeJob(db: Db, c: Completion): Promise<Job | undefine
       progressStep: sql`${jobs.progressTotal}`,
       leaseExpiresAt: null,
     })
-    .where(and(holds, eq(jobs.status, "running")));
+    .where(holds(c.id, c.leaseId, c.runnerId, c.now));
   const day = utcDay(c.now);
   const inferenceMs = c.timings.inference_ms ?? 0;
   const usage = sql`UPDATE usage_counters SET inference_ms = inference_ms + ${inferenceMs}
@@ -246,7 +264,10 @@ export async function completeJob(db: Db, c: Completion): Promise<Job | undefine
   return job && job.status === "succeeded" && job.leaseId === c.leaseId ? job : undefined;
 }
 
-/** Fails a job held by this lease; a retryable failure goes back to the queue while attempts remain. */
+/**
+ * Fails a job held by this lease; a retryable failure goes back to the queue while attempts remain. A lease handed
+ * back before it was acknowledged (a runner stopping as the job arrived) counted no attempt and costs none.
+ */
 export async function failJob(
   db: Db,
   f: { id: string; runnerId: string; leaseId: string; now: number; code: string; message: string; retryable: boolean },
@@ -262,8 +283,9 @@ export async function failJob(
       leaseId: sql`CASE WHEN ${retry} THEN NULL ELSE ${jobs.leaseId} END`,
       leaseOwner: sql`CASE WHEN ${retry} THEN NULL ELSE ${jobs.leaseOwner} END`,
       leaseExpiresAt: null,
+      leaseAckedAt: sql`CASE WHEN ${retry} THEN NULL ELSE ${jobs.leaseAckedAt} END`,
     })
-    .where(and(eq(jobs.id, f.id), eq(jobs.leaseId, f.leaseId), eq(jobs.leaseOwner, f.runnerId), eq(jobs.status, "running")))
+    .where(holds(f.id, f.leaseId, f.runnerId, f.now))
     .returning();
   return row;
 }

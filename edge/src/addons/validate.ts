@@ -4,7 +4,7 @@
  */
 import { modelsTable, type Db } from "@imagegen/db";
 import { mapLoraKeys } from "@imagegen/formats/lora-keys";
-import { headerByteLength, parseHeader, SafetensorsError } from "@imagegen/formats/safetensors";
+import { DTYPE_BYTES, headerByteLength, parseHeader, SafetensorsError, type Dtype, type SafetensorsHeader } from "@imagegen/formats/safetensors";
 import { listTar, TarError } from "@imagegen/formats/tar";
 import { OnnxError, readOnnxIo } from "@imagegen/formats/onnx-reader";
 import { ControlNetManifest, controlNetMismatches } from "@imagegen/formats/manifest";
@@ -39,6 +39,10 @@ export async function validateLora(db: Db, store: ObjectStore, key: string, size
       return { ok: false, reason: `Does not fit model '${m.id}': ${mapping.errors.slice(0, 5).join("; ")}${more}.` };
     }
   }
+  const bad = await findNonFinite((offset, length) => store.readRange(key, offset, length), header);
+  if (bad === "gone") return { ok: false, reason: "The uploaded file is gone from storage." };
+  // A NaN or Inf reaches every image of every job that uses the file (other tenants' too, once public).
+  if (bad) return { ok: false, reason: `Tensor '${bad.tensor}' holds a non-finite value (NaN or ±Inf) at element ${bad.element}; every image made with it would be broken.` };
   const { layers } = mappings[0]!.mapping;
   return {
     ok: true,
@@ -51,6 +55,58 @@ export async function validateLora(db: Db, store: ObjectStore, key: string, size
       checked_against: models.map((x) => x.id),
     },
   };
+}
+
+/** Largest range read while checking values: memory stays bounded, and a 64 MB LoRA takes 16 reads. */
+const VALUE_CHUNK_BYTES = 4 * 1024 * 1024;
+
+/** Whether the element at byte `at` of `view` is NaN or ±Inf, per float dtype (integers never are). */
+const NON_FINITE: Partial<Record<Dtype, (view: DataView, at: number) => boolean>> = {
+  F64: (v, at) => !Number.isFinite(v.getFloat64(at, true)),
+  F32: (v, at) => !Number.isFinite(v.getFloat32(at, true)),
+  F16: (v, at) => (v.getUint16(at, true) & 0x7c00) === 0x7c00,
+  BF16: (v, at) => (v.getUint16(at, true) & 0x7f80) === 0x7f80,
+  F8_E5M2: (v, at) => (v.getUint8(at) & 0x7c) === 0x7c,
+  F8_E4M3: (v, at) => (v.getUint8(at) & 0x7f) === 0x7f,
+};
+
+/**
+ * The first non-finite value of any float tensor, read by range in chunks that end on element boundaries (the
+ * tensors tile the data section, as parseHeader checked); "gone" when the file disappeared meanwhile.
+ */
+export async function findNonFinite(
+  read: (offset: number, length: number) => Promise<Uint8Array | undefined>,
+  header: SafetensorsHeader,
+  chunkBytes = VALUE_CHUNK_BYTES,
+): Promise<{ tensor: string; element: number } | "gone" | undefined> {
+  const tensors = [...header.tensors.values()].filter((t) => t.end > t.begin).sort((a, b) => a.begin - b.begin);
+  const dataEnd = tensors.at(-1)?.end ?? 0;
+  let next = 0; // first tensor not yet wholly checked
+  for (let at = 0; at < dataEnd; ) {
+    let end = Math.min(at + chunkBytes, dataEnd);
+    const cut = tensors.find((t) => t.begin < end && end < t.end);
+    if (cut) {
+      const size = DTYPE_BYTES[cut.dtype];
+      const rounded = cut.begin + Math.floor((end - cut.begin) / size) * size;
+      end = rounded > at ? rounded : at + size; // a chunk smaller than one element still reads the whole element
+    }
+    const bytes = await read(header.dataOffset + at, end - at);
+    if (!bytes) return "gone";
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    for (let i = next; i < tensors.length && tensors[i]!.begin < end; i++) {
+      const t = tensors[i]!;
+      const check = NON_FINITE[t.dtype];
+      const size = DTYPE_BYTES[t.dtype];
+      if (check) {
+        for (let o = Math.max(t.begin, at); o < Math.min(t.end, end); o += size) {
+          if (check(view, o - at)) return { tensor: t.name, element: (o - t.begin) / size };
+        }
+      }
+      if (t.end <= end) next = i + 1;
+    }
+    at = end;
+  }
+  return undefined;
 }
 
 /** Largest manifest.json read into memory (real ones are a few KB). */

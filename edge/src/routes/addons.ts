@@ -6,7 +6,7 @@ import { ApiError } from "../errors.ts";
 import { Addon, ADDON_SIZE_LIMITS, AddonUpload, AddonVersion, CreateAddonBody, errorResponses, formatAddonRef, IdParam, iso, UpdateAddonBody } from "@imagegen/contracts";
 import { presentAddon, presentVersion } from "../addons/present.ts";
 import { validateControlNet, validateLora } from "../addons/validate.ts";
-import { addonKey, objectStore } from "../storage/index.ts";
+import { addonKey, addonUploadKey, objectStore, sealUpload } from "../storage/index.ts";
 import { newId } from "../lib/ids.ts";
 import { audit } from "../audit/log.ts";
 
@@ -54,7 +54,7 @@ export const addons = router()
       }
       const { addon, version } = await addonsTable.addVersion(db, existing.id, { storageKey: (v) => addonKey(tenantId, existing!.id, v), sizeBytes: body.size_bytes, sha256: body.sha256 }, now);
       const contentType = "application/octet-stream";
-      const url = await objectStore(c.env).presignPut(version.storageKey, UPLOAD_URL_TTL_SECONDS, contentType, body.size_bytes);
+      const { url } = await objectStore(c.env).presignPut(addonUploadKey(version.storageKey), UPLOAD_URL_TTL_SECONDS, { contentType, contentLength: body.size_bytes });
       await audit(c, { tenantId, actor: c.var.auth.key.id, action: "addon.upload", target: formatAddonRef(addon.id, version.version), details: { name: body.name, size_bytes: body.size_bytes } });
       return c.json(
         {
@@ -91,7 +91,7 @@ export const addons = router()
       const store = objectStore(c.env);
       const reject = async (reason: string) =>
         c.json(presentVersion((await addonsTable.transitionVersion(db, id, version, ["validating"], { status: "rejected", rejectionReason: reason }, Date.now()))!), 200);
-      const stored = await store.head(row.storageKey);
+      const stored = await sealUpload(store, row.storageKey);
       if (!stored) {
         // Nothing uploaded yet: back to pending so the tenant can upload and finalize again.
         await addonsTable.transitionVersion(db, id, version, ["validating"], { status: "pending" }, Date.now());

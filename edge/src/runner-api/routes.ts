@@ -1,6 +1,7 @@
 /**
- * The runner protocol (`/internal/v1`): lease (long-poll on the queue's doorbell), heartbeat (extends the lease,
- * reports progress, learns of cancel), complete and fail (idempotent for the lease that holds the job).
+ * The runner protocol (`/internal/v1`): lease (long-poll on the queue's doorbell), heartbeat (acknowledges the lease
+ * at first, then extends it, reports progress, learns of cancel), outputs (upload URLs signed with each image's size
+ * and checksum), complete and fail (idempotent for the lease that holds the job).
  */
 import { createRoute, z } from "@hono/zod-openapi";
 import { addonsTable, jobsTable, runnersTable } from "@imagegen/db";
@@ -10,11 +11,14 @@ import { expireLeases } from "../dispatch/expiry.ts";
 import { ApiError } from "../errors.ts";
 import { announce, announcerOf } from "../jobs/announce.ts";
 import { randomBase32 } from "../lib/ids.ts";
-import { CompleteBody, errorResponses, FailBody, formatAddonRef, HeartbeatBody, HeartbeatResult, iso, LeaseBody, LeasedJob, RunnerAck } from "@imagegen/contracts";
+import { CompleteBody, errorResponses, FailBody, formatAddonRef, HeartbeatBody, HeartbeatResult, iso, LeaseBody, LeasedJob, OutputUploadBody, OutputUploads, RunnerAck } from "@imagegen/contracts";
 import { objectStore, outputKey } from "../storage/index.ts";
 
-/** Presigned URLs live long enough for a slow job; the lease, not the URL, bounds who may write. */
-const JOB_URL_TTL_SECONDS = 3600;
+/** Add-on downloads live long enough for a slow job; they only read. Output uploads expire with the lease. */
+const ADDON_URL_TTL_SECONDS = 3600;
+
+/** Resolves when the runner hangs up (workerd aborts the request's signal under `enable_request_signal`). */
+const hungUp = (signal: AbortSignal) => new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener("abort", () => resolve(), { once: true })));
 
 const JobId = z.object({ id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" } }) });
 
@@ -49,6 +53,15 @@ const complete = createRoute({
   responses: { 200: { description: "Completed (or already completed by this lease)", content: { "application/json": { schema: RunnerAck } } }, ...errorResponses(400, 401, 404, 409) },
 });
 
+const outputs = createRoute({
+  method: "post",
+  path: "/jobs/{id}/outputs",
+  tags: ["runner"],
+  summary: "Presigned PUTs for a job's images, signed with each image's size and SHA-256; they expire with the lease",
+  request: { params: JobId, body: { content: { "application/json": { schema: OutputUploadBody } }, required: true } },
+  responses: { 200: { description: "Upload URLs (the lease was extended)", content: { "application/json": { schema: OutputUploads } } }, ...errorResponses(400, 401, 404, 409) },
+});
+
 const fail = createRoute({
   method: "post",
   path: "/jobs/{id}/fail",
@@ -65,6 +78,8 @@ function leaseError(check: jobsTable.LeaseCheck & { ok: false }, id: string): Ap
       return ApiError.notFound("job", id, "id");
     case "lease_lost":
       return ApiError.conflict("lease_lost", `This runner does not hold the lease on job '${id}' (it expired or belongs to another runner).`);
+    case "lease_expired":
+      return ApiError.conflict("lease_expired", `The lease on job '${id}' expired; the job goes back to the queue.`);
     case "canceled":
       return ApiError.conflict("job_canceled", `Job '${id}' was canceled.`);
     case "already_finished":
@@ -74,6 +89,15 @@ function leaseError(check: jobsTable.LeaseCheck & { ok: false }, id: string): Ap
 
 const ack = (job: jobsTable.Job): RunnerAck => ({ ok: true, status: job.status });
 
+/** The images a job asked for, each once: `images` must name distinct indexes below n (all n when `all`). */
+function checkIndexes(job: jobsTable.Job, images: ReadonlyArray<{ index: number }>, all: boolean): void {
+  const count = job.request.n;
+  const indexes = new Set(images.map((i) => i.index));
+  if (indexes.size !== images.length || images.some((i) => i.index >= count) || (all && images.length !== count)) {
+    throw ApiError.invalid("invalid_images", `Job '${job.id}' asked for ${count} images with distinct indexes 0..${count - 1}.`, "images");
+  }
+}
+
 export const runnerApi = router()
   .openapi(lease, async (c) => {
     const body = c.req.valid("json");
@@ -81,9 +105,13 @@ export const runnerApi = router()
     const deadline = Date.now() + body.wait_ms;
     await runnersTable.reportRunner(db, runner.id, { warmAddons: body.warm_addons, models: body.models, capacity: body.capacity }, Date.now());
     const bell = doorbell(c.env, QUEUE_TOPIC);
+    const gone = c.req.raw.signal;
+    const hangUp = hungUp(gone);
     for (;;) {
       const seq = await bell.current();
       await expireLeases(announcerOf(c), Date.now());
+      // A runner that hung up gets no job (the lease would wait out its ack deadline for nobody).
+      if (gone.aborted) return c.body(null, 204);
       const now = Date.now();
       const job = await jobsTable.leaseJob(db, {
         runnerId: runner.id,
@@ -91,11 +119,11 @@ export const runnerApi = router()
         warmAddons: body.warm_addons,
         leaseId: `lease_${randomBase32(20)}`,
         now,
-        leaseTtlMs: settings.leaseTtlMs,
+        ackTimeoutMs: settings.leaseAckTimeoutMs,
         affinityMaxWaitMs: settings.affinityMaxWaitMs,
       });
       if (job) {
-        await announce(announcerOf(c), job);
+        // Not announced yet: the lease is provisional until the runner acknowledges it (its first heartbeat).
         const request = job.request;
         const versions = await addonsTable.versionsForRefs(db, job.addonRefs);
         const missing = job.addonRefs.filter((ref) => !versions.some((v) => formatAddonRef(v.addon.id, v.version.version) === ref));
@@ -106,12 +134,7 @@ export const runnerApi = router()
           continue;
         }
         const store = objectStore(c.env);
-        const outputs = await Promise.all(
-          Array.from({ length: request.n }, async (_, index) => {
-            const key = outputKey(job.tenantId, job.id, index);
-            return { index, storage_key: key, put_url: await store.presignPut(key, JOB_URL_TTL_SECONDS, "image/png"), content_type: "image/png" as const };
-          }),
-        );
+        const outputs = Array.from({ length: request.n }, (_, index) => ({ index, storage_key: outputKey(job.tenantId, job.id, job.leaseId!, index), content_type: "image/png" as const }));
         const addons = await Promise.all(
           versions.map(async ({ addon, version }) => ({
             id: addon.id,
@@ -120,7 +143,7 @@ export const runnerApi = router()
             kind: addon.kind,
             sha256: version.sha256,
             size_bytes: version.sizeBytes,
-            get_url: await store.presignGet(version.storageKey, JOB_URL_TTL_SECONDS),
+            get_url: await store.presignGet(version.storageKey, ADDON_URL_TTL_SECONDS),
           })),
         );
         return c.json(
@@ -132,7 +155,7 @@ export const runnerApi = router()
             job: {
               id: job.id,
               tenant_id: job.tenantId,
-              attempt: job.attempts,
+              attempt: job.attempts + 1,
               queued_ms: now - job.createdAt,
               request,
             },
@@ -142,8 +165,8 @@ export const runnerApi = router()
       }
       const left = deadline - Date.now();
       if (left <= 0) return c.body(null, 204);
-      // Also wake in time for the next lease expiry, which no ring announces.
-      await bell.wait(seq, Math.min(left, settings.leaseTtlMs));
+      // Also wake in time for the next lease (or acknowledgement) expiry, which no ring announces.
+      await Promise.race([bell.wait(seq, Math.min(left, settings.leaseAckTimeoutMs)), hangUp]);
     }
   })
   .openapi(heartbeatRoute, async (c) => {
@@ -162,34 +185,60 @@ export const runnerApi = router()
       total: body.progress?.total,
     });
     if (job) {
-      if (body.progress) await announce(announcerOf(c), job);
+      const acknowledged = job.leaseAckedAt === now;
+      if (body.progress || acknowledged) await announce(announcerOf(c), job);
       return c.json({ cancel: false, lease_expires_at: iso(job.leaseExpiresAt) }, 200);
     }
-    const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
+    const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id, now);
     if (!check.ok && check.reason === "canceled") return c.json({ cancel: true, lease_expires_at: null }, 200);
-    throw leaseError(check as jobsTable.LeaseCheck & { ok: false }, id);
+    throw leaseError(check.ok ? { ok: false, reason: "lease_lost" } : check, id);
+  })
+  .openapi(outputs, async (c) => {
+    const { id } = c.req.valid("param");
+    const body = c.req.valid("json");
+    const { db, settings, runner } = c.var;
+    const now = Date.now();
+    // Signing uploads is a lease holder's act: it extends the lease (and acknowledges it) as a heartbeat does.
+    const job = await jobsTable.heartbeat(db, { id, runnerId: runner.id, leaseId: body.lease_id, now, leaseTtlMs: settings.leaseTtlMs });
+    if (!job) {
+      const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id, now);
+      throw leaseError(check.ok ? { ok: false, reason: "lease_lost" } : check, id);
+    }
+    if (job.leaseAckedAt === now) await announce(announcerOf(c), job);
+    checkIndexes(job, body.images, false);
+    const store = objectStore(c.env);
+    const ttlSeconds = Math.floor((job.leaseExpiresAt! - now) / 1000);
+    const uploads = await Promise.all(
+      body.images.map(async (img) => {
+        const key = outputKey(job.tenantId, id, body.lease_id, img.index);
+        const put = await store.presignPut(key, ttlSeconds, { contentType: "image/png", contentLength: img.size_bytes, sha256: img.sha256 });
+        return { index: img.index, storage_key: key, put_url: put.url, headers: put.headers, expires_at: iso(now + ttlSeconds * 1000)! };
+      }),
+    );
+    return c.json({ uploads }, 200);
   })
   .openapi(complete, async (c) => {
     const { id } = c.req.valid("param");
     const body = c.req.valid("json");
     const { db, runner } = c.var;
-    const held = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
+    const held = await jobsTable.checkLease(db, id, runner.id, body.lease_id, Date.now());
     const replay = !held.ok && held.reason === "already_finished" && held.job?.status === "succeeded";
     if (!held.ok && !replay) throw leaseError(held, id);
     const job = held.job!;
-    const count = job.request.n;
-    const indexes = new Set(body.images.map((i) => i.index));
-    if (indexes.size !== body.images.length || body.images.some((i) => i.index >= count) || body.images.length !== count) {
-      throw ApiError.invalid("invalid_images", `Job '${id}' asked for ${count} images with distinct indexes 0..${count - 1}.`, "images");
-    }
+    checkIndexes(job, body.images, true);
     if (!replay) {
       const store = objectStore(c.env);
       for (const img of body.images) {
-        const expected = outputKey(job.tenantId, id, img.index);
+        const expected = outputKey(job.tenantId, id, body.lease_id, img.index);
         if (img.storage_key !== expected) throw ApiError.invalid("invalid_images", `Image ${img.index} must be stored at '${expected}'.`, "images");
         const stored = await store.head(expected);
         if (!stored || stored.size !== img.size_bytes) {
           throw ApiError.invalid("output_missing", `Image ${img.index} is not in storage with ${img.size_bytes} bytes (found ${stored ? `${stored.size} bytes` : "nothing"}); upload it to the lease's URL first.`, "images");
+        }
+        // The checksum the store verified on the PUT where it keeps one; else the bytes themselves (a few MB at most).
+        const sha256 = stored.sha256 ?? (await store.sha256(expected));
+        if (sha256 !== img.sha256) {
+          throw ApiError.invalid("output_checksum_mismatch", `Image ${img.index} in storage has SHA-256 ${sha256}, not the declared ${img.sha256}; upload it again.`, "images");
         }
       }
     }
@@ -217,7 +266,7 @@ export const runnerApi = router()
     });
     if (!done) {
       // Lost a race with cancel or expiry between the check and the write.
-      const again = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
+      const again = await jobsTable.checkLease(db, id, runner.id, body.lease_id, now);
       throw leaseError(again.ok ? { ok: false, reason: "lease_lost", job: again.job } : again, id);
     }
     if (!replay) await announce(announcerOf(c), done);
@@ -240,7 +289,7 @@ export const runnerApi = router()
       await announce(announcerOf(c), failed);
       return c.json(ack(failed), 200);
     }
-    const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id);
+    const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id, Date.now());
     if (!check.ok && check.reason === "already_finished" && check.job?.status === "failed") {
       return c.json(ack(check.job), 200);
     }

@@ -5,7 +5,7 @@
  * What the edge does itself (HEAD, reads, deletes) goes through the R2 binding when there is one, and through the
  * S3 API otherwise: every caller uses this one interface, so either store serves every path.
  */
-import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { CopyObjectCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import type { Env } from "../env.ts";
 import { ApiError } from "../errors.ts";
@@ -13,12 +13,22 @@ import { ApiError } from "../errors.ts";
 export interface ObjectInfo {
   size: number;
   contentType?: string;
+  /** SHA-256 (hex) the store verified when the object was written, where it keeps one. */
+  sha256?: string;
+}
+
+/** What a presigned PUT pins in its signature besides the key: any other body or header is refused by the store. */
+export interface PutConditions {
+  contentType: string;
+  contentLength?: number;
+  /** Hex SHA-256 of the body, signed as `x-amz-checksum-sha256`: the store checks the bytes against it. */
+  sha256?: string;
 }
 
 export interface ObjectStore {
   presignGet(key: string, expiresInSeconds: number): Promise<string>;
-  /** A PUT that must carry exactly this content type (and this length, when given). */
-  presignPut(key: string, expiresInSeconds: number, contentType: string, contentLength?: number): Promise<string>;
+  /** A PUT that must carry exactly these conditions; `headers` are the ones the uploader must send. */
+  presignPut(key: string, expiresInSeconds: number, conditions: PutConditions): Promise<{ url: string; headers: Record<string, string> }>;
   head(key: string): Promise<ObjectInfo | undefined>;
   /** The whole object, undefined when it does not exist. */
   get(key: string): Promise<Uint8Array | undefined>;
@@ -28,10 +38,32 @@ export interface ObjectStore {
   sha256(key: string): Promise<string | undefined>;
   /** The first bytes of an object (e.g. a safetensors header), undefined when it does not exist. */
   readRange(key: string, offset: number, length: number): Promise<Uint8Array | undefined>;
+  /** Copies an object inside the bucket (streamed); false when the source does not exist. */
+  copy(fromKey: string, toKey: string): Promise<boolean>;
 }
 
-export const outputKey = (tenantId: string, jobId: string, index: number) => `tenants/${tenantId}/outputs/${jobId}/${index}.png`;
+/** Per lease: a runner whose lease ended writes only under its own lease, never over the images a job kept. */
+export const outputKey = (tenantId: string, jobId: string, leaseId: string, index: number) => `tenants/${tenantId}/outputs/${jobId}/${leaseId}/${index}.png`;
 export const addonKey = (tenantId: string, addonId: string, version: number) => `tenants/${tenantId}/addons/${addonId}/v${version}`;
+/**
+ * Where a tenant's presigned PUT writes an add-on version. Finalize copies it to the version's own key, for which no
+ * PUT is ever signed: an upload URL (alive for an hour) cannot replace a file once it is `ready`.
+ */
+export const addonUploadKey = (storageKey: string) => `${storageKey}.upload`;
+
+/**
+ * Moves an add-on upload to its version's key, out of reach of the upload URL, and describes what landed there;
+ * undefined when nothing was uploaded. Everything after (size, hash, validation) reads the sealed copy, so a PUT
+ * racing finalize cannot swap the bytes between the check and `ready`.
+ */
+export async function sealUpload(store: ObjectStore, storageKey: string): Promise<ObjectInfo | undefined> {
+  const upload = addonUploadKey(storageKey);
+  if (await store.copy(upload, storageKey)) await store.delete([upload]);
+  return store.head(storageKey);
+}
+
+const hexToBase64 = (hex: string) => btoa(String.fromCharCode(...hex.match(/../g)!.map((h) => Number.parseInt(h, 16))));
+const bytesToHex = (bytes: ArrayBuffer) => [...new Uint8Array(bytes)].map((b) => b.toString(16).padStart(2, "0")).join("");
 
 /** Longest a presigned URL may live (SigV4's own limit is 7 days). */
 export const MAX_URL_TTL_SECONDS = 7 * 24 * 3600;
@@ -65,7 +97,7 @@ function s3(env: Env): { client: S3Client; bucket: string } {
 async function digestStream(body: ReadableStream<Uint8Array>): Promise<string> {
   const digest = new crypto.DigestStream("SHA-256");
   await body.pipeTo(digest);
-  return [...new Uint8Array(await digest.digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return bytesToHex(await digest.digest);
 }
 
 /**
@@ -95,18 +127,24 @@ export function objectStore(env: Env): ObjectStore {
       const { client, bucket: name } = s3(env);
       return getSignedUrl(client, new GetObjectCommand({ Bucket: name, Key: key }), { expiresIn: Math.min(expiresIn, MAX_URL_TTL_SECONDS) });
     },
-    async presignPut(key, expiresIn, contentType, contentLength) {
+    async presignPut(key, expiresIn, { contentType, contentLength, sha256 }) {
       const { client, bucket: name } = s3(env);
-      const command = new PutObjectCommand({ Bucket: name, Key: key, ContentType: contentType, ContentLength: contentLength });
-      return getSignedUrl(client, command, {
-        expiresIn: Math.min(expiresIn, MAX_URL_TTL_SECONDS),
-        signableHeaders: new Set(["content-type", ...(contentLength !== undefined ? ["content-length"] : [])]),
+      const checksum = sha256 ? hexToBase64(sha256) : undefined;
+      const command = new PutObjectCommand({ Bucket: name, Key: key, ContentType: contentType, ContentLength: contentLength, ChecksumSHA256: checksum });
+      const url = await getSignedUrl(client, command, {
+        expiresIn: Math.max(1, Math.min(expiresIn, MAX_URL_TTL_SECONDS)),
+        signableHeaders: new Set(["content-type", ...(contentLength !== undefined ? ["content-length"] : []), ...(checksum ? ["x-amz-checksum-sha256"] : [])]),
+        // Kept a header (not hoisted into the query), so the uploader must send it and the store verifies the body.
+        ...(checksum ? { unhoistableHeaders: new Set(["x-amz-checksum-sha256"]) } : {}),
       });
+      return { url, headers: { "content-type": contentType, ...(checksum ? { "x-amz-checksum-sha256": checksum } : {}) } };
     },
     async head(key) {
       if (bucket) {
         const obj = await bucket.head(key);
-        return obj ? { size: obj.size, contentType: obj.httpMetadata?.contentType } : undefined;
+        if (!obj) return undefined;
+        const sha256 = obj.checksums.sha256;
+        return { size: obj.size, contentType: obj.httpMetadata?.contentType, ...(sha256 ? { sha256: bytesToHex(sha256) } : {}) };
       }
       const { client, bucket: name } = s3(env);
       try {
@@ -153,6 +191,26 @@ export function objectStore(env: Env): ObjectStore {
       }
       const res = await s3Get(env, key, `bytes=${offset}-${offset + length - 1}`);
       return res ? new Uint8Array(await res.arrayBuffer()) : undefined;
+    },
+    async copy(fromKey, toKey) {
+      if (bucket) {
+        const obj = await bucket.get(fromKey);
+        if (!obj) return false;
+        // R2 takes a stream only with a known length.
+        const sized = new FixedLengthStream(obj.size);
+        await Promise.all([obj.body.pipeTo(sized.writable), bucket.put(toKey, sized.readable, { httpMetadata: obj.httpMetadata })]);
+        return true;
+      }
+      const { client, bucket: name } = s3(env);
+      const source = `${name}/${fromKey.split("/").map(encodeURIComponent).join("/")}`;
+      const command = new CopyObjectCommand({ Bucket: name, Key: toKey, CopySource: source });
+      const url = await getSignedUrl(client, command, { expiresIn: 60, unhoistableHeaders: new Set(["x-amz-copy-source"]) });
+      const res = await fetch(url, { method: "PUT", headers: { "x-amz-copy-source": source } });
+      const text = await res.text();
+      if (res.status === 404) return false;
+      // S3 may answer 200 with an <Error> body when a copy fails part-way.
+      if (!res.ok || text.includes("<Error>")) throw new Error(`Storage answered ${res.status} to COPY ${fromKey} → ${toKey}: ${text.slice(0, 200)}`);
+      return true;
     },
   };
 }

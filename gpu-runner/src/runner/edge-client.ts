@@ -14,6 +14,8 @@ import type {
   HeartbeatResult,
   LeaseBody,
   LeasedJob as LeasedJobSchema,
+  OutputUploadBody,
+  OutputUploads,
 } from "@imagegen/contracts/runner";
 
 export type LeasedJob = z.infer<typeof LeasedJobSchema>;
@@ -21,6 +23,8 @@ export type LeaseRequest = z.input<typeof LeaseBody>;
 export type Completion = z.input<typeof CompleteBody>;
 export type Failure = z.input<typeof FailBody>;
 export type Heartbeat = z.input<typeof HeartbeatBody>;
+export type OutputUploadRequest = z.input<typeof OutputUploadBody>;
+export type OutputUpload = z.infer<typeof OutputUploads>["uploads"][number];
 
 export class EdgeError extends Error {
   override readonly name = "EdgeError";
@@ -70,12 +74,13 @@ export class EdgeClient {
     this.retry = retry;
   }
 
-  private async post<T>(path: string, body: unknown, timeoutMs = 30_000): Promise<{ status: number; body: T | null }> {
+  private async post<T>(path: string, body: unknown, timeoutMs = 30_000, signal?: AbortSignal): Promise<{ status: number; body: T | null }> {
+    const timeout = AbortSignal.timeout(timeoutMs);
     const res = await fetch(`${this.baseUrl}${path}`, {
       method: "POST",
       headers: { authorization: `Bearer ${this.token}`, "content-type": "application/json" },
       body: JSON.stringify(body),
-      signal: AbortSignal.timeout(timeoutMs),
+      signal: signal ? AbortSignal.any([timeout, signal]) : timeout,
     });
     const text = await res.text();
     const parsed = text ? (JSON.parse(text) as T & { error?: { code: string; message: string } }) : null;
@@ -86,15 +91,23 @@ export class EdgeClient {
     return { status: res.status, body: parsed };
   }
 
-  /** Waits up to `wait_ms` for a job; null when none came. */
+  /**
+   * Waits up to `wait_ms` for a job; null when none came. Aborting `signal` hangs up the long poll itself, so the
+   * edge hands the next job to a runner that is still there.
+   */
   async lease(req: LeaseRequest, signal?: AbortSignal): Promise<LeasedJob | null> {
     const wait = req.wait_ms ?? 25_000;
-    const r = await withRetry("lease", () => this.post<LeasedJob>("/internal/v1/lease", req, wait + 15_000), this.retry, signal);
+    const r = await withRetry("lease", () => this.post<LeasedJob>("/internal/v1/lease", req, wait + 15_000, signal), this.retry, signal);
     return r.status === 204 ? null : r.body;
   }
 
   async heartbeat(jobId: string, hb: Heartbeat): Promise<z.infer<typeof HeartbeatResult>> {
     return (await withRetry("heartbeat", () => this.post<z.infer<typeof HeartbeatResult>>(`/internal/v1/jobs/${jobId}/heartbeat`, hb), { ...this.retry, attempts: 3 })).body!;
+  }
+
+  /** Upload URLs for the finished images, signed with each one's size and SHA-256 (and extending the lease). */
+  async outputs(jobId: string, req: OutputUploadRequest): Promise<OutputUpload[]> {
+    return (await withRetry("outputs", () => this.post<z.infer<typeof OutputUploads>>(`/internal/v1/jobs/${jobId}/outputs`, req), this.retry)).body!.uploads;
   }
 
   async complete(jobId: string, c: Completion): Promise<void> {
@@ -105,13 +118,20 @@ export class EdgeClient {
     await withRetry("fail", () => this.post(`/internal/v1/jobs/${jobId}/fail`, f), this.retry);
   }
 
-  /** PUTs bytes to a presigned URL (the URL, not a credential, authorises exactly this object). */
-  async upload(url: string, bytes: Uint8Array, contentType: string, signal?: AbortSignal): Promise<void> {
+  /**
+   * PUTs bytes to a presigned URL (the URL, not a credential, authorises exactly this object) with the headers it
+   * was signed with. A body the store finds corrupted (BadDigest) is sent again.
+   */
+  async upload(url: string, bytes: Uint8Array, headers: Record<string, string>, signal?: AbortSignal): Promise<void> {
     await withRetry(
       "upload",
       async () => {
-        const res = await fetch(url, { method: "PUT", body: bytes, headers: { "content-type": contentType }, signal: AbortSignal.timeout(60_000) });
-        if (!res.ok) throw new EdgeError(res.status, "upload_failed", `storage answered ${res.status}: ${(await res.text()).slice(0, 200)}`, res.headers);
+        const res = await fetch(url, { method: "PUT", body: bytes, headers, signal: AbortSignal.timeout(60_000) });
+        if (!res.ok) {
+          const text = (await res.text()).slice(0, 200);
+          if (text.includes("BadDigest")) throw new Error(`storage found the body corrupted: ${text}`);
+          throw new EdgeError(res.status, "upload_failed", `storage answered ${res.status}: ${text}`, res.headers);
+        }
       },
       this.retry,
       signal,

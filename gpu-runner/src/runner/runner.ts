@@ -1,8 +1,10 @@
 /**
  * The lease loop: lease a job (long poll, no sleeping between polls), run it in the inference pool while a
  * heartbeat extends the lease, reports progress and learns of cancel, upload the PNGs to the job's presigned
- * URLs, complete with image metadata, timings and provenance. On shutdown it stops leasing and finishes the job
- * in hand, or, past the grace period, hands it back (a retryable failure puts it back in the queue).
+ * URLs, complete with image metadata, timings and provenance. A lease is acknowledged (first heartbeat) before
+ * any work: only then does the edge count the attempt. On shutdown it hangs up its long poll, hands back untouched
+ * a job that arrives anyway, finishes the job in hand, or, past the grace period, hands it back (a retryable failure
+ * puts it back in the queue).
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
@@ -76,12 +78,13 @@ export interface RunnerOptions {
 export class Runner {
   private stopping = false;
   private current: Promise<void> | null = null;
+  private loop: Promise<void> | null = null;
   private readonly leaseAbort = new AbortController();
   private readonly jobAbort = new AbortController();
   private readonly heartbeatMs: number;
   private readonly log: (event: Record<string, unknown>) => void;
   /** Jobs finished by this runner, for the CLI's summary and the tests. */
-  readonly done: Array<{ id: string; status: "succeeded" | "failed" | "canceled" | "released"; ms: number }> = [];
+  readonly done: Array<{ id: string; status: "succeeded" | "failed" | "canceled" | "released" | "lost"; ms: number }> = [];
 
   private readonly o: RunnerOptions;
 
@@ -92,7 +95,12 @@ export class Runner {
   }
 
   /** Leases and runs jobs until `stop()`. */
-  async run(): Promise<void> {
+  run(): Promise<void> {
+    this.loop ??= this.leaseLoop();
+    return this.loop;
+  }
+
+  private async leaseLoop(): Promise<void> {
     const models = [...this.o.models.keys()];
     if (models.length === 0) throw new Error("no model bundles to serve");
     this.log({ event: "runner.start", models });
@@ -107,6 +115,14 @@ export class Runner {
         continue;
       }
       if (!leased) continue;
+      if (this.stopping) {
+        // The answer won the race with stop(): hand the job back unacknowledged, which costs it no attempt.
+        await this.o.edge
+          .fail(leased.job.id, { lease_id: leased.lease_id, error: { code: "runner_shutdown", message: "The runner stopped as the job arrived; handed back untouched." }, retryable: true })
+          .catch((e) => this.log({ event: "fail.error", job: leased.job.id, error: String(e) }));
+        this.done.push({ id: leased.job.id, status: "released", ms: 0 });
+        break;
+      }
       this.current = this.process(leased);
       await this.current;
       this.current = null;
@@ -114,14 +130,16 @@ export class Runner {
     this.log({ event: "runner.stop" });
   }
 
-  /** Stops leasing; finishes the job in hand within the grace period, else hands it back to the queue. */
+  /**
+   * Stops leasing (hanging up the long poll in flight); finishes the job in hand within the grace period, else hands
+   * it back to the queue. Resolves once the loop has let go of every job, so the pool can close behind it.
+   */
   async stop(): Promise<void> {
     this.stopping = true;
     this.leaseAbort.abort(new Error("runner stopping"));
-    if (!this.current) return;
     const grace = this.o.shutdownGraceMs ?? 30_000;
     const timer = setTimeout(() => this.jobAbort.abort(new Error("shutdown")), grace);
-    await this.current;
+    await (this.loop ?? this.current);
     clearTimeout(timer);
   }
 
@@ -208,6 +226,16 @@ export class Runner {
         this.log({ event: "heartbeat.error", job: job.id, error: String(err) });
       }
     };
+    try {
+      // The acknowledgement: the edge counts the attempt now, or says the lease is gone (its deadline passed).
+      const ack = await this.o.edge.heartbeat(job.id, { lease_id: leaseId, warm_addons: this.o.addons.warm() });
+      if (ack.cancel) throw new EdgeError(409, "job_canceled", "canceled before it started");
+    } catch (err) {
+      this.jobAbort.signal.removeEventListener("abort", abortOnShutdown);
+      this.done.push({ id: job.id, status: "lost", ms: performance.now() - started });
+      this.log({ event: "lease.lost", job: job.id, error: String(err) });
+      return;
+    }
     const timer = setInterval(beat, this.heartbeatMs);
     let lastProgressBeat = 0;
     this.log({ event: "job.start", job: job.id, attempt: job.attempt, queued_ms: job.queued_ms, sampler: job.request.sampler, steps: job.request.steps });
@@ -246,20 +274,15 @@ export class Runner {
       });
       const inferenceMs = performance.now() - t0;
       const t1 = performance.now();
+      const declared = result.images.map((png, index) => ({ index, sha256: createHash("sha256").update(png).digest("hex"), size_bytes: png.byteLength }));
+      // The URLs are signed with each image's size and checksum: the store refuses other bytes.
+      const uploads = await this.o.edge.outputs(job.id, { lease_id: leaseId, images: declared });
       const images = await Promise.all(
-        result.images.map(async (png, index) => {
-          const out = leased.outputs.find((o) => o.index === index);
-          if (!out) throw new Error(`the lease has no upload URL for image ${index}`);
-          await this.o.edge.upload(out.put_url, png, out.content_type, cancel.signal);
-          return {
-            index,
-            storage_key: out.storage_key,
-            width: result.width,
-            height: result.height,
-            seed: result.seeds[index]!,
-            sha256: createHash("sha256").update(png).digest("hex"),
-            size_bytes: png.byteLength,
-          };
+        declared.map(async (d) => {
+          const up = uploads.find((u) => u.index === d.index);
+          if (!up) throw new Error(`the edge gave no upload URL for image ${d.index}`);
+          await this.o.edge.upload(up.put_url, result.images[d.index]!, up.headers, cancel.signal);
+          return { ...d, storage_key: up.storage_key, width: result.width, height: result.height, seed: result.seeds[d.index]! };
         }),
       );
       const uploadMs = performance.now() - t1;

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The runner daemon: serves every model bundle under --models to the edge's runner API.
+ * The runner daemon: serves every model bundle under --models (folders joined with ":") to the edge's runner API.
  *
  *   EDGE_URL=http://127.0.0.1:8787 RUNNER_TOKEN=igr_… npx node gpu-runner/src/runner/serve.ts --workers 1
  *
@@ -9,7 +9,7 @@
  * SIGINT / SIGTERM: stop leasing, finish the job in hand (or hand it back after --grace-ms), then exit.
  */
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { delimiter, dirname, join } from "node:path";
 import { DEFAULT_MERGE_HOT_AFTER } from "../addons/hot-merge.ts";
 import { DEFAULT_ADDON_JOIN_FRACTION } from "../addons/late-join.ts";
 import { AddonStore } from "../addons/store.ts";
@@ -62,7 +62,8 @@ if (!values.token) {
   process.exit(2);
 }
 
-let models = discoverModels(values.models);
+// --models / MODELS_DIR: one folder of bundles, or several joined like PATH (the zoo's, imported ones).
+let models = new Map(values.models.split(delimiter).filter(Boolean).flatMap((dir) => [...discoverModels(dir)]));
 if (values.only) {
   const keep = new Set(values.only.split(","));
   models = new Map([...models].filter(([name]) => keep.has(name)));
