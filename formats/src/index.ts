@@ -2,5 +2,6 @@
 export * from "./safetensors.ts";
 export * from "./tar.ts";
 export * from "./lora-keys.ts";
+export * from "./lora-targets.ts";
 export * from "./onnx-reader.ts";
 export * from "./manifest.ts";

@@ -33,13 +33,41 @@ export interface LoraMapping {
   layers: LoraLayerKeys[];
   /** One message per key that cannot be used, naming the key: the file is refused when any exist. */
   errors: string[];
+  /** Keys that match no layer of the model (errors too, unless `allowPartial`). */
+  unmapped: string[];
+  /** Keys used (down, up and alpha of every layer) of the file's `total`: every load reports mapped / total. */
+  mapped: number;
+  total: number;
 }
 
 export const kohyaPrefix = (module: string) => `lora_unet_${module.replace(/\./g, "_")}`;
 
+/**
+ * The kohya key prefixes of a target: U-Net modules `lora_unet_…`; text-encoder modules (qualified as
+ * `text_encoder.<path>`, see MODULE_SCOPE in lora-targets.ts) `lora_te_…` or `lora_te1_…`, SDXL's second
+ * `lora_te2_…`.
+ */
+export function kohyaPrefixes(module: string): string[] {
+  const flat = (path: string) => path.replace(/\./g, "_");
+  if (module.startsWith("text_encoder_2.")) return [`lora_te2_${flat(module.slice("text_encoder_2.".length))}`];
+  if (module.startsWith("text_encoder.")) {
+    const rest = flat(module.slice("text_encoder.".length));
+    return [`lora_te_${rest}`, `lora_te1_${rest}`];
+  }
+  return [kohyaPrefix(module)];
+}
+
 const KOHYA = [".lora_down.weight", ".lora_up.weight", ".alpha"] as const;
-const PEFT = [".lora_A.weight", ".lora_B.weight"] as const;
+/** PEFT (`lora_A` / `lora_B`) and diffusers' older attention-processor spelling (`lora.down` / `lora.up`). */
+const PEFT = [".lora_A.weight", ".lora_B.weight", ".lora.down.weight", ".lora.up.weight"] as const;
 const PEFT_PREFIXES = ["unet.", "base_model.model.", ""];
+/** kohya files written against the original LDM (CompVis) U-Net names rather than diffusers'. */
+const LDM_UNET = /^lora_unet_(input_blocks|middle_block|output_blocks|time_embed|label_emb)_/;
+
+export interface MapLoraOptions {
+  /** Load what maps and skip keys that match no layer of the model (they are still reported); off: refuse the file. */
+  allowPartial?: boolean;
+}
 
 /** Kernel positions per input feature: 9 for a 3×3 convolution target, 1 otherwise. */
 export const kernelSize = (t: Pick<LoraTargetShape, "kind">) => (t.kind === "conv3x3" ? 9 : 1);
@@ -58,41 +86,55 @@ function matrixDims(shape: number[], kernel = 1): [number, number] | undefined {
   return undefined;
 }
 
-export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetShape[], maxRank: number): LoraMapping {
-  const byKohya = new Map(targets.map((t) => [kohyaPrefix(t.module), t]));
+export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetShape[], maxRank: number, options: MapLoraOptions = {}): LoraMapping {
+  const byKohya = new Map(targets.flatMap((t) => kohyaPrefixes(t.module).map((p) => [p, t] as const)));
   const byPath = new Map(targets.map((t) => [t.module, t]));
+  const takesText = targets.some((t) => t.module.startsWith("text_encoder."));
+  const twoEncoders = targets.some((t) => t.module.startsWith("text_encoder_2."));
   const groups = new Map<string, { target: LoraTargetShape; convention: "kohya" | "peft"; down?: TensorInfo; up?: TensorInfo; alpha?: TensorInfo }>();
   const errors: string[] = [];
+  const unmapped: string[] = [];
+  const otherArchitecture: string[] = [];
+  let total = 0;
 
   for (const t of tensors) {
+    total++;
     const kohyaSuffix = KOHYA.find((s) => t.name.endsWith(s));
     const peftSuffix = PEFT.find((s) => t.name.endsWith(s));
     let target: LoraTargetShape | undefined;
     let convention: "kohya" | "peft" | undefined;
     let role: "down" | "up" | "alpha" | undefined;
-    let prefix = "";
     if (kohyaSuffix) {
-      prefix = t.name.slice(0, -kohyaSuffix.length);
+      const prefix = t.name.slice(0, -kohyaSuffix.length);
       target = byKohya.get(prefix);
       convention = "kohya";
       role = kohyaSuffix === ".lora_down.weight" ? "down" : kohyaSuffix === ".lora_up.weight" ? "up" : "alpha";
-      if (!target && prefix.startsWith("lora_te")) {
-        errors.push(`key '${t.name}' adapts the text encoder, which this model does not take LoRAs for`);
+      if (!target && /^lora_te[12]_/.test(prefix) && !twoEncoders) {
+        otherArchitecture.push(t.name);
+        continue;
+      }
+      if (!target && LDM_UNET.test(prefix)) {
+        errors.push(`key '${t.name}' uses the original LDM layer names (input_blocks/middle_block/output_blocks), which are not converted here: convert the file to diffusers names`);
+        continue;
+      }
+      if (!target && prefix.startsWith("lora_te") && !takesText) {
+        unmapped.push(t.name);
+        if (!options.allowPartial) errors.push(`key '${t.name}' adapts the text encoder, which this model does not take LoRAs for`);
         continue;
       }
     } else if (peftSuffix) {
       const path = t.name.slice(0, -peftSuffix.length);
       const bare = PEFT_PREFIXES.map((p) => (path.startsWith(p) ? path.slice(p.length) : undefined)).find((p) => p !== undefined && byPath.has(p));
-      prefix = path;
       target = bare !== undefined ? byPath.get(bare) : undefined;
       convention = "peft";
-      role = peftSuffix === ".lora_A.weight" ? "down" : "up";
+      role = peftSuffix === ".lora_A.weight" || peftSuffix === ".lora.down.weight" ? "down" : "up";
     } else {
       errors.push(`key '${t.name}' is neither a kohya (lora_down/lora_up/alpha) nor a PEFT (lora_A/lora_B) LoRA key`);
       continue;
     }
     if (!target) {
-      errors.push(`key '${t.name}' matches no LoRA target of this model`);
+      unmapped.push(t.name);
+      if (!options.allowPartial) errors.push(`key '${t.name}' matches no LoRA target of this model`);
       continue;
     }
     const group = groups.get(target.module) ?? { target, convention: convention! };
@@ -107,7 +149,13 @@ export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetSh
     group[role!] = t;
     groups.set(target.module, group);
   }
-
+  if (otherArchitecture.length) {
+    // One message, first: the likeliest cause of every other refusal in such a file (an SDXL LoRA on SD 1.x/2.x).
+    errors.unshift(
+      `${otherArchitecture.length} keys (e.g. '${otherArchitecture[0]}') are for a model with two text encoders (SDXL's lora_te1_/lora_te2_); ` +
+        `this model has ${takesText ? "one" : "no text-encoder LoRA layers"}: the LoRA was trained for another architecture`,
+    );
+  }
   const layers: LoraLayerKeys[] = [];
   for (const [module, g] of groups) {
     if (!g.down || !g.up) {
@@ -142,6 +190,7 @@ export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetSh
       outFeatures: up[0]!,
     });
   }
-  if (layers.length === 0 && errors.length === 0) errors.push("the file holds no LoRA weights");
-  return { layers, errors };
+  if (layers.length === 0 && errors.length === 0) errors.push(unmapped.length ? `none of the file's ${total} keys matches a LoRA layer of this model` : "the file holds no LoRA weights");
+  const mapped = layers.reduce((n, l) => n + (l.alphaKey ? 3 : 2), 0);
+  return { layers, errors, unmapped, mapped, total };
 }

@@ -68,9 +68,51 @@ export const TokenizerSpec = z
   .strict();
 export type TokenizerSpec = z.infer<typeof TokenizerSpec>;
 
+/**
+ * A CLIP BPE tokenizer folder as diffusers saves it (`vocab.json`, `merges.txt`, `tokenizer_config.json`,
+ * `special_tokens_map.json`); the ids below are what the importer read from it, checked again when the bundle loads.
+ */
+export const ClipTokenizerSpec = z
+  .object({
+    type: z.literal("clip"),
+    /** The folder, relative to the bundle folder, e.g. `export/tokenizer`. */
+    path: z.string().min(1),
+    max_length: z.number().int().positive(),
+    pad_id: z.number().int().nonnegative(),
+    bos_id: z.number().int().nonnegative(),
+    eos_id: z.number().int().nonnegative(),
+  })
+  .strict();
+export type ClipTokenizerSpec = z.infer<typeof ClipTokenizerSpec>;
+
+/**
+ * How the prompt becomes the U-Net's conditioning for models imported from diffusers exports (absent: the text
+ * encoder's first output, as the zoo's bundles are built). Checked against diffusers' `encode_prompt`.
+ */
+export const TextConditioningSpec = z
+  .object({
+    /**
+     * Per text encoder (`text_encoder`, then `text_encoder_2`), the output the U-Net reads, concatenated on the last
+     * axis: `last_hidden_state` for SD 1.x/2.x, the penultimate `hidden_states.<L-1>` of each encoder for SDXL.
+     */
+    hidden_states: z.array(z.string().min(1)).min(1).max(2),
+    /** SDXL: the second encoder's pooled projection feeds the U-Net input `text_embeds`. */
+    pooled: z.object({ component: z.enum(["text_encoder", "text_encoder_2"]), output: z.string().min(1), unet_input: z.string().min(1) }).strict().optional(),
+    /** SDXL micro-conditioning: [original height, width, crop top, left, target height, width] into this U-Net input. */
+    time_ids: z.object({ unet_input: z.string().min(1) }).strict().optional(),
+    /** SDXL's `force_zeros_for_empty_prompt`: without a negative prompt the unconditional conditioning is zeros. */
+    zero_empty_negative: z.boolean().optional(),
+  })
+  .strict();
+export type TextConditioningSpec = z.infer<typeof TextConditioningSpec>;
+
 export const LoraTarget = z
   .object({
-    /** The module's path in the training framework, e.g. `down_blocks.1.attn.to_q`. kohya keys are derived from it. */
+    /**
+     * The module's path in the training framework, e.g. `down_blocks.1.attn.to_q`; a text encoder's is qualified with
+     * its component, `text_encoder.text_model.encoder.layers.0.self_attn.q_proj` (`text_encoder_2.` for SDXL's
+     * second). kohya and PEFT keys are derived from it (lora-keys.ts `kohyaPrefixes`).
+     */
     module: z.string().min(1),
     /** conv3x3 (LoCon): the down input is the 3×3 kernel with its taps flattened, [batch, rank, in, 9]. */
     kind: z.enum(LORA_TARGET_KINDS),
@@ -185,11 +227,20 @@ export const ModelManifest = z
     image: ImageSpec,
     latent: LatentSpec,
     scheduler: SchedulerSpec,
+    /**
+     * The export's `scheduler/scheduler_config.json`, kept as data: with it every sampler reads its spacing, offsets
+     * and options from the file, as diffusers' `from_config` does (imported models).
+     */
+    scheduler_config: z.record(z.string(), z.unknown()).optional(),
     guidance: GuidanceSpec,
-    tokenizer: TokenizerSpec,
+    tokenizer: z.union([TokenizerSpec, ClipTokenizerSpec]),
+    /** SDXL's second tokenizer, feeding `text_encoder_2`. */
+    tokenizer_2: ClipTokenizerSpec.optional(),
+    text_conditioning: TextConditioningSpec.optional(),
     components: z
       .object({
         text_encoder: ComponentSpec,
+        text_encoder_2: ComponentSpec.optional(),
         unet: ComponentSpec,
         vae_decoder: ComponentSpec,
         vae_encoder: ComponentSpec.optional(),

@@ -203,6 +203,76 @@ export function readOnnxGraph(model: Uint8Array): OnnxGraph {
   return graph;
 }
 
+/** TensorProto.DataType values this project reads. */
+export const ONNX_FLOAT = 1;
+export const ONNX_FLOAT16 = 10;
+
+/** Where an initializer's values are: in the model bytes, or in an external data file beside the model. */
+export interface LocatedTensor {
+  dims: number[];
+  dataType: number;
+  /** In the model: raw_data bytes, or (float32 only) the packed float_data field. */
+  offset: number;
+  byteLength: number;
+  /** Optimum writes tensors over ~100 bytes of a model past 2 GB to `model.onnx_data`: offset/byteLength are there. */
+  external?: { location: string };
+  /** The TensorProto's field in the graph, [start, end) of the model bytes. */
+  start: number;
+  end: number;
+}
+
+/**
+ * The main graph's float32 and float16 initializers by name, with where their values lie: a merge patches them in
+ * place. float16 values outside raw_data (one per int32_data varint) are not located: nothing merges into those.
+ */
+export function locateInitializers(model: Uint8Array): Map<string, LocatedTensor> {
+  const out = new Map<string, LocatedTensor>();
+  const text = new TextDecoder();
+  for (const g of protoFields(model)) {
+    if (g.field !== 7 || g.wire !== 2) continue; // ModelProto.graph
+    for (const f of protoFields(model, g.at, g.end)) {
+      if (f.field !== 5 || f.wire !== 2) continue; // GraphProto.initializer
+      let name = "";
+      const dims: number[] = [];
+      let dataType = 0;
+      let data: { offset: number; byteLength: number; raw: boolean } | undefined;
+      let externalLocation = false;
+      const ext: Record<string, string> = {};
+      for (const t of protoFields(model, f.at, f.end)) {
+        if (t.field === 8) name = text.decode(model.subarray(t.at, t.end));
+        else if (t.field === 1 && t.wire === 0) dims.push(t.value);
+        else if (t.field === 1 && t.wire === 2) {
+          const r = new ProtoReader(model, t.end);
+          r.pos = t.at;
+          r.ints(2, dims);
+        } else if (t.field === 2) dataType = t.value;
+        // raw_data (9), or float32's packed float_data (4).
+        else if ((t.field === 9 || t.field === 4) && t.wire === 2) data = { offset: t.at, byteLength: t.end - t.at, raw: t.field === 9 };
+        else if (t.field === 14) externalLocation = t.value === 1; // data_location EXTERNAL
+        else if (t.field === 13 && t.wire === 2) {
+          // external_data: StringStringEntryProto {key 1, value 2}
+          let key = "";
+          let value = "";
+          for (const e of protoFields(model, t.at, t.end)) {
+            if (e.field === 1) key = text.decode(model.subarray(e.at, e.end));
+            else if (e.field === 2) value = text.decode(model.subarray(e.at, e.end));
+          }
+          ext[key] = value;
+        }
+      }
+      if (dataType !== ONNX_FLOAT && dataType !== ONNX_FLOAT16) continue;
+      if (externalLocation && ext.location) {
+        const count = dims.reduce((a, b) => a * b, 1);
+        const byteLength = ext.length !== undefined ? Number(ext.length) : count * (dataType === ONNX_FLOAT ? 4 : 2);
+        out.set(name, { dims, dataType, offset: Number(ext.offset ?? 0), byteLength, external: { location: ext.location }, start: f.start, end: f.end });
+      } else if (data && (dataType === ONNX_FLOAT || data.raw)) {
+        out.set(name, { dims, dataType, offset: data.offset, byteLength: data.byteLength, start: f.start, end: f.end });
+      }
+    }
+  }
+  return out;
+}
+
 export class OnnxError extends Error {
   override readonly name = "OnnxError";
 }

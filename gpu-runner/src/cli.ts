@@ -20,7 +20,7 @@ const DEFAULT_BUNDLE = join(dirname(fileURLToPath(import.meta.url)), "..", "mode
 
 const USAGE = `usage: imagegen-runner <prompt> [options]
   --bundle <dir>           model bundle (default: models/tiny-shapes)
-  --sampler <name>         ddim | lcm | rectified-flow (default: the model's)
+  --sampler <name>         ddim | lcm | rectified-flow | euler | euler-a | dpm++2m | dpm++2m-karras (default: the model's)
   --steps <n>              sampling steps (default: the model's)
   --seed <n>               seed (default 0); image i uses seed + i
   --guidance <w>           guidance scale (default: the model's)

@@ -40,7 +40,7 @@ describe("cli", () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/BundleError: bundle .*nope is invalid:\n  - manifest\.json not found/);
     expect(existsSync(join(out, "x.png"))).toBe(false);
-    const badSampler = await run(["x", "--bundle", bundle, "--sampler", "euler"]);
+    const badSampler = await run(["x", "--bundle", bundle, "--sampler", "heun"]);
     expect(badSampler.code).toBe(2);
     expect(badSampler.stderr).toMatch(/--sampler must be one of ddim, lcm, rectified-flow/);
   });

@@ -12,7 +12,13 @@ import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 
-const { values: args } = parseArgs({ options: { runners: { type: "string", default: process.env.RUNNERS ?? "1" } } });
+const { values: args } = parseArgs({
+  options: {
+    runners: { type: "string", default: process.env.RUNNERS ?? "1" },
+    // More models: a folder of bundles, or an Optimum Stable Diffusion export (imported into .state/models first).
+    models: { type: "string", multiple: true, default: [] },
+  },
+});
 const runnerCount = Math.max(0, Number(args.runners));
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const stateDir = resolve(root, process.env.STATE_DIR ?? ".state");
@@ -81,14 +87,31 @@ async function waitForEdge(deadlineMs) {
   throw new Error(`the edge did not answer on ${edgeUrl} within ${deadlineMs / 1000} s`);
 }
 
-/** Registers every model bundle under gpu-runner/models with the limits its manifest implies. */
-async function registerModels() {
-  const dir = join(root, "gpu-runner/models");
+/**
+ * The folders of bundles the runners serve: gpu-runner/models, .state/models (where `npm run models -- import`
+ * writes), and each --models folder; an export given to --models is imported into .state/models first.
+ */
+async function modelDirs() {
+  const imported = join(stateDir, "models");
+  const dirs = [join(root, "gpu-runner/models")];
+  for (const arg of args.models) {
+    const path = resolve(process.env.INIT_CWD ?? process.cwd(), arg);
+    if (existsSync(join(path, "model_index.json"))) {
+      log(`importing the export ${path}`);
+      await run(process.execPath, [join(root, "gpu-runner/src/import/cli.ts"), "import", path, "--out", imported, "--force"]);
+    } else if (existsSync(path)) dirs.push(path);
+    else throw new Error(`--models ${arg}: no such folder`);
+  }
+  if (existsSync(imported)) dirs.push(imported);
+  return dirs;
+}
+
+/** Registers every model bundle in `dirs` with the limits its manifest implies. */
+async function registerModels(dirs) {
   const registered = [];
-  if (!existsSync(dir)) return registered;
   // Node 22 strips the types of the edge's TypeScript module: one mapping from manifest to model limits.
-  const { modelSpecFromManifest } = await import("../../edge/src/models/from-manifest.ts");
-  for (const name of readdirSync(dir)) {
+  const { modelSpecFromManifest } = await import("@imagegen/edge/models");
+  for (const dir of dirs) for (const name of readdirSync(dir)) {
     const path = join(dir, name, "manifest.json");
     if (!existsSync(path)) continue;
     const manifest = JSON.parse(readFileSync(path, "utf8"));
@@ -195,13 +218,14 @@ async function main() {
     tenant = (await api("POST", "/admin/v1/tenants", adminToken, { name: "demo" })).id;
     apiKey = (await api("POST", `/admin/v1/tenants/${tenant}/keys`, adminToken, { name: "demo" })).secret;
   }
-  const models = await registerModels();
+  const dirs = await modelDirs();
+  const models = await registerModels(dirs);
   const demoAddons = await registerDemoAddons(tenant, apiKey);
   if (demoAddons.length) log(`published demo add-ons: ${demoAddons.join(", ")}`);
 
   for (let i = 0; i < runnerCount; i++) {
     const { token, id } = await api("POST", "/admin/v1/runners", adminToken, { name: `local-runner-${i + 1}` });
-    const runner = spawn(process.execPath, [join(root, "gpu-runner/src/runner/serve.ts"), "--workers", "1"], {
+    const runner = spawn(process.execPath, [join(root, "gpu-runner/src/runner/serve.ts"), "--workers", "1", "--models", dirs.join(":")], {
       cwd: root,
       stdio: ["ignore", "inherit", "pipe"],
       env: { ...process.env, EDGE_URL: edgeUrl, RUNNER_TOKEN: token },

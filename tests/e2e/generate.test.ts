@@ -1,13 +1,13 @@
 import { createHash, createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { encodePng } from "../../gpu-runner/src/pipeline/png.ts";
+import { encodePng } from "@imagegen/gpu-runner/png";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { writeTar } from "@imagegen/formats/tar";
-import { ImageEvaluator } from "../../gpu-runner/src/eval/evaluator.ts";
+import { ImageEvaluator } from "@imagegen/gpu-runner/evaluator";
 import { AuthenticationError, ImageGen, NotFoundError } from "../../sdk/src/index.ts";
 import OpenAI from "openai";
 import { api, presignGet, startStack, type Stack } from "./stack.ts";

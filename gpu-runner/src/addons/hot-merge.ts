@@ -5,11 +5,11 @@
  */
 import * as ort from "onnxruntime-node";
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { Component, sessionOptions, type Bundle, type ComponentName, type SessionConfig } from "../pipeline/bundle.ts";
 import type { LoraCache } from "./lora-cache.ts";
 import { LoraError } from "./lora.ts";
-import { mergeLoras } from "./merge.ts";
+import { externalDataFiles, mergeLoraFiles } from "./merge.ts";
 import { loraSetKey, type RequestAddons } from "./request-addons.ts";
 
 /** Merged U-Nets kept per worker (each holds its own weights): a bounded cache of add-on sets. */
@@ -120,8 +120,14 @@ export class HotMerge {
     const replaced: Partial<Record<ComponentName, Component>> = {};
     for (const [name, component] of Object.entries(bundle.components) as [ComponentName, Component][]) {
       if (!spec.targets.some((t) => t.weight?.[name])) continue;
-      const merged = mergeLoras(new Uint8Array(readFileSync(join(bundle.dir, component.spec.path))), name, spec.targets, uses);
-      replaced[name] = new Component(name, component.spec, await ort.InferenceSession.create(merged, sessionOptions(this.session)));
+      const path = join(bundle.dir, component.spec.path);
+      const model = new Uint8Array(readFileSync(path));
+      // An export past 2 GB keeps its weights in model.onnx_data: the merged copy is handed to ONNX Runtime in memory.
+      const locations = externalDataFiles(model);
+      const external = new Map(locations.map((loc) => [loc, new Uint8Array(readFileSync(join(dirname(path), loc)))]));
+      const merged = mergeLoraFiles({ model, external }, name, spec.targets, uses);
+      const options = locations.length ? { ...sessionOptions(this.session), externalData: locations.map((loc) => ({ path: loc, data: merged.external.get(loc) ?? external.get(loc)! })) } : sessionOptions(this.session);
+      replaced[name] = new Component(name, component.spec, await ort.InferenceSession.create(merged.model, options));
       this.builds++;
     }
     return {

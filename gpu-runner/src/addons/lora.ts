@@ -6,7 +6,7 @@
  */
 import { RunnerError } from "../errors.ts";
 import type { LoraTarget } from "@imagegen/formats/manifest";
-import { downFeatures, kernelSize, mapLoraKeys } from "@imagegen/formats/lora-keys";
+import { downFeatures, kernelSize, mapLoraKeys, type MapLoraOptions } from "@imagegen/formats/lora-keys";
 import { parseHeader, readFloatTensor, SafetensorsError } from "@imagegen/formats/safetensors";
 
 export class LoraError extends RunnerError {
@@ -15,6 +15,9 @@ export class LoraError extends RunnerError {
     super("lora_invalid", message, options);
   }
 }
+
+/** A refusal names this many problems (a LoRA for another model can have hundreds), then counts the rest. */
+const ERRORS_SHOWN = 12;
 
 export interface LoraLayer {
   rank: number;
@@ -31,10 +34,15 @@ export interface LoraLayer {
 export interface ParsedLora {
   layers: Map<string, LoraLayer>;
   bytes: number;
+  /** Keys used of the file's total, and the keys that matched no layer (skipped only with `allowPartial`). */
+  report?: { mapped: number; total: number; unmapped: string[] };
 }
 
-/** Parses a LoRA file (kohya or PEFT keys) for a model's targets; any unusable key refuses the whole file. */
-export function parseLora(file: Uint8Array, targets: LoraTarget[], maxRank: number): ParsedLora {
+/**
+ * Parses a LoRA file (kohya or PEFT keys) for a model's targets. Any unusable key refuses the whole file; a key that
+ * matches no layer is skipped (and reported) only with `allowPartial`.
+ */
+export function parseLora(file: Uint8Array, targets: LoraTarget[], maxRank: number, options: MapLoraOptions = {}): ParsedLora {
   let header;
   try {
     header = parseHeader(file, file.byteLength);
@@ -42,8 +50,12 @@ export function parseLora(file: Uint8Array, targets: LoraTarget[], maxRank: numb
     if (err instanceof SafetensorsError) throw new LoraError(`not a valid safetensors file: ${err.message}`);
     throw err;
   }
-  const mapping = mapLoraKeys(header.tensors.values(), targets, maxRank);
-  if (mapping.errors.length) throw new LoraError(mapping.errors.join("; "));
+  const mapping = mapLoraKeys(header.tensors.values(), targets, maxRank, options);
+  if (mapping.errors.length) {
+    const shown = mapping.errors.slice(0, ERRORS_SHOWN).join("; ");
+    const more = mapping.errors.length > ERRORS_SHOWN ? `; and ${mapping.errors.length - ERRORS_SHOWN} more` : "";
+    throw new LoraError(`${mapping.mapped} of ${mapping.total} keys map onto this model: ${shown}${more}`);
+  }
   const peftAlpha = Number(header.metadata.lora_alpha ?? header.metadata.alpha ?? Number.NaN);
   const layers = new Map<string, LoraLayer>();
   for (const l of mapping.layers) {
@@ -59,7 +71,7 @@ export function parseLora(file: Uint8Array, targets: LoraTarget[], maxRank: numb
       scale: l.rank > 0 ? alpha / l.rank : 1,
     });
   }
-  return { layers, bytes: file.byteLength };
+  return { layers, bytes: file.byteLength, report: { mapped: mapping.mapped, total: mapping.total, unmapped: mapping.unmapped } };
 }
 
 export interface LoraUse {

@@ -2,29 +2,27 @@
  * LoRA merging (DESIGN.md): W ← W + Σ scale·(alpha/rank)·up·down, written into the ONNX model's initializers, and a
  * session is built per add-on set: for bundles without branch inputs, and for a branch bundle's hot add-on sets
  * (runtime.ts). float32 weights are added to in place (the bytes keep their length, so no protobuf re-encoding);
- * float16-stored ones are widened to float32 and the graph re-encoded around them. 3×3 convolutions compose as a
+ * float16 weights that the graph only casts up (the zoo's half-size storage) are widened to float32 and the graph
+ * re-encoded around them, while those a float16 graph computes with (an fp16 export) are rounded back in place.
+ * Weights in external data (`model.onnx_data`) are patched in a copy of that file. 3×3 convolutions compose as a
  * convolution: the down kernel [r, in, 3, 3] followed by the 1×1 up [out, r] is one 3×3 kernel up·down. Field
  * numbers follow onnx/onnx.proto.
  */
 import type { LoraTarget } from "@imagegen/formats/manifest";
 import { ProtoWriter } from "../onnx/builder.ts";
-import { ProtoReader, protoFields } from "@imagegen/formats/onnx-reader";
+import { locateInitializers, ONNX_FLOAT, ONNX_FLOAT16, protoFields, readOnnxGraph, type LocatedTensor } from "@imagegen/formats/onnx-reader";
 import { LoraError, type LoraUse } from "./lora.ts";
 import { downFeatures } from "@imagegen/formats/lora-keys";
-import { f16ToF32 } from "@imagegen/formats/safetensors";
+import { f16ToF32, f32ToF16 } from "@imagegen/formats/safetensors";
 
-const FLOAT = 1;
-const FLOAT16 = 10;
+/** Where a weight lies (re-exported for the tests that check it). */
+export { locateInitializers };
+type Located = LocatedTensor;
 
-interface Located {
-  dims: number[];
-  dataType: number;
-  /** Where the values are: raw_data bytes, or (float32 only) the packed float_data field. */
-  offset: number;
-  byteLength: number;
-  /** The TensorProto's field in the graph, [start, end) of the model bytes. */
-  start: number;
-  end: number;
+/** A model and the external data files it references by location (`model.onnx_data`), as ONNX Runtime takes them. */
+export interface ModelFiles {
+  model: Uint8Array;
+  external: Map<string, Uint8Array>;
 }
 
 /** Runs a parse, reporting a malformed model as a LoraError. */
@@ -34,37 +32,6 @@ function asLoraError<T>(fn: () => T): T {
   } catch (err) {
     throw new LoraError(`malformed ONNX model: ${(err as Error).message}`);
   }
-}
-
-/** The graph's float32 and float16 initializers by name, with where their values lie in the model bytes. */
-export function locateInitializers(model: Uint8Array): Map<string, Located> {
-  return asLoraError(() => {
-    const out = new Map<string, Located>();
-    for (const g of protoFields(model)) {
-      if (g.field !== 7 || g.wire !== 2) continue; // ModelProto.graph
-      for (const f of protoFields(model, g.at, g.end)) {
-        if (f.field !== 5 || f.wire !== 2) continue; // GraphProto.initializer
-        let name = "";
-        const dims: number[] = [];
-        let dataType = 0;
-        let data: { offset: number; byteLength: number; raw: boolean } | undefined;
-        for (const t of protoFields(model, f.at, f.end)) {
-          if (t.field === 8) name = new TextDecoder().decode(model.subarray(t.at, t.end));
-          else if (t.field === 1 && t.wire === 0) dims.push(t.value);
-          else if (t.field === 1 && t.wire === 2) {
-            const r = new ProtoReader(model, t.end);
-            r.pos = t.at;
-            r.ints(2, dims);
-          } else if (t.field === 2) dataType = t.value;
-          // raw_data (9), or float32's packed float_data (4).
-          else if ((t.field === 9 || t.field === 4) && t.wire === 2) data = { offset: t.at, byteLength: t.end - t.at, raw: t.field === 9 };
-        }
-        // float16 values outside raw_data (one per int32_data varint) are not located: such a weight is not merged into.
-        if (data && (dataType === FLOAT || (dataType === FLOAT16 && data.raw))) out.set(name, { dims, dataType, offset: data.offset, byteLength: data.byteLength, start: f.start, end: f.end });
-      }
-    }
-    return out;
-  });
 }
 
 /** The model with some initializers replaced by float32 ones (same names and dims): a float16-stored weight that
@@ -86,7 +53,7 @@ function replaceInitializers(model: Uint8Array, replaced: Map<string, { located:
         }
         graph.message(5, (t) => {
           for (const d of r.located.dims) t.int(1, d);
-          t.int(2, FLOAT).string(8, r.name).bytes(9, new Uint8Array(r.values.buffer, r.values.byteOffset, r.values.byteLength));
+          t.int(2, ONNX_FLOAT).string(8, r.name).bytes(9, new Uint8Array(r.values.buffer, r.values.byteOffset, r.values.byteLength));
         });
       }
     });
@@ -123,9 +90,32 @@ export function loraDelta(target: LoraTarget, uses: LoraUse[]): Float32Array | u
  * `layout` "in_out" means the graph stores W transposed ([in, out], a MatMul weight), "out_in" as PyTorch does.
  */
 export function mergeLoras(model: Uint8Array, component: string, targets: LoraTarget[], uses: LoraUse[]): Uint8Array {
-  const merged = model.slice();
-  const where = locateInitializers(merged);
-  const view = new DataView(merged.buffer, merged.byteOffset, merged.byteLength);
+  return mergeLoraFiles({ model, external: new Map() }, component, targets, uses).model;
+}
+
+/** The external data files (locations beside the model) that the model's float initializers lie in. */
+export function externalDataFiles(model: Uint8Array): string[] {
+  const where = asLoraError(() => locateInitializers(model));
+  return [...new Set([...where.values()].flatMap((w) => (w.external ? [w.external.location] : [])))];
+}
+
+/** mergeLoras for a model with external data: the patched files are copies; `files.external` holds those needed. */
+export function mergeLoraFiles(files: ModelFiles, component: string, targets: LoraTarget[], uses: LoraUse[]): ModelFiles {
+  const merged = files.model.slice();
+  const external = new Map<string, Uint8Array>();
+  const where = asLoraError(() => locateInitializers(merged));
+  // float16 weights consumed only by Casts are storage (widen them); any other consumer computes in float16.
+  let castOnly: Set<string> | undefined;
+  const storedHalf = (name: string): boolean => {
+    if (!castOnly) {
+      const graph = asLoraError(() => readOnnxGraph(merged));
+      const other = new Set<string>();
+      const cast = new Set<string>();
+      for (const n of graph.nodes) for (const i of n.inputs) (n.opType === "Cast" ? cast : other).add(i);
+      castOnly = new Set([...cast].filter((i) => !other.has(i)));
+    }
+    return castOnly.has(name);
+  };
   const widened = new Map<string, { located: Located; values: Float32Array }>();
   for (const t of targets) {
     const name = t.weight?.[component];
@@ -134,11 +124,27 @@ export function mergeLoras(model: Uint8Array, component: string, targets: LoraTa
     if (!delta) continue;
     const w = where.get(name);
     if (!w) throw new LoraError(`initializer '${name}' of target '${t.module}' is not in ${component}`);
-    const size = w.dataType === FLOAT ? 4 : 2;
-    if (w.byteLength !== delta.length * size) throw new LoraError(`initializer '${name}' has ${w.byteLength / size} values; the LoRA delta has ${delta.length}`);
-    // float32 is added to in place; float16 (a bundle stored at half size) is widened to float32 first.
+    let bytes: Uint8Array = merged;
+    if (w.external) {
+      const loc = w.external.location;
+      let data = external.get(loc);
+      if (!data) {
+        const source = files.external.get(loc);
+        if (!source) throw new LoraError(`initializer '${name}' of target '${t.module}' lies in '${loc}', which was not given`);
+        data = source.slice();
+        external.set(loc, data);
+      }
+      bytes = data;
+    }
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const size = w.dataType === ONNX_FLOAT ? 4 : 2;
+    if (w.byteLength !== delta.length * size || w.offset + w.byteLength > bytes.byteLength) {
+      throw new LoraError(`initializer '${name}' has ${w.byteLength / size} values; the LoRA delta of '${t.module}' has ${delta.length}`);
+    }
+    const half = w.dataType === ONNX_FLOAT16;
+    // float16 storage (a zoo bundle at half size) is widened to float32; a float16 graph's weight is rounded back.
     let values: Float32Array | undefined;
-    if (w.dataType === FLOAT16) {
+    if (half && !w.external && storedHalf(name)) {
       values = Float32Array.from({ length: delta.length }, (_, i) => f16ToF32(view.getUint16(w.offset + i * 2, true)));
       widened.set(name, { located: w, values });
     }
@@ -149,12 +155,15 @@ export function mergeLoras(model: Uint8Array, component: string, targets: LoraTa
         const index = transposed ? i * t.out_features + o : o * nIn + i;
         const d = delta[o * nIn + i]!;
         if (values) values[index]! += d;
-        else {
+        else if (half) {
+          const at = w.offset + index * 2;
+          view.setUint16(at, f32ToF16(f16ToF32(view.getUint16(at, true)) + d), true);
+        } else {
           const at = w.offset + index * 4;
           view.setFloat32(at, view.getFloat32(at, true) + d, true);
         }
       }
     }
   }
-  return widened.size ? replaceInitializers(merged, widened) : merged;
+  return { model: widened.size ? replaceInitializers(merged, widened) : merged, external };
 }

@@ -33,7 +33,8 @@ export interface NodeSpec {
 export interface Initializer {
   name: string;
   dims: readonly number[];
-  data: Float32Array | BigInt64Array;
+  /** A Uint16Array holds float16 bits. */
+  data: Float32Array | BigInt64Array | Uint16Array;
 }
 
 export interface GraphSpec {
@@ -115,7 +116,7 @@ export class ProtoWriter {
   }
 }
 
-function writeValueInfo(w: ProtoWriter, v: ValueInfo): void {
+export function writeValueInfo(w: ProtoWriter, v: ValueInfo): void {
   w.string(1, v.name).message(2, (type) =>
     type.message(1, (tensor) => {
       tensor.int(1, ELEM_TYPE[v.dtype]).message(2, (shape) => {
@@ -127,7 +128,7 @@ function writeValueInfo(w: ProtoWriter, v: ValueInfo): void {
   );
 }
 
-function writeAttribute(w: ProtoWriter, name: string, value: AttributeValue): void {
+export function writeAttribute(w: ProtoWriter, name: string, value: AttributeValue): void {
   // AttributeProto.type: FLOAT=1, INT=2, STRING=3, FLOATS=6, INTS=7.
   w.string(1, name);
   if (typeof value === "number") w.int(3, value).int(20, 2);
@@ -142,29 +143,33 @@ function writeAttribute(w: ProtoWriter, name: string, value: AttributeValue): vo
   }
 }
 
+/** A TensorProto's fields. */
+export function writeInitializer(t: ProtoWriter, init: Initializer): void {
+  for (const d of init.dims) t.int(1, d);
+  t.int(2, init.data instanceof Float32Array ? ELEM_TYPE.float32 : init.data instanceof Uint16Array ? ELEM_TYPE.float16 : ELEM_TYPE.int64);
+  t.string(8, init.name);
+  t.bytes(9, new Uint8Array(init.data.buffer, init.data.byteOffset, init.data.byteLength));
+}
+
+/** A NodeProto's fields. */
+export function writeNode(n: ProtoWriter, node: NodeSpec, name: string): void {
+  for (const input of node.inputs) n.string(1, input);
+  for (const output of node.outputs) n.string(2, output);
+  n.string(3, name).string(4, node.op);
+  for (const [key, value] of Object.entries(node.attributes ?? {})) n.message(5, (a) => writeAttribute(a, key, value));
+}
+
 /** Serialises a graph into an ONNX ModelProto (IR version 8, default opset 17). */
 export function buildModel(graph: GraphSpec): Uint8Array {
   const w = new ProtoWriter();
   w.int(1, 8).string(2, "imagegen-onnx-builder");
   w.message(7, (g) => {
     graph.nodes.forEach((node, i) => {
-      g.message(1, (n) => {
-        for (const input of node.inputs) n.string(1, input);
-        for (const output of node.outputs) n.string(2, output);
-        n.string(3, `${node.op}_${i}`).string(4, node.op);
-        for (const [name, value] of Object.entries(node.attributes ?? {})) {
-          n.message(5, (a) => writeAttribute(a, name, value));
-        }
-      });
+      g.message(1, (n) => writeNode(n, node, `${node.op}_${i}`));
     });
     g.string(2, "graph");
     for (const init of graph.initializers ?? []) {
-      g.message(5, (t) => {
-        for (const d of init.dims) t.int(1, d);
-        t.int(2, init.data instanceof Float32Array ? ELEM_TYPE.float32 : ELEM_TYPE.int64);
-        t.string(8, init.name);
-        t.bytes(9, new Uint8Array(init.data.buffer, init.data.byteOffset, init.data.byteLength));
-      });
+      g.message(5, (t) => writeInitializer(t, init));
     }
     for (const input of graph.inputs) g.message(11, (v) => writeValueInfo(v, input));
     for (const output of graph.outputs) g.message(12, (v) => writeValueInfo(v, output));

@@ -12,7 +12,8 @@ import { z } from "zod";
 import { describeIssues, RunnerError } from "../errors.ts";
 import { buildModel } from "../onnx/builder.ts";
 import { ModelManifest, type ComponentSpec, type TensorSpec } from "@imagegen/formats/manifest";
-import { WordTokenizer } from "./tokenizer.ts";
+import { ClipTokenizer, WordTokenizer, type PromptTokenizer } from "../tokenizers/index.ts";
+import { toDtype, toFloat32 } from "./tensors.ts";
 
 /** Inputs and outputs the pipeline addresses by name, as the Stable Diffusion ONNX export names them. */
 export const UNET_IO = {
@@ -110,13 +111,16 @@ export class Component {
     for (const input of this.spec.inputs) {
       const tensor = available[input.name];
       if (tensor === undefined) throw new Error(`${this.name}: no value for input "${input.name}"`);
-      feeds[input.name] = tensor;
+      feeds[input.name] = toDtype(tensor, input.dtype);
     }
     const start = performance.now();
-    const out = await this.session.run(feeds);
+    const out = (await this.session.run(feeds)) as Feeds;
     this.totalMs += performance.now() - start;
     this.runs++;
-    return out as Feeds;
+    for (const output of this.spec.outputs) {
+      if (output.dtype === "float16" && out[output.name]) out[output.name] = toFloat32(out[output.name]!);
+    }
+    return out;
   }
 
   resetCounters(): void {
@@ -128,7 +132,9 @@ export class Component {
 export interface Bundle {
   dir: string;
   manifest: ModelManifest;
-  tokenizer: WordTokenizer;
+  tokenizer: PromptTokenizer;
+  /** SDXL's second tokenizer (feeds `text_encoder_2`). */
+  tokenizer2?: PromptTokenizer;
   components: Partial<Record<ComponentName, Component>> & Record<"text_encoder" | "unet" | "vae_decoder", Component>;
   /**
    * The U-Net's weights hold this LoRA set (`loraSetKey`, merged by addons/hot-merge.ts): its branch inputs stay
@@ -158,9 +164,24 @@ export function readManifest(dir: string): ModelManifest {
   return parsed.data;
 }
 
-/** The vocabulary lives in the SD layout's `tokenizer/` folder; the manifest names the file within it. */
-function vocabPath(dir: string, m: ModelManifest): string {
-  return join(dir, "tokenizer", m.tokenizer.vocab);
+/**
+ * The word tokenizer's vocabulary lives in the SD layout's `tokenizer/` folder (the manifest names the file); a CLIP
+ * tokenizer is a folder the manifest names.
+ */
+function tokenizerPath(dir: string, spec: ModelManifest["tokenizer"]): string {
+  return spec.type === "word" ? join(dir, "tokenizer", spec.vocab) : join(dir, spec.path);
+}
+
+/** Loads a manifest's tokenizer and checks a CLIP one against the ids the importer recorded. */
+function loadPromptTokenizer(dir: string, spec: ModelManifest["tokenizer"], where: string): PromptTokenizer {
+  if (spec.type === "word") return WordTokenizer.fromFile(spec, tokenizerPath(dir, spec));
+  const clip = ClipTokenizer.fromDir(tokenizerPath(dir, spec));
+  const seen = { max_length: clip.maxLength, pad_id: clip.padId, bos_id: clip.bosId, eos_id: clip.eosId };
+  const differ = Object.entries(seen).filter(([k, v]) => spec[k as keyof typeof seen] !== v);
+  if (differ.length > 0) {
+    throw new BundleError(dir, differ.map(([k, v]) => `${where}.${k}: the manifest says ${spec[k as keyof typeof seen]}, ${spec.path} gives ${v}`));
+  }
+  return clip;
 }
 
 /** Problems in the manifest's internal references, found before any ONNX file is opened. */
@@ -216,7 +237,35 @@ function checkReferences(dir: string, m: ModelManifest): string[] {
       problems.push(`cache.cached_feature "${cached_feature}" is not an input of components.${tail}`);
     }
   }
-  if (!existsSync(vocabPath(dir, m))) problems.push(`tokenizer.vocab: tokenizer/${m.tokenizer.vocab} not found`);
+  for (const [where, spec] of [["tokenizer", m.tokenizer], ["tokenizer_2", m.tokenizer_2]] as const) {
+    if (spec === undefined || existsSync(tokenizerPath(dir, spec))) continue;
+    problems.push(spec.type === "word" ? `${where}.vocab: tokenizer/${spec.vocab} not found` : `${where}.path: ${spec.path} not found`);
+  }
+  problems.push(...checkConditioning(m));
+  return problems;
+}
+
+/** An imported model's conditioning recipe names outputs and inputs its graphs declare. */
+function checkConditioning(m: ModelManifest): string[] {
+  const tc = m.text_conditioning;
+  if (tc === undefined) return [];
+  const problems: string[] = [];
+  const c = m.components;
+  const encoders = [c.text_encoder, c.text_encoder_2];
+  const unetInputs = new Set(c.unet.inputs.map((t) => t.name));
+  tc.hidden_states.forEach((output, i) => {
+    const encoder = encoders[i];
+    const name = i === 0 ? "text_encoder" : "text_encoder_2";
+    if (encoder === undefined) problems.push(`text_conditioning.hidden_states[${i}]: components.${name} is missing`);
+    else if (!encoder.outputs.some((t) => t.name === output)) problems.push(`text_conditioning.hidden_states[${i}]: "${output}" is not an output of components.${name}`);
+  });
+  if (tc.hidden_states.length === 2 && m.tokenizer_2 === undefined) problems.push(`text_conditioning: two text encoders need tokenizer_2`);
+  if (tc.pooled) {
+    const encoder = c[tc.pooled.component];
+    if (!encoder?.outputs.some((t) => t.name === tc.pooled!.output)) problems.push(`text_conditioning.pooled: "${tc.pooled.output}" is not an output of components.${tc.pooled.component}`);
+    if (!unetInputs.has(tc.pooled.unet_input)) problems.push(`text_conditioning.pooled: "${tc.pooled.unet_input}" is not an input of components.unet`);
+  }
+  if (tc.time_ids && !unetInputs.has(tc.time_ids.unet_input)) problems.push(`text_conditioning.time_ids: "${tc.time_ids.unet_input}" is not an input of components.unet`);
   return problems;
 }
 
@@ -305,6 +354,18 @@ export async function loadBundle(dir: string, config: SessionConfig = DEFAULT_SE
   }
   // Reference problems do not stop here: the sessions' own mismatches are reported with them, all at once.
   if (!filesPresent) throw new BundleError(dir, problems);
+  // A tokenizer that does not load is one more problem, reported with the sessions' (a missing folder already is one).
+  let tokenizers: Pick<Bundle, "tokenizer" | "tokenizer2"> | undefined;
+  if (problems.every((p) => !p.startsWith("tokenizer"))) {
+    try {
+      tokenizers = {
+        tokenizer: loadPromptTokenizer(dir, manifest.tokenizer, "tokenizer"),
+        ...(manifest.tokenizer_2 ? { tokenizer2: loadPromptTokenizer(dir, manifest.tokenizer_2, "tokenizer_2") } : {}),
+      };
+    } catch (err) {
+      problems.push(...(err instanceof BundleError ? err.problems : [`tokenizer: ${(err as Error).message}`]));
+    }
+  }
   await checkExecutionProviders(config);
 
   const options = sessionOptions(config);
@@ -328,7 +389,7 @@ export async function loadBundle(dir: string, config: SessionConfig = DEFAULT_SE
         ...compareTensors(`components.${name} output`, spec.outputs, session.outputMetadata),
       );
     }
-    if (problems.length > 0) throw new BundleError(dir, problems);
+    if (problems.length > 0 || tokenizers === undefined) throw new BundleError(dir, problems);
   } catch (err) {
     await release();
     throw err;
@@ -337,7 +398,7 @@ export async function loadBundle(dir: string, config: SessionConfig = DEFAULT_SE
   return {
     dir,
     manifest,
-    tokenizer: WordTokenizer.fromFile(manifest.tokenizer, vocabPath(dir, manifest)),
+    ...tokenizers,
     components: components as Bundle["components"],
     release,
   };

@@ -49,6 +49,8 @@ export interface DenoiseSpec {
   latentShape: LatentShape;
   /** [unetBatch, tokens, D] from `encodePrompt`. */
   encoderHiddenStates: ort.Tensor;
+  /** Further U-Net inputs from `encodePrompt` (SDXL's `text_embeds` and `time_ids`), constant over the steps. */
+  textInputs?: Feeds;
   cache: CachePolicy | null;
 }
 
@@ -120,11 +122,11 @@ const BATCH_AXIS = "batch";
  * Zeros for the add-on inputs no request filled: rank-0 LoRA branches (the dynamic rank axis at 0), and
  * ControlNet residuals (zero residuals leave the U-Net unchanged).
  */
-function addonDefaults(bundle: Bundle, inputs: readonly TensorSpec[], unetBatch: number): Feeds {
+function addonDefaults(bundle: Bundle, inputs: readonly TensorSpec[], unetBatch: number, fed: Feeds): Feeds {
   const m = bundle.manifest;
   const loraInputs = new Set((m.lora?.targets ?? []).flatMap((t) => [t.down_input, t.up_input]).filter((n) => n !== undefined));
   const residuals = new Set(m.controlnet?.residuals ?? []);
-  const core = new Set<string>([...Object.values(UNET_IO), ...(m.guidance.embedding ? [m.guidance.embedding.input] : [])]);
+  const core = new Set<string>([...Object.values(UNET_IO), ...(m.guidance.embedding ? [m.guidance.embedding.input] : []), ...Object.keys(fed)]);
   const feeds: Feeds = {};
   for (const spec of inputs) {
     if (core.has(spec.name)) continue;
@@ -168,9 +170,10 @@ export async function denoise(
   // Split only for overlap: every step is a full pass through head, deep and tail (never the one-graph shortcut).
   if (split && parts.kind === "cached") parts.fullPass = null;
   const runsDeep = (i: number) => (fullSteps ? fullSteps[i]! : true);
-  const defaults = addonDefaults(bundle, externalInputs(parts), unetBatch);
+  const textInputs = spec.textInputs ?? {};
+  const defaults = addonDefaults(bundle, externalInputs(parts), unetBatch, textInputs);
   const timestepSpec = (parts.kind === "whole" ? parts.whole : parts.head).input(UNET_IO.timestep)!;
-  const constant: Feeds = { ...defaults, [UNET_IO.encoderHiddenStates]: spec.encoderHiddenStates };
+  const constant: Feeds = { ...defaults, ...textInputs, [UNET_IO.encoderHiddenStates]: spec.encoderHiddenStates };
   if (m.guidance.embedding) {
     const { input, dim, w_scale, freq_shift } = m.guidance.embedding;
     constant[input] = floatTensor(tile(guidanceScaleEmbedding(guidance, dim, w_scale, freq_shift), unetBatch), [unetBatch, dim]);
@@ -182,7 +185,9 @@ export async function denoise(
     if (options.signal?.aborted) throw options.signal.reason ?? new Error("aborted");
     const t = sampler.timesteps[i]!;
     const sampleDims = [unetBatch, ...latentShape.slice(1)];
-    const sample = floatTensor(cfg ? tile(latents, 2) : latents, sampleDims);
+    // diffusers' scale_model_input: σ-parameterised samplers (Euler) feed x / √(σ² + 1); the others x itself.
+    const input = sampler.scaleModelInput(latents, i);
+    const sample = floatTensor(cfg ? tile(input, 2) : input, sampleDims);
     const timestepInput = timestepTensor(timestepSpec, t, unetBatch);
     const feeds: StepFeeds = {
       ...constant,

@@ -10,7 +10,7 @@
 import { performance } from "node:perf_hooks";
 import type { SamplerName } from "@imagegen/formats/manifest";
 import { createSampler, SamplerMismatchError } from "../samplers/index.ts";
-import type { Sampler } from "../samplers/types.ts";
+import type { NoiseSource, Sampler } from "../samplers/types.ts";
 import { describeIssues, RunnerError } from "../errors.ts";
 import type { Bundle, ComponentName } from "./bundle.ts";
 import { denoise, type UnetInputProvider } from "./denoise.ts";
@@ -18,7 +18,7 @@ import { prepareLatents, type LatentShape } from "./latents.ts";
 import { encodePngs } from "./png.ts";
 import { GenerationRequest, type ResolvedRequest } from "./request.ts";
 import { GenerationError } from "./tensors.ts";
-import { encodePrompt } from "./text.ts";
+import { encodePrompt, type PromptRows, type TextConditioning } from "./text.ts";
 import { decodeLatents } from "./vae.ts";
 
 export { GenerationError } from "./tensors.ts";
@@ -33,6 +33,15 @@ export interface GenerateOptions {
    * read, ControlNet residuals computed in another thread, can arrive while the head runs.
    */
   splitUnet?: boolean;
+  /**
+   * The unit-Gaussian starting latents and the sampler's noise, instead of the seeds' generators: parity tests
+   * replay diffusers' own (the latents are still multiplied by the sampler's init noise sigma).
+   */
+  latents?: { initial: Float32Array; noise: NoiseSource };
+  /** Extra text-encoder inputs (LoRA branches of the text encoders), as `PromptRows.encoderInputs`. */
+  textEncoderInputs?: PromptRows["encoderInputs"];
+  /** Sees the intermediate tensors: the text conditioning and the decoded images ([n, 3, H, W] in [-1, 1]). */
+  inspect?: (stages: { text: TextConditioning; decoded: Float32Array }) => void;
 }
 
 export interface GenerationTimings {
@@ -187,21 +196,25 @@ export async function generateBatch(
 
   // With classifier-free guidance the U-Net batch is the negative prompts, then the prompts.
   const rows = [...(plan.classifierFreeGuidance ? images.map((img) => img.negativePrompt) : []), ...images.map((img) => img.prompt)];
-  const encoderHiddenStates = await clock.time("textEncoderMs", () => encodePrompt(bundle, rows));
-  const initial = prepareLatents(
-    images.map((img) => img.seed),
-    latentShape,
-    plan.sampler.initNoiseSigma,
-  );
+  const unconditional = plan.classifierFreeGuidance ? images.length : 0;
+  const text = await clock.time("textEncoderMs", () => encodePrompt(bundle, { rows, unconditional, width, height, ...(options.textEncoderInputs ? { encoderInputs: options.textEncoderInputs } : {}) }));
+  const initial = options.latents
+    ? { latents: options.latents.initial.map((v) => v * plan.sampler.initNoiseSigma), noise: options.latents.noise }
+    : prepareLatents(
+        images.map((img) => img.seed),
+        latentShape,
+        plan.sampler.initNoiseSigma,
+      );
   const { latents, fullSteps } = await denoise(
     bundle,
-    { ...plan, encoderHiddenStates, cache: plan.requests[0]!.cache },
+    { ...plan, encoderHiddenStates: text.encoderHiddenStates, textInputs: text.unetInputs, cache: plan.requests[0]!.cache },
     initial.latents,
     initial.noise,
     options,
     clock,
   );
   const decoded = await clock.time("vaeMs", () => decodeLatents(bundle, latents, latentShape, width, height));
+  options.inspect?.({ text, decoded });
   const pngs = await clock.time("pngMs", () => encodePngs(decoded, images.length, width, height));
 
   const timings = { ...clock.ms, totalMs: performance.now() - started };

@@ -12,7 +12,7 @@ import { SamplerMismatchError, type Sampler } from "./types.ts";
 
 export function createSampler(
   name: SamplerName,
-  manifest: Pick<ModelManifest, "name" | "prediction_type" | "samplers" | "scheduler">,
+  manifest: Pick<ModelManifest, "name" | "prediction_type" | "samplers" | "scheduler" | "scheduler_config">,
   options: { force?: boolean } = {},
 ): Sampler {
   // Forcing swaps the prediction type for one the sampler accepts, so the arithmetic runs on whatever comes out.
@@ -23,6 +23,8 @@ export function createSampler(
     );
   }
   try {
+    // An imported model keeps its export's scheduler_config.json: every sampler reads it as diffusers' from_config would.
+    if (manifest.scheduler_config) return samplerFromSchedulerConfig(manifest.scheduler_config, { sampler: name, predictionType });
     switch (name) {
       case "ddim":
         return new DdimSampler(manifest.scheduler, predictionType);
