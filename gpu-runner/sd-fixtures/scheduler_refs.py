@@ -33,20 +33,44 @@ CASES = {
     "ddim-sd15-leading-20": ("DDIMScheduler", SD15_PNDM, 20),
     "ddim-sd15-leading-4": ("DDIMScheduler", SD15_PNDM, 4),
     "ddim-sd2v-leading-20": ("DDIMScheduler", SD2V, 20),
-    "ddim-trailing-1": ("DDIMScheduler", {**SD15, "timestep_spacing": "trailing", "set_alpha_to_one": True, "clip_sample": False}, 1),
-    "ddim-linspace-sample-4": ("DDIMScheduler", {**LINEAR, "timestep_spacing": "linspace", "prediction_type": "sample", "clip_sample": False}, 4),
-    "ddim-zero-snr-v-trailing-4": ("DDIMScheduler", {**SD2V, "timestep_spacing": "trailing", "rescale_betas_zero_snr": True}, 4),
+    "ddim-trailing-1": (
+        "DDIMScheduler",
+        {**SD15, "timestep_spacing": "trailing", "set_alpha_to_one": True, "clip_sample": False},
+        1,
+    ),
+    "ddim-linspace-sample-4": (
+        "DDIMScheduler",
+        {**LINEAR, "timestep_spacing": "linspace", "prediction_type": "sample", "clip_sample": False},
+        4,
+    ),
+    "ddim-zero-snr-v-trailing-4": (
+        "DDIMScheduler",
+        {**SD2V, "timestep_spacing": "trailing", "rescale_betas_zero_snr": True},
+        4,
+    ),
     "euler-sd15-linspace-20": ("EulerDiscreteScheduler", SD15_PNDM | {"timestep_spacing": "linspace"}, 20),
     "euler-sd15-leading-4": ("EulerDiscreteScheduler", SD15_PNDM, 4),
-    "euler-karras-v-20": ("EulerDiscreteScheduler", {**SD2V, "use_karras_sigmas": True, "timestep_spacing": "linspace"}, 20),
+    "euler-karras-v-20": (
+        "EulerDiscreteScheduler",
+        {**SD2V, "use_karras_sigmas": True, "timestep_spacing": "linspace"},
+        20,
+    ),
     "euler-trailing-1": ("EulerDiscreteScheduler", {**SD15, "timestep_spacing": "trailing"}, 1),
     "euler-a-sd15-linspace-20": ("EulerAncestralDiscreteScheduler", SD15_PNDM | {"timestep_spacing": "linspace"}, 20),
     "euler-a-v-leading-4": ("EulerAncestralDiscreteScheduler", SD2V, 4),
     "dpmpp2m-sd15-20": ("DPMSolverMultistepScheduler", SD15_PNDM | {"timestep_spacing": "linspace"}, 20),
-    "dpmpp2m-karras-20": ("DPMSolverMultistepScheduler", {**SD15_PNDM, "use_karras_sigmas": True, "timestep_spacing": "linspace"}, 20),
+    "dpmpp2m-karras-20": (
+        "DPMSolverMultistepScheduler",
+        {**SD15_PNDM, "use_karras_sigmas": True, "timestep_spacing": "linspace"},
+        20,
+    ),
     "dpmpp2m-karras-v-leading-4": ("DPMSolverMultistepScheduler", {**SD2V, "use_karras_sigmas": True}, 4),
     "dpmpp2m-trailing-1": ("DPMSolverMultistepScheduler", {**SD15, "timestep_spacing": "trailing"}, 1),
-    "dpmpp2m-no-lower-final-8": ("DPMSolverMultistepScheduler", {**LINEAR, "lower_order_final": False, "final_sigmas_type": "sigma_min"}, 8),
+    "dpmpp2m-no-lower-final-8": (
+        "DPMSolverMultistepScheduler",
+        {**LINEAR, "lower_order_final": False, "final_sigmas_type": "sigma_min"},
+        8,
+    ),
     "lcm-4": ("LCMScheduler", {**SD15, "steps_offset": 1, "timestep_spacing": "leading"}, 4),
     "lcm-v-1": ("LCMScheduler", {**SD15, "prediction_type": "v_prediction"}, 1),
 }
@@ -58,7 +82,13 @@ def run_case(cls_name: str, config: dict, steps: int, seed: int) -> tuple[dict[s
     gen = torch.Generator().manual_seed(seed)
     n = int(torch.tensor(SHAPE).prod())
     sample = torch.randn(SHAPE, generator=gen) * float(scheduler.init_noise_sigma)
-    out: dict[str, list[torch.Tensor]] = {"model_output": [], "prev_sample": [], "denoised": [], "noise": [], "input_scale": []}
+    out: dict[str, list[torch.Tensor]] = {
+        "model_output": [],
+        "prev_sample": [],
+        "denoised": [],
+        "noise": [],
+        "input_scale": [],
+    }
     init = sample.clone()
     step_gen = torch.Generator().manual_seed(seed + 1)
     for t in scheduler.timesteps:

@@ -16,11 +16,11 @@ import random
 import shutil
 from pathlib import Path
 
-import tokenizers
+import tiny_vocab
 import transformers
 from transformers import CLIPTokenizer, CLIPTokenizerFast
 
-import tiny_vocab
+import tokenizers
 
 OUT = Path(__file__).resolve().parents[1] / "test" / "fixtures" / "sd-refs" / "tokenizer"
 MAX_LENGTH = 77
@@ -36,13 +36,76 @@ WORDS = (
     "steampunk medieval knight dragon wizard robot spaceship alien ocean waves beach palm tree desert dunes"
 ).split()
 ACCENTED = "café naïve résumé façade jalapeño Ångström crème brûlée São Paulo Zürich über Straße Ærø smørrebrød Łódź İstanbul ΟΔΟΣ Σίσυφος".split()
-CJK = ["猫", "富士山", "東京の夜景", "一只可爱的猫", "水彩画", "고양이", "서울의 밤", "さくら", "カタカナ", "𠀀𠀁", "中文English混合", "日本語のテキスト"]
+CJK = [
+    "猫",
+    "富士山",
+    "東京の夜景",
+    "一只可爱的猫",
+    "水彩画",
+    "고양이",
+    "서울의 밤",
+    "さくら",
+    "カタカナ",
+    "𠀀𠀁",
+    "中文English混合",
+    "日本語のテキスト",
+]
 EMOJI = ["😀", "🐱", "🚀", "🔥🔥🔥", "👍🏽", "👩‍💻", "👨‍👩‍👧‍👦", "🏳️‍🌈", "❤️", "🇯🇵", "✨", "🌊🏄‍♂️", "☕"]
 COMBINING = ["e\u0301", "a\u0308", "n\u0303", "Z\u0335\u0321a\u0337l\u0336g\u0334o", "o\u0302\u0323", "\u0041\u030a"]
-PUNCT = ["!!!", "...", "?!", "---", "(((masterpiece)))", "[[detailed]]", "{a|b}", ":)", ";-)", "<lora:x:0.8>", "#tag", "@user", "$100", "50%", "a/b\\c", "``quoted''", "\"quoted\"", "«guillemets»", "—em—dash–", "…"]
-APOS = ["it's", "don't", "they're", "we've", "I'm", "you'll", "she'd", "IT'S", "Don'T", "rock'n'roll", "'s", "o'clock", "can't've"]
-NUMBERS = ["1024x1024", "3.14159", "2024", "1,000,000", "v1.5", "SD2.1", "4k", "1st", "-42", "0.5", "١٢٣", "Ⅻ", "½", "²"]
-HTML = ["<b>bold</b>", "&amp;", "&lt;tag&gt;", "<br/>", "<img src='x.png'>", "&#39;", "<p class=\"a\">text</p>"]
+PUNCT = [
+    "!!!",
+    "...",
+    "?!",
+    "---",
+    "(((masterpiece)))",
+    "[[detailed]]",
+    "{a|b}",
+    ":)",
+    ";-)",
+    "<lora:x:0.8>",
+    "#tag",
+    "@user",
+    "$100",
+    "50%",
+    "a/b\\c",
+    "``quoted''",
+    '"quoted"',
+    "«guillemets»",
+    "—em—dash–",
+    "…",
+]
+APOS = [
+    "it's",
+    "don't",
+    "they're",
+    "we've",
+    "I'm",
+    "you'll",
+    "she'd",
+    "IT'S",
+    "Don'T",
+    "rock'n'roll",
+    "'s",
+    "o'clock",
+    "can't've",
+]
+NUMBERS = [
+    "1024x1024",
+    "3.14159",
+    "2024",
+    "1,000,000",
+    "v1.5",
+    "SD2.1",
+    "4k",
+    "1st",
+    "-42",
+    "0.5",
+    "١٢٣",
+    "Ⅻ",
+    "½",
+    "²",
+]
+HTML = ["<b>bold</b>", "&amp;", "&lt;tag&gt;", "<br/>", "<img src='x.png'>", "&#39;", '<p class="a">text</p>']
 WHITESPACE = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "\u2003", " \t\n "]
 ODD = ["\u200b", "\u200d", "\ufeff", "\x00", "\x0b", "\x0c", "\x85", "\u2028", "\ufffd", "\x7f"]
 SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
@@ -79,9 +142,15 @@ def test_strings() -> list[str]:
     out += [_sentence(rng, rng.randint(1, 10), [CJK, EMOJI, ACCENTED], ["", " ", "\u3000"]) for _ in range(100)]
     out += [_sentence(rng, rng.randint(1, 12), [PUNCT, APOS, NUMBERS, ODD], ["", " ", "\t"]) for _ in range(60)]
     # Over-long prompts (100-300 words): truncation to 75 tokens + eos.
-    out += [_sentence(rng, rng.randint(100, 300), [WORDS, WORDS, WORDS, PUNCT, EMOJI, NUMBERS], plain_sep) for _ in range(60)]
+    out += [
+        _sentence(rng, rng.randint(100, 300), [WORDS, WORDS, WORDS, PUNCT, EMOJI, NUMBERS], plain_sep)
+        for _ in range(60)
+    ]
     # Whitespace runs and mixed case around plain words.
-    out += [rng.choice(WHITESPACE) * rng.randint(1, 4) + _sentence(rng, 4, [WORDS], WHITESPACE) + rng.choice(WHITESPACE) for _ in range(60)]
+    out += [
+        rng.choice(WHITESPACE) * rng.randint(1, 4) + _sentence(rng, 4, [WORDS], WHITESPACE) + rng.choice(WHITESPACE)
+        for _ in range(60)
+    ]
     seen: set[str] = set()
     return [s for s in out if not (s in seen or seen.add(s))]
 
@@ -94,7 +163,12 @@ def training_corpus() -> list[str]:
 
 
 # Derived words (prefix + word + suffix) give the trainer enough distinct words for ~1,500 merges.
-COINED = [p + w + s for p in ("", "un", "re", "over", "hyper") for w in WORDS[::3] for s in ("", "ing", "ed", "ly", "ness", "s")]
+COINED = [
+    p + w + s
+    for p in ("", "un", "re", "over", "hyper")
+    for w in WORDS[::3]
+    for s in ("", "ing", "ed", "ly", "ness", "s")
+]
 
 
 BASE_CORPUS = tiny_vocab.caption_corpus
@@ -155,8 +229,10 @@ def main() -> None:
     body = ",\n".join(json.dumps(c, ensure_ascii=False, separators=(",", ":")) for c in cases)
     head = json.dumps({k: v for k, v in doc.items() if k != "cases"}, ensure_ascii=False, separators=(",", ":"))
     (OUT / "cases.json").write_text(head[:-1] + ',"cases":[\n' + body + "\n]}\n", encoding="utf-8")
-    print(f"{len(cases)} strings, vocab {len(vocab)}, merges {n_merges}; fast differs from slow on {len(fast_diffs)}, "
-          f"pad '!' differs from pad eos on {len(bang_diffs)}")
+    print(
+        f"{len(cases)} strings, vocab {len(vocab)}, merges {n_merges}; fast differs from slow on {len(fast_diffs)}, "
+        f"pad '!' differs from pad eos on {len(bang_diffs)}"
+    )
     for k in fast_diffs[:40]:
         print("  fast≠slow:", repr(strings[k])[:80])
 
