@@ -30,7 +30,15 @@ export const AddonRef = z
   .openapi({ example: "addon_01hzy3k8m2q9w7e4r5t6y7u8i9@2" });
 
 export const LoraUse = z
-  .object({ id: AddonRef, scale: z.number().min(-4).max(4).default(1) })
+  .object({
+    id: AddonRef,
+    scale: z.number().min(-4).max(4).default(1),
+    /**
+     * Serve a file some of whose keys match no layer of the model (those keys are skipped; the job's provenance
+     * records keys mapped / total). Without it such a file fails the job, naming the keys.
+     */
+    allow_partial: z.boolean().default(false),
+  })
   .strict()
   .openapi("LoraUse");
 
@@ -120,7 +128,7 @@ export const GenerationRequest = z
     sampler: SamplerName,
     steps: Steps,
     guidance: Guidance,
-    loras: z.array(ResolvedAddon),
+    loras: z.array(ResolvedAddon.extend({ allow_partial: z.boolean().default(false) })),
     controlnets: z.array(ResolvedAddon.extend({ image: z.string() })),
     cache: CacheOption,
     output_ttl_seconds: z.number().int(),

@@ -20,6 +20,11 @@ const { values: args } = parseArgs({
 if (!args.a || !args.b) throw new Error("usage: graph-cost.ts --a <bundle dir> --b <bundle dir> [--rounds n] [--out file.md]");
 const ROUNDS = Number(args.rounds);
 
+/** The symbolic axes of an Optimum export's U-Net (gpu-runner/src/import/), sized as the SD fixtures' 64×64 run. */
+const IMPORTED_AXES: Record<string, number> = { height: 8, width: 8, sequence_length: 77 };
+/** Zoo branch inputs are `lora_<i>_down`, an imported graph's `lora.<module>.down`. */
+const isLora = (name: string) => name.startsWith("lora_") || name.startsWith("lora.");
+
 async function open(dir: string) {
   // Read, not validated: only the unet component is needed (a bundle half-written by an experiment will do).
   const m = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")) as ModelManifest;
@@ -28,15 +33,15 @@ async function open(dir: string) {
   const feeds = (batch: number) => {
     const f: Record<string, ort.Tensor> = {};
     for (const t of spec.inputs) {
-      // Symbolic dims: batch, or a LoRA rank (0: no LoRA).
-      const dims = t.shape.map((d) => (typeof d === "number" ? d : d === "batch" ? batch : 0));
+      // Symbolic dims: batch, an imported export's own axes (an 8×8 latent, 77 tokens), or a LoRA rank (0: no LoRA).
+      const dims = t.shape.map((d) => (typeof d === "number" ? d : d === "batch" || d === "batch_size" ? batch : (IMPORTED_AXES[d] ?? 0)));
       const n = dims.reduce((a, d) => a * d, 1);
-      const data = t.name === "timestep" ? new Float32Array(n).fill(500) : t.name.includes("residual") || t.name.startsWith("lora_") ? new Float32Array(n) : Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
+      const data = t.name === "timestep" ? new Float32Array(n).fill(500) : t.name.includes("residual") || isLora(t.name) ? new Float32Array(n) : Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
       f[t.name] = new ort.Tensor("float32", data, dims);
     }
     return f;
   };
-  const loraInputs = spec.inputs.filter((t) => t.name.startsWith("lora_")).length / 2;
+  const loraInputs = spec.inputs.filter((t) => isLora(t.name)).length / 2;
   return { dir, m, session, feeds, loraInputs, out: spec.outputs[0]!.name };
 }
 

@@ -71,7 +71,8 @@ describe("importExport recognises each family from the export alone", () => {
       family: "sd1",
       prediction_type: "epsilon",
       default_sampler: "dpm++2m",
-      samplers: ["euler", "euler-a", "dpm++2m", "dpm++2m-karras", "ddim"],
+      // lcm: for LCM-LoRA, as diffusers' LCMScheduler.from_config(pipe.scheduler.config).
+      samplers: ["euler", "euler-a", "dpm++2m", "dpm++2m-karras", "ddim", "lcm"],
       guidance: { cfg: true, default_scale: 7.5 },
       latent: { channels: 4, downsample: 8, scaling_factor: 0.18215 },
       image: { width: 64, height: 64, multiple_of: 16 },
@@ -151,6 +152,33 @@ describe("importExport recognises each family from the export alone", () => {
     await importExport(join(FIXTURES, "sd2v"), { out, name: "mine", force: true });
     expect(JSON.parse(readFileSync(join(out, "mine", "manifest.json"), "utf8")).prediction_type).toBe("v_prediction");
     expect(readdirSync(out)).toEqual(["mine"]);
+  });
+});
+
+describe("importExport's LoRA modes", () => {
+  it("merge (default) names each layer's weight; branch writes rewritten graphs into the bundle, external data linked; none takes no LoRAs", async () => {
+    const merged = await importExport(join(FIXTURES, "sd15"), { out: freshDir("models") });
+    expect(merged.manifest.lora?.mode).toBe("merge");
+    expect(merged.manifest.lora!.targets.every((t) => t.weight && t.down_input === undefined)).toBe(true);
+    expect(new Set(merged.manifest.lora!.targets.flatMap((t) => t.components))).toEqual(new Set(["text_encoder", "unet"]));
+
+    const before = snapshot(join(FIXTURES, "turbo"));
+    const { dir, manifest } = await importExport(join(FIXTURES, "turbo"), { out: freshDir("models"), lora: "branch" });
+    expect(snapshot(join(FIXTURES, "turbo"))).toEqual(before);
+    expect(manifest.lora?.mode).toBe("branch");
+    for (const part of ["text_encoder", "unet"] as const) {
+      const spec = manifest.components[part];
+      expect(spec.path).toBe(`${part}/model.onnx`);
+      expect(spec.inputs.some((t) => t.name.startsWith("lora.") && t.shape[0] === "batch")).toBe(true);
+      // The fp16 export's weights stay where they are: model.onnx_data is a hard link (or copy) beside the new graph.
+      expect(lstatSync(join(dir, part, "model.onnx_data")).isFile()).toBe(true);
+      expect(readFileSync(join(dir, part, "model.onnx_data"))).toEqual(readFileSync(join(FIXTURES, "turbo", part, "model.onnx_data")));
+    }
+    expect(manifest.components.vae_decoder.path).toBe("export/vae_decoder/model.onnx");
+    await (await loadBundle(dir)).release();
+
+    const none = await importExport(join(FIXTURES, "sd15"), { out: freshDir("models"), lora: "none" });
+    expect(none.manifest.lora).toBeUndefined();
   });
 });
 

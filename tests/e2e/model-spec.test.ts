@@ -18,6 +18,6 @@ describe("an imported model's spec", () => {
     const spec = ModelSpec.parse(modelSpecFromManifest(manifest));
     expect(spec.default_sampler).toBe("euler");
     expect(spec.samplers.euler).toMatchObject({ default_steps: 1, max_guidance: 1 });
-    expect(Object.keys(spec.samplers)).toEqual(["euler", "euler-a", "dpm++2m", "dpm++2m-karras"]);
+    expect(Object.keys(spec.samplers)).toEqual(["euler", "euler-a", "dpm++2m", "dpm++2m-karras", "lcm"]);
   });
 });

@@ -61,7 +61,7 @@ async function normalise(db: Db, tenantId: string, body: CreateGenerationBody, m
     }
     return { id: found.addon.id, version: found.version.version, name: found.addon.name, sha256: found.version.sha256 };
   };
-  const loras = await Promise.all(body.loras.map(async (l, i) => ({ ...(await resolve(l.id, "lora", `loras[${i}].id`)), scale: l.scale })));
+  const loras = await Promise.all(body.loras.map(async (l, i) => ({ ...(await resolve(l.id, "lora", `loras[${i}].id`)), scale: l.scale, allow_partial: l.allow_partial })));
   const controlnets = await Promise.all(
     body.controlnets.map(async (cn, i) => ({ ...(await resolve(cn.id, "controlnet", `controlnets[${i}].id`)), scale: cn.scale, image: cn.image })),
   );

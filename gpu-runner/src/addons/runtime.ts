@@ -7,12 +7,17 @@
 import * as ort from "onnxruntime-node";
 import type { Bundle, SessionConfig } from "../pipeline/bundle.ts";
 import type { StepFeeds, UnetInputProvider } from "../pipeline/pipeline.ts";
+import type { TextEncoderInputs, TextEncoderName } from "../pipeline/text.ts";
 import { batchControlNets, ControlNetSessions, ControlNetWorker, manifestOnly } from "./controlnet-batch.ts";
 import { controlNetResiduals, type ControlNet, type ControlNetRef, type ControlNetUse } from "./controlnet.ts";
 import { DEFAULT_MERGE_HOT_AFTER, HotMerge } from "./hot-merge.ts";
 import { LoraCache } from "./lora-cache.ts";
-import { LoraError, stackLoras } from "./lora.ts";
-import { loraSetKey, type RequestAddons } from "./request-addons.ts";
+import { LoraError, stackLoras, type LoraUse } from "./lora.ts";
+import { loraSetKey, type LoraLoadReport, type RequestAddons } from "./request-addons.ts";
+
+/** An imported model's text encoders take LoRA branches too; the U-Net's stacking skips their targets. */
+const isTextEncoder = (component: string) => component === "text_encoder" || component === "text_encoder_2";
+const branchesLive = (bundle: Bundle) => bundle.manifest.lora?.mode === "branch" && bundle.lorasMerged === undefined;
 
 export interface AddonRuntimeOptions {
   /** Run ControlNets in a worker of their own, beside the U-Net's head, or in sequence here (default). */
@@ -70,6 +75,45 @@ export class AddonRuntime {
     return this.hot.settled();
   }
 
+  /** Per request, each LoRA's keys mapped / total on `bundle` (the files are parsed already: cache hits). */
+  loraReports(bundle: Bundle, addons: RequestAddons[]): LoraLoadReport[][] {
+    return this.loras.reports(bundle, addons);
+  }
+
+  /** Whether the text encoders take LoRA branches: the text is encoded before any step, so late add-ons must be waited for. */
+  textEncoderLoras(bundle: Bundle): boolean {
+    return bundle.manifest.lora?.mode === "branch" && bundle.manifest.lora.targets.some((t) => t.components.some(isTextEncoder));
+  }
+
+  /**
+   * The text encoders' LoRA branches for a batch (`imagesPer[r]` images per request; prompt row i is image
+   * i mod images). Undefined when they have none to take, or the LoRAs are merged into their weights.
+   */
+  textInputs(bundle: Bundle, imagesPer: number[], addons: RequestAddons[]): TextEncoderInputs | undefined {
+    if (!this.textEncoderLoras(bundle) || !branchesLive(bundle) || addons.every((a) => a.loras.length === 0)) return undefined;
+    const spec = bundle.manifest.lora!;
+    const perImage = imagesPer.flatMap((n, r) => Array<number>(n).fill(r));
+    const requestOf = (row: number) => addons[perImage[row % perImage.length]!]!;
+    const uses = new Map<string, LoraUse[]>();
+    const built = new Map<string, Record<string, ort.Tensor>>();
+    return {
+      key: (row) => loraSetKey(requestOf(row).loras),
+      feeds: (row, encoder: TextEncoderName) => {
+        const set = requestOf(row);
+        const key = `${encoder}|${loraSetKey(set.loras)}`;
+        let feeds = built.get(key);
+        if (feeds === undefined) {
+          const setKey = loraSetKey(set.loras);
+          if (!uses.has(setKey)) uses.set(setKey, this.loras.uses(bundle, set.loras));
+          const targets = spec.targets.filter((t) => t.components.includes(encoder));
+          feeds = Object.fromEntries(stackLoras(targets, [uses.get(setKey)!], spec.max_rank).map((f) => [f.name, new ort.Tensor("float32", f.data, f.dims)]));
+          built.set(key, feeds);
+        }
+        return feeds;
+      },
+    };
+  }
+
   /** Whether a batch with these add-ons should run the U-Net split, so the head overlaps the ControlNets. */
   wantsSplit(addons: RequestAddons[]): boolean {
     return this.parallel && addons.some((a) => a.controlnets.length > 0);
@@ -106,10 +150,11 @@ export class AddonRuntime {
       const loraFeeds: StepFeeds = {};
       // A merge-mode model, or a hot set's merged copy of a branch model, has the LoRAs in its weights already
       // (bundleFor): its branches stay at rank 0.
-      if (loraUses.some((u) => u.length > 0) && bundle.manifest.lora?.mode !== "merge" && bundle.lorasMerged === undefined) {
+      if (loraUses.some((u) => u.length > 0) && branchesLive(bundle)) {
         const spec = bundle.manifest.lora!;
         const perSample = Array.from({ length: unetBatch }, (_, s) => loraUses[s % images]!);
-        for (const f of stackLoras(spec.targets, perSample, spec.max_rank)) loraFeeds[f.name] = new ort.Tensor("float32", f.data, f.dims);
+        const unetTargets = spec.targets.filter((t) => !t.components.some(isTextEncoder));
+        for (const f of stackLoras(unetTargets, perSample, spec.max_rank)) loraFeeds[f.name] = new ort.Tensor("float32", f.data, f.dims);
       }
       const cn = batchControlNets(nets, cnPerImage, unetBatch);
       if (!Number.isInteger(unetBatch / images)) throw new LoraError(`U-Net batch ${unetBatch} is not a multiple of ${images} images`);

@@ -9,7 +9,7 @@
  * Anything else is refused with every reason at once, and nothing is written: the bundle is built in a temporary
  * folder beside its destination and renamed into place last. The export folder is never written to.
  */
-import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { ModelManifest, type ClipTokenizerSpec, type ComponentSpec, type PredictionType, type SamplerName, type TensorSpec } from "@imagegen/formats/manifest";
 import { importLora, type ImportedLora } from "../addons/lora-import.ts";
@@ -49,10 +49,12 @@ export interface ImportOptions {
 export type LoraImportMode = "branch" | "merge" | "none";
 
 /**
- * Branch, because rank-0 branches cost the base model nothing measurable on the sd15 fixture (README.md,
- * "Importing a Stable Diffusion export": bench/lora-import-cost.ts) while merge mode builds a session per LoRA set.
+ * Merge: the export's own graphs, so a request without LoRA pays nothing, and a LoRA set pays one merge, then runs at
+ * the base model's speed. Rank-0 branches at the sd15 fixture's 83 layers made its U-Net 41% (batch 1) to 62% (batch 2,
+ * CFG) slower per call, same outputs (bench/graph-cost.ts; README.md, "Importing a Stable Diffusion export"): branch
+ * mode is for models whose requests bring many different LoRA sets.
  */
-export const DEFAULT_LORA_MODE: LoraImportMode = "branch";
+export const DEFAULT_LORA_MODE: LoraImportMode = "merge";
 
 export interface ImportResult {
   dir: string;
@@ -363,7 +365,7 @@ export async function importExport(exportDir: string, options: ImportOptions): P
     mkdirSync(tmp);
     if (options.copy) cpSync(src, join(tmp, BUNDLE_EXPORT), { recursive: true });
     else symlinkSync(src, join(tmp, BUNDLE_EXPORT), "dir");
-    for (const [part, { model }] of lora?.rewritten ?? []) writeRewritten(tmp, part, model);
+    for (const [part, { model }] of lora?.rewritten ?? []) writeRewritten(tmp, src, part, model);
     writeFileSync(join(tmp, "manifest.json"), JSON.stringify(parsed.data, null, 2) + "\n");
     if (existsSync(dest)) {
       const old = `${tmp}.old`;
@@ -381,12 +383,20 @@ export async function importExport(exportDir: string, options: ImportOptions): P
 }
 
 /**
- * A rewritten graph beside links to its external data: the graph names `model.onnx_data` by the export's relative
- * location and ONNX Runtime refuses `..` in it, so each file is linked into the folder, through the bundle's own
- * `export/` (a link or a copy), which keeps the bundle movable.
+ * A rewritten graph beside its external data: the graph names `model.onnx_data` by the export's relative location,
+ * and ONNX Runtime refuses a path (or a symbolic link) that leads out of the model's folder, so each file is
+ * hard-linked into the folder (no bytes copied), or copied when the export lies on another file system.
  */
-function writeRewritten(bundleDir: string, part: string, model: Uint8Array): void {
+function writeRewritten(bundleDir: string, exportDir: string, part: string, model: Uint8Array): void {
   mkdirSync(join(bundleDir, part));
   writeFileSync(join(bundleDir, part, "model.onnx"), model);
-  for (const location of externalDataFiles(model)) symlinkSync(join("..", BUNDLE_EXPORT, part, location), join(bundleDir, part, location));
+  for (const location of externalDataFiles(model)) {
+    const [from, to] = [join(exportDir, part, location), join(bundleDir, part, location)];
+    try {
+      linkSync(from, to);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EXDEV") throw err;
+      copyFileSync(from, to);
+    }
+  }
 }

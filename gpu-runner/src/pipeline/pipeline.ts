@@ -18,7 +18,7 @@ import { prepareLatents, type LatentShape } from "./latents.ts";
 import { encodePngs } from "./png.ts";
 import { GenerationRequest, type ResolvedRequest } from "./request.ts";
 import { GenerationError } from "./tensors.ts";
-import { encodePrompt, type PromptRows, type TextConditioning } from "./text.ts";
+import { encodePrompt, type TextConditioning, type TextEncoderInputs } from "./text.ts";
 import { decodeLatents } from "./vae.ts";
 
 export { GenerationError } from "./tensors.ts";
@@ -38,8 +38,8 @@ export interface GenerateOptions {
    * replay diffusers' own (the latents are still multiplied by the sampler's init noise sigma).
    */
   latents?: { initial: Float32Array; noise: NoiseSource };
-  /** Extra text-encoder inputs (LoRA branches of the text encoders), as `PromptRows.encoderInputs`. */
-  textEncoderInputs?: PromptRows["encoderInputs"];
+  /** The text encoders' LoRA branches per prompt row (rows: the negative prompts first under CFG, then the prompts). */
+  textEncoderInputs?: TextEncoderInputs | undefined;
   /** Sees the intermediate tensors: the text conditioning and the decoded images ([n, 3, H, W] in [-1, 1]). */
   inspect?: (stages: { text: TextConditioning; decoded: Float32Array }) => void;
 }
@@ -144,7 +144,10 @@ function planBatch(bundle: Bundle, inputs: readonly GenerationRequest[]): BatchP
   const steps = request.steps ?? m.default_steps;
   sampler.setTimesteps(steps);
   const guidance = request.guidance ?? m.guidance.default_scale;
-  const classifierFreeGuidance = sampler.classifierFreeGuidance && m.guidance.cfg && guidance > 1;
+  // An imported model follows diffusers, whose pipelines guide with any scheduler when the scale is above 1 (LCM-LoRA
+  // at 1–2); the zoo's LCM sampling is one pass. An LCM-distilled U-Net's guidance is its embedding (cfg false).
+  const samplerGuides = sampler.classifierFreeGuidance || m.scheduler_config !== undefined;
+  const classifierFreeGuidance = samplerGuides && m.guidance.cfg && guidance > 1;
   const width = request.width ?? m.image.width;
   const height = request.height ?? m.image.height;
   for (const [label, size] of [["width", width], ["height", height]] as const) {

@@ -24,16 +24,40 @@ export interface PromptRows {
   /** The image size: SDXL's `time_ids` are (original size, crop (0, 0), target size) = (size, (0, 0), size). */
   width: number;
   height: number;
-  /** Extra inputs per text encoder, by input name (LoRA branches of the text encoders); constant over the prompts. */
-  encoderInputs?: Partial<Record<"text_encoder" | "text_encoder_2", Feeds>>;
+  /** Extra inputs of the text encoders per row (LoRA branches); rank-0 branches where absent. */
+  encoderInputs?: TextEncoderInputs;
+}
+
+export type TextEncoderName = "text_encoder" | "text_encoder_2";
+
+/**
+ * A batch's text-encoder LoRA branches, per prompt row (a row's request brings its own LoRA set): rows whose `key`
+ * is equal get the same feeds, so a prompt is encoded once per LoRA set.
+ */
+export interface TextEncoderInputs {
+  key(row: number): string;
+  feeds(row: number, encoder: TextEncoderName): Feeds;
 }
 
 type Encoded = { data: Float32Array; dims: readonly number[] };
 
-/** Token ids through one text encoder; returns the named outputs of one prompt, each distinct prompt run once. */
-function encoderRunner(encoder: Component, tokenizer: PromptTokenizer, outputs: readonly string[], extra: Feeds = {}) {
+/** Rank-0 LoRA branches of a text encoder (batch 1: prompts are encoded one at a time): the encoder without LoRA. */
+function rankZeroBranches(bundle: Bundle, encoder: Component): Feeds {
+  const names = new Set((bundle.manifest.lora?.targets ?? []).flatMap((t) => [t.down_input, t.up_input]));
+  const feeds: Feeds = {};
+  for (const spec of encoder.spec.inputs) {
+    if (!names.has(spec.name)) continue;
+    const dims = spec.shape.map((d) => (typeof d === "number" ? d : d === "batch" ? 1 : 0));
+    feeds[spec.name] = floatTensor(new Float32Array(0), dims);
+  }
+  return feeds;
+}
+
+/** Token ids through one text encoder; returns the named outputs of one prompt row, each distinct (prompt, LoRA set) run once. */
+function encoderRunner(bundle: Bundle, encoder: Component, tokenizer: PromptTokenizer, outputs: readonly string[], inputs?: TextEncoderInputs) {
   const cache = new Map<string, Promise<Encoded[]>>();
-  const run = async (prompt: string): Promise<Encoded[]> => {
+  const zeros = rankZeroBranches(bundle, encoder);
+  const run = async (prompt: string, extra: Feeds): Promise<Encoded[]> => {
     const tokens = tokenizer.encode(prompt);
     const specs = encoder.spec.inputs;
     const feeds: Feeds = {};
@@ -41,6 +65,7 @@ function encoderRunner(encoder: Component, tokenizer: PromptTokenizer, outputs: 
       if (spec === specs[0]) feeds[spec.name] = tensorOf(spec.dtype, tokens.ids, [1, tokens.ids.length]);
       else if (spec.name === "attention_mask") feeds[spec.name] = tensorOf(spec.dtype, tokens.attentionMask, [1, tokens.ids.length]);
       else if (extra[spec.name] !== undefined) feeds[spec.name] = extra[spec.name]!;
+      else if (zeros[spec.name] !== undefined) feeds[spec.name] = zeros[spec.name]!;
       else throw new GenerationError(`${encoder.name} input "${spec.name}" is not token ids or attention_mask`);
     }
     const out = await encoder.run(feeds);
@@ -50,9 +75,10 @@ function encoderRunner(encoder: Component, tokenizer: PromptTokenizer, outputs: 
       return { data: t.data as Float32Array, dims: t.dims };
     });
   };
-  return (prompt: string): Promise<Encoded[]> => {
-    let known = cache.get(prompt);
-    if (known === undefined) cache.set(prompt, (known = run(prompt)));
+  return (prompt: string, row: number): Promise<Encoded[]> => {
+    const key = `${inputs?.key(row) ?? ""}\u0000${prompt}`;
+    let known = cache.get(key);
+    if (known === undefined) cache.set(key, (known = run(prompt, inputs?.feeds(row, encoder.name as TextEncoderName) ?? {})));
     return known;
   };
 }
@@ -88,9 +114,9 @@ export async function encodePrompt(bundle: Bundle, prompts: PromptRows): Promise
   const c = bundle.components;
   if (tc === undefined) {
     const first = c.text_encoder.spec.outputs[0]!.name;
-    const encode = encoderRunner(c.text_encoder, bundle.tokenizer, [first], prompts.encoderInputs?.text_encoder);
+    const encode = encoderRunner(bundle, c.text_encoder, bundle.tokenizer, [first], prompts.encoderInputs);
     const states: Encoded[] = [];
-    for (const prompt of rows) states.push((await encode(prompt))[0]!);
+    for (const [row, prompt] of rows.entries()) states.push((await encode(prompt, row))[0]!);
     return { encoderHiddenStates: stack(states, () => false), unetInputs: {} };
   }
 
@@ -101,16 +127,16 @@ export async function encodePrompt(bundle: Bundle, prompts: PromptRows): Promise
     const tokenizer = i === 0 ? bundle.tokenizer : bundle.tokenizer2;
     if (component === undefined || tokenizer === undefined) throw new GenerationError(`model ${bundle.manifest.name}: ${name} or its tokenizer is not loaded`);
     const outputs = [hidden, ...(pooledFrom === name ? [tc.pooled!.output] : [])];
-    return { name, run: encoderRunner(component, tokenizer, outputs, prompts.encoderInputs?.[name]) };
+    return { name, run: encoderRunner(bundle, component, tokenizer, outputs, prompts.encoderInputs) };
   });
   // diffusers (SDXL, force_zeros_for_empty_prompt): no negative prompt means zero unconditional embeddings.
   const zero = (i: number) => tc.zero_empty_negative === true && i < unconditional && rows[i] === "";
   const states: Encoded[] = [];
   const pooled: Encoded[] = [];
-  for (const prompt of rows) {
+  for (const [row, prompt] of rows.entries()) {
     let state: Encoded | undefined;
     for (const encoder of encoders) {
-      const [hidden, pool] = await encoder.run(prompt);
+      const [hidden, pool] = await encoder.run(prompt, row);
       state = state === undefined ? hidden! : concatLast(state, hidden!);
       if (pool !== undefined) pooled.push(pool);
     }

@@ -54,18 +54,23 @@ port.on("message", async (msg: ToWorker) => {
     let unetInputs: UnetInputProvider | undefined;
     let joinedAt: () => number | null = () => (msg.addons ? 0 : null);
     let addons = msg.addons;
-    const merging = loaded.manifest.lora?.mode === "merge";
+    // Merged weights are needed before the first step, text-encoder branches before the prompt is encoded:
+    // such a model waits for its add-ons.
+    const merging = loaded.manifest.lora?.mode === "merge" || addonRuntime.textEncoderLoras(loaded);
     if (merging && arrival) {
-      // Merged weights are needed before the first step: a merge-mode model waits for its add-ons.
       addons = await arrival;
       joinedAt = () => 0;
     }
+    let arrived = addons;
     if (addons) loaded = await addonRuntime.bundleFor(loaded, addons);
     if (arrival && msg.addonJoinFraction !== undefined && !merging) {
       // A hot set's merged weights are picked by the set's key; the arriving add-ons count towards making it hot.
       const base = loaded;
       if (msg.loraSets) loaded = addonRuntime.hotMerged(base, msg.loraSets) ?? base;
-      arrival.then((a) => addonRuntime.countUse(base, a), () => {});
+      arrival.then((a) => {
+        arrived = a;
+        addonRuntime.countUse(base, a);
+      }, () => {});
       const late = lateAddons(arrival.then((a) => addonRuntime.provider(loaded, imagesPer, a)), msg.addonJoinFraction);
       unetInputs = late.provider;
       joinedAt = late.joinedAt;
@@ -74,6 +79,7 @@ port.on("message", async (msg: ToWorker) => {
     }
     const results = await generateBatch(loaded, msg.requests, {
       ...(unetInputs ? { unetInputs } : {}),
+      ...(addons ? { textEncoderInputs: addonRuntime.textInputs(loaded, imagesPer, addons) } : {}),
       // Late add-ons cannot say in advance whether they bring ControlNets: their batch stays on the one-graph U-Net.
       splitUnet: addons !== undefined && addonRuntime.wantsSplit(addons),
       signal: controller.signal,
@@ -83,7 +89,8 @@ port.on("message", async (msg: ToWorker) => {
       },
     });
     const buffers = results.flatMap((r) => [...r.images.map((img) => img.buffer), r.latents.buffer]) as ArrayBuffer[];
-    send({ type: "result", id: msg.id, results, addonsJoinedAt: joinedAt(), lorasMerged: loaded.lorasMerged !== undefined }, buffers);
+    const loraLoads = arrived ? addonRuntime.loraReports(loaded, arrived) : [];
+    send({ type: "result", id: msg.id, results, addonsJoinedAt: joinedAt(), lorasMerged: loaded.lorasMerged !== undefined, loraLoads }, buffers);
   } catch (err) {
     send({ type: "error", id: msg.id, error: toWire(err) });
   } finally {

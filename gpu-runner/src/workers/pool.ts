@@ -15,7 +15,7 @@ import { DEFAULT_SESSION_CONFIG, type SessionConfig } from "../pipeline/bundle.t
 import type { GenerationResult } from "../pipeline/pipeline.ts";
 import type { GenerationRequest } from "../pipeline/request.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./protocol.ts";
-import type { RequestAddons } from "../addons/request-addons.ts";
+import type { LoraLoadReport, RequestAddons } from "../addons/request-addons.ts";
 import { fromWire, toWire } from "../errors.ts";
 
 export interface PoolOptions {
@@ -47,8 +47,11 @@ export interface JobOptions {
    * holds that hot set merged into the weights runs the batch on them.
    */
   loraSets?: string[];
-  /** Told at which step the add-ons took effect (0: from the start), and whether the LoRAs ran merged. */
-  onAddonsJoined?: (step: number | null, lorasMerged: boolean) => void;
+  /**
+   * Told at which step the add-ons took effect (0: from the start), whether the LoRAs ran merged, and per request
+   * how each LoRA file mapped onto the model (keys mapped / total).
+   */
+  onAddonsJoined?: (step: number | null, lorasMerged: boolean, loraLoads: LoraLoadReport[][]) => void;
 }
 
 interface Job {
@@ -109,7 +112,7 @@ export class InferencePool {
     slot.job = null;
     if (msg.type === "result") {
       slot.bundles.add(job.bundleDir);
-      job.options.onAddonsJoined?.(msg.addonsJoinedAt, msg.lorasMerged);
+      job.options.onAddonsJoined?.(msg.addonsJoinedAt, msg.lorasMerged, msg.loraLoads);
       job.resolve(msg.results);
     } else {
       job.reject(fromWire(msg.error));

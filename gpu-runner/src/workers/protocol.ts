@@ -2,7 +2,7 @@
 import type { SessionConfig } from "../pipeline/bundle.ts";
 import type { GenerationResult } from "../pipeline/pipeline.ts";
 import type { GenerationRequest } from "../pipeline/request.ts";
-import type { RequestAddons } from "../addons/request-addons.ts";
+import type { LoraLoadReport, RequestAddons } from "../addons/request-addons.ts";
 import type { WireError } from "../errors.ts";
 
 export interface WorkerInit {
@@ -31,5 +31,5 @@ export type ToWorker = {
 
 export type FromWorker =
   | { type: "progress"; id: number; step: number; steps: number }
-  | { type: "result"; id: number; results: GenerationResult[]; addonsJoinedAt: number | null; lorasMerged: boolean }
+  | { type: "result"; id: number; results: GenerationResult[]; addonsJoinedAt: number | null; lorasMerged: boolean; loraLoads: LoraLoadReport[][] }
   | { type: "error"; id: number; error: WireError };
