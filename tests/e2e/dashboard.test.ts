@@ -11,6 +11,8 @@ let stack: Stack;
 let browser: Browser;
 
 beforeAll(async () => {
+  // A browser test that cannot run fails: .ci/run installs Debian's chromium.
+  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (as .ci/run does)`);
   stack = await startStack({ runners: 1 });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -22,7 +24,7 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-describe.skipIf(!existsSync(CHROMIUM))("dashboard, in a real browser", () => {
+describe("dashboard, in a real browser", () => {
   it("signs in with an API key, generates, uploads a LoRA, creates and revokes a key", async () => {
     const page = await browser.newPage();
     const errors: string[] = [];
