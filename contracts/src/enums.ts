@@ -35,6 +35,8 @@ export const TENANT_STATUSES = ["active", "suspended"] as const;
 
 /** Models and runners are both switched on and off by an operator. */
 export const ENABLED_STATUSES = ["active", "disabled"] as const;
+/** A runner as the operator sees it: its stored status, or `revoked` once its token was revoked (final). */
+export const RUNNER_STATUSES = [...ENABLED_STATUSES, "revoked"] as const;
 
 export const USER_ROLES = ["owner", "member"] as const;
 
@@ -42,7 +44,16 @@ export const SCOPES = ["generations:write", "generations:read", "addons:write", 
 
 export const WEBHOOK_DELIVERY_STATUSES = ["pending", "delivered", "failed"] as const;
 
+/** What a webhook announces: `generation.<terminal status>`. */
+export const WEBHOOK_EVENT_TYPES = ["generation.succeeded", "generation.failed", "generation.canceled"] as const;
+
 /** The `type` of the one error body; the HTTP status goes with it. */
+/**
+ * Runner failure codes (gpu-runner/src/errors.ts FAILURE_CODES) caused by what the tenant sent: the same request
+ * fails the same way again, so the synchronous OpenAI-compatible face answers them 400, not 500.
+ */
+export const INPUT_FAILURE_CODES = ["request_invalid", "generation_failed", "sampler_mismatch", "lora_invalid", "control_image_invalid", "addon_invalid"] as const;
+
 export const ERROR_TYPES = [
   "invalid_request_error",
   "authentication_error",

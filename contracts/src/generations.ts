@@ -13,10 +13,21 @@ export const MAX_SEED = 2 ** 32 - 1;
 export const MAX_IMAGES = 16;
 export const MAX_SIZE = 4096;
 /** DeepCache's full-pass interval a client may ask for; 1 (a full pass every step) would cache nothing. */
+/** A control image travels as this data: URL prefix followed by base64. */
+export const CONTROL_IMAGE_PREFIX = "data:image/png;base64,";
+export const CONTROL_IMAGE_PATTERN = /^data:image\/png;base64,[A-Za-z0-9+/]+={0,2}$/;
+/** The largest control image the runner decodes (it resizes to the ControlNet's conditioning size). */
+export const MAX_CONTROL_PIXELS = MAX_SIZE * MAX_SIZE;
 export const DEEPCACHE_INTERVAL = { min: 2, max: 10, default: 3 } as const;
 
-export const Prompt = z.string().min(1).max(MAX_PROMPT_CHARS);
-export const NegativePrompt = z.string().max(MAX_PROMPT_CHARS);
+/**
+ * Text that is well-formed UTF-16: a lone surrogate (which JSON's \uD800 escape can carry) cannot be echoed back in
+ * JSON that strict clients parse. With the `u` flag a paired surrogate is one code point, so \p{Cs} finds only lone ones.
+ */
+const wellFormed = (s: string) => !/\p{Cs}/u.test(s);
+const WELL_FORMED = { message: "contains a lone UTF-16 surrogate (not well-formed Unicode text)" };
+export const Prompt = z.string().min(1).max(MAX_PROMPT_CHARS).refine(wellFormed, WELL_FORMED);
+export const NegativePrompt = z.string().max(MAX_PROMPT_CHARS).refine(wellFormed, WELL_FORMED);
 export const Seed = z.number().int().min(0).max(MAX_SEED);
 export const ImageCount = z.number().int().min(1).max(MAX_IMAGES);
 export const ImageSide = z.number().int().positive().max(MAX_SIZE);
@@ -45,13 +56,15 @@ export const LoraUse = z
 export const ControlNetUse = z
   .object({
     id: AddonRef,
-    /** The control image: a data: URL (PNG) or an https URL. */
+    /**
+     * The control image: a PNG as a base64 data: URL (the only form the runner reads). The edge also checks that
+     * the bytes begin as a PNG the runner decodes (8-bit, not interlaced), so a bad image fails at the door.
+     */
     image: z
       .string()
       .max(1_000_000)
-      .refine((s) => s.startsWith("data:image/png;base64,") || s.startsWith("https://"), {
-        message: "expected a data:image/png;base64 URL or an https URL",
-      }),
+      .regex(CONTROL_IMAGE_PATTERN, "expected a data:image/png;base64,… URL (https URLs are not fetched)")
+      .refine((s) => (s.length - CONTROL_IMAGE_PREFIX.length) % 4 === 0, { message: "the base64 data is truncated (its length is not a multiple of 4)" }),
     scale: z.number().min(0).max(2).default(1),
   })
   .strict()

@@ -1,6 +1,16 @@
 import { z } from "@hono/zod-openapi";
-import { CacheOption, ControlNetUse, Guidance, ImageCount, LoraUse, NegativePrompt, Prompt, Seed, Steps } from "./generations.ts";
+import { CacheOption, ControlNetUse, Guidance, ImageCount, LoraUse, MAX_SIZE, NegativePrompt, Prompt, Seed, Steps } from "./generations.ts";
 import { SamplerName } from "./models.ts";
+
+/** `WIDTHxHEIGHT` with no zero side or leading zero, or OpenAI's `auto` (the model's default size). */
+const OPENAI_SIZE_PATTERN = /^(auto|[1-9]\d{0,3}x[1-9]\d{0,3})$/;
+
+/** A validated `size` as the width and height it asks for; none for `auto` or no size (the model's defaults). */
+export function openAISize(size: string | undefined): { width: number; height: number } | undefined {
+  if (!size || size === "auto") return undefined;
+  const [width, height] = size.split("x").map(Number) as [number, number];
+  return { width, height };
+}
 
 /**
  * OpenAI's `POST /v1/images/generations` body, so the official `openai` client works with `baseURL` pointed here.
@@ -12,7 +22,11 @@ export const OpenAIImageBody = z
     prompt: Prompt,
     model: z.string().min(1).max(64).optional(),
     n: ImageCount.default(1),
-    size: z.string().regex(/^\d{1,4}x\d{1,4}$/, "expected WIDTHxHEIGHT, e.g. 64x64").optional(),
+    size: z
+      .string()
+      .regex(OPENAI_SIZE_PATTERN, "expected WIDTHxHEIGHT (e.g. 512x512, each side 1 to 4096) or auto")
+      .refine((v) => v === "auto" || v.split("x").every((side) => Number(side) <= MAX_SIZE), { message: `each side is at most ${MAX_SIZE}` })
+      .optional(),
     response_format: z.enum(["url", "b64_json"]).default("url"),
     quality: z.string().max(32).optional(),
     style: z.string().max(32).optional(),

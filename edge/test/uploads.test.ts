@@ -243,7 +243,8 @@ describe("ControlNet uploads", () => {
       onnx_bytes: CN_ONNX.byteLength,
       checked_against: ["tiny-shapes-random"],
     });
-    const image = "data:image/png;base64,iVBORw0KGgo=";
+    // A 1×1 RGB PNG: the edge reads the header of a control image at the door.
+    const image = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
     const job = await generate(t.key, { model: "tiny-shapes-random", controlnets: [{ id: up.body.addon.id, image }] });
     expect(job.status, JSON.stringify(job.body)).toBe(202);
     expect(job.body.request.controlnets[0]).toMatchObject({ id: up.body.addon.id, version: 1, sha256: await sha256Hex(file) });

@@ -5,3 +5,4 @@ export * from "./lora-keys.ts";
 export * from "./lora-targets.ts";
 export * from "./onnx-reader.ts";
 export * from "./manifest.ts";
+export * from "./png.ts";

@@ -54,6 +54,14 @@ export async function findByIdempotencyKey(db: Db, tenantId: string, key: string
   return db.query.jobs.findFirst({ where: and(eq(jobs.tenantId, tenantId), eq(jobs.idempotencyKey, key)) });
 }
 
+/** The newest job one API key created since `since` from a body with this hash: what a client's retry resends. */
+export async function findRecentByRequestHash(db: Db, tenantId: string, apiKeyId: string, requestHash: string, since: number): Promise<Job | undefined> {
+  return db.query.jobs.findFirst({
+    where: and(eq(jobs.tenantId, tenantId), eq(jobs.apiKeyId, apiKeyId), eq(jobs.requestHash, requestHash), gte(jobs.createdAt, since)),
+    orderBy: desc(jobs.createdAt),
+  });
+}
+
 export async function getJob(db: Db, tenantId: string, id: string): Promise<Job | undefined> {
   return db.query.jobs.findFirst({ where: and(eq(jobs.id, id), eq(jobs.tenantId, tenantId)) });
 }
@@ -105,6 +113,8 @@ export async function cancelJob(db: Db, tenantId: string, id: string, now: numbe
 
 export interface LeaseRequest {
   runnerId: string;
+  /** The most leases this runner may hold at once: at that many unexpired leases it gets no job. */
+  capacity: number;
   models: string[];
   warmAddons: string[];
   leaseId: string;
@@ -141,6 +151,7 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
         WHERE a.value IN (SELECT value FROM json_each(${JSON.stringify(r.warmAddons)}))) DESC,
       h.id ASC
     LIMIT 1)`;
+  const held = sql`(SELECT count(*) FROM jobs o WHERE o.lease_owner = ${r.runnerId} AND o.status = 'running' AND o.lease_expires_at >= ${r.now})`;
   const [row] = await db
     .update(jobs)
     .set({
@@ -151,8 +162,11 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
       leaseAckedAt: null,
       progressStep: null,
       progressTotal: null,
+      // A running job shows no error: a previous attempt's is history, not its state.
+      errorCode: null,
+      errorMessage: null,
     })
-    .where(and(sql`${jobs.id} = ${pick}`, eq(jobs.status, "queued")))
+    .where(and(sql`${jobs.id} = ${pick}`, eq(jobs.status, "queued"), sql`${held} < ${r.capacity}`))
     .returning();
   return row;
 }
@@ -168,8 +182,8 @@ export async function expireLeases(db: Db, now: number): Promise<Job[]> {
     .update(jobs)
     .set({
       status: sql`CASE WHEN ${exhausted} THEN 'failed' ELSE 'queued' END`,
-      errorCode: sql`CASE WHEN ${exhausted} THEN 'lease_expired' ELSE ${jobs.errorCode} END`,
-      errorMessage: sql`CASE WHEN ${exhausted} THEN 'The runner working on this job stopped answering, ' || ${jobs.attempts} || ' times; the job was given up.' ELSE ${jobs.errorMessage} END`,
+      errorCode: sql`CASE WHEN ${exhausted} THEN 'lease_expired' ELSE NULL END`,
+      errorMessage: sql`CASE WHEN ${exhausted} THEN 'The runner working on this job stopped answering, ' || ${jobs.attempts} || ' times; the job was given up.' ELSE NULL END`,
       finishedAt: sql`CASE WHEN ${exhausted} THEN ${now} ELSE NULL END`,
       leaseId: null,
       leaseOwner: null,
@@ -266,19 +280,22 @@ export async function completeJob(db: Db, c: Completion): Promise<Job | undefine
 
 /**
  * Fails a job held by this lease; a retryable failure goes back to the queue while attempts remain. A lease handed
- * back before it was acknowledged (a runner stopping as the job arrived) counted no attempt and costs none.
+ * back before it was acknowledged (a runner stopping as the job arrived) counted no attempt and costs none; nor does
+ * one handed back with `refund` (the store failed, not the job): it goes back whatever its attempts, uncounted.
  */
 export async function failJob(
   db: Db,
-  f: { id: string; runnerId: string; leaseId: string; now: number; code: string; message: string; retryable: boolean },
+  f: { id: string; runnerId: string; leaseId: string; now: number; code: string; message: string; retryable: boolean; refund?: boolean },
 ): Promise<Job | undefined> {
-  const retry = f.retryable ? sql`${jobs.attempts} < ${jobs.maxAttempts}` : sql`0`;
+  const retry = f.refund ? sql`1` : f.retryable ? sql`${jobs.attempts} < ${jobs.maxAttempts}` : sql`0`;
   const [row] = await db
     .update(jobs)
     .set({
+      ...(f.refund ? { attempts: sql`${jobs.attempts} - (${jobs.leaseAckedAt} IS NOT NULL)` } : {}),
       status: sql`CASE WHEN ${retry} THEN 'queued' ELSE 'failed' END`,
-      errorCode: f.code,
-      errorMessage: f.message,
+      // A requeued job is waiting, not failed: the attempt's error is not its state.
+      errorCode: sql`CASE WHEN ${retry} THEN NULL ELSE ${f.code} END`,
+      errorMessage: sql`CASE WHEN ${retry} THEN NULL ELSE ${f.message} END`,
       finishedAt: sql`CASE WHEN ${retry} THEN NULL ELSE ${f.now} END`,
       leaseId: sql`CASE WHEN ${retry} THEN NULL ELSE ${jobs.leaseId} END`,
       leaseOwner: sql`CASE WHEN ${retry} THEN NULL ELSE ${jobs.leaseOwner} END`,

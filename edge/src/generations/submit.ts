@@ -1,6 +1,7 @@
 /** Creating a generation: the request as the job will run it, within the tenant's caps, exactly once per Idempotency-Key. */
 import { addonsTable, jobsTable, modelsTable, type Db } from "@imagegen/db";
-import { formatAddonRef, MAX_SEED, ModelSpec, parseAddonRef, type CreateGenerationBody, type GenerationRequest } from "@imagegen/contracts";
+import { CONTROL_IMAGE_PREFIX, formatAddonRef, MAX_CONTROL_PIXELS, MAX_SEED, ModelSpec, parseAddonRef, type CreateGenerationBody, type GenerationRequest } from "@imagegen/contracts";
+import { PNG_HEADER_BYTES, plainPngProblem, readPngHeader } from "@imagegen/formats/png";
 import type { Context } from "hono";
 import { requireScope } from "../auth/middleware.ts";
 import type { AppEnv } from "../context.ts";
@@ -8,6 +9,21 @@ import { ApiError } from "../errors.ts";
 import { announce, announcerOf } from "../jobs/announce.ts";
 import { canonicalJson, sha256Hex } from "../lib/crypto.ts";
 import { newId } from "../lib/ids.ts";
+import { assertWebhookDestination } from "../webhooks/endpoints.ts";
+
+/**
+ * Why the runner would refuse this control image (a data: URL the schema has let through), or undefined. Only the
+ * PNG's header is decoded: the pixels are the runner's to decode, but a file that is not a plain PNG fails here.
+ */
+export function controlImageProblem(dataUrl: string): string | undefined {
+  // 44 base64 characters are 33 bytes: exactly the signature and the image header.
+  const head = dataUrl.slice(CONTROL_IMAGE_PREFIX.length, CONTROL_IMAGE_PREFIX.length + Math.ceil(PNG_HEADER_BYTES / 3) * 4);
+  try {
+    return plainPngProblem(readPngHeader(Uint8Array.from(atob(head), (ch) => ch.charCodeAt(0))), MAX_CONTROL_PIXELS);
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
 
 /** Applies the model's limits and defaults, resolves add-ons, and picks a seed: the request as the job runs it. */
 async function normalise(db: Db, tenantId: string, body: CreateGenerationBody, modelId: string): Promise<{ request: GenerationRequest; addonRefs: string[] }> {
@@ -44,6 +60,10 @@ async function normalise(db: Db, tenantId: string, body: CreateGenerationBody, m
   if (body.controlnets.length && !spec.supports_controlnet) {
     throw ApiError.invalid("unsupported_addon", `Model '${model.id}' does not take ControlNets.`, "controlnets");
   }
+  body.controlnets.forEach((cn, i) => {
+    const problem = controlImageProblem(cn.image);
+    if (problem) throw ApiError.invalid("invalid_control_image", `controlnets[${i}].image: ${problem}`, `controlnets[${i}].image`);
+  });
 
   const resolve = async (ref: string, kind: "lora" | "controlnet", param: string) => {
     const { id, version } = parseAddonRef(ref);
@@ -95,12 +115,14 @@ function secondsToUtcMidnight(now: number): number {
 /**
  * Validates, normalises and queues a generation for the authenticated tenant (or finds the job an earlier request
  * with the same Idempotency-Key created), within the tenant's caps, and announces it. Shared by
- * `/v1/generations` and the OpenAI-compatible `/v1/images/generations`.
+ * `/v1/generations` and the OpenAI-compatible `/v1/images/generations`. `retrySince`: the request is a client's
+ * automatic retry without a key, so the newest job this API key created since then from the same body is its job.
  */
 export async function submitGeneration(
   c: Context<AppEnv>,
   body: CreateGenerationBody,
   idempotencyKey: string | undefined,
+  retrySince?: number,
 ): Promise<{ job: jobsTable.Job; replayed: boolean }> {
   requireScope(c, "generations:write");
   const { tenant, key } = c.var.auth;
@@ -115,7 +137,11 @@ export async function submitGeneration(
   if (idempotencyKey) {
     const existing = await jobsTable.findByIdempotencyKey(db, tenant.id, idempotencyKey);
     if (existing) return replay(existing);
+  } else if (retrySince !== undefined) {
+    const existing = await jobsTable.findRecentByRequestHash(db, tenant.id, key.id, requestHash, retrySince);
+    if (existing) return { job: existing, replayed: true };
   }
+  if (body.webhook_url) assertWebhookDestination(c.env, body.webhook_url, "webhook_url");
   const { request, addonRefs } = await normalise(db, tenant.id, body, body.model ?? settings.defaultModel);
   const now = Date.now();
   let outcome: jobsTable.InsertOutcome;

@@ -1,6 +1,6 @@
 /** `/v1/generations`: create (with `Prefer: wait`), get, list, cancel, re-sign an image URL, follow as SSE. */
 import { createRoute, z } from "@hono/zod-openapi";
-import { jobsTable } from "@imagegen/db";
+import { apiKeysTable, jobsTable } from "@imagegen/db";
 import { CreateGenerationBody, errorResponses, Generation, GenerationList, IdParam, iso, ListGenerationsQuery, SignedImageUrl, SignImageBody } from "@imagegen/contracts";
 import { requireScope } from "../auth/middleware.ts";
 import { router } from "../context.ts";
@@ -23,6 +23,7 @@ function preferWait(header: string | undefined): number | undefined {
 const create = createRoute({
   method: "post",
   path: "/generations",
+  operationId: "createGeneration",
   tags: ["generations"],
   summary: "Create a generation",
   description:
@@ -44,6 +45,7 @@ const create = createRoute({
 const get = createRoute({
   method: "get",
   path: "/generations/{id}",
+  operationId: "getGeneration",
   tags: ["generations"],
   summary: "Get a generation",
   request: { params: IdParam("generation id", "gen_01hzy3k8m2q9w7e4r5t6y7u8i9") },
@@ -53,6 +55,7 @@ const get = createRoute({
 const list = createRoute({
   method: "get",
   path: "/generations",
+  operationId: "listGenerations",
   tags: ["generations"],
   summary: "List generations, newest first",
   request: { query: ListGenerationsQuery },
@@ -62,6 +65,7 @@ const list = createRoute({
 const cancel = createRoute({
   method: "post",
   path: "/generations/{id}/cancel",
+  operationId: "cancelGeneration",
   tags: ["generations"],
   summary: "Cancel a queued or running generation",
   request: { params: IdParam("generation id", "gen_01hzy3k8m2q9w7e4r5t6y7u8i9") },
@@ -74,12 +78,14 @@ const cancel = createRoute({
 const sign = createRoute({
   method: "post",
   path: "/generations/{id}/images/{index}/url",
+  operationId: "signGenerationImageUrl",
   tags: ["generations"],
   summary: "Sign a new GET URL for an image, with its own lifetime",
   request: {
     params: z.object({
       id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" } }),
-      index: z.coerce.number().int().min(0).max(63).openapi({ param: { name: "index", in: "path" } }),
+      // Coerced from the path's text, so the generator would call it optional and nullable: a path parameter never is.
+      index: z.coerce.number().int().min(0).max(63).openapi({ param: { name: "index", in: "path", required: true }, type: "integer", minimum: 0, maximum: 63 }),
     }),
     body: { content: { "application/json": { schema: SignImageBody } }, required: false },
   },
@@ -89,29 +95,33 @@ const sign = createRoute({
 const events = createRoute({
   method: "get",
   path: "/generations/{id}/events",
+  operationId: "streamGenerationEvents",
   tags: ["generations"],
   summary: "Follow a generation as server-sent events",
   description:
-    "Sends `generation` events (the whole generation object) whenever its status or progress changes, and closes after the final state. A comment line every 15 s keeps idle connections open.",
+    "Sends `generation` events (the whole generation object) whenever its status or progress changes, and closes after the final state, or once the key it was opened with is revoked or expires. A comment line every 15 s keeps idle connections open.",
   request: { params: IdParam("generation id", "gen_01hzy3k8m2q9w7e4r5t6y7u8i9") },
   responses: { 200: { description: "An event stream", content: { "text/event-stream": { schema: z.string() } } }, ...errorResponses(401, 404, 429) },
 });
 
 const KEEPALIVE_MS = 15_000;
+/** How often an idle stream checks that its key still authenticates (a revocation rings no job's doorbell). */
+const KEY_CHECK_MS = 5_000;
 
 export const generations = router()
   .openapi(create, async (c) => {
     const headers = c.req.valid("header");
     const { job, replayed } = await submitGeneration(c, c.req.valid("json"), headers["idempotency-key"]);
-    if (replayed) {
-      c.header("Idempotent-Replayed", "true");
-      return c.json(await loadPresentedJob(c.env, c.var.db, job), 200);
-    }
     let current = job;
+    // A retry after a dropped answer waits as the first request did: it is the same request.
     const wait = preferWait(headers.prefer);
     if (wait !== undefined) {
       c.header("Preference-Applied", `wait=${wait}`);
       current = (await waitForJob(c.env, c.var.db, c.var.auth.tenant.id, job.id, wait)) ?? job;
+    }
+    if (replayed) {
+      c.header("Idempotent-Replayed", "true");
+      return c.json(await loadPresentedJob(c.env, c.var.db, current), 200);
     }
     c.header("Location", `/v1/generations/${current.id}`);
     return c.json(await loadPresentedJob(c.env, c.var.db, current), TERMINAL.has(current.status) ? 200 : 202);
@@ -158,21 +168,30 @@ export const generations = router()
     const first = await jobsTable.getJob(c.var.db, tenantId, id);
     if (!first) throw ApiError.notFound("generation", id, "id");
     const encoder = new TextEncoder();
-    const changes = followJob(c.env, c.var.db, tenantId, id, { idleMs: KEEPALIVE_MS });
+    const changes = followJob(c.env, c.var.db, tenantId, id, { idleMs: KEY_CHECK_MS });
     const present = (job: jobsTable.Job) => loadPresentedJob(c.env, c.var.db, job);
+    const keyId = c.var.auth.key.id;
     const stream = new ReadableStream<Uint8Array>({
       async start(controller) {
-        let last = "";
+        // The state is the event's id: a client reconnecting with Last-Event-ID is not sent that state again.
+        let last = c.req.header("last-event-id") ?? "";
+        let lastWrite = Date.now();
         try {
           for await (const job of changes) {
+            // The stream reads with its key: once the key is revoked or expired (or the tenant suspended), it ends.
+            if (!(await apiKeysTable.isLive(c.var.db, tenantId, keyId, Date.now()))) break;
             if (!job) {
-              controller.enqueue(encoder.encode(": keep-alive\n\n"));
+              if (Date.now() - lastWrite >= KEEPALIVE_MS) {
+                controller.enqueue(encoder.encode(": keep-alive\n\n"));
+                lastWrite = Date.now();
+              }
               continue;
             }
             const state = `${job.status}|${job.progressStep}|${job.progressTotal}|${job.attempts}`;
             if (state === last) continue;
             last = state;
-            controller.enqueue(encoder.encode(`event: generation\ndata: ${JSON.stringify(await present(job))}\n\n`));
+            controller.enqueue(encoder.encode(`id: ${state}\nevent: generation\ndata: ${JSON.stringify(await present(job))}\n\n`));
+            lastWrite = Date.now();
           }
         } finally {
           controller.close();
