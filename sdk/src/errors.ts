@@ -14,8 +14,9 @@ export class APIError extends ImageGenError {
   readonly requestId: string | undefined;
   readonly headers: Headers;
 
-  constructor(status: number, body: ErrorBody | undefined, headers: Headers) {
-    super(body?.error.message ?? `HTTP ${status}`);
+  constructor(status: number, body: ErrorBody | undefined, headers: Headers, url?: string) {
+    // An answer without the API's error envelope is most often another server answering: a wrong base URL.
+    super(body?.error?.message ?? `HTTP ${status} from ${url ?? "the server"}, which did not answer as the imagegen API (is the base URL right?)`);
     this.status = status;
     this.type = body?.error.type ?? "api_error";
     this.code = body?.error.code ?? "http_error";
@@ -34,12 +35,30 @@ export class UnprocessableEntityError extends APIError { override readonly name 
 export class RateLimitError extends APIError { override readonly name = "RateLimitError"; }
 export class InternalServerError extends APIError { override readonly name = "InternalServerError"; }
 
-/** The network failed (or timed out) before an answer came. */
+/** The network failed before an answer came (the base URL names no reachable server, a dropped connection). */
 export class APIConnectionError extends ImageGenError {
-  override readonly name = "APIConnectionError";
+  override readonly name: string = "APIConnectionError";
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
   }
+}
+
+/** No answer within the timeout (the client's, or the request's own). A connection error, so it is retried. */
+export class APITimeoutError extends APIConnectionError {
+  override readonly name = "APITimeoutError";
+}
+
+/** The caller aborted the request through its `signal`; never retried. */
+export class APIUserAbortError extends ImageGenError {
+  override readonly name = "APIUserAbortError";
+  constructor(message = "the request was aborted", options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** A webhook whose signature or timestamp does not check out (`webhooks.verify`). */
+export class WebhookVerificationError extends ImageGenError {
+  override readonly name = "WebhookVerificationError";
 }
 
 /** A generation ended without images (failed or canceled) where images were awaited. */
@@ -54,7 +73,7 @@ export class GenerationFailedError extends ImageGenError {
   }
 }
 
-export function makeError(status: number, body: ErrorBody | undefined, headers: Headers): APIError {
+export function makeError(status: number, body: ErrorBody | undefined, headers: Headers, url?: string): APIError {
   const Class =
     status === 400 || status === 413 || status === 415 ? BadRequestError
     : status === 401 ? AuthenticationError
@@ -65,5 +84,5 @@ export function makeError(status: number, body: ErrorBody | undefined, headers: 
     : status === 429 ? RateLimitError
     : status >= 500 ? InternalServerError
     : APIError;
-  return new Class(status, body, headers);
+  return new Class(status, body, headers, url);
 }

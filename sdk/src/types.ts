@@ -8,6 +8,7 @@ import type { ErrorBody as ContractErrorBody } from "@imagegen/contracts/errors"
 import type * as Gen from "@imagegen/contracts/generations";
 import type * as Keys from "@imagegen/contracts/keys";
 import type * as Models from "@imagegen/contracts/models";
+import type * as Webhooks from "@imagegen/contracts/webhooks";
 
 export type CreateGenerationParams = z.input<typeof Gen.CreateGenerationBody>;
 export type Generation = z.infer<typeof Gen.Generation>;
@@ -26,3 +27,5 @@ export type CreateKeyParams = z.input<typeof Keys.CreateKeyBody>;
 /** The server's error body; `type` stays open: the SDK adds its own (`storage_error`) and a newer server may add more. */
 export type ErrorBody = { error: Omit<ContractErrorBody["error"], "type"> & { type: ContractErrorBody["error"]["type"] | (string & {}) } };
 export type List<T> = { object: "list"; data: T[] };
+export type WebhookSecret = z.infer<typeof Webhooks.WebhookSecret>;
+export type WebhookDelivery = z.infer<typeof Webhooks.WebhookDelivery>;

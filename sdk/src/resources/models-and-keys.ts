@@ -1,4 +1,5 @@
-import type { Core, RequestOptions } from "../core.ts";
+import type { Core, RequestOptions, WithRequestId } from "../core.ts";
+import { PagePromise } from "../pagination.ts";
 import type { ApiKey, CreatedApiKey, CreateKeyParams, List, Model } from "../types.ts";
 
 export class Models {
@@ -6,10 +7,10 @@ export class Models {
   constructor(core: Core) {
     this.core = core;
   }
-  async list(opts: RequestOptions = {}): Promise<List<Model>> {
-    return (await this.core.request<List<Model>>("GET", "/v1/models", opts)).data;
+  list(opts: RequestOptions = {}): PagePromise<List<Model>> {
+    return new PagePromise(async () => (await this.core.request<List<Model>>("GET", "/v1/models", opts)).data);
   }
-  async get(id: string, opts: RequestOptions = {}): Promise<Model> {
+  async get(id: string, opts: RequestOptions = {}): Promise<WithRequestId<Model>> {
     return (await this.core.request<Model>("GET", `/v1/models/${encodeURIComponent(id)}`, opts)).data;
   }
 }
@@ -19,14 +20,14 @@ export class Keys {
   constructor(core: Core) {
     this.core = core;
   }
-  async list(opts: RequestOptions = {}): Promise<List<ApiKey>> {
-    return (await this.core.request<List<ApiKey>>("GET", "/v1/keys", opts)).data;
+  list(opts: RequestOptions = {}): PagePromise<List<ApiKey>> {
+    return new PagePromise(async () => (await this.core.request<List<ApiKey>>("GET", "/v1/keys", opts)).data);
   }
   /** The answer carries `secret`, shown this once. */
-  async create(params: CreateKeyParams = {}, opts: RequestOptions = {}): Promise<CreatedApiKey> {
+  async create(params: CreateKeyParams = {}, opts: RequestOptions = {}): Promise<WithRequestId<CreatedApiKey>> {
     return (await this.core.request<CreatedApiKey>("POST", "/v1/keys", { ...opts, body: params })).data;
   }
-  async revoke(id: string, opts: RequestOptions = {}): Promise<ApiKey> {
+  async revoke(id: string, opts: RequestOptions = {}): Promise<WithRequestId<ApiKey>> {
     return (await this.core.request<ApiKey>("DELETE", `/v1/keys/${encodeURIComponent(id)}`, opts)).data;
   }
 }
