@@ -1,0 +1,133 @@
+"""Writes src/imagegen/types.py from the public OpenAPI document (contracts/openapi/public.json), which is itself
+generated from the zod schemas the edge validates with: the Python types are derived, never declared by hand.
+
+Answers (objects the server sends) become dataclasses; request bodies (strict objects, `additionalProperties:
+false`) become TypedDicts a caller fills with keyword arguments; string enums become Literal aliases.
+
+    python3 scripts/gen_types.py            # rewrite the module
+    python3 scripts/gen_types.py --check    # exit 1 when the module is stale (tests run this)
+"""
+
+import json
+import keyword
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SPEC = HERE.parents[1] / "contracts/openapi/public.json"
+OUT = HERE.parent / "src/imagegen/types.py"
+# Names that would read badly or clash in Python.
+RENAME = {"Error": "ErrorBody", "AddonUploadUpload": "PresignedUpload"}
+SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bool"}
+
+
+def camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.replace("-", "_").split("_"))
+
+
+class Generator:
+    def __init__(self, spec: dict):
+        self.schemas = spec["components"]["schemas"]
+        self.blocks: list[str] = []
+        self.done: set[str] = set()
+        # Inside a TypedDict, nested objects stay dicts too (the parser does not descend into TypedDicts).
+        self.in_dict = False
+
+    def name(self, raw: str) -> str:
+        return RENAME.get(raw, raw)
+
+    def type_of(self, schema: dict, owner: str) -> str:
+        """The Python annotation for `schema`; inline objects are emitted as classes named after `owner`."""
+        if "$ref" in schema:
+            ref = schema["$ref"].rsplit("/", 1)[1]
+            self.emit(ref, self.schemas[ref])
+            return self.name(ref)
+        if "oneOf" in schema or "anyOf" in schema:
+            options = schema.get("oneOf") or schema.get("anyOf")
+            return " | ".join(self.type_of(o, f"{owner}{i + 1}") for i, o in enumerate(options))
+        kind = schema.get("type")
+        nullable = isinstance(kind, list) and "null" in kind
+        if isinstance(kind, list):
+            kind = next(k for k in kind if k != "null")
+        if "enum" in schema:
+            t = "Literal[" + ", ".join(json.dumps(v) for v in schema["enum"]) + "]"
+        elif kind == "array":
+            t = f"list[{self.type_of(schema.get('items', {}), owner.removesuffix('s'))}]"
+        elif kind == "object" and "properties" in schema:
+            props = schema["properties"]
+            if not all(p.isidentifier() and not keyword.iskeyword(p) for p in props):
+                # Keyed by open names (sampler names): a mapping of one shape.
+                first = next(iter(props.values()))
+                t = f"dict[str, {self.type_of(first, owner.removesuffix('s'))}]"
+            else:
+                self.emit(owner, schema)
+                t = self.name(owner)
+        elif kind == "object":
+            extra = schema.get("additionalProperties")
+            t = f"dict[str, {self.type_of(extra, owner) if isinstance(extra, dict) and extra else 'Any'}]"
+        else:
+            t = SCALARS.get(kind, "Any")
+        return f"{t} | None" if nullable else t
+
+    def emit(self, raw: str, schema: dict) -> None:
+        name = self.name(raw)
+        if name in self.done:
+            return
+        self.done.add(name)
+        doc = schema.get("description")
+        if "enum" in schema and schema.get("type") == "string":
+            self.blocks.append(f"{name} = {self.type_of(schema, raw)}")
+            return
+        if "oneOf" in schema:
+            self.blocks.append(f"{name} = {self.type_of(schema, raw)}")
+            return
+        base = "object"
+        if "allOf" in schema:
+            parent, own = schema["allOf"]
+            base = self.type_of(parent, raw)
+            schema = own
+        props = schema.get("properties", {})
+        required = set(schema.get("required", []))
+        lines = []
+        strict = schema.get("additionalProperties") is False or self.in_dict
+        outer, self.in_dict = self.in_dict, strict
+        for prop, sub in props.items():
+            t = self.type_of(sub, raw + camel(prop))
+            if strict:
+                lines.append(f"    {prop}: {t if prop in required else f'NotRequired[{t}]'}")
+            else:
+                lines.append(f"    {prop}: {t}" + ("" if prop in required else " | None = None"))
+        self.in_dict = outer
+        parent = "" if base == "object" else f"({base})"
+        head = f"class {name}(TypedDict):" if strict else f"@dataclass(kw_only=True)\nclass {name}{parent}:"
+        body = [f'    """{doc}"""'] if doc else []
+        self.blocks.append("\n".join([head, *body, *(lines or ["    pass"])]))
+
+    def run(self) -> str:
+        for raw, schema in self.schemas.items():
+            self.emit(raw, schema)
+        header = [
+            '"""The API\'s types. Generated by scripts/gen_types.py from contracts/openapi/public.json: do not edit."""',
+            "",
+            "from __future__ import annotations",
+            "",
+            "from dataclasses import dataclass",
+            "from typing import Any, Literal, NotRequired, TypedDict",
+            "",
+        ]
+        return "\n".join(header) + "\n" + "\n\n\n".join(self.blocks) + "\n"
+
+
+def main() -> int:
+    text = Generator(json.loads(SPEC.read_text())).run()
+    if "--check" in sys.argv:
+        if OUT.read_text() != text:
+            print(f"{OUT} is stale: run python3 sdk-python/scripts/gen_types.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
