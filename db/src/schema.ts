@@ -12,6 +12,7 @@ import {
   USER_ROLES,
   VISIBILITIES,
   WEBHOOK_DELIVERY_STATUSES,
+  WEBHOOK_EVENT_TYPES,
 } from "@imagegen/contracts/enums";
 import type { AddonDetails } from "@imagegen/contracts/addons";
 import type { GenerationRequest, Provenance, Timings } from "@imagegen/contracts/generations";
@@ -30,7 +31,11 @@ export const tenants = sqliteTable("tenants", {
   maxImagesPerDay: integer("max_images_per_day"),
   rateLimitPerMinute: integer("rate_limit_per_minute"),
   retentionDays: integer("retention_days"),
-  /** Signs this tenant's webhook deliveries (HMAC-SHA256); made on first use, rotatable. */
+  maxApiKeys: integer("max_api_keys"),
+  /**
+   * Signs deliveries to a request's `webhook_url`; made on first use, rotatable. Sealed (AES-GCM under the
+   * Worker's WEBHOOK_SECRET_KEY, see edge/src/webhooks/secrets.ts); rows from before sealing hold `whsec_…`.
+   */
   webhookSecret: text("webhook_secret"),
   createdAt: integer("created_at").notNull(),
 });
@@ -199,6 +204,8 @@ export const runners = sqliteTable("runners", {
   models: text("models", { mode: "json" }).$type<string[]>().notNull().default(sql`'[]'`),
   lastSeenAt: integer("last_seen_at"),
   createdAt: integer("created_at").notNull(),
+  /** Set when the operator revoked the runner: its token hash is replaced then, so no token authenticates it. */
+  revokedAt: integer("revoked_at"),
 });
 
 export const webhookEndpoints = sqliteTable(
@@ -207,8 +214,10 @@ export const webhookEndpoints = sqliteTable(
     id: text("id").primaryKey(),
     tenantId: text("tenant_id").notNull().references(() => tenants.id),
     url: text("url").notNull(),
+    /** The signing secrets (current, and the one a rotation replaced until it expires), sealed like tenants.webhookSecret. */
     secret: text("secret").notNull(),
-    events: text("events", { mode: "json" }).$type<string[]>().notNull(),
+    /** Event types (WEBHOOK_EVENT_TYPES) this endpoint receives. */
+    events: text("events", { mode: "json" }).$type<(typeof WEBHOOK_EVENT_TYPES)[number][]>().notNull(),
     disabledAt: integer("disabled_at"),
     createdAt: integer("created_at").notNull(),
   },

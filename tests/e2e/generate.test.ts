@@ -1,4 +1,4 @@
-import { createHash, createHmac } from "node:crypto";
+import { createHash } from "node:crypto";
 import { createServer } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodePng } from "@imagegen/gpu-runner/png";
@@ -8,8 +8,9 @@ import { fileURLToPath } from "node:url";
 import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { writeTar } from "@imagegen/formats/tar";
 import { ImageEvaluator } from "@imagegen/gpu-runner/evaluator";
-import { AuthenticationError, ImageGen, NotFoundError } from "../../sdk/src/index.ts";
+import { AuthenticationError, ImageGen, NotFoundError } from "@imagegen/sdk";
 import OpenAI from "openai";
+import { Webhook } from "standardwebhooks";
 import { api, presignGet, startStack, type Stack } from "./stack.ts";
 
 let stack: Stack;
@@ -89,9 +90,10 @@ describe("the whole stack, on loopback", () => {
     const again = await api(stack, "POST", "/v1/generations", stack.apiKey, { ...body, seed: 10, loras: loras.map((l: any) => ({ id: l.id, scale: 0.8 })) }, { prefer: "wait=60" });
     expect(again.body.status).toBe("succeeded");
     const bad = await api(stack, "POST", "/v1/generations", stack.apiKey, { ...body, controlnets: [{ id: controlnet.id, image: "data:image/png;base64,AAAA", scale: 1 }] }, { prefer: "wait=60" });
-    expect(bad.body.status).toBe("failed");
+    // Refused at the door (issue 20, defect 10), not failed later at the runner.
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.param).toBe("controlnets[0].image");
     expect(bad.body.error.message).toMatch(/controlnets\[0\]\.image: not a PNG/);
-    expect(bad.body.attempts).toBe(1);
   });
 
   it("on the trained default model, the mask ControlNet places the prompted shape and two style LoRAs add their styles (evaluator)", async (ctx) => {
@@ -246,38 +248,49 @@ describe("the whole stack, on loopback", () => {
     expect(wrongKey).toBeInstanceOf(OpenAI.AuthenticationError);
   });
 
-  it("a webhook reaches the tenant's endpoint, signed with its secret", async () => {
-    const received: Array<{ headers: Record<string, string | string[] | undefined>; body: string }> = [];
+  it("webhooks reach the request's webhook_url and a registered endpoint, verified by the official Standard Webhooks library, retried without a cron", async () => {
+    const received: Array<{ path: string; headers: Record<string, string>; body: string }> = [];
     const receiver = createServer((req, res) => {
       let body = "";
       req.on("data", (d) => (body += d));
       req.on("end", () => {
-        received.push({ headers: req.headers, body });
-        res.writeHead(received.length === 1 ? 500 : 204).end(); // the first attempt fails: redelivered below
+        received.push({ path: req.url!, headers: req.headers as Record<string, string>, body });
+        const forPath = received.filter((r) => r.path === req.url).length;
+        res.writeHead(req.url === "/hooks" && forPath === 1 ? 500 : 204).end(); // the first attempt fails: retried below
       });
     });
     await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", r));
+    const base = `http://127.0.0.1:${(receiver.address() as { port: number }).port}`;
+    const waitFor = async (n: number, path: string, ms: number) => {
+      const deadline = Date.now() + ms;
+      while (received.filter((r) => r.path === path).length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      return received.filter((r) => r.path === path);
+    };
     try {
-      const url = `http://127.0.0.1:${(receiver.address() as { port: number }).port}/hooks`;
       const secret = (await api(stack, "GET", "/v1/webhooks/secret", stack.apiKey)).body.secret as string;
-      const g = await api(stack, "POST", "/v1/generations", stack.apiKey, { model: stack.defaultModel, prompt: "a small red circle", seed: 8, webhook_url: url }, { prefer: "wait=60" });
+      const endpoint = (await api(stack, "POST", "/v1/webhooks/endpoints", stack.apiKey, { url: `${base}/endpoint`, events: ["generation.succeeded"] })).body;
+      const g = await api(stack, "POST", "/v1/generations", stack.apiKey, { model: stack.defaultModel, prompt: "a small red circle", seed: 8, webhook_url: `${base}/hooks` }, { prefer: "wait=60" });
       expect(g.body.status).toBe("succeeded");
-      const deadline = Date.now() + 10_000;
-      while (received.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      const first = received[0]!;
-      const [, t, v1] = String(first.headers["imagegen-signature"]).match(/^t=(\d+),v1=([0-9a-f]{64})$/)!;
-      expect(createHmac("sha256", secret).update(`${t}.${first.body}`).digest("hex")).toBe(v1);
-      expect(Math.abs(Number(t) - Date.now() / 1000)).toBeLessThan(60);
-      const payload = JSON.parse(first.body);
+      const [first] = await waitFor(1, "/hooks", 10_000);
+      const payload = new Webhook(secret).verify(first!.body, first!.headers) as any;
       expect(payload).toMatchObject({ type: "generation.succeeded", data: { id: g.body.id, status: "succeeded" } });
       expect(payload.data.images[0].sha256).toBe(g.body.images[0].sha256);
+      const [atEndpoint] = await waitFor(1, "/endpoint", 10_000);
+      expect(new Webhook(endpoint.secret).verify(atEndpoint!.body, atEndpoint!.headers)).toMatchObject({ type: "generation.succeeded", data: { id: g.body.id } });
+      expect(() => new Webhook(secret).verify(atEndpoint!.body, atEndpoint!.headers)).toThrow();
+      await api(stack, "DELETE", `/v1/webhooks/endpoints/${endpoint.id}`, stack.apiKey);
+
+      // The failed first attempt comes again by itself after the first backoff (5 s ± 20%): wrangler dev runs no cron.
+      const attempts = await waitFor(2, "/hooks", 20_000);
+      expect(attempts).toHaveLength(2);
+      expect(attempts[1]!.headers["webhook-id"]).toBe(first!.headers["webhook-id"]);
+      expect(new Webhook(secret).verify(attempts[1]!.body, attempts[1]!.headers)).toMatchObject({ id: payload.id });
       const deliveries = (await api(stack, "GET", "/v1/webhooks/deliveries", stack.apiKey)).body.data;
-      const d = deliveries.find((x: any) => x.generation_id === g.body.id);
-      expect(d).toMatchObject({ status: "pending", attempts: 1, last_response_status: 500 });
+      const d = deliveries.find((x: any) => x.generation_id === g.body.id && x.endpoint_id === null);
+      expect(d).toMatchObject({ id: first!.headers["webhook-id"], status: "delivered", attempts: 2, last_response_status: 204 });
       const again = await api(stack, "POST", `/v1/webhooks/deliveries/${d.id}/redeliver`, stack.apiKey);
-      expect(again.body).toMatchObject({ status: "delivered", attempts: 2, last_response_status: 204 });
-      expect(received).toHaveLength(2);
-      expect(received[1]!.headers["imagegen-delivery"]).toBe(d.id);
+      expect(again.body).toMatchObject({ status: "delivered", attempts: 3, last_response_status: 204 });
+      expect(await waitFor(3, "/hooks", 1_000)).toHaveLength(3);
     } finally {
       receiver.close();
     }
