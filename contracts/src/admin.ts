@@ -1,7 +1,7 @@
 /** The operator's API (`/admin/v1`): tenants, runners, add-ons registered from storage. */
 import { z } from "@hono/zod-openapi";
 import { AddonKind, AddonName, AddonVersionStatus, Sha256, Visibility } from "./addons.ts";
-import { TENANT_STATUSES } from "./enums.ts";
+import { RUNNER_STATUSES, TENANT_STATUSES } from "./enums.ts";
 
 export const TenantStatus = z.enum(TENANT_STATUSES);
 export type TenantStatus = z.infer<typeof TenantStatus>;
@@ -12,6 +12,8 @@ export const Limits = z
     max_images_per_day: z.number().int().min(1).max(10_000_000).nullable().optional(),
     rate_limit_per_minute: z.number().int().min(1).max(1_000_000).nullable().optional(),
     retention_days: z.number().int().min(1).max(3650).nullable().optional(),
+    /** Unrevoked, unexpired API keys a tenant may hold at once (keys it mints itself included). */
+    max_api_keys: z.number().int().min(1).max(10_000).nullable().optional(),
   })
   .strict();
 
@@ -36,6 +38,7 @@ export const Tenant = z
       max_images_per_day: z.number().int(),
       rate_limit_per_minute: z.number().int(),
       retention_days: z.number().int(),
+      max_api_keys: z.number().int(),
     }),
     created_at: z.string(),
   })
@@ -46,19 +49,29 @@ export const CreateRunnerBody = z
   .strict()
   .openapi("CreateRunner");
 
+export const RunnerStatus = z.enum(RUNNER_STATUSES);
+
 export const Runner = z
   .object({
     id: z.string(),
     object: z.literal("runner"),
     name: z.string(),
-    status: z.string(),
+    /** `disabled` runners are refused until enabled again; `revoked` is final (the token is gone). */
+    status: RunnerStatus,
+    /** The most jobs it may hold at once; a lease may declare fewer, never more. */
     capacity: z.number().int(),
+    /** Leases it holds now (unexpired). */
+    active_leases: z.number().int(),
     warm_addons: z.array(z.string()),
     models: z.array(z.string()),
     last_seen_at: z.string().nullable(),
+    created_at: z.string(),
+    revoked_at: z.string().nullable(),
   })
   .openapi("Runner");
+/** Registration and rotation answer with the token, once: only its hash is stored. */
 export const CreatedRunner = Runner.extend({ token: z.string() }).openapi("CreatedRunner");
+export const RunnerList = z.object({ object: z.literal("list"), data: z.array(Runner) }).openapi("RunnerList");
 
 /** Registers an add-on whose file is already in storage (demo add-ons, migrations); tenants upload instead. */
 export const RegisterAddonBody = z

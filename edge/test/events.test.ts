@@ -97,4 +97,17 @@ describe("generation events (SSE)", () => {
     expect((await next()).status).toBe("canceled");
     expect(await next()).toBeUndefined();
   });
+  it("a stream ends when the key it was opened with is revoked", async () => {
+    await registerModel("sse-revoke-model");
+    const t = await newTenant("sse-revoke");
+    const runner = await newRunner("sse-revoke");
+    const extra = await call("POST", "/v1/keys", { token: t.key, body: { name: "watcher" } });
+    const job = await generate(t.key, { model: "sse-revoke-model" });
+    const next = eventReader(await follow(extra.body.secret, job.body.id));
+    expect((await next()).status).toBe("queued");
+    expect((await call("DELETE", `/v1/keys/${extra.body.id}`, { token: t.key })).status).toBe(200);
+    // The next change would be news to the revoked key: the stream ends instead of telling it.
+    expect((await lease(runner.token, { models: ["sse-revoke-model"] })).status).toBe(200);
+    expect(await next()).toBeUndefined();
+  });
 });

@@ -70,8 +70,9 @@ export async function newTenant(name: string, limits: Record<string, number> = {
   return { id: t.body.id as string, key: k.body.secret as string, keyId: k.body.id as string };
 }
 
-export async function newRunner(name = "runner") {
-  const r = await call("POST", "/admin/v1/runners", { token: ADMIN, body: { name } });
+/** Test runners may hold many leases at once (one stands in for several); capacity tests pass their own. */
+export async function newRunner(name = "runner", capacity = 64) {
+  const r = await call("POST", "/admin/v1/runners", { token: ADMIN, body: { name, capacity } });
   if (r.status !== 201) throw new Error(`runner: ${JSON.stringify(r.body)}`);
   return { id: r.body.id as string, token: r.body.token as string };
 }
@@ -90,7 +91,7 @@ export const generate = (key: string, body: Record<string, unknown> = {}, header
 
 /** A lease call alone: the lease stays provisional (no attempt counted) until acknowledged. */
 export const leaseUnacked = (runnerToken: string, body: Record<string, unknown> = {}) =>
-  call("POST", "/internal/v1/lease", { token: runnerToken, body: { models: ["tiny-shapes"], wait_ms: 0, ...body } });
+  call("POST", "/internal/v1/lease", { token: runnerToken, body: { models: ["tiny-shapes"], wait_ms: 0, capacity: 64, ...body } });
 
 /** The first heartbeat acknowledges a lease: the attempt counts and the full lease deadline starts. */
 export const acknowledge = (runnerToken: string, leased: { lease_id: string; job: { id: string } }) =>

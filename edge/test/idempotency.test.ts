@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
-import { generate, newTenant, registerModel } from "./helpers.ts";
+import { completeLeased, generate, lease, newRunner, newTenant, registerModel } from "./helpers.ts";
 
 let key: string;
 let tenantId: string;
@@ -44,5 +44,21 @@ describe("Idempotency-Key", () => {
     const b = await generate(other.key, { seed: 7 }, { "idempotency-key": "order-1" });
     expect(b.status).toBe(202);
     expect(b.body.id).not.toBe(a.body.id);
+  });
+  it("a replay with Prefer: wait waits for the job as the first request would have", async () => {
+    await registerModel("idem-wait-model");
+    const runner = await newRunner("idem-wait");
+    const body = { model: "idem-wait-model", seed: 31 };
+    const first = await generate(key, body, { "idempotency-key": "wait-1" });
+    expect(first.status).toBe(202);
+    const replay = generate(key, body, { "idempotency-key": "wait-1", prefer: "wait=10" });
+    const l = await lease(runner.token, { models: ["idem-wait-model"], wait_ms: 5000 });
+    expect((await completeLeased(runner.token, l.body)).status).toBe(200);
+    const r = await replay;
+    expect(r.status).toBe(200);
+    expect(r.headers.get("idempotent-replayed")).toBe("true");
+    expect(r.headers.get("preference-applied")).toBe("wait=10");
+    expect(r.body.id).toBe(first.body.id);
+    expect(r.body.status).toBe("succeeded");
   });
 });

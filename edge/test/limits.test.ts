@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { call, completeLeased, generate, lease, newRunner, newTenant, registerModel } from "./helpers.ts";
+import { ADMIN, call, completeLeased, generate, lease, newRunner, newTenant, registerModel } from "./helpers.ts";
 
 beforeAll(async () => {
   await registerModel();
@@ -69,5 +69,38 @@ describe("limits", () => {
     expect(patch.status).toBe(200);
     expect(patch.body.limits.max_concurrent_jobs).toBe(5);
     expect((await generate(t.key)).status).toBe(202);
+  });
+  it("the rate limit is the tenant's: keys it mints share one budget", async () => {
+    const t = await newTenant("rl-keys", { rate_limit_per_minute: 6 });
+    const minted: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const k = await call("POST", "/v1/keys", { token: t.key, body: { name: `extra-${i}` } });
+      expect(k.status).toBe(201);
+      minted.push(k.body.secret);
+    }
+    // Two creates spent 2 of 6; three keys then get 4 more between them, not 6 each.
+    const answers = await Promise.all([t.key, ...minted].flatMap((key) => Array.from({ length: 4 }, () => call("GET", "/v1/generations", { token: key }))));
+    expect(answers.filter((a) => a.status === 200)).toHaveLength(4);
+    expect(answers.filter((a) => a.status === 429)).toHaveLength(8);
+    expect(answers.every((a) => a.headers.get("ratelimit-limit") === "6")).toBe(true);
+  });
+
+  it("a tenant holds at most max_api_keys live keys; revoking one frees a place", async () => {
+    const t = await newTenant("key-cap", { max_api_keys: 3 });
+    const made = [];
+    for (let i = 0; i < 2; i++) made.push(await call("POST", "/v1/keys", { token: t.key, body: { name: `k${i}` } }));
+    expect(made.map((m) => m.status)).toEqual([201, 201]);
+    const over = await call("POST", "/v1/keys", { token: t.key, body: { name: "one-too-many" } });
+    expect(over.status).toBe(403);
+    expect(over.body.error.code).toBe("api_key_limit_exceeded");
+    // The operator is held to the same cap, concurrent creates included.
+    const admin = await Promise.all(Array.from({ length: 4 }, () => call("POST", `/admin/v1/tenants/${t.id}/keys`, { token: ADMIN, body: {} })));
+    expect(admin.every((a) => a.status === 403)).toBe(true);
+    expect((await call("DELETE", `/v1/keys/${made[0]!.body.id}`, { token: t.key })).status).toBe(200);
+    expect((await call("POST", "/v1/keys", { token: t.key, body: { name: "replacement" } })).status).toBe(201);
+    const listed = await call("GET", "/v1/keys", { token: t.key });
+    expect(listed.body.data.filter((k: any) => k.revoked_at === null)).toHaveLength(3);
+    const tenant = (await call("GET", "/admin/v1/tenants", { token: ADMIN })).body.data.find((x: any) => x.id === t.id);
+    expect(tenant.limits.max_api_keys).toBe(3);
   });
 });

@@ -317,6 +317,20 @@ describe("heartbeat, complete, fail", () => {
     expect(seen.body.error).toEqual({ code: "bad_addon", message: "LoRA key matches no layer" });
   });
 
+  it("a requeued job, and its next attempt, do not show the previous attempt's error", async () => {
+    const t = await newTenant("requeue-error");
+    await registerModel("requeue-error-model");
+    const runner = await newRunner("requeue-error");
+    const job = await generate(t.key, { model: "requeue-error-model" });
+    const l1 = await lease(runner.token, { models: ["requeue-error-model"] });
+    await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, { token: runner.token, body: { lease_id: l1.body.lease_id, error: { code: "oom", message: "out of memory" }, retryable: true } });
+    const queued = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(queued.body).toMatchObject({ status: "queued", error: null });
+    await lease(runner.token, { models: ["requeue-error-model"] });
+    const running = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(running.body).toMatchObject({ status: "running", error: null });
+  });
+
   it("Prefer: wait=N answers with the finished job", async () => {
     const t = await newTenant("sync");
     const runner = await newRunner("sync");

@@ -1,3 +1,4 @@
+import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
 import { call, generate, newTenant, registerAddon, registerModel } from "./helpers.ts";
 
@@ -87,5 +88,27 @@ describe("tenant isolation", () => {
     expect(seen).toEqual([...ids].reverse());
     const filtered = await call("GET", "/v1/generations?status=succeeded", { token: t.key });
     expect(filtered.body.data).toHaveLength(0);
+  });
+  it("listing keys takes the keys:write scope: a read-only key cannot see the tenant's keys", async () => {
+    const t = await newTenant("keys-scope", {}, ["addons:read", "generations:read"]);
+    const r = await call("GET", "/v1/keys", { token: t.key });
+    expect(r.status).toBe(403);
+    expect(r.body.error.code).toBe("missing_scope");
+    expect((await call("GET", "/v1/keys", { token: a.key })).status).toBe(200);
+  });
+
+  it("a public add-on shows other tenants its ready versions only; its owner sees all", async () => {
+    const pub = await registerAddon(a.id, "a-public-versions", { visibility: "public" });
+    await env.DB.prepare(
+      "INSERT INTO addon_versions (addon_id, version, status, rejection_reason, storage_key, created_at, updated_at) VALUES (?, 2, 'rejected', 'not a LoRA of this family', 'x', 1, 1)",
+    )
+      .bind(pub)
+      .run();
+    const mine = await call("GET", `/v1/addons/${pub}/versions`, { token: a.key });
+    expect(mine.body.data.map((v: any) => v.status).sort()).toEqual(["ready", "rejected"]);
+    const theirs = await call("GET", `/v1/addons/${pub}/versions`, { token: b.key });
+    expect(theirs.status).toBe(200);
+    expect(theirs.body.data.map((v: any) => v.status)).toEqual(["ready"]);
+    expect(JSON.stringify(theirs.body)).not.toContain("not a LoRA");
   });
 });

@@ -2,12 +2,13 @@
 /**
  * Brings the whole stack up on 127.0.0.1: applies the D1 migrations, starts the edge in workerd (wrangler dev),
  * seeds a demo tenant, API key and the default models, and writes what scripts need to .state/stack.json.
- * Ctrl-C stops everything. Ports and secrets come from the environment (EDGE_PORT, ADMIN_TOKEN, STATE_DIR,
+ * Ctrl-C stops everything in order: the runners first (each finishes its job or hands it back, within
+ * RUNNER_GRACE_MS), then the edge, so no job is left `running`. SIGUSR2 restarts the edge alone (the fault suite). Ports and secrets come from the environment (EDGE_PORT, ADMIN_TOKEN, STATE_DIR,
  * LEASE_TTL_MS, S3_ENDPOINT / S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY for another store); `--runners N` (default 1).
  */
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
@@ -28,6 +29,8 @@ mkdirSync(stateDir, { recursive: true });
 const statePath = join(stateDir, "stack.json");
 const previous = existsSync(statePath) ? JSON.parse(readFileSync(statePath, "utf8")) : {};
 const adminToken = process.env.ADMIN_TOKEN ?? previous.admin_token ?? `adm_${randomBytes(24).toString("base64url")}`;
+// Seals webhook signing secrets in D1: kept with the state, since a new key could not open the old secrets.
+const webhookSecretKey = process.env.WEBHOOK_SECRET_KEY ?? previous.webhook_secret_key ?? randomBytes(32).toString("base64");
 const persist = join(stateDir, "wrangler");
 const wrangler = join(root, "node_modules/.bin/wrangler");
 const children = [];
@@ -44,6 +47,22 @@ const s3 = process.env.S3_ENDPOINT
   ? { endpoint: process.env.S3_ENDPOINT, accessKeyId: process.env.S3_ACCESS_KEY_ID, secretAccessKey: process.env.S3_SECRET_ACCESS_KEY }
   : { endpoint: `${edgeUrl}/cdn-cgi/local/r2/s3`, ...localS3Credentials() };
 
+/**
+ * The edge's secrets reach it through a 0600 file (`--env-file`), never its command line, which `ps` shows to every
+ * user. An env file replaces .dev.vars for wrangler, so one at the root is passed first and ours overrides it.
+ */
+const edgeSecretsPath = join(stateDir, "edge.env");
+writeFileSync(edgeSecretsPath, "", { mode: 0o600 });
+chmodSync(edgeSecretsPath, 0o600);
+writeFileSync(
+  edgeSecretsPath,
+  Object.entries({ ADMIN_TOKEN: adminToken, WEBHOOK_SECRET_KEY: webhookSecretKey, S3_ACCESS_KEY_ID: s3.accessKeyId, S3_SECRET_ACCESS_KEY: s3.secretAccessKey })
+    .map(([name, value]) => `${name}=${JSON.stringify(value ?? "")}\n`)
+    .join(""),
+);
+const devVars = join(root, ".dev.vars");
+const edgeEnvFiles = [...(existsSync(devVars) ? [devVars] : []), edgeSecretsPath].flatMap((f) => ["--env-file", f]);
+
 function log(msg) {
   process.stderr.write(`[start] ${msg}\n`);
 }
@@ -58,12 +77,39 @@ function run(cmd, args, opts = {}) {
   });
 }
 
+/** How long a runner may take to finish its job on shutdown before handing it back (its --grace-ms). */
+const runnerGraceMs = Number(process.env.RUNNER_GRACE_MS ?? 20_000);
+const exited = (c) => (c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once("exit", r)));
+const pause = (ms) => new Promise((r) => setTimeout(r, ms).unref());
+/** The edge runs in its own process group: a terminal's Ctrl-C reaches it only through stopAll, after the runners. */
+const signalGroup = (c, signal) => {
+  try {
+    process.kill(-c.pid, signal);
+  } catch {}
+};
+let edgeChild = null;
+let stopping = null;
+
+/** Runners first (they need the edge to hand their jobs back), then the edge; each bounded, then killed. */
 function stopAll(code = 0) {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
-  setTimeout(() => process.exit(code), 500).unref();
+  stopping ??= (async () => {
+    const runners = children.filter((c) => c !== edgeChild && c.exitCode === null && c.signalCode === null);
+    if (runners.length) log(`stopping ${runners.length} runner(s): each finishes or hands back its job`);
+    for (const r of runners) r.kill("SIGTERM");
+    await Promise.race([Promise.all(runners.map(exited)), pause(runnerGraceMs + 10_000)]);
+    for (const r of runners) if (r.exitCode === null && r.signalCode === null) r.kill("SIGKILL");
+    if (edgeChild && edgeChild.exitCode === null && edgeChild.signalCode === null) {
+      signalGroup(edgeChild, "SIGTERM");
+      await Promise.race([exited(edgeChild), pause(5_000)]);
+      signalGroup(edgeChild, "SIGKILL");
+    }
+    process.exit(code);
+  })();
 }
 process.on("SIGINT", () => (log("stopping"), stopAll(0)));
 process.on("SIGTERM", () => stopAll(0));
+// Whoever reads the launcher's output may leave first (a closed pipe): lose the lines, not the shutdown.
+for (const stream of [process.stdout, process.stderr]) stream.on("error", (err) => { if (err.code !== "EPIPE") throw err; });
 
 async function api(method, path, token, body, headers = {}) {
   const res = await fetch(`${edgeUrl}${path}`, {
@@ -188,28 +234,79 @@ async function registerDemoAddons(tenantId, apiKey) {
   return published;
 }
 
-async function main() {
-  log("applying D1 migrations");
-  await run(wrangler, ["d1", "migrations", "apply", "imagegen", "--local", "--persist-to", persist]);
-
+function startEdge() {
   log(`starting the edge on ${edgeUrl}`);
-  const edge = spawn(wrangler, ["dev", "--ip", "127.0.0.1", "--port", String(edgePort), "--persist-to", persist, "--var", `ADMIN_TOKEN:${adminToken}`,
+  const edge = spawn(wrangler, ["dev", "--ip", "127.0.0.1", "--port", String(edgePort), "--persist-to", persist, ...edgeEnvFiles,
+    // The local stack allows private webhook destinations (its receivers live on 127.0.0.1) unless told otherwise.
+    ...(process.env.ALLOW_PRIVATE_WEBHOOKS ? [] : ["--var", "ALLOW_PRIVATE_WEBHOOKS:true"]),
     ...(process.env.LEASE_TTL_MS ? ["--var", `LEASE_TTL_MS:${process.env.LEASE_TTL_MS}`] : []),
-    "--var", `S3_ENDPOINT:${s3.endpoint}`, "--var", `S3_ACCESS_KEY_ID:${s3.accessKeyId}`, "--var", `S3_SECRET_ACCESS_KEY:${s3.secretAccessKey}`, "--show-interactive-dev-session=false"], {
+    // A webhook receiver on this machine (examples, tests) is a private destination, refused unless allowed.
+    ...(process.env.ALLOW_PRIVATE_WEBHOOKS ? ["--var", `ALLOW_PRIVATE_WEBHOOKS:${process.env.ALLOW_PRIVATE_WEBHOOKS}`] : []),
+    "--var", `S3_ENDPOINT:${s3.endpoint}`, "--show-interactive-dev-session=false"], {
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, CI: "1" },
+    detached: true,
   });
+  edgeChild = edge;
   children.push(edge);
   const edgeLog = [];
   const keep = (d) => edgeLog.push(String(d)) > 200 && edgeLog.shift();
   edge.stdout.on("data", keep);
   edge.stderr.on("data", keep);
   edge.on("exit", (code) => {
+    if (stopping || edgeChild !== edge) return;
     log(`the edge exited (${code}); its last output:\n${edgeLog.join("")}`);
     stopAll(code ?? 1);
   });
+  return edge;
+}
+
+/** An admin call whose failure the caller reads (the status) instead of an exception. */
+async function adminCall(method, path) {
+  const res = await fetch(`${edgeUrl}${path}`, { method, headers: { authorization: `Bearer ${adminToken}` } });
+  return { status: res.status, body: await res.json().catch(() => null) };
+}
+
+/**
+ * Local runner i, with a fresh token: the runner an earlier start registered is reused and its token rotated (the old
+ * one dies), so restarts neither pile up runners nor leave tokens live; one is registered when there is none to reuse.
+ */
+async function localRunner(i) {
+  const id = previous.runner_ids?.[i];
+  if (id) {
+    const rotated = await adminCall("POST", `/admin/v1/runners/${id}/rotate`);
+    if (rotated.status === 200) {
+      if (rotated.body.status !== "active") log(`runner ${i + 1} (${id}) is ${rotated.body.status}: enable it with POST /admin/v1/runners/${id}/enable`);
+      return rotated.body;
+    }
+    // 404: the database was reset; 409: an operator revoked it. Either way, a new runner.
+    if (rotated.status !== 404 && rotated.status !== 409) throw new Error(`rotating runner ${id} → ${rotated.status} ${JSON.stringify(rotated.body)}`);
+  }
+  return api("POST", "/admin/v1/runners", adminToken, { name: `local-runner-${i + 1}` });
+}
+
+/** Runners get their own token only: not the admin token or the store's secret the launcher may hold. */
+const { ADMIN_TOKEN: _admin, WEBHOOK_SECRET_KEY: _webhooks, S3_SECRET_ACCESS_KEY: _s3, ...runnerEnv } = process.env;
+
+async function main() {
+  log("applying D1 migrations");
+  await run(wrangler, ["d1", "migrations", "apply", "imagegen", "--local", "--persist-to", persist]);
+
+  let edge = startEdge();
   await waitForEdge(120_000);
+  // SIGUSR2: the edge goes down and comes back on the same state (runners and clients must ride it out).
+  process.on("SIGUSR2", async () => {
+    if (stopping || !edge) return;
+    log("restarting the edge");
+    const old = edge;
+    edge = null;
+    signalGroup(old, "SIGTERM");
+    await Promise.race([exited(old), pause(5_000)]);
+    signalGroup(old, "SIGKILL");
+    edge = startEdge();
+    await waitForEdge(120_000).then(() => log("the edge is back"), (err) => (log(String(err)), stopAll(1)));
+  });
 
   let tenant = previous.demo_tenant_id;
   let apiKey = previous.demo_api_key;
@@ -223,12 +320,16 @@ async function main() {
   const demoAddons = await registerDemoAddons(tenant, apiKey);
   if (demoAddons.length) log(`published demo add-ons: ${demoAddons.join(", ")}`);
 
+  const runnerIds = [];
+  // Runners an earlier start registered beyond today's count are revoked: no token is left live unused.
+  for (const id of (previous.runner_ids ?? []).slice(runnerCount)) await adminCall("DELETE", `/admin/v1/runners/${id}`);
   for (let i = 0; i < runnerCount; i++) {
-    const { token, id } = await api("POST", "/admin/v1/runners", adminToken, { name: `local-runner-${i + 1}` });
-    const runner = spawn(process.execPath, [join(root, "gpu-runner/src/runner/serve.ts"), "--workers", "1", "--models", dirs.join(":")], {
+    const { token, id } = await localRunner(i);
+    runnerIds.push(id);
+    const runner = spawn(process.execPath, [join(root, "gpu-runner/src/runner/serve.ts"), "--workers", "1", "--models", dirs.join(":"), "--grace-ms", String(runnerGraceMs)], {
       cwd: root,
       stdio: ["ignore", "inherit", "pipe"],
-      env: { ...process.env, EDGE_URL: edgeUrl, RUNNER_TOKEN: token },
+      env: { ...runnerEnv, EDGE_URL: edgeUrl, RUNNER_TOKEN: token },
     });
     children.push(runner);
     const tag = `[runner ${i + 1}] `;
@@ -242,13 +343,19 @@ async function main() {
     dashboard_url: `${edgeUrl}/dashboard`,
     openapi_url: `${edgeUrl}/v1/openapi.json`,
     admin_token: adminToken,
+    webhook_secret_key: webhookSecretKey,
     demo_tenant_id: tenant,
     demo_api_key: apiKey,
     models,
     default_model: model,
     runners: runnerCount,
+    runner_ids: runnerIds,
+    // The launcher's process and the edge's own group (it is detached): what a test kills if the launcher hangs.
+    launcher_pid: process.pid,
+    edge_pid: edge?.pid,
   };
   writeFileSync(statePath, JSON.stringify(state, null, 2) + "\n", { mode: 0o600 });
+  chmodSync(statePath, 0o600); // mode applies only to a file it creates
 
   // One generation on the default model, so the first command shows the whole path working.
   let demo = "";
@@ -260,7 +367,8 @@ async function main() {
       demo = `  first image failed: ${err.message}`;
     }
   }
-  const curl = `curl -s ${edgeUrl}/v1/generations -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" -H "Prefer: wait=30" -d '{"model":"${model}","prompt":"a large red circle on the left, blue background"}'`;
+  // $KEY, not the key: what the launcher prints ends up in logs and scrollback.
+  const curl = `curl -s ${edgeUrl}/v1/generations -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" -H "Prefer: wait=30" -d '{"model":"${model}","prompt":"a large red circle on the left, blue background"}'`;
   process.stdout.write(
     [
       "",
@@ -268,7 +376,7 @@ async function main() {
       `  edge        ${edgeUrl}`,
       `  dashboard   ${state.dashboard_url}  (sign in with the demo key)`,
       `  OpenAPI     ${state.openapi_url}`,
-      `  demo key    ${apiKey}`,
+      `  demo key    in the state file: KEY=$(node -p "require('${statePath}').demo_api_key")`,
       `  models      ${models.length ? models.join(", ") : "(none registered yet)"}`,
       `  runners     ${runnerCount}`,
       `  state file  ${statePath}`,

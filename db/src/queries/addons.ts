@@ -146,3 +146,16 @@ export async function setVisibility(db: Db, tenantId: string, id: string, visibi
     .returning();
   return row;
 }
+
+/**
+ * Storage keys of add-on files no one may use any more: every version of an add-on deleted in [from, to), and
+ * versions rejected in [from, to). A key another live version still names is kept.
+ */
+export async function deadAddonFiles(db: Db, from: number, to: number, limit = 200): Promise<string[]> {
+  const rows = await db.all<{ key: string }>(sql`SELECT DISTINCT v.storage_key AS key FROM addon_versions v JOIN addons a ON a.id = v.addon_id
+    WHERE ((a.deleted_at >= ${from} AND a.deleted_at < ${to}) OR (v.status = 'rejected' AND v.updated_at >= ${from} AND v.updated_at < ${to}))
+      AND NOT EXISTS (SELECT 1 FROM addon_versions o JOIN addons oa ON oa.id = o.addon_id
+        WHERE o.storage_key = v.storage_key AND oa.deleted_at IS NULL AND o.status != 'rejected')
+    LIMIT ${limit}`);
+  return rows.map((r) => r.key);
+}

@@ -320,3 +320,15 @@ export async function imagesPastRetention(db: Db, now: number, defaultRetentionD
 export async function markImagesDeleted(db: Db, ids: string[], now: number): Promise<void> {
   if (ids.length) await db.update(images).set({ deletedAt: now }).where(inArray(images.id, ids));
 }
+
+/**
+ * Jobs that ended in [from, to), with the keys of the images they kept: what any other object under their output
+ * prefix is (a canceled job's uploads, an earlier lease's) is an orphan. Oldest first, a bounded batch.
+ */
+export async function endedJobsWithImages(db: Db, from: number, to: number, limit = 100): Promise<Array<{ id: string; tenantId: string; keep: string[] }>> {
+  const rows = await db.all<{ id: string; tenantId: string; keys: string | null }>(sql`SELECT j.id, j.tenant_id AS tenantId,
+      (SELECT json_group_array(i.storage_key) FROM images i WHERE i.job_id = j.id) AS keys
+    FROM jobs j WHERE j.status IN ('succeeded', 'failed', 'canceled') AND j.finished_at >= ${from} AND j.finished_at < ${to}
+    ORDER BY j.finished_at LIMIT ${limit}`);
+  return rows.map((r) => ({ id: r.id, tenantId: r.tenantId, keep: r.keys ? (JSON.parse(r.keys) as string[]) : [] }));
+}

@@ -1,10 +1,11 @@
 /** Tenant API keys: created by the operator (`/admin/v1`) and by tenants themselves (`/v1/keys`). */
 import type { z } from "@hono/zod-openapi";
 import { iso, type ApiKey, type CreateKeyBody } from "@imagegen/contracts";
-import { apiKeysTable } from "@imagegen/db";
+import { apiKeysTable, type tenantsTable } from "@imagegen/db";
 import type { Context } from "hono";
 import { audit } from "../audit/log.ts";
 import type { AppEnv } from "../context.ts";
+import { ApiError } from "../errors.ts";
 import { newSecret, sha256Hex } from "../lib/crypto.ts";
 import { newId } from "../lib/ids.ts";
 import { API_KEY_PREFIX, displayPrefix } from "./secrets.ts";
@@ -24,11 +25,16 @@ export function presentKey(k: apiKeysTable.ApiKey): z.infer<typeof ApiKey> {
   };
 }
 
-/** Creates an API key; the secret is returned once and only its hash is stored. */
-export async function createKey(c: Context<AppEnv>, tenantId: string, body: z.infer<typeof CreateKeyBody>, actor: string) {
+/**
+ * Creates an API key within the tenant's cap on live keys (a tenant could otherwise mint keys without end); the
+ * secret is returned once and only its hash is stored.
+ */
+export async function createKey(c: Context<AppEnv>, tenant: tenantsTable.Tenant, body: z.infer<typeof CreateKeyBody>, actor: string) {
+  const tenantId = tenant.id;
   const secret = newSecret(API_KEY_PREFIX);
   const now = Date.now();
-  const key = await apiKeysTable.insertKey(c.var.db, {
+  const maxKeys = tenant.maxApiKeys ?? c.var.settings.defaultMaxApiKeys;
+  const key = await apiKeysTable.insertKeyWithinCap(c.var.db, {
     id: newId("key", now),
     tenantId,
     name: body.name,
@@ -37,7 +43,11 @@ export async function createKey(c: Context<AppEnv>, tenantId: string, body: z.in
     scopes: body.scopes,
     createdAt: now,
     expiresAt: body.expires_in_days ? now + body.expires_in_days * 86_400_000 : null,
-  });
+  }, maxKeys);
+  if (!key) {
+    // Not a 429: waiting does not help, and clients retry 429s.
+    throw ApiError.forbidden("api_key_limit_exceeded", `This tenant already has ${maxKeys} live API keys; revoke one first.`);
+  }
   await audit(c, { tenantId, actor, action: "api_key.create", target: key.id, details: { name: key.name, scopes: key.scopes } });
   return { ...presentKey(key), secret };
 }

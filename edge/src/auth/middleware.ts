@@ -40,7 +40,8 @@ export const runnerAuth = (): MiddlewareHandler<AppEnv> => async (c, next) => {
     throw ApiError.unauthenticated("The runner API takes runner tokens, not API keys.");
   }
   const runner = await runnersTable.findRunnerByTokenHash(c.var.db, await sha256Hex(secret));
-  if (!runner || runner.status !== "active") throw ApiError.unauthenticated("Invalid runner token.");
+  if (!runner) throw ApiError.unauthenticated("Invalid runner token.");
+  if (runner.status !== "active") throw new ApiError(401, "authentication_error", "runner_disabled", "This runner was disabled by the operator.");
   c.set("runner", runner);
   await next();
 };

@@ -2,11 +2,14 @@ import type { MiddlewareHandler } from "hono";
 import type { AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
 
-/** Per-key rate limit; the RateLimit-* headers go on every answer to an authenticated call, errors included. */
+/**
+ * The tenant's rate limit, shared by all its keys: counted per key, a tenant could multiply its limit by minting
+ * keys. The RateLimit-* headers go on every answer to an authenticated call, errors included.
+ */
 export const rateLimit = (): MiddlewareHandler<AppEnv> => async (c, next) => {
-  const { key, tenant } = c.var.auth;
+  const { tenant } = c.var.auth;
   const limit = tenant.rateLimitPerMinute ?? c.var.settings.defaultRateLimitPerMinute;
-  const limiter = c.env.RATE_LIMITER.get(c.env.RATE_LIMITER.idFromName(key.id));
+  const limiter = c.env.RATE_LIMITER.get(c.env.RATE_LIMITER.idFromName(`tenant:${tenant.id}`));
   const d = await limiter.take(limit);
   const headers: Record<string, string> = {
     "RateLimit-Limit": String(d.limit),
@@ -19,7 +22,7 @@ export const rateLimit = (): MiddlewareHandler<AppEnv> => async (c, next) => {
       429,
       "rate_limit_error",
       "rate_limit_exceeded",
-      `Rate limit of ${d.limit} requests per minute exceeded for this API key; retry in ${d.retryAfterSeconds} s.`,
+      `Rate limit of ${d.limit} requests per minute exceeded for this tenant (all its API keys together); retry in ${d.retryAfterSeconds} s.`,
       undefined,
       { ...headers, "Retry-After": String(d.retryAfterSeconds) },
     );

@@ -1,6 +1,6 @@
 /**
- * Per-API-key rate limiting: a token bucket in a Durable Object named by the key id, so every request for a
- * key, on any edge location, is counted in one place. The bucket holds `limit` tokens and refills `limit` per
+ * Per-tenant rate limiting: a token bucket in a Durable Object named by the tenant, so every request of any of its
+ * keys, on any edge location, is counted in one place. The bucket holds `limit` tokens and refills `limit` per
  * minute; state lives in memory (a restart forgives, which a rate limiter may).
  */
 import { DurableObject } from "cloudflare:workers";

@@ -22,6 +22,7 @@ export const addons = router()
     createRoute({
       method: "post",
       path: "/addons",
+      operationId: "createAddonUpload",
       tags: ["addons"],
       summary: "Start an add-on upload: returns a presigned PUT for exactly the declared size",
       description:
@@ -70,6 +71,7 @@ export const addons = router()
     createRoute({
       method: "post",
       path: "/addons/{id}/versions/{version}/finalize",
+      operationId: "finalizeAddonVersion",
       tags: ["addons"],
       summary: "Finish an upload: size and sha256 are checked, then the file is validated against the family's models",
       request: { params: VersionParams },
@@ -108,17 +110,20 @@ export const addons = router()
     },
   )
   .openapi(
-    createRoute({ method: "get", path: "/addons/{id}/versions", tags: ["addons"], summary: "An add-on's versions and their validation", request: { params: AddonId }, responses: { 200: { description: "Versions", content: { "application/json": { schema: z.object({ object: z.literal("list"), data: z.array(AddonVersion) }) } } }, ...errorResponses(401, 404, 429) } }),
+    createRoute({ method: "get", path: "/addons/{id}/versions", operationId: "listAddonVersions", tags: ["addons"], summary: "An add-on's versions and their validation", request: { params: AddonId }, responses: { 200: { description: "Versions", content: { "application/json": { schema: z.object({ object: z.literal("list"), data: z.array(AddonVersion) }) } } }, ...errorResponses(401, 404, 429) } }),
     async (c) => {
       requireScope(c, "addons:read");
       const { id } = c.req.valid("param");
       const a = await addonsTable.getVisibleAddon(c.var.db, c.var.auth.tenant.id, id);
       if (!a) throw ApiError.notFound("add-on", id, "id");
-      return c.json({ object: "list" as const, data: (await addonsTable.listVersions(c.var.db, id)).map(presentVersion) }, 200);
+      // Other tenants see what they can use: a public add-on's pending or rejected versions (and why) are its owner's.
+      const owned = a.tenantId === c.var.auth.tenant.id;
+      const versions = (await addonsTable.listVersions(c.var.db, id)).filter((v) => owned || v.status === "ready");
+      return c.json({ object: "list" as const, data: versions.map(presentVersion) }, 200);
     },
   )
   .openapi(
-    createRoute({ method: "patch", path: "/addons/{id}", tags: ["addons"], summary: "Change an add-on's visibility", request: { params: AddonId, body: { content: { "application/json": { schema: UpdateAddonBody } }, required: true } }, responses: { 200: { description: "Updated", content: { "application/json": { schema: Addon } } }, ...errorResponses(400, 401, 404, 429) } }),
+    createRoute({ method: "patch", path: "/addons/{id}", operationId: "updateAddon", tags: ["addons"], summary: "Change an add-on's visibility", request: { params: AddonId, body: { content: { "application/json": { schema: UpdateAddonBody } }, required: true } }, responses: { 200: { description: "Updated", content: { "application/json": { schema: Addon } } }, ...errorResponses(400, 401, 404, 429) } }),
     async (c) => {
       requireScope(c, "addons:write");
       const { id } = c.req.valid("param");
@@ -130,7 +135,7 @@ export const addons = router()
     },
   )
   .openapi(
-    createRoute({ method: "get", path: "/addons", tags: ["addons"], summary: "List the add-ons this tenant can use (its own and public ones)", responses: { 200: { description: "Add-ons", content: { "application/json": { schema: z.object({ object: z.literal("list"), data: z.array(Addon) }) } } }, ...errorResponses(401, 429) } }),
+    createRoute({ method: "get", path: "/addons", operationId: "listAddons", tags: ["addons"], summary: "List the add-ons this tenant can use (its own and public ones)", responses: { 200: { description: "Add-ons", content: { "application/json": { schema: z.object({ object: z.literal("list"), data: z.array(Addon) }) } } }, ...errorResponses(401, 429) } }),
     async (c) => {
       requireScope(c, "addons:read");
       const tenantId = c.var.auth.tenant.id;
@@ -138,7 +143,7 @@ export const addons = router()
     },
   )
   .openapi(
-    createRoute({ method: "get", path: "/addons/{id}", tags: ["addons"], summary: "Get an add-on", request: { params: IdParam("add-on id", "addon_01hzy3k8m2q9w7e4r5t6y7u8i9") }, responses: { 200: { description: "The add-on", content: { "application/json": { schema: Addon } } }, ...errorResponses(401, 404, 429) } }),
+    createRoute({ method: "get", path: "/addons/{id}", operationId: "getAddon", tags: ["addons"], summary: "Get an add-on", request: { params: IdParam("add-on id", "addon_01hzy3k8m2q9w7e4r5t6y7u8i9") }, responses: { 200: { description: "The add-on", content: { "application/json": { schema: Addon } } }, ...errorResponses(401, 404, 429) } }),
     async (c) => {
       requireScope(c, "addons:read");
       const { id } = c.req.valid("param");
@@ -148,7 +153,7 @@ export const addons = router()
     },
   )
   .openapi(
-    createRoute({ method: "delete", path: "/addons/{id}", tags: ["addons"], summary: "Delete an add-on this tenant owns", request: { params: IdParam("add-on id", "addon_01hzy3k8m2q9w7e4r5t6y7u8i9") }, responses: { 200: { description: "Deleted", content: { "application/json": { schema: Addon } } }, ...errorResponses(401, 403, 404, 429) } }),
+    createRoute({ method: "delete", path: "/addons/{id}", operationId: "deleteAddon", tags: ["addons"], summary: "Delete an add-on this tenant owns", request: { params: IdParam("add-on id", "addon_01hzy3k8m2q9w7e4r5t6y7u8i9") }, responses: { 200: { description: "Deleted", content: { "application/json": { schema: Addon } } }, ...errorResponses(401, 403, 404, 429) } }),
     async (c) => {
       requireScope(c, "addons:write");
       const { id } = c.req.valid("param");

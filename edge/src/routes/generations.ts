@@ -190,7 +190,7 @@ export const generations = router()
             const state = `${job.status}|${job.progressStep}|${job.progressTotal}|${job.attempts}`;
             if (state === last) continue;
             last = state;
-            controller.enqueue(encoder.encode(`id: ${state}\nevent: generation\ndata: ${JSON.stringify(await present(job))}\n\n`));
+            controller.enqueue(encoder.encode(`event: generation\nid: ${state}\ndata: ${JSON.stringify(await present(job))}\n\n`));
             lastWrite = Date.now();
           }
         } finally {

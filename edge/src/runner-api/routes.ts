@@ -11,7 +11,7 @@ import { expireLeases } from "../dispatch/expiry.ts";
 import { ApiError } from "../errors.ts";
 import { announce, announcerOf } from "../jobs/announce.ts";
 import { randomBase32 } from "../lib/ids.ts";
-import { CompleteBody, errorResponses, FailBody, formatAddonRef, HeartbeatBody, HeartbeatResult, iso, LeaseBody, LeasedJob, OutputUploadBody, OutputUploads, RunnerAck } from "@imagegen/contracts";
+import { CompleteBody, errorResponses, FailBody, formatAddonRef, HeartbeatBody, HeartbeatResult, iso, LeaseBody, LeasedJob, OutputUploadBody, OutputUploads, RunnerAck, STORAGE_UNAVAILABLE } from "@imagegen/contracts";
 import { objectStore, outputKey } from "../storage/index.ts";
 
 /** Add-on downloads live long enough for a slow job; they only read. Output uploads expire with the lease. */
@@ -25,6 +25,7 @@ const JobId = z.object({ id: z.string().min(1).max(64).openapi({ param: { name: 
 const lease = createRoute({
   method: "post",
   path: "/lease",
+  operationId: "leaseJob",
   tags: ["runner"],
   summary: "Lease a job (long poll)",
   request: { body: { content: { "application/json": { schema: LeaseBody } }, required: true } },
@@ -38,6 +39,7 @@ const lease = createRoute({
 const heartbeatRoute = createRoute({
   method: "post",
   path: "/jobs/{id}/heartbeat",
+  operationId: "heartbeatJob",
   tags: ["runner"],
   summary: "Extend a lease and report progress",
   request: { params: JobId, body: { content: { "application/json": { schema: HeartbeatBody } }, required: true } },
@@ -47,6 +49,7 @@ const heartbeatRoute = createRoute({
 const complete = createRoute({
   method: "post",
   path: "/jobs/{id}/complete",
+  operationId: "completeJob",
   tags: ["runner"],
   summary: "Complete a leased job with its images",
   request: { params: JobId, body: { content: { "application/json": { schema: CompleteBody } }, required: true } },
@@ -56,6 +59,7 @@ const complete = createRoute({
 const outputs = createRoute({
   method: "post",
   path: "/jobs/{id}/outputs",
+  operationId: "signJobOutputs",
   tags: ["runner"],
   summary: "Presigned PUTs for a job's images, signed with each image's size and SHA-256; they expire with the lease",
   request: { params: JobId, body: { content: { "application/json": { schema: OutputUploadBody } }, required: true } },
@@ -65,6 +69,7 @@ const outputs = createRoute({
 const fail = createRoute({
   method: "post",
   path: "/jobs/{id}/fail",
+  operationId: "failJob",
   tags: ["runner"],
   summary: "Fail a leased job (retryable failures are requeued while attempts remain)",
   request: { params: JobId, body: { content: { "application/json": { schema: FailBody } }, required: true } },
@@ -103,7 +108,9 @@ export const runnerApi = router()
     const body = c.req.valid("json");
     const { db, settings, runner } = c.var;
     const deadline = Date.now() + body.wait_ms;
-    await runnersTable.reportRunner(db, runner.id, { warmAddons: body.warm_addons, models: body.models, capacity: body.capacity }, Date.now());
+    await runnersTable.reportRunner(db, runner.id, { warmAddons: body.warm_addons, models: body.models }, Date.now());
+    // What the runner declares can lower what the operator registered, never raise it.
+    const capacity = Math.min(body.capacity, runner.capacity);
     const bell = doorbell(c.env, QUEUE_TOPIC);
     const gone = c.req.raw.signal;
     const hangUp = hungUp(gone);
@@ -115,6 +122,7 @@ export const runnerApi = router()
       const now = Date.now();
       const job = await jobsTable.leaseJob(db, {
         runnerId: runner.id,
+        capacity,
         models: body.models,
         warmAddons: body.warm_addons,
         leaseId: `lease_${randomBase32(20)}`,
@@ -187,7 +195,7 @@ export const runnerApi = router()
     if (job) {
       const acknowledged = job.leaseAckedAt === now;
       if (body.progress || acknowledged) await announce(announcerOf(c), job);
-      return c.json({ cancel: false, lease_expires_at: iso(job.leaseExpiresAt) }, 200);
+      return c.json({ cancel: false, lease_expires_at: iso(job.leaseExpiresAt), lease_ttl_ms: settings.leaseTtlMs }, 200);
     }
     const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id, now);
     if (!check.ok && check.reason === "canceled") return c.json({ cancel: true, lease_expires_at: null }, 200);
@@ -284,6 +292,8 @@ export const runnerApi = router()
       code: body.error.code,
       message: body.error.message,
       retryable: body.retryable,
+      // The store failed, not the job: requeued without counting the attempt (contracts: STORAGE_UNAVAILABLE).
+      refund: body.retryable && body.error.code === STORAGE_UNAVAILABLE,
     });
     if (failed) {
       await announce(announcerOf(c), failed);
