@@ -147,6 +147,15 @@ describe("add-on uploads", () => {
     expect((await generate(other.key, { loras: [{ id: up.body.addon.id }] })).status).toBe(202);
   });
 
+  it("the name of a deleted add-on is refused with a 409, not a 500 (found by schemathesis)", async () => {
+    const t = await newTenant("deleted-name");
+    const up = await startUpload(t.key, kohyaLora(), { name: "gone" });
+    expect((await call("DELETE", `/v1/addons/${up.body.addon.id}`, { token: t.key })).status).toBe(200);
+    const again = await startUpload(t.key, kohyaLora(), { name: "gone" });
+    expect(again.status).toBe(409);
+    expect(again.body.error.code).toBe("addon_name_taken");
+  });
+
   it("a LoRA must fit every model of its family, not only the first", async () => {
     const t = await newTenant("lora-pair");
     await registerModel("pair-a", "pair");

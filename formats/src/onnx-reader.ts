@@ -19,6 +19,11 @@ export interface OnnxGraph {
   initializers: Map<string, number[]>;
 }
 
+/** Every reader here refuses a damaged or hostile model with this error, never a TypeError or RangeError. */
+export class OnnxError extends Error {
+  override readonly name = "OnnxError";
+}
+
 export class ProtoReader {
   pos = 0;
   private readonly buf: Uint8Array;
@@ -38,7 +43,7 @@ export class ProtoReader {
     let shift = 1;
     for (;;) {
       const byte = this.buf[this.pos++];
-      if (byte === undefined) throw new Error("onnx: truncated varint");
+      if (byte === undefined) throw new OnnxError("onnx: truncated varint");
       result += (byte & 0x7f) * shift;
       if ((byte & 0x80) === 0) return result;
       shift *= 128;
@@ -83,7 +88,7 @@ export class ProtoReader {
       this.pos += len;
     }
     else if (wire === 5) this.pos += 4;
-    else throw new Error(`onnx: unsupported wire type ${wire}`);
+    else throw new OnnxError(`onnx: unsupported wire type ${wire}`);
   }
 
   /** A repeated int64 field, packed or not. */
@@ -132,7 +137,7 @@ export function protoFields(buf: Uint8Array, start = 0, end = buf.length): Proto
       r.pos += len;
     } else if (wire === 0) value = r.varint();
     else r.skip(wire);
-    if (r.pos > end) throw new Error("onnx: truncated field");
+    if (r.pos > end) throw new OnnxError("onnx: truncated field");
     out.push({ field, wire, start: begin, at, end: r.pos, value });
   }
   return out;
@@ -271,10 +276,6 @@ export function locateInitializers(model: Uint8Array): Map<string, LocatedTensor
     }
   }
   return out;
-}
-
-export class OnnxError extends Error {
-  override readonly name = "OnnxError";
 }
 
 /** Reads `length` bytes at `offset` of a model that is not in memory (an object in storage, a slice of an archive). */

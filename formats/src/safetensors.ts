@@ -219,7 +219,9 @@ export function readFloatTensor(file: Uint8Array, header: SafetensorsHeader, nam
 
 /** Writes a safetensors file (F32 tensors): for tests, the zoo's exports and fixtures. */
 export function encodeSafetensors(tensors: Record<string, { shape: number[]; data: Float32Array }>, metadata?: Record<string, string>): Uint8Array {
-  const header: Record<string, unknown> = metadata ? { __metadata__: metadata } : {};
+  // No prototype: a tensor named "__proto__" must become a key, not replace the prototype and vanish from the JSON.
+  const header: Record<string, unknown> = Object.create(null);
+  if (metadata) header.__metadata__ = metadata;
   let offset = 0;
   for (const [name, t] of Object.entries(tensors)) {
     header[name] = { dtype: "F32", shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };

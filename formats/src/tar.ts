@@ -47,7 +47,9 @@ export function parseTarHeader(header: Uint8Array, pos: number, archiveSize: num
   if (sum !== stored) throw new TarError(`bad header checksum at offset ${pos}`);
   const name = field(header, 0, 100);
   const prefix = field(header, 345, 155);
-  const size = Number.parseInt(field(header, 124, 12).trim() || "0", 8);
+  // Octal digits only: parseInt would also take "-0", "+7" or "1e3" (reading 1).
+  const sizeField = field(header, 124, 12).trim();
+  const size = /^[0-7]*$/.test(sizeField) ? Number.parseInt(sizeField || "0", 8) : Number.NaN;
   const type = String.fromCharCode(header[156]!);
   if (!Number.isSafeInteger(size) || size < 0) throw new TarError(`bad size for ${name}`);
   const offset = pos + BLOCK;

@@ -29,7 +29,7 @@ export const addons = router()
         "PUT the file to `upload.url` with the given headers, then call finalize. Uploading a name this tenant already has adds a version. " +
         "A LoRA is one `.safetensors` file; a ControlNet is a ustar archive of its bundle folder (`manifest.json` and the ONNX it names).",
       request: { body: { content: { "application/json": { schema: CreateAddonBody } }, required: true } },
-      responses: { 201: { description: "Upload started", content: { "application/json": { schema: AddonUpload } } }, ...errorResponses(400, 401, 403, 429) },
+      responses: { 201: { description: "Upload started", content: { "application/json": { schema: AddonUpload } } }, ...errorResponses(400, 401, 403, 409, 429) },
     }),
     async (c) => {
       requireScope(c, "addons:write");
@@ -45,13 +45,19 @@ export const addons = router()
         throw ApiError.conflict("addon_name_taken", `Add-on '${body.name}' is a ${existing.kind} for '${existing.family}'; a new version must match.`);
       }
       if (!existing) {
-        existing = (
-          await addonsTable.insertAddonWithVersion(
-            db,
-            { id: newId("addon", now), tenantId, kind: body.kind, name: body.name, family: body.family, visibility: body.visibility, latestVersion: 0, createdAt: now, updatedAt: now },
-            [],
-          )
-        ).addon;
+        try {
+          existing = (
+            await addonsTable.insertAddonWithVersion(
+              db,
+              { id: newId("addon", now), tenantId, kind: body.kind, name: body.name, family: body.family, visibility: body.visibility, latestVersion: 0, createdAt: now, updatedAt: now },
+              [],
+            )
+          ).addon;
+        } catch (err) {
+          // The name index also covers deleted add-ons (and a concurrent create of the same name): a 409, not a 500.
+          if (!/UNIQUE constraint failed: addons\.tenant_id, addons\.name/.test(`${err} ${(err as Error)?.cause}`)) throw err;
+          throw ApiError.conflict("addon_name_taken", `The name '${body.name}' is taken by an add-on of this tenant, possibly a deleted one; choose another name.`);
+        }
       }
       const { addon, version } = await addonsTable.addVersion(db, existing.id, { storageKey: (v) => addonKey(tenantId, existing!.id, v), sizeBytes: body.size_bytes, sha256: body.sha256 }, now);
       const contentType = "application/octet-stream";

@@ -92,6 +92,9 @@ const sign = createRoute({
   responses: { 200: { description: "A signed URL", content: { "application/json": { schema: SignedImageUrl } } }, ...errorResponses(400, 401, 404, 429) },
 });
 
+/** One server-sent event (the schema applies to each event, as SSE tools read it): `data` is the generation as JSON. */
+const SseEvent = z.object({ id: z.string().optional(), event: z.string().optional(), data: z.string(), retry: z.number().int().optional() });
+
 const events = createRoute({
   method: "get",
   path: "/generations/{id}/events",
@@ -101,7 +104,7 @@ const events = createRoute({
   description:
     "Sends `generation` events (the whole generation object) whenever its status or progress changes, and closes after the final state, or once the key it was opened with is revoked or expires. A comment line every 15 s keeps idle connections open.",
   request: { params: IdParam("generation id", "gen_01hzy3k8m2q9w7e4r5t6y7u8i9") },
-  responses: { 200: { description: "An event stream", content: { "text/event-stream": { schema: z.string() } } }, ...errorResponses(401, 404, 429) },
+  responses: { 200: { description: "An event stream", content: { "text/event-stream": { schema: SseEvent } } }, ...errorResponses(401, 404, 429) },
 });
 
 const KEEPALIVE_MS = 15_000;

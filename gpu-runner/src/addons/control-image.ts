@@ -39,6 +39,8 @@ export function decodePng(file: Uint8Array): DecodedImage {
     const data = file.subarray(pos + 8, pos + 8 + length);
     if (pos + 12 + length > file.byteLength) throw new ControlImageError(`PNG chunk ${type} runs past the end of the file (truncated?)`);
     if (type === "IHDR") {
+      // Shorter, its fields would be read from the next chunk or past the end of the file.
+      if (length !== 13) throw new ControlImageError(`PNG IHDR chunk is ${length} bytes; 13 expected`);
       width = view.getUint32(pos + 8);
       height = view.getUint32(pos + 12);
       depth = data[8]!;
