@@ -75,7 +75,9 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const largest = files.reduce((a, f) => (f.size > a.size ? f : a), { path: "-", size: 0 });
   const summary = `${files.length} tracked files; binary ${mib(binary)} of ${mib(budget.maxBinary)}; largest ${largest.path} ${mib(largest.size)} of ${mib(budget.maxFile)}`;
   if (problems.length) {
-    console.error(`repo-budget: FAILED (${summary})\n  ${problems.join("\n  ")}\nSee ARCHITECTURE.md, "Repository weight": keep regenerable outputs out of git.`);
+    console.error(
+      `repo-budget: FAILED (${summary})\n  ${problems.join("\n  ")}\nSee ARCHITECTURE.md, "Repository weight": keep regenerable outputs out of git.`,
+    );
     process.exit(1);
   }
   console.log(`repo-budget: ok (${summary})`);

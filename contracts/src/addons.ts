@@ -9,10 +9,17 @@ export type Visibility = z.infer<typeof Visibility>;
 export const AddonVersionStatus = z.enum(ADDON_VERSION_STATUSES);
 export type AddonVersionStatus = z.infer<typeof AddonVersionStatus>;
 /** Names are unique per tenant and safe in storage keys. */
-export const AddonName = z.string().min(1).max(128).regex(/^[A-Za-z0-9._-]+$/);
+export const AddonName = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9._-]+$/);
 export const Sha256 = z.string().regex(/^[0-9a-f]{64}$/);
 
-export const ADDON_SIZE_LIMITS = { lora: 64 * 1024 * 1024, controlnet: 512 * 1024 * 1024 } as const satisfies Record<AddonKind, number>;
+export const ADDON_SIZE_LIMITS = { lora: 64 * 1024 * 1024, controlnet: 512 * 1024 * 1024 } as const satisfies Record<
+  AddonKind,
+  number
+>;
 
 /** What validation found (rank, targets, residual names...). */
 export const AddonDetails = z.record(z.string(), z.unknown());
@@ -61,7 +68,12 @@ export const AddonUpload = z
   .object({
     addon: Addon,
     version: AddonVersion,
-    upload: z.object({ method: z.literal("PUT"), url: z.string(), headers: z.record(z.string(), z.string()), expires_at: z.string() }),
+    upload: z.object({
+      method: z.literal("PUT"),
+      url: z.string(),
+      headers: z.record(z.string(), z.string()),
+      expires_at: z.string(),
+    }),
   })
   .openapi("AddonUpload");
 

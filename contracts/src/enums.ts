@@ -9,7 +9,11 @@ export const JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancel
 /** The states that still hold a tenant's concurrency slot. */
 export const ACTIVE_JOB_STATUSES = ["queued", "running"] as const satisfies readonly (typeof JOB_STATUSES)[number][];
 /** The states a job never leaves. */
-export const TERMINAL_JOB_STATUSES = ["succeeded", "failed", "canceled"] as const satisfies readonly (typeof JOB_STATUSES)[number][];
+export const TERMINAL_JOB_STATUSES = [
+  "succeeded",
+  "failed",
+  "canceled",
+] as const satisfies readonly (typeof JOB_STATUSES)[number][];
 
 export const ADDON_KINDS = ["lora", "controlnet"] as const;
 
@@ -23,7 +27,15 @@ export const ADDON_VERSION_STATUSES = ["pending", "validating", "ready", "reject
  * Samplers a request may name. The bundle manifest (`@imagegen/formats`) lists the same names for what a model was
  * trained for; formats depends on nothing of ours, so the edge's tests check that the two lists agree.
  */
-export const SAMPLER_NAMES = ["ddim", "lcm", "rectified-flow", "euler", "euler-a", "dpm++2m", "dpm++2m-karras"] as const;
+export const SAMPLER_NAMES = [
+  "ddim",
+  "lcm",
+  "rectified-flow",
+  "euler",
+  "euler-a",
+  "dpm++2m",
+  "dpm++2m-karras",
+] as const;
 
 /** How DeepCache spaces its full U-Net passes. */
 export const CACHE_SCHEDULES = ["uniform", "non-uniform"] as const;
@@ -52,7 +64,14 @@ export const WEBHOOK_EVENT_TYPES = ["generation.succeeded", "generation.failed",
  * Runner failure codes (gpu-runner/src/errors.ts FAILURE_CODES) caused by what the tenant sent: the same request
  * fails the same way again, so the synchronous OpenAI-compatible face answers them 400, not 500.
  */
-export const INPUT_FAILURE_CODES = ["request_invalid", "generation_failed", "sampler_mismatch", "lora_invalid", "control_image_invalid", "addon_invalid"] as const;
+export const INPUT_FAILURE_CODES = [
+  "request_invalid",
+  "generation_failed",
+  "sampler_mismatch",
+  "lora_invalid",
+  "control_image_invalid",
+  "addon_invalid",
+] as const;
 
 export const ERROR_TYPES = [
   "invalid_request_error",

@@ -36,6 +36,9 @@ const DESCRIPTIONS: Record<number, string> = {
 /** Error answers an operation may give, for the OpenAPI document. */
 export function errorResponses(...statuses: number[]) {
   return Object.fromEntries(
-    statuses.map((s) => [s, { description: DESCRIPTIONS[s] ?? "Error", content: { "application/json": { schema: ErrorSchema } } }]),
+    statuses.map((s) => [
+      s,
+      { description: DESCRIPTIONS[s] ?? "Error", content: { "application/json": { schema: ErrorSchema } } },
+    ]),
   );
 }

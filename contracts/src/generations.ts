@@ -64,7 +64,9 @@ export const ControlNetUse = z
       .string()
       .max(1_000_000)
       .regex(CONTROL_IMAGE_PATTERN, "expected a data:image/png;base64,… URL (https URLs are not fetched)")
-      .refine((s) => (s.length - CONTROL_IMAGE_PREFIX.length) % 4 === 0, { message: "the base64 data is truncated (its length is not a multiple of 4)" }),
+      .refine((s) => (s.length - CONTROL_IMAGE_PREFIX.length) % 4 === 0, {
+        message: "the base64 data is truncated (its length is not a multiple of 4)",
+      }),
     scale: z.number().min(0).max(2).default(1),
   })
   .strict()
@@ -73,7 +75,12 @@ export const ControlNetUse = z
 export const DeepCacheOption = z
   .object({
     mode: z.literal("deepcache"),
-    interval: z.number().int().min(DEEPCACHE_INTERVAL.min).max(DEEPCACHE_INTERVAL.max).default(DEEPCACHE_INTERVAL.default),
+    interval: z
+      .number()
+      .int()
+      .min(DEEPCACHE_INTERVAL.min)
+      .max(DEEPCACHE_INTERVAL.max)
+      .default(DEEPCACHE_INTERVAL.default),
     schedule: z.enum(CACHE_SCHEDULES).default("uniform"),
   })
   .strict();
@@ -99,8 +106,16 @@ export const CreateGenerationBody = z
     loras: z.array(LoraUse).max(8).default([]),
     controlnets: z.array(ControlNetUse).max(4).default([]),
     cache: CacheOption.optional(),
-    webhook_url: z.url({ protocol: /^https?$/ }).max(2048).optional(),
-    output_ttl_seconds: z.number().int().min(60).max(7 * 24 * 3600).default(3600),
+    webhook_url: z
+      .url({ protocol: /^https?$/ })
+      .max(2048)
+      .optional(),
+    output_ttl_seconds: z
+      .number()
+      .int()
+      .min(60)
+      .max(7 * 24 * 3600)
+      .default(3600),
     metadata: z.record(z.string().max(64), z.string().max(512)).optional(),
   })
   .strict()
@@ -165,13 +180,18 @@ export const GenerationImage = z
   .openapi("GenerationImage");
 
 export const SignImageBody = z
-  .object({ expires_in_seconds: z.number().int().min(60).max(7 * 24 * 3600).default(3600) })
+  .object({
+    expires_in_seconds: z
+      .number()
+      .int()
+      .min(60)
+      .max(7 * 24 * 3600)
+      .default(3600),
+  })
   .strict()
   .openapi("SignImage");
 
-export const SignedImageUrl = z
-  .object({ url: z.string(), url_expires_at: z.string() })
-  .openapi("SignedImageUrl");
+export const SignedImageUrl = z.object({ url: z.string(), url_expires_at: z.string() }).openapi("SignedImageUrl");
 
 export const Generation = z
   .object({
@@ -204,7 +224,11 @@ export const GenerationList = z
 export const ListGenerationsQuery = z
   .object({
     limit: z.coerce.number().int().min(1).max(100).default(20),
-    after: z.string().max(64).optional().openapi({ description: "Cursor: the id of the last generation of the previous page" }),
+    after: z
+      .string()
+      .max(64)
+      .optional()
+      .openapi({ description: "Cursor: the id of the last generation of the previous page" }),
     status: JobStatus.optional(),
     model: z.string().max(64).optional(),
   })

@@ -8,7 +8,10 @@ export type Scope = z.infer<typeof Scope>;
 export const CreateKeyBody = z
   .object({
     name: z.string().min(1).max(128).default("default"),
-    scopes: z.array(Scope).min(1).default([...SCOPES]),
+    scopes: z
+      .array(Scope)
+      .min(1)
+      .default([...SCOPES]),
     expires_in_days: z.number().int().min(1).max(3650).optional(),
   })
   .strict()

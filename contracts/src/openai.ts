@@ -1,5 +1,16 @@
 import { z } from "@hono/zod-openapi";
-import { CacheOption, ControlNetUse, Guidance, ImageCount, LoraUse, MAX_SIZE, NegativePrompt, Prompt, Seed, Steps } from "./generations.ts";
+import {
+  CacheOption,
+  ControlNetUse,
+  Guidance,
+  ImageCount,
+  LoraUse,
+  MAX_SIZE,
+  NegativePrompt,
+  Prompt,
+  Seed,
+  Steps,
+} from "./generations.ts";
 import { SamplerName } from "./models.ts";
 
 /** `WIDTHxHEIGHT` with no zero side or leading zero, or OpenAI's `auto` (the model's default size). */
@@ -25,7 +36,9 @@ export const OpenAIImageBody = z
     size: z
       .string()
       .regex(OPENAI_SIZE_PATTERN, "expected WIDTHxHEIGHT (e.g. 512x512, each side 1 to 4096) or auto")
-      .refine((v) => v === "auto" || v.split("x").every((side) => Number(side) <= MAX_SIZE), { message: `each side is at most ${MAX_SIZE}` })
+      .refine((v) => v === "auto" || v.split("x").every((side) => Number(side) <= MAX_SIZE), {
+        message: `each side is at most ${MAX_SIZE}`,
+      })
       .optional(),
     response_format: z.enum(["url", "b64_json"]).default("url"),
     quality: z.string().max(32).optional(),
@@ -50,7 +63,9 @@ export const OpenAIImageBody = z
 export const OpenAIImagesResponse = z
   .object({
     created: z.number().int(),
-    data: z.array(z.object({ url: z.string().optional(), b64_json: z.string().optional(), revised_prompt: z.string().optional() })),
+    data: z.array(
+      z.object({ url: z.string().optional(), b64_json: z.string().optional(), revised_prompt: z.string().optional() }),
+    ),
     /** Our extension: the generation behind this answer (GET /v1/generations/{id}). */
     generation_id: z.string(),
   })

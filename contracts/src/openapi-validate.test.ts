@@ -41,11 +41,18 @@ describe.each(OPENAPI_SURFACES)("contracts/openapi/%s.json", (surface) => {
   });
 
   it("passes redocly lint (recommended rules) with no error and no warning", async () => {
-    const { stdout } = await run(bin("redocly"), ["lint", "--config", join(contractsDir, "redocly.yaml"), "--format", "json", documentPath(surface)], {
-      env: { ...process.env, REDOCLY_TELEMETRY: "off", REDOCLY_SUPPRESS_UPDATE_NOTICE: "true" },
-      maxBuffer: 16 * 1024 * 1024,
-    }).catch((err: { stdout?: string }) => ({ stdout: err.stdout ?? "" }));
-    const report = JSON.parse(stdout) as { totals: { errors: number; warnings: number }; problems: Array<{ ruleId: string; message: string }> };
+    const { stdout } = await run(
+      bin("redocly"),
+      ["lint", "--config", join(contractsDir, "redocly.yaml"), "--format", "json", documentPath(surface)],
+      {
+        env: { ...process.env, REDOCLY_TELEMETRY: "off", REDOCLY_SUPPRESS_UPDATE_NOTICE: "true" },
+        maxBuffer: 16 * 1024 * 1024,
+      },
+    ).catch((err: { stdout?: string }) => ({ stdout: err.stdout ?? "" }));
+    const report = JSON.parse(stdout) as {
+      totals: { errors: number; warnings: number };
+      problems: Array<{ ruleId: string; message: string }>;
+    };
     const problems = report.problems.map((p) => `${p.ruleId}: ${p.message}`);
     expect(problems).toEqual([]);
     expect(report.totals).toMatchObject({ errors: 0, warnings: 0 });
@@ -64,7 +71,12 @@ describe("the public document", () => {
   it("lists no admin or runner path", () => {
     const paths = Object.keys(load("public").paths ?? {});
     expect(paths.length).toBeGreaterThan(10);
-    expect(paths.filter((p) => !p.startsWith("/v1/") || /^\/(admin|internal)\b/.test(p) || p.includes("/admin/") || p.includes("/internal/"))).toEqual([]);
+    expect(
+      paths.filter(
+        (p) =>
+          !p.startsWith("/v1/") || /^\/(admin|internal)\b/.test(p) || p.includes("/admin/") || p.includes("/internal/"),
+      ),
+    ).toEqual([]);
     const text = readFileSync(documentPath("public"), "utf8");
     expect(text).not.toMatch(/"\/(admin|internal)\/v1\//);
   });
@@ -85,9 +97,19 @@ describe("the public document", () => {
         'export type Op = operations["createGeneration"];',
       ].join("\n"),
     );
-    const tsc = await run(bin("tsc"), ["--noEmit", "--strict", "--allowImportingTsExtensions", "--module", "esnext", "--moduleResolution", "bundler", "--target", "es2022", types, use]).catch(
-      (err: { stdout?: string }) => ({ stdout: `tsc failed:\n${err.stdout ?? ""}` }),
-    );
+    const tsc = await run(bin("tsc"), [
+      "--noEmit",
+      "--strict",
+      "--allowImportingTsExtensions",
+      "--module",
+      "esnext",
+      "--moduleResolution",
+      "bundler",
+      "--target",
+      "es2022",
+      types,
+      use,
+    ]).catch((err: { stdout?: string }) => ({ stdout: `tsc failed:\n${err.stdout ?? ""}` }));
     expect(tsc.stdout).toBe("");
   }, 120_000);
 });

@@ -17,7 +17,9 @@ export const WebhookSecret = z
   .object({
     secret: z.string().openapi({ example: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }),
     scheme: z.literal(WEBHOOK_SIGNATURE_SCHEME),
-    previous_secret_expires_at: Timestamp.nullable().openapi({ description: "Until then, deliveries are also signed with the secret the last rotation replaced." }),
+    previous_secret_expires_at: Timestamp.nullable().openapi({
+      description: "Until then, deliveries are also signed with the secret the last rotation replaced.",
+    }),
   })
   .openapi("WebhookSecret");
 export type WebhookSecret = z.infer<typeof WebhookSecret>;
@@ -35,7 +37,10 @@ export const RotateWebhookSecretBody = z
   .strict()
   .openapi("RotateWebhookSecretBody");
 
-const EndpointUrl = z.url({ protocol: /^https?$/ }).max(2048).openapi({ example: "https://example.com/hooks/imagegen" });
+const EndpointUrl = z
+  .url({ protocol: /^https?$/ })
+  .max(2048)
+  .openapi({ example: "https://example.com/hooks/imagegen" });
 
 export const WebhookEndpoint = z
   .object({
@@ -50,32 +55,50 @@ export const WebhookEndpoint = z
 export type WebhookEndpoint = z.infer<typeof WebhookEndpoint>;
 
 /** An endpoint as created: the only answer besides `GET …/secret` that shows its secret. */
-export const WebhookEndpointWithSecret = WebhookEndpoint.extend({ secret: z.string() }).openapi("WebhookEndpointWithSecret");
+export const WebhookEndpointWithSecret = WebhookEndpoint.extend({ secret: z.string() }).openapi(
+  "WebhookEndpointWithSecret",
+);
 
 export const CreateWebhookEndpointBody = z
   .object({
     url: EndpointUrl,
-    events: z.array(WebhookEventType).min(1).default([...WEBHOOK_EVENT_TYPES]),
+    events: z
+      .array(WebhookEventType)
+      .min(1)
+      .default([...WEBHOOK_EVENT_TYPES]),
   })
   .strict()
   .openapi("CreateWebhookEndpointBody");
 
 export const UpdateWebhookEndpointBody = z
-  .object({ url: EndpointUrl.optional(), events: z.array(WebhookEventType).min(1).optional(), disabled: z.boolean().optional() })
+  .object({
+    url: EndpointUrl.optional(),
+    events: z.array(WebhookEventType).min(1).optional(),
+    disabled: z.boolean().optional(),
+  })
   .strict()
   .openapi("UpdateWebhookEndpointBody");
 
-export const ListWebhookDeliveriesQuery = z.object({ endpoint_id: z.string().max(64).optional().openapi({ description: "Only the deliveries to this endpoint." }) });
+export const ListWebhookDeliveriesQuery = z.object({
+  endpoint_id: z.string().max(64).optional().openapi({ description: "Only the deliveries to this endpoint." }),
+});
 
 export const WebhookDeliveryStatus = z.enum(WEBHOOK_DELIVERY_STATUSES);
 
 export const WebhookDelivery = z
   .object({
-    id: z.string().openapi({ description: "Also the `webhook-id` header: the same on every attempt, for receivers to deduplicate." }),
+    id: z
+      .string()
+      .openapi({
+        description: "Also the `webhook-id` header: the same on every attempt, for receivers to deduplicate.",
+      }),
     object: z.literal("webhook_delivery"),
     event: z.string(),
     url: z.string(),
-    endpoint_id: z.string().nullable().openapi({ description: "The endpoint it went to; null for a request's own `webhook_url`." }),
+    endpoint_id: z
+      .string()
+      .nullable()
+      .openapi({ description: "The endpoint it went to; null for a request's own `webhook_url`." }),
     generation_id: z.string().nullable(),
     status: WebhookDeliveryStatus,
     attempts: z.number().int(),

@@ -44,7 +44,9 @@ export const users = sqliteTable(
   "users",
   {
     id: text("id").primaryKey(),
-    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
     email: text("email").notNull(),
     role: text("role", { enum: USER_ROLES }).notNull().default("member"),
     createdAt: integer("created_at").notNull(),
@@ -56,7 +58,9 @@ export const apiKeys = sqliteTable(
   "api_keys",
   {
     id: text("id").primaryKey(),
-    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
     userId: text("user_id").references(() => users.id),
     name: text("name").notNull(),
     /** The first characters of the key, kept for display ("igk_AbCd…"). */
@@ -90,7 +94,9 @@ export const addons = sqliteTable(
   "addons",
   {
     id: text("id").primaryKey(),
-    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
     kind: text("kind", { enum: ADDON_KINDS }).notNull(),
     name: text("name").notNull(),
     family: text("family").notNull(),
@@ -109,7 +115,9 @@ export const addons = sqliteTable(
 export const addonVersions = sqliteTable(
   "addon_versions",
   {
-    addonId: text("addon_id").notNull().references(() => addons.id),
+    addonId: text("addon_id")
+      .notNull()
+      .references(() => addons.id),
     version: integer("version").notNull(),
     status: text("status", { enum: ADDON_VERSION_STATUSES }).notNull().default("pending"),
     rejectionReason: text("rejection_reason"),
@@ -131,7 +139,9 @@ export const jobs = sqliteTable(
   {
     /** Time-sortable id: list order and cursors use it. */
     id: text("id").primaryKey(),
-    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
     apiKeyId: text("api_key_id"),
     modelId: text("model_id").notNull(),
     status: text("status", { enum: JOB_STATUSES }).notNull().default("queued"),
@@ -175,8 +185,12 @@ export const images = sqliteTable(
   "images",
   {
     id: text("id").primaryKey(),
-    jobId: text("job_id").notNull().references(() => jobs.id),
-    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    jobId: text("job_id")
+      .notNull()
+      .references(() => jobs.id),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
     index: integer("index").notNull(),
     storageKey: text("storage_key").notNull(),
     width: integer("width").notNull(),
@@ -212,7 +226,9 @@ export const webhookEndpoints = sqliteTable(
   "webhook_endpoints",
   {
     id: text("id").primaryKey(),
-    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
     url: text("url").notNull(),
     /** The signing secrets (current, and the one a rotation replaced until it expires), sealed like tenants.webhookSecret. */
     secret: text("secret").notNull(),
@@ -228,7 +244,9 @@ export const webhookDeliveries = sqliteTable(
   "webhook_deliveries",
   {
     id: text("id").primaryKey(),
-    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
     endpointId: text("endpoint_id"),
     url: text("url").notNull(),
     jobId: text("job_id"),
@@ -250,7 +268,9 @@ export const webhookDeliveries = sqliteTable(
 export const usageCounters = sqliteTable(
   "usage_counters",
   {
-    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
     /** UTC day, YYYY-MM-DD. */
     day: text("day").notNull(),
     jobs: integer("jobs").notNull().default(0),

@@ -69,10 +69,24 @@ export function createApp() {
     const id = c.get("requestId") ?? "unknown";
     let apiErr: ApiError;
     if (err instanceof ApiError) apiErr = err;
-    else if (err instanceof HTTPException) apiErr = new ApiError(err.status as 400, "invalid_request_error", "bad_request", err.message || "Bad request.");
+    else if (err instanceof HTTPException)
+      apiErr = new ApiError(err.status as 400, "invalid_request_error", "bad_request", err.message || "Bad request.");
     else {
-      console.error(JSON.stringify({ level: "error", request_id: id, path: c.req.path, error: String(err), stack: (err as Error).stack }));
-      apiErr = new ApiError(500, "api_error", "internal_error", "An internal error occurred; retry, and quote the request id if it persists.");
+      console.error(
+        JSON.stringify({
+          level: "error",
+          request_id: id,
+          path: c.req.path,
+          error: String(err),
+          stack: (err as Error).stack,
+        }),
+      );
+      apiErr = new ApiError(
+        500,
+        "api_error",
+        "internal_error",
+        "An internal error occurred; retry, and quote the request id if it persists.",
+      );
     }
     for (const [name, value] of Object.entries(apiErr.headers ?? {})) c.header(name, value);
     c.header("X-Request-Id", id);

@@ -23,9 +23,16 @@ export type AppEnv = {
 const validationHook: Hook<unknown, AppEnv, string, unknown> = (result) => {
   if (result.success) return;
   const issue = result.error.issues[0];
-  const param = issue?.path.map((p) => (typeof p === "number" ? `[${p}]` : String(p))).join(".").replace(/\.\[/g, "[");
+  const param = issue?.path
+    .map((p) => (typeof p === "number" ? `[${p}]` : String(p)))
+    .join(".")
+    .replace(/\.\[/g, "[");
   const message = issue ? `${param ? `${param}: ` : ""}${issue.message}` : "Invalid request.";
-  throw ApiError.invalid(issue?.code === "unrecognized_keys" ? "unknown_parameter" : "invalid_parameter", message, param || undefined);
+  throw ApiError.invalid(
+    issue?.code === "unrecognized_keys" ? "unknown_parameter" : "invalid_parameter",
+    message,
+    param || undefined,
+  );
 };
 
 /** Every router is built here so they all share the validation hook (and so the OpenAPI registry). */

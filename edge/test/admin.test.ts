@@ -6,7 +6,8 @@ beforeAll(async () => {
   await registerModel();
 });
 
-const runnerOf = async (id: string) => (await call("GET", "/admin/v1/runners", { token: ADMIN })).body.data.find((r: { id: string }) => r.id === id);
+const runnerOf = async (id: string) =>
+  (await call("GET", "/admin/v1/runners", { token: ADMIN })).body.data.find((r: { id: string }) => r.id === id);
 
 describe("operator control of runners", () => {
   it("lists runners with their status, capacity, leases held, last seen and creation time", async () => {
@@ -16,7 +17,15 @@ describe("operator control of runners", () => {
     await generate(t.key, { model: "list-model" });
     expect((await lease(runner.token, { models: ["list-model"] })).status).toBe(200);
     const listed = await runnerOf(runner.id);
-    expect(listed).toMatchObject({ object: "runner", name: "listed", status: "active", capacity: 2, active_leases: 1, revoked_at: null, models: ["list-model"] });
+    expect(listed).toMatchObject({
+      object: "runner",
+      name: "listed",
+      status: "active",
+      capacity: 2,
+      active_leases: 1,
+      revoked_at: null,
+      models: ["list-model"],
+    });
     expect(Date.parse(listed.last_seen_at)).toBeGreaterThan(0);
     expect(Date.parse(listed.created_at)).toBeGreaterThan(0);
     expect(listed).not.toHaveProperty("token");
@@ -74,10 +83,14 @@ describe("runner capacity", () => {
     const runner = await newRunner("greedy", 2);
     for (let i = 0; i < 6; i++) await generate(t.key, { model: "capacity-model", seed: i });
     // It declares 20; the operator registered it for 2.
-    const answers = await Promise.all(Array.from({ length: 20 }, () => lease(runner.token, { models: ["capacity-model"], capacity: 20 })));
+    const answers = await Promise.all(
+      Array.from({ length: 20 }, () => lease(runner.token, { models: ["capacity-model"], capacity: 20 })),
+    );
     expect(answers.filter((a) => a.status === 200)).toHaveLength(2);
     expect(answers.filter((a) => a.status !== 200 && a.status !== 204)).toEqual([]);
-    const held = await env.DB.prepare("SELECT count(*) AS n FROM jobs WHERE lease_owner = ? AND status = 'running'").bind(runner.id).first<{ n: number }>();
+    const held = await env.DB.prepare("SELECT count(*) AS n FROM jobs WHERE lease_owner = ? AND status = 'running'")
+      .bind(runner.id)
+      .first<{ n: number }>();
     expect(held!.n).toBe(2);
 
     // A declared capacity lower than the registered one is the limit.
@@ -86,7 +99,9 @@ describe("runner capacity", () => {
     expect((await lease(modest.token, { models: ["capacity-model"], capacity: 1 })).status).toBe(204);
 
     // An expired lease no longer counts.
-    await env.DB.prepare("UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ?").bind(Date.now() - 1, runner.id).run();
+    await env.DB.prepare("UPDATE jobs SET lease_expires_at = ? WHERE lease_owner = ?")
+      .bind(Date.now() - 1, runner.id)
+      .run();
     expect((await lease(runner.token, { models: ["capacity-model"], capacity: 20 })).status).toBe(200);
   });
 });

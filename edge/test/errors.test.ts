@@ -25,22 +25,38 @@ beforeAll(async () => {
 
 describe("bad input gets one error envelope and changes nothing", () => {
   it("malformed JSON → 400 invalid_json", async () => {
-    const r = await call("POST", "/v1/generations", { token: key, raw: '{"prompt": "x",', headers: { "content-type": "application/json" } });
+    const r = await call("POST", "/v1/generations", {
+      token: key,
+      raw: '{"prompt": "x",',
+      headers: { "content-type": "application/json" },
+    });
     expect(r.status).toBe(400);
     expectEnvelope(r.body, "invalid_request_error", "invalid_json");
     expect(r.headers.get("x-request-id")).toBe(r.body.error.request_id);
   });
 
   it("a JSON array or a wrong content type is refused", async () => {
-    const arr = await call("POST", "/v1/generations", { token: key, raw: "[1,2]", headers: { "content-type": "application/json" } });
+    const arr = await call("POST", "/v1/generations", {
+      token: key,
+      raw: "[1,2]",
+      headers: { "content-type": "application/json" },
+    });
     expect(arr.status).toBe(400);
-    const form = await call("POST", "/v1/generations", { token: key, raw: "prompt=x", headers: { "content-type": "application/x-www-form-urlencoded" } });
+    const form = await call("POST", "/v1/generations", {
+      token: key,
+      raw: "prompt=x",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+    });
     expect(form.status).toBe(415);
     expectEnvelope(form.body, "invalid_request_error", "unsupported_media_type");
   });
 
   it("oversized bodies → 413", async () => {
-    const r = await generate(key, { metadata: { a: "x".repeat(500) }, negative_prompt: "y".repeat(900), padding: "z".repeat(3 * 1024 * 1024) });
+    const r = await generate(key, {
+      metadata: { a: "x".repeat(500) },
+      negative_prompt: "y".repeat(900),
+      padding: "z".repeat(3 * 1024 * 1024),
+    });
     expect(r.status).toBe(413);
     expectEnvelope(r.body, "invalid_request_error", "body_too_large");
   });
@@ -117,7 +133,9 @@ describe("credentials", () => {
 
   it("keys are stored hashed, with a display prefix only", async () => {
     const t = await newTenant("hash-check");
-    const row = await env.DB.prepare("SELECT hash, prefix FROM api_keys WHERE id = ?").bind(t.keyId).first<{ hash: string; prefix: string }>();
+    const row = await env.DB.prepare("SELECT hash, prefix FROM api_keys WHERE id = ?")
+      .bind(t.keyId)
+      .first<{ hash: string; prefix: string }>();
     expect(row!.hash).toMatch(/^[0-9a-f]{64}$/);
     expect(row!.hash).not.toContain(t.key);
     expect(t.key.startsWith(row!.prefix.replace("…", ""))).toBe(true);

@@ -36,7 +36,10 @@ async function readEvents(res: Response): Promise<any[]> {
   return out;
 }
 
-const follow = (key: string, id: string) => worker.fetch(new Request(`http://edge.test/v1/generations/${id}/events`, { headers: { authorization: `Bearer ${key}` } }));
+const follow = (key: string, id: string) =>
+  worker.fetch(
+    new Request(`http://edge.test/v1/generations/${id}/events`, { headers: { authorization: `Bearer ${key}` } }),
+  );
 
 describe("generation events (SSE)", () => {
   it("streams each change of status and progress, and ends after the final state", async () => {
@@ -49,7 +52,10 @@ describe("generation events (SSE)", () => {
     const reading = readEvents(res);
     const l = await lease(runner.token);
     for (const step of [1, 2, 3, 4]) {
-      await call("POST", `/internal/v1/jobs/${job.body.id}/heartbeat`, { token: runner.token, body: { lease_id: l.body.lease_id, progress: { step, total: 4 } } });
+      await call("POST", `/internal/v1/jobs/${job.body.id}/heartbeat`, {
+        token: runner.token,
+        body: { lease_id: l.body.lease_id, progress: { step, total: 4 } },
+      });
     }
     await completeLeased(runner.token, l.body);
     const seen = await reading;
@@ -69,34 +75,42 @@ describe("generation events (SSE)", () => {
     expect(r.status).toBe(404);
   });
   // The stream's keep-alive is 15 s: a requeue that is not announced is only seen when it fires.
-  it.each(["a retryable failure", "an expired lease"])("a watcher hears of a requeue after %s at once", async (cause) => {
-    // A model of its own, so that no other test's queued job is leased instead.
-    const model = `requeue-${cause.length}`;
-    await registerModel(model);
-    const t = await newTenant(`sse-${model}`);
-    const runner = await newRunner("sse-requeue");
-    const job = await generate(t.key, { model });
-    const next = eventReader(await follow(t.key, job.body.id));
-    expect((await next()).status).toBe("queued");
-    const l = await lease(runner.token, { models: [model] });
-    expect(l.body.job.id).toBe(job.body.id);
-    expect(await next()).toMatchObject({ status: "running", attempts: 1 });
-    const start = Date.now();
-    if (cause === "a retryable failure") {
-      const failed = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, { token: runner.token, body: { lease_id: l.body.lease_id, error: { code: "oom", message: "out of memory" }, retryable: true } });
-      expect(failed.status).toBe(200);
-    } else {
-      await env.DB.prepare("UPDATE jobs SET lease_expires_at = ? WHERE id = ?").bind(Date.now() - 1, job.body.id).run();
-      // Any lease call requeues expired leases first; this one asks for another model, so nothing re-leases the job.
-      expect((await lease(runner.token, { models: ["model-without-jobs"] })).status).toBe(204);
-    }
-    const requeued = await next();
-    expect(requeued).toMatchObject({ status: "queued", attempts: 1 });
-    expect(Date.now() - start).toBeLessThan(2_000);
-    await call("POST", `/v1/generations/${job.body.id}/cancel`, { token: t.key });
-    expect((await next()).status).toBe("canceled");
-    expect(await next()).toBeUndefined();
-  });
+  it.each(["a retryable failure", "an expired lease"])(
+    "a watcher hears of a requeue after %s at once",
+    async (cause) => {
+      // A model of its own, so that no other test's queued job is leased instead.
+      const model = `requeue-${cause.length}`;
+      await registerModel(model);
+      const t = await newTenant(`sse-${model}`);
+      const runner = await newRunner("sse-requeue");
+      const job = await generate(t.key, { model });
+      const next = eventReader(await follow(t.key, job.body.id));
+      expect((await next()).status).toBe("queued");
+      const l = await lease(runner.token, { models: [model] });
+      expect(l.body.job.id).toBe(job.body.id);
+      expect(await next()).toMatchObject({ status: "running", attempts: 1 });
+      const start = Date.now();
+      if (cause === "a retryable failure") {
+        const failed = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, {
+          token: runner.token,
+          body: { lease_id: l.body.lease_id, error: { code: "oom", message: "out of memory" }, retryable: true },
+        });
+        expect(failed.status).toBe(200);
+      } else {
+        await env.DB.prepare("UPDATE jobs SET lease_expires_at = ? WHERE id = ?")
+          .bind(Date.now() - 1, job.body.id)
+          .run();
+        // Any lease call requeues expired leases first; this one asks for another model, so nothing re-leases the job.
+        expect((await lease(runner.token, { models: ["model-without-jobs"] })).status).toBe(204);
+      }
+      const requeued = await next();
+      expect(requeued).toMatchObject({ status: "queued", attempts: 1 });
+      expect(Date.now() - start).toBeLessThan(2_000);
+      await call("POST", `/v1/generations/${job.body.id}/cancel`, { token: t.key });
+      expect((await next()).status).toBe("canceled");
+      expect(await next()).toBeUndefined();
+    },
+  );
   it("a stream ends when the key it was opened with is revoked", async () => {
     await registerModel("sse-revoke-model");
     const t = await newTenant("sse-revoke");

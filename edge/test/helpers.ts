@@ -25,7 +25,9 @@ export async function call<T = any>(
     body = JSON.stringify(opts.body);
     headers["content-type"] ??= "application/json";
   }
-  const res = await worker.fetch(new Request(`http://edge.test${path}`, { method, headers, body, signal: opts.signal }));
+  const res = await worker.fetch(
+    new Request(`http://edge.test${path}`, { method, headers, body, signal: opts.signal }),
+  );
   const text = await res.text();
   return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) : null };
 }
@@ -53,10 +55,19 @@ export const TINY_SPEC = {
   ],
   lora_max_rank: 8,
   // As the zoo's tiny-shapes bundles declare them (manifest.json "controlnet.residuals").
-  controlnet_residuals: ["down_block_0_additional_residual", "down_block_1_additional_residual", "down_block_2_additional_residual", "mid_block_additional_residual"],
+  controlnet_residuals: [
+    "down_block_0_additional_residual",
+    "down_block_1_additional_residual",
+    "down_block_2_additional_residual",
+    "mid_block_additional_residual",
+  ],
 };
 
-export async function registerModel(id = "tiny-shapes", family = "tiny-shapes", spec: Record<string, unknown> = TINY_SPEC) {
+export async function registerModel(
+  id = "tiny-shapes",
+  family = "tiny-shapes",
+  spec: Record<string, unknown> = TINY_SPEC,
+) {
   const r = await call("PUT", `/admin/v1/models/${id}`, { token: ADMIN, body: { family, display_name: id, spec } });
   if (r.status !== 200) throw new Error(`model: ${JSON.stringify(r.body)}`);
   return r.body;
@@ -80,22 +91,39 @@ export async function newRunner(name = "runner", capacity = 64) {
 export async function registerAddon(tenantId: string, name: string, opts: Record<string, unknown> = {}) {
   const r = await call("POST", "/admin/v1/addons", {
     token: ADMIN,
-    body: { tenant_id: tenantId, kind: "lora", name, family: "tiny-shapes", storage_key: `addons/${tenantId}/${name}`, ...opts },
+    body: {
+      tenant_id: tenantId,
+      kind: "lora",
+      name,
+      family: "tiny-shapes",
+      storage_key: `addons/${tenantId}/${name}`,
+      ...opts,
+    },
   });
   if (r.status !== 201) throw new Error(`addon: ${JSON.stringify(r.body)}`);
   return r.body.id as string;
 }
 
 export const generate = (key: string, body: Record<string, unknown> = {}, headers: Record<string, string> = {}) =>
-  call("POST", "/v1/generations", { token: key, body: { prompt: "a large red circle on the left, blue background", ...body }, headers });
+  call("POST", "/v1/generations", {
+    token: key,
+    body: { prompt: "a large red circle on the left, blue background", ...body },
+    headers,
+  });
 
 /** A lease call alone: the lease stays provisional (no attempt counted) until acknowledged. */
 export const leaseUnacked = (runnerToken: string, body: Record<string, unknown> = {}) =>
-  call("POST", "/internal/v1/lease", { token: runnerToken, body: { models: ["tiny-shapes"], wait_ms: 0, capacity: 64, ...body } });
+  call("POST", "/internal/v1/lease", {
+    token: runnerToken,
+    body: { models: ["tiny-shapes"], wait_ms: 0, capacity: 64, ...body },
+  });
 
 /** The first heartbeat acknowledges a lease: the attempt counts and the full lease deadline starts. */
 export const acknowledge = (runnerToken: string, leased: { lease_id: string; job: { id: string } }) =>
-  call("POST", `/internal/v1/jobs/${leased.job.id}/heartbeat`, { token: runnerToken, body: { lease_id: leased.lease_id } });
+  call("POST", `/internal/v1/jobs/${leased.job.id}/heartbeat`, {
+    token: runnerToken,
+    body: { lease_id: leased.lease_id },
+  });
 
 /** What a runner does on receiving a job: lease it and acknowledge at once. */
 export async function lease(runnerToken: string, body: Record<string, unknown> = {}) {
@@ -108,19 +136,37 @@ export async function lease(runnerToken: string, body: Record<string, unknown> =
 }
 
 /** What a runner does at the end of a job: PUT each image where the lease said, then report them. */
-export async function uploadOutputs(leased: { outputs: Array<{ index: number; storage_key: string }> }, count = leased.outputs.length) {
+export async function uploadOutputs(
+  leased: { outputs: Array<{ index: number; storage_key: string }> },
+  count = leased.outputs.length,
+) {
   const images = [];
   for (const out of leased.outputs.slice(0, count)) {
     const bytes = new TextEncoder().encode(`png ${out.storage_key}`);
     const sha256 = await sha256Hex(bytes);
     // The store verifies the checksum signed into the PUT and keeps it, as R2 does.
     await env.BUCKET!.put(out.storage_key, bytes, { httpMetadata: { contentType: "image/png" }, sha256 });
-    images.push({ index: out.index, storage_key: out.storage_key, width: 64, height: 64, seed: 1 + out.index, sha256, size_bytes: bytes.byteLength });
+    images.push({
+      index: out.index,
+      storage_key: out.storage_key,
+      width: 64,
+      height: 64,
+      seed: 1 + out.index,
+      sha256,
+      size_bytes: bytes.byteLength,
+    });
   }
   return images;
 }
 
-export async function completeLeased(runnerToken: string, leased: any, opts: { count?: number; timings?: Record<string, number> } = {}) {
+export async function completeLeased(
+  runnerToken: string,
+  leased: any,
+  opts: { count?: number; timings?: Record<string, number> } = {},
+) {
   const images = await uploadOutputs(leased, opts.count);
-  return call("POST", `/internal/v1/jobs/${leased.job.id}/complete`, { token: runnerToken, body: { lease_id: leased.lease_id, images, timings: opts.timings ?? {} } });
+  return call("POST", `/internal/v1/jobs/${leased.job.id}/complete`, {
+    token: runnerToken,
+    body: { lease_id: leased.lease_id, images, timings: opts.timings ?? {} },
+  });
 }

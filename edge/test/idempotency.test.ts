@@ -30,7 +30,9 @@ describe("Idempotency-Key", () => {
   it("key order in the body does not matter; concurrent retries create one job", async () => {
     const body = { seed: 11, n: 2 };
     const results = await Promise.all(
-      Array.from({ length: 12 }, (_, i) => generate(key, i % 2 ? { n: 2, seed: 11 } : body, { "idempotency-key": "burst-1" })),
+      Array.from({ length: 12 }, (_, i) =>
+        generate(key, i % 2 ? { n: 2, seed: 11 } : body, { "idempotency-key": "burst-1" }),
+      ),
     );
     const ids = new Set(results.map((r) => r.body.id));
     expect(results.every((r) => r.status === 200 || r.status === 202)).toBe(true);

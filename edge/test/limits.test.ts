@@ -65,7 +65,10 @@ describe("limits", () => {
     const t = await newTenant("tunable", { max_concurrent_jobs: 1 });
     expect((await generate(t.key)).status).toBe(202);
     expect((await generate(t.key)).status).toBe(429);
-    const patch = await call("PATCH", `/admin/v1/tenants/${t.id}`, { token: "test-admin-token", body: { limits: { max_concurrent_jobs: 5 } } });
+    const patch = await call("PATCH", `/admin/v1/tenants/${t.id}`, {
+      token: "test-admin-token",
+      body: { limits: { max_concurrent_jobs: 5 } },
+    });
     expect(patch.status).toBe(200);
     expect(patch.body.limits.max_concurrent_jobs).toBe(5);
     expect((await generate(t.key)).status).toBe(202);
@@ -79,7 +82,11 @@ describe("limits", () => {
       minted.push(k.body.secret);
     }
     // Two creates spent 2 of 6; three keys then get 4 more between them, not 6 each.
-    const answers = await Promise.all([t.key, ...minted].flatMap((key) => Array.from({ length: 4 }, () => call("GET", "/v1/generations", { token: key }))));
+    const answers = await Promise.all(
+      [t.key, ...minted].flatMap((key) =>
+        Array.from({ length: 4 }, () => call("GET", "/v1/generations", { token: key })),
+      ),
+    );
     expect(answers.filter((a) => a.status === 200)).toHaveLength(4);
     expect(answers.filter((a) => a.status === 429)).toHaveLength(8);
     expect(answers.every((a) => a.headers.get("ratelimit-limit") === "6")).toBe(true);
@@ -94,7 +101,9 @@ describe("limits", () => {
     expect(over.status).toBe(403);
     expect(over.body.error.code).toBe("api_key_limit_exceeded");
     // The operator is held to the same cap, concurrent creates included.
-    const admin = await Promise.all(Array.from({ length: 4 }, () => call("POST", `/admin/v1/tenants/${t.id}/keys`, { token: ADMIN, body: {} })));
+    const admin = await Promise.all(
+      Array.from({ length: 4 }, () => call("POST", `/admin/v1/tenants/${t.id}/keys`, { token: ADMIN, body: {} })),
+    );
     expect(admin.every((a) => a.status === 403)).toBe(true);
     expect((await call("DELETE", `/v1/keys/${made[0]!.body.id}`, { token: t.key })).status).toBe(200);
     expect((await call("POST", "/v1/keys", { token: t.key, body: { name: "replacement" } })).status).toBe(201);

@@ -11,7 +11,9 @@ let tenantId: string;
 let runner: { token: string };
 
 async function jobCount(): Promise<number> {
-  const row = await env.DB.prepare("SELECT count(*) AS n FROM jobs WHERE tenant_id = ?").bind(tenantId).first<{ n: number }>();
+  const row = await env.DB.prepare("SELECT count(*) AS n FROM jobs WHERE tenant_id = ?")
+    .bind(tenantId)
+    .first<{ n: number }>();
   return row!.n;
 }
 
@@ -95,7 +97,9 @@ describe("retries never make a second job", () => {
   });
 
   it("a client's automatic retry (X-Stainless-Retry-Count) of the same body gets the first attempt's job", async () => {
-    const first = await served(images({ seed: 2 }, { "x-stainless-retry-count": "0" }), (l) => completeLeased(runner.token, l));
+    const first = await served(images({ seed: 2 }, { "x-stainless-retry-count": "0" }), (l) =>
+      completeLeased(runner.token, l),
+    );
     expect(first.status).toBe(200);
     const count = await jobCount();
     const retried = await images({ seed: 2 }, { "x-stainless-retry-count": "1" });
@@ -103,7 +107,9 @@ describe("retries never make a second job", () => {
     expect(retried.body.generation_id).toBe(first.body.generation_id);
     expect(await jobCount()).toBe(count);
     // A fresh call (not a retry) with the same body is a new generation.
-    const fresh = served(images({ seed: 2 }, { "x-stainless-retry-count": "0" }), (l) => completeLeased(runner.token, l));
+    const fresh = served(images({ seed: 2 }, { "x-stainless-retry-count": "0" }), (l) =>
+      completeLeased(runner.token, l),
+    );
     expect((await fresh).body.generation_id).not.toBe(first.body.generation_id);
     expect(await jobCount()).toBe(count + 1);
   });
@@ -112,7 +118,11 @@ describe("retries never make a second job", () => {
     const fail = (l: any) =>
       call("POST", `/internal/v1/jobs/${l.job.id}/fail`, {
         token: runner.token,
-        body: { lease_id: l.lease_id, error: { code: "control_image_invalid", message: "controlnets[0].image: PNG colour type 5 is not supported" }, retryable: false },
+        body: {
+          lease_id: l.lease_id,
+          error: { code: "control_image_invalid", message: "controlnets[0].image: PNG colour type 5 is not supported" },
+          retryable: false,
+        },
       });
     const first = await served(images({ seed: 3 }), fail);
     expect(first.status, JSON.stringify(first.body)).toBe(400);

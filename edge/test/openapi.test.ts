@@ -19,7 +19,13 @@ describe("OpenAPI 3.1 documents", () => {
     expect(r.status).toBe(200);
     const doc = r.body;
     expect(doc.openapi).toBe("3.1.0");
-    for (const path of ["/v1/generations", "/v1/generations/{id}", "/v1/generations/{id}/cancel", "/v1/models", "/v1/keys"]) {
+    for (const path of [
+      "/v1/generations",
+      "/v1/generations/{id}",
+      "/v1/generations/{id}/cancel",
+      "/v1/models",
+      "/v1/keys",
+    ]) {
       expect(Object.keys(doc.paths)).toContain(path);
     }
     const create = doc.components.schemas.CreateGeneration;
@@ -27,7 +33,9 @@ describe("OpenAPI 3.1 documents", () => {
     expect(create.properties.prompt.maxLength).toBe(1000);
     expect(create.additionalProperties).toBe(false);
     expect(create.required).toEqual(["prompt"]);
-    expect(doc.paths["/v1/generations"].post.requestBody.content["application/json"].schema.$ref).toBe("#/components/schemas/CreateGeneration");
+    expect(doc.paths["/v1/generations"].post.requestBody.content["application/json"].schema.$ref).toBe(
+      "#/components/schemas/CreateGeneration",
+    );
     expect(doc.paths["/v1/generations"].post.responses["429"]).toBeDefined();
     expect(doc.components.securitySchemes.bearerAuth.scheme).toBe("bearer");
   });
@@ -45,7 +53,10 @@ describe("OpenAPI 3.1 documents", () => {
 
   it.each(OPENAPI_SURFACES)("the committed contracts/openapi/%s.json matches the code", (surface) => {
     const docs = openApiDocuments(createApp());
-    expect(committed[surface], `contracts/openapi/${surface}.json is out of date: run \`npm run openapi\` and commit it`).toBe(documentText(docs[surface]));
+    expect(
+      committed[surface],
+      `contracts/openapi/${surface}.json is out of date: run \`npm run openapi\` and commit it`,
+    ).toBe(documentText(docs[surface]));
   });
 });
 

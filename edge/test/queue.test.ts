@@ -1,6 +1,18 @@
 import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
-import { acknowledge, call, completeLeased, generate, uploadOutputs, lease, leaseUnacked, newRunner, newTenant, registerAddon, registerModel } from "./helpers.ts";
+import {
+  acknowledge,
+  call,
+  completeLeased,
+  generate,
+  uploadOutputs,
+  lease,
+  leaseUnacked,
+  newRunner,
+  newTenant,
+  registerAddon,
+  registerModel,
+} from "./helpers.ts";
 
 beforeAll(async () => {
   await registerModel();
@@ -11,8 +23,12 @@ const complete = async (token: string, leased: any, count?: number, leaseId = le
     token,
     body: { lease_id: leaseId, images: await uploadOutputs(leased, count), timings: { inference_ms: 120 } },
   });
-const heartbeat = (token: string, id: string, body: Record<string, unknown>) => call("POST", `/internal/v1/jobs/${id}/heartbeat`, { token, body });
-const expireLease = (id: string) => env.DB.prepare("UPDATE jobs SET lease_expires_at = ? WHERE id = ?").bind(Date.now() - 1, id).run();
+const heartbeat = (token: string, id: string, body: Record<string, unknown>) =>
+  call("POST", `/internal/v1/jobs/${id}/heartbeat`, { token, body });
+const expireLease = (id: string) =>
+  env.DB.prepare("UPDATE jobs SET lease_expires_at = ? WHERE id = ?")
+    .bind(Date.now() - 1, id)
+    .run();
 
 describe("lease", () => {
   it("under many concurrent lease calls, every job is leased by exactly one runner", async () => {
@@ -26,7 +42,11 @@ describe("lease", () => {
     const ids = leased.map((a) => a.body.job.id);
     expect(ids).toHaveLength(24);
     expect(new Set(ids).size).toBe(24);
-    const rows = await env.DB.prepare("SELECT count(*) AS n FROM jobs WHERE tenant_id = ? AND status = 'running' AND attempts = 1").bind(t.id).first<{ n: number }>();
+    const rows = await env.DB.prepare(
+      "SELECT count(*) AS n FROM jobs WHERE tenant_id = ? AND status = 'running' AND attempts = 1",
+    )
+      .bind(t.id)
+      .first<{ n: number }>();
     expect(rows!.n).toBe(24);
   });
 
@@ -52,7 +72,9 @@ describe("lease", () => {
     }
     samples.sort((x, y) => x - y);
     answered.sort((x, y) => x - y);
-    console.log(`queued → leased (idle runner, long poll), ms: ${samples.join(", ")}; median ${samples[2]}; answer received, median ${answered[2]} ms`);
+    console.log(
+      `queued → leased (idle runner, long poll), ms: ${samples.join(", ")}; median ${samples[2]}; answer received, median ${answered[2]} ms`,
+    );
     // A sleeping poll would take up to wait_ms (5 s); the doorbell answers in milliseconds.
     expect(samples[2]).toBeLessThan(100);
   });
@@ -78,7 +100,9 @@ describe("lease", () => {
 
     // An old plain job beats a fresh warm one once it has waited past AFFINITY_MAX_WAIT_MS.
     const old = await generate(t.key, { seed: 3 });
-    await env.DB.prepare("UPDATE jobs SET created_at = ? WHERE id = ?").bind(Date.now() - 60_000, old.body.id).run();
+    await env.DB.prepare("UPDATE jobs SET created_at = ? WHERE id = ?")
+      .bind(Date.now() - 60_000, old.body.id)
+      .run();
     await env.DB.prepare("UPDATE jobs SET status = 'canceled' WHERE id = ?").bind(plain.body.id).run();
     await generate(t.key, { seed: 4, loras: [{ id: addon }] });
     const next = await lease(runner.token, { warm_addons: [`${addon}@1`] });
@@ -99,7 +123,10 @@ describe("lease", () => {
 });
 
 describe("leases to runners that have gone", () => {
-  const jobRow = (id: string) => env.DB.prepare("SELECT status, attempts, lease_owner, lease_expires_at FROM jobs WHERE id = ?").bind(id).first<any>();
+  const jobRow = (id: string) =>
+    env.DB.prepare("SELECT status, attempts, lease_owner, lease_expires_at FROM jobs WHERE id = ?")
+      .bind(id)
+      .first<any>();
 
   it("a lease nobody acknowledges costs no attempt: runners that vanished never fail a job", async () => {
     const t = await newTenant("vanished");
@@ -149,7 +176,11 @@ describe("leases to runners that have gone", () => {
     await registerModel("hangup-model");
     const runner = await newRunner("hung-up");
     const hangUp = new AbortController();
-    const poll = call("POST", "/internal/v1/lease", { token: runner.token, body: { models: ["hangup-model"], wait_ms: 5_000 }, signal: hangUp.signal }).catch((e) => e);
+    const poll = call("POST", "/internal/v1/lease", {
+      token: runner.token,
+      body: { models: ["hangup-model"], wait_ms: 5_000 },
+      signal: hangUp.signal,
+    }).catch((e) => e);
     await new Promise((r) => setTimeout(r, 300));
     hangUp.abort();
     await poll;
@@ -168,7 +199,10 @@ describe("heartbeat, complete, fail", () => {
     const l = await lease(runner.token);
     const before = Date.parse(l.body.lease_expires_at);
     await new Promise((r) => setTimeout(r, 20));
-    const hb = await heartbeat(runner.token, job.body.id, { lease_id: l.body.lease_id, progress: { step: 2, total: 4 } });
+    const hb = await heartbeat(runner.token, job.body.id, {
+      lease_id: l.body.lease_id,
+      progress: { step: 2, total: 4 },
+    });
     expect(hb.status).toBe(200);
     expect(hb.body.cancel).toBe(false);
     expect(Date.parse(hb.body.lease_expires_at)).toBeGreaterThan(before);
@@ -206,9 +240,13 @@ describe("heartbeat, complete, fail", () => {
     expect(again.status).toBe(200);
     // An acknowledgement, not the public job: a runner has no use for signed image URLs.
     expect(again.body).toEqual({ ok: true, status: "succeeded" });
-    const images = await env.DB.prepare("SELECT count(*) AS n FROM images WHERE job_id = ?").bind(job.body.id).first<{ n: number }>();
+    const images = await env.DB.prepare("SELECT count(*) AS n FROM images WHERE job_id = ?")
+      .bind(job.body.id)
+      .first<{ n: number }>();
     expect(images!.n).toBe(2);
-    const usage = await env.DB.prepare("SELECT inference_ms FROM usage_counters WHERE tenant_id = ?").bind(t.id).first<{ inference_ms: number }>();
+    const usage = await env.DB.prepare("SELECT inference_ms FROM usage_counters WHERE tenant_id = ?")
+      .bind(t.id)
+      .first<{ inference_ms: number }>();
     expect(usage!.inference_ms).toBe(120);
     const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
     expect(seen.body.status).toBe("succeeded");
@@ -245,11 +283,19 @@ describe("heartbeat, complete, fail", () => {
     const l = await lease(runner.token, { models: ["late-model"] });
     const images = await uploadOutputs(l.body);
     await expireLease(job.body.id);
-    const done = await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body: { lease_id: l.body.lease_id, images } });
+    const done = await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, {
+      token: runner.token,
+      body: { lease_id: l.body.lease_id, images },
+    });
     expect(done.status).toBe(409);
     expect(done.body.error.code).toBe("lease_expired");
-    expect((await heartbeat(runner.token, job.body.id, { lease_id: l.body.lease_id })).body.error.code).toBe("lease_expired");
-    const urls = await call("POST", `/internal/v1/jobs/${job.body.id}/outputs`, { token: runner.token, body: { lease_id: l.body.lease_id, images: [{ index: 0, sha256: images[0]!.sha256, size_bytes: 9 }] } });
+    expect((await heartbeat(runner.token, job.body.id, { lease_id: l.body.lease_id })).body.error.code).toBe(
+      "lease_expired",
+    );
+    const urls = await call("POST", `/internal/v1/jobs/${job.body.id}/outputs`, {
+      token: runner.token,
+      body: { lease_id: l.body.lease_id, images: [{ index: 0, sha256: images[0]!.sha256, size_bytes: 9 }] },
+    });
     expect(urls.body.error.code).toBe("lease_expired");
     const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
     expect(seen.body.status).toBe("running");
@@ -271,7 +317,10 @@ describe("heartbeat, complete, fail", () => {
     expect(b).toBe(`tenants/${t.id}/outputs/${job.body.id}/${second.body.lease_id}/0.png`);
     expect((await complete(alive.token, second.body)).status).toBe(200);
     // And no upload URL for a lease that ended.
-    const urls = await call("POST", `/internal/v1/jobs/${job.body.id}/outputs`, { token: stale.token, body: { lease_id: first.body.lease_id, images: [{ index: 0, sha256: "a".repeat(64), size_bytes: 9 }] } });
+    const urls = await call("POST", `/internal/v1/jobs/${job.body.id}/outputs`, {
+      token: stale.token,
+      body: { lease_id: first.body.lease_id, images: [{ index: 0, sha256: "a".repeat(64), size_bytes: 9 }] },
+    });
     expect(urls.status).toBe(409);
     await uploadOutputs(first.body);
     const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
@@ -303,11 +352,18 @@ describe("heartbeat, complete, fail", () => {
     const runner = await newRunner("f");
     const job = await generate(t.key);
     const l1 = await lease(runner.token);
-    const f1 = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, { token: runner.token, body: { lease_id: l1.body.lease_id, error: { code: "oom", message: "out of memory" }, retryable: true } });
+    const f1 = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, {
+      token: runner.token,
+      body: { lease_id: l1.body.lease_id, error: { code: "oom", message: "out of memory" }, retryable: true },
+    });
     expect(f1.body).toEqual({ ok: true, status: "queued" });
     const l2 = await lease(runner.token);
     expect(l2.body.job.id).toBe(job.body.id);
-    const body = { lease_id: l2.body.lease_id, error: { code: "bad_addon", message: "LoRA key matches no layer" }, retryable: false };
+    const body = {
+      lease_id: l2.body.lease_id,
+      error: { code: "bad_addon", message: "LoRA key matches no layer" },
+      retryable: false,
+    };
     const f2 = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, { token: runner.token, body });
     expect(f2.body).toEqual({ ok: true, status: "failed" });
     const f3 = await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, { token: runner.token, body });
@@ -323,7 +379,10 @@ describe("heartbeat, complete, fail", () => {
     const runner = await newRunner("requeue-error");
     const job = await generate(t.key, { model: "requeue-error-model" });
     const l1 = await lease(runner.token, { models: ["requeue-error-model"] });
-    await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, { token: runner.token, body: { lease_id: l1.body.lease_id, error: { code: "oom", message: "out of memory" }, retryable: true } });
+    await call("POST", `/internal/v1/jobs/${job.body.id}/fail`, {
+      token: runner.token,
+      body: { lease_id: l1.body.lease_id, error: { code: "oom", message: "out of memory" }, retryable: true },
+    });
     const queued = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
     expect(queued.body).toMatchObject({ status: "queued", error: null });
     await lease(runner.token, { models: ["requeue-error-model"] });

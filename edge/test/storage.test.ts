@@ -6,7 +6,16 @@ import { createApp } from "../src/app.ts";
 import { objectStore, sealUpload } from "../src/storage/index.ts";
 import { sweepRetention } from "../src/storage/retention.ts";
 import { sha256Hex } from "../src/lib/crypto.ts";
-import { call, completeLeased, generate, lease, newRunner, newTenant, registerAddon, registerModel } from "./helpers.ts";
+import {
+  call,
+  completeLeased,
+  generate,
+  lease,
+  newRunner,
+  newTenant,
+  registerAddon,
+  registerModel,
+} from "./helpers.ts";
 
 beforeAll(async () => {
   await registerModel();
@@ -14,7 +23,12 @@ beforeAll(async () => {
 
 function signed(url: string) {
   const u = new URL(url);
-  return { path: decodeURIComponent(u.pathname), expires: Number(u.searchParams.get("X-Amz-Expires")), signature: u.searchParams.get("X-Amz-Signature"), headers: u.searchParams.get("X-Amz-SignedHeaders") };
+  return {
+    path: decodeURIComponent(u.pathname),
+    expires: Number(u.searchParams.get("X-Amz-Expires")),
+    signature: u.searchParams.get("X-Amz-Signature"),
+    headers: u.searchParams.get("X-Amz-SignedHeaders"),
+  };
 }
 
 describe("object storage through presigned URLs", () => {
@@ -32,7 +46,10 @@ describe("object storage through presigned URLs", () => {
     const sha = (i: number) => `${i}`.repeat(64);
     const asked = await call("POST", `/internal/v1/jobs/${l.body.job.id}/outputs`, {
       token: runner.token,
-      body: { lease_id: l.body.lease_id, images: l.body.outputs.map((o: any) => ({ index: o.index, sha256: sha(o.index), size_bytes: 100 + o.index })) },
+      body: {
+        lease_id: l.body.lease_id,
+        images: l.body.outputs.map((o: any) => ({ index: o.index, sha256: sha(o.index), size_bytes: 100 + o.index })),
+      },
     });
     expect(asked.status, JSON.stringify(asked.body)).toBe(200);
     for (const up of asked.body.uploads) {
@@ -41,15 +58,28 @@ describe("object storage through presigned URLs", () => {
       expect(s.path).toBe(`/cdn-cgi/local/r2/s3/imagegen/${up.storage_key}`);
       expect(s.signature).toMatch(/^[0-9a-f]{64}$/);
       expect(s.headers).toBe("content-length;content-type;host;x-amz-checksum-sha256");
-      expect(up.headers).toEqual({ "content-type": "image/png", "x-amz-checksum-sha256": btoa(String.fromCharCode(...Array(32).fill(up.index * 0x11))) });
+      expect(up.headers).toEqual({
+        "content-type": "image/png",
+        "x-amz-checksum-sha256": btoa(String.fromCharCode(...Array(32).fill(up.index * 0x11))),
+      });
       // The lease's TTL (30 s here), not an hour: the URL dies with the lease.
       expect(s.expires).toBeGreaterThan(25);
       expect(s.expires).toBeLessThanOrEqual(30);
     }
-    const tooMany = await call("POST", `/internal/v1/jobs/${l.body.job.id}/outputs`, { token: runner.token, body: { lease_id: l.body.lease_id, images: [{ index: 2, sha256: sha(2), size_bytes: 1 }] } });
+    const tooMany = await call("POST", `/internal/v1/jobs/${l.body.job.id}/outputs`, {
+      token: runner.token,
+      body: { lease_id: l.body.lease_id, images: [{ index: 2, sha256: sha(2), size_bytes: 1 }] },
+    });
     expect(tooMany.status).toBe(400);
     expect(l.body.addons).toEqual([
-      expect.objectContaining({ id: addon, version: 1, ref: `${addon}@1`, kind: "lora", sha256: "b".repeat(64), size_bytes: 10 }),
+      expect.objectContaining({
+        id: addon,
+        version: 1,
+        ref: `${addon}@1`,
+        kind: "lora",
+        sha256: "b".repeat(64),
+        size_bytes: 10,
+      }),
     ]);
     expect(signed(l.body.addons[0].get_url).path).toBe(`/cdn-cgi/local/r2/s3/imagegen/addons/${t.id}/style`);
   });
@@ -59,11 +89,27 @@ describe("object storage through presigned URLs", () => {
     const runner = await newRunner();
     const job = await generate(t.key);
     const l = await lease(runner.token);
-    const body = { lease_id: l.body.lease_id, images: [{ index: 0, storage_key: l.body.outputs[0].storage_key, width: 64, height: 64, seed: 1, sha256: "c".repeat(64), size_bytes: 99 }] };
+    const body = {
+      lease_id: l.body.lease_id,
+      images: [
+        {
+          index: 0,
+          storage_key: l.body.outputs[0].storage_key,
+          width: 64,
+          height: 64,
+          seed: 1,
+          sha256: "c".repeat(64),
+          size_bytes: 99,
+        },
+      ],
+    };
     const early = await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body });
     expect(early.status).toBe(400);
     expect(early.body.error.code).toBe("output_missing");
-    const elsewhere = await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body: { ...body, images: [{ ...body.images[0], storage_key: `tenants/other/outputs/x/0.png` }] } });
+    const elsewhere = await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, {
+      token: runner.token,
+      body: { ...body, images: [{ ...body.images[0], storage_key: `tenants/other/outputs/x/0.png` }] },
+    });
     expect(elsewhere.status).toBe(400);
     expect((await completeLeased(runner.token, l.body)).status).toBe(200);
   });
@@ -80,15 +126,25 @@ describe("object storage through presigned URLs", () => {
     flipped[10]! ^= 0x01;
     // A store that kept no checksum (the S3 path): the edge reads the bytes.
     await env.BUCKET!.put(key, flipped, { httpMetadata: { contentType: "image/png" } });
-    const body = { lease_id: l.body.lease_id, images: [{ index: 0, storage_key: key, width: 64, height: 64, seed: 1, sha256, size_bytes: png.byteLength }] };
+    const body = {
+      lease_id: l.body.lease_id,
+      images: [{ index: 0, storage_key: key, width: 64, height: 64, seed: 1, sha256, size_bytes: png.byteLength }],
+    };
     const refused = await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body });
     expect(refused.status).toBe(400);
     expect(refused.body.error.code).toBe("output_checksum_mismatch");
     // A store that verified a checksum on the PUT: its checksum is compared.
-    await env.BUCKET!.put(key, flipped, { httpMetadata: { contentType: "image/png" }, sha256: await sha256Hex(flipped) });
-    expect((await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body })).body.error.code).toBe("output_checksum_mismatch");
+    await env.BUCKET!.put(key, flipped, {
+      httpMetadata: { contentType: "image/png" },
+      sha256: await sha256Hex(flipped),
+    });
+    expect(
+      (await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body })).body.error.code,
+    ).toBe("output_checksum_mismatch");
     await env.BUCKET!.put(key, png, { httpMetadata: { contentType: "image/png" } });
-    expect((await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body })).status).toBe(200);
+    expect(
+      (await call("POST", `/internal/v1/jobs/${job.body.id}/complete`, { token: runner.token, body })).status,
+    ).toBe(200);
     const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
     expect(seen.body.images[0].sha256).toBe(sha256);
   });
@@ -103,9 +159,14 @@ describe("object storage through presigned URLs", () => {
     const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: a.key });
     const img = seen.body.images[0];
     expect(signed(img.url).expires).toBe(600);
-    expect(signed(img.url).path).toBe(`/cdn-cgi/local/r2/s3/imagegen/tenants/${a.id}/outputs/${job.body.id}/${l.body.lease_id}/0.png`);
+    expect(signed(img.url).path).toBe(
+      `/cdn-cgi/local/r2/s3/imagegen/tenants/${a.id}/outputs/${job.body.id}/${l.body.lease_id}/0.png`,
+    );
     expect(Date.parse(img.url_expires_at) - Date.now()).toBeGreaterThan(590_000);
-    const again = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, { token: a.key, body: { expires_in_seconds: 120 } });
+    const again = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, {
+      token: a.key,
+      body: { expires_in_seconds: 120 },
+    });
     expect(again.status).toBe(200);
     expect(signed(again.body.url).expires).toBe(120);
     const foreign = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, { token: b.key, body: {} });
@@ -154,7 +215,10 @@ describe("re-signing", () => {
     const job = await generate(t.key);
     const l = await lease(runner.token);
     await completeLeased(runner.token, l.body);
-    const bad = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, { token: t.key, body: { expires_in_seconds: 10 } });
+    const bad = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, {
+      token: t.key,
+      body: { expires_in_seconds: 10 },
+    });
     expect(bad.status).toBe(400);
     expect(bad.body.error.param).toBe("expires_in_seconds");
     const plain = await call("POST", `/v1/generations/${job.body.id}/images/0/url`, { token: t.key });
@@ -187,14 +251,22 @@ describe("an S3 store without the R2 binding", () => {
       if (!from) return new Response(`<Error><Code>NoSuchKey</Code></Error>`, { status: 404 });
       await env.BUCKET!.put(key, await from.arrayBuffer());
       s3Calls[s3Calls.length - 1] = `COPY ${key}`;
-      return new Response(`<CopyObjectResult><ETag>"x"</ETag></CopyObjectResult>`, { headers: { "content-type": "application/xml" } });
+      return new Response(`<CopyObjectResult><ETag>"x"</ETag></CopyObjectResult>`, {
+        headers: { "content-type": "application/xml" },
+      });
     }
     const obj = await env.BUCKET!.get(key);
     if (!obj) {
       const missing = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>No such key</Message></Error>`;
-      return new Response(req.method === "HEAD" ? null : missing, { status: 404, headers: { "content-type": "application/xml" } });
+      return new Response(req.method === "HEAD" ? null : missing, {
+        status: 404,
+        headers: { "content-type": "application/xml" },
+      });
     }
-    const headers = { "content-length": String(obj.size), "content-type": obj.httpMetadata?.contentType ?? "application/octet-stream" };
+    const headers = {
+      "content-length": String(obj.size),
+      "content-type": obj.httpMetadata?.contentType ?? "application/octet-stream",
+    };
     return new Response(req.method === "HEAD" ? null : obj.body, { headers });
   }
 
@@ -223,18 +295,35 @@ describe("an S3 store without the R2 binding", () => {
     await store.delete([key]);
     expect(await env.BUCKET!.head(key)).toBeNull();
     expect(await store.sha256("tenants/s3/missing")).toBeUndefined();
-    expect(s3Calls).toEqual([`HEAD ${key}`, `GET ${key}`, "GET tenants/s3/missing", `DELETE ${key}`, "GET tenants/s3/missing"]);
+    expect(s3Calls).toEqual([
+      `HEAD ${key}`,
+      `GET ${key}`,
+      "GET tenants/s3/missing",
+      `DELETE ${key}`,
+      "GET tenants/s3/missing",
+    ]);
   });
 
   it("finalize seals an add-on upload by a server-side copy", async () => {
     serveS3();
     const store = objectStore(s3Env);
     await env.BUCKET!.put("tenants/s3/addons/a/v1.upload", new Uint8Array([4, 5, 6]));
-    expect(await sealUpload(store, "tenants/s3/addons/a/v1")).toEqual({ size: 3, contentType: "application/octet-stream" });
-    expect(new Uint8Array(await (await env.BUCKET!.get("tenants/s3/addons/a/v1"))!.arrayBuffer())).toEqual(new Uint8Array([4, 5, 6]));
+    expect(await sealUpload(store, "tenants/s3/addons/a/v1")).toEqual({
+      size: 3,
+      contentType: "application/octet-stream",
+    });
+    expect(new Uint8Array(await (await env.BUCKET!.get("tenants/s3/addons/a/v1"))!.arrayBuffer())).toEqual(
+      new Uint8Array([4, 5, 6]),
+    );
     expect(await env.BUCKET!.head("tenants/s3/addons/a/v1.upload")).toBeNull();
     expect(await sealUpload(store, "tenants/s3/addons/b/v1")).toBeUndefined();
-    expect(s3Calls).toEqual(["COPY tenants/s3/addons/a/v1", "DELETE tenants/s3/addons/a/v1.upload", "HEAD tenants/s3/addons/a/v1", "PUT tenants/s3/addons/b/v1", "HEAD tenants/s3/addons/b/v1"]);
+    expect(s3Calls).toEqual([
+      "COPY tenants/s3/addons/a/v1",
+      "DELETE tenants/s3/addons/a/v1.upload",
+      "HEAD tenants/s3/addons/a/v1",
+      "PUT tenants/s3/addons/b/v1",
+      "HEAD tenants/s3/addons/b/v1",
+    ]);
   });
 
   it("retention deletes the objects, not only the rows", async () => {

@@ -46,7 +46,9 @@ describe("tenant isolation", () => {
     const useMissing = await generate(b.key, { loras: [{ id: "addon_00000000000000000000000000", scale: 0.8 }] });
     expect(useForeign.status).toBe(404);
     expect(useForeign.body.error.code).toBe(useMissing.body.error.code);
-    expect(useForeign.body.error.message.replace(priv, "X")).toBe(useMissing.body.error.message.replace("addon_00000000000000000000000000", "X"));
+    expect(useForeign.body.error.message.replace(priv, "X")).toBe(
+      useMissing.body.error.message.replace("addon_00000000000000000000000000", "X"),
+    );
 
     const usePublic = await generate(b.key, { loras: [{ id: pub, scale: 0.8 }] });
     expect(usePublic.status, JSON.stringify(usePublic.body)).toBe(202);
@@ -80,7 +82,9 @@ describe("tenant isolation", () => {
     const seen: string[] = [];
     let cursor: string | null = null;
     do {
-      const page: any = await call("GET", `/v1/generations?limit=2${cursor ? `&after=${cursor}` : ""}`, { token: t.key });
+      const page: any = await call("GET", `/v1/generations?limit=2${cursor ? `&after=${cursor}` : ""}`, {
+        token: t.key,
+      });
       expect(page.status).toBe(200);
       seen.push(...page.body.data.map((g: any) => g.id));
       cursor = page.body.next_cursor;

@@ -17,7 +17,12 @@ function receiver(failFirst = 0) {
   const name = `r${++receivers}-${crypto.randomUUID().slice(0, 8)}`;
   return {
     url: `http://hooks.test/${name}${failFirst ? `?fail=${failFirst}` : ""}`,
-    received: async () => (await (await fetch(`http://hooks.test/${name}`)).json()) as Array<{ headers: Record<string, string>; body: string; at: number }>,
+    received: async () =>
+      (await (await fetch(`http://hooks.test/${name}`)).json()) as Array<{
+        headers: Record<string, string>;
+        body: string;
+        at: number;
+      }>,
   };
 }
 
@@ -61,11 +66,21 @@ describe("webhook deliveries", () => {
 
     const stale = await signatureHeaders([secret], payload.id, Math.floor(Date.now() / 1000) - 600, hit!.body);
     expect(() => new Webhook(secret).verify(hit!.body, stale)).toThrow(/too old/);
-    const other = (await call("GET", "/v1/webhooks/secret", { token: (await newTenant("hooks-sign-2")).key })).body.secret;
+    const other = (await call("GET", "/v1/webhooks/secret", { token: (await newTenant("hooks-sign-2")).key })).body
+      .secret;
     expect(() => new Webhook(other).verify(hit!.body, hit!.headers)).toThrow(/No matching signature/);
-    expect(() => new Webhook(secret).verify(hit!.body.replace("succeeded", "failed"), hit!.headers)).toThrow(/No matching signature/);
+    expect(() => new Webhook(secret).verify(hit!.body.replace("succeeded", "failed"), hit!.headers)).toThrow(
+      /No matching signature/,
+    );
     const d = (await deliveries(t.key))[0];
-    expect(d).toMatchObject({ id: payload.id, status: "delivered", attempts: 1, endpoint_id: null, generation_id: job.id, url: r.url });
+    expect(d).toMatchObject({
+      id: payload.id,
+      status: "delivered",
+      attempts: 1,
+      endpoint_id: null,
+      generation_id: job.id,
+      url: r.url,
+    });
   });
 
   it("failures are retried by the delivery's own timer (no cron), with growing waits, then given up", async () => {
@@ -79,8 +94,19 @@ describe("webhook deliveries", () => {
       return ds.length === 2 && ds.every((d) => d.status !== "pending") && ds;
     });
     const byUrl = Object.fromEntries(ended.map((d) => [d.url, d]));
-    expect(byUrl[flaky.url]).toMatchObject({ status: "delivered", attempts: 3, last_response_status: 204, last_error: null, next_attempt_at: null });
-    expect(byUrl[down.url]).toMatchObject({ status: "failed", attempts: 4, last_response_status: 500, next_attempt_at: null });
+    expect(byUrl[flaky.url]).toMatchObject({
+      status: "delivered",
+      attempts: 3,
+      last_response_status: 204,
+      last_error: null,
+      next_attempt_at: null,
+    });
+    expect(byUrl[down.url]).toMatchObject({
+      status: "failed",
+      attempts: 4,
+      last_response_status: 500,
+      next_attempt_at: null,
+    });
     const hits = await down.received();
     expect(hits).toHaveLength(4);
     // The same webhook-id on every attempt, so receivers can drop duplicates.
@@ -92,7 +118,9 @@ describe("webhook deliveries", () => {
     const again = await call("POST", `/v1/webhooks/deliveries/${byUrl[down.url].id}/redeliver`, { token: t.key });
     expect(again.body).toMatchObject({ status: "failed", attempts: 5 });
     const other = await newTenant("hooks-retry-other");
-    expect((await call("POST", `/v1/webhooks/deliveries/${byUrl[down.url].id}/redeliver`, { token: other.key })).status).toBe(404);
+    expect(
+      (await call("POST", `/v1/webhooks/deliveries/${byUrl[down.url].id}/redeliver`, { token: other.key })).status,
+    ).toBe(404);
     expect(await deliveries(other.key)).toEqual([]);
   });
 
@@ -105,13 +133,18 @@ describe("webhook deliveries", () => {
     const failing = await generate(t.key, { webhook_url: r.url, seed: 2 });
     const l = await lease(runner.token);
     expect(l.body.job.id).toBe(failing.body.id);
-    await call("POST", `/internal/v1/jobs/${failing.body.id}/fail`, { token: runner.token, body: { lease_id: l.body.lease_id, error: { code: "bad", message: "no" } } });
+    await call("POST", `/internal/v1/jobs/${failing.body.id}/fail`, {
+      token: runner.token,
+      body: { lease_id: l.body.lease_id, error: { code: "bad", message: "no" } },
+    });
     const quiet = await generate(t.key, { seed: 3 });
     const events = await until(async () => {
       const d = await deliveries(t.key);
       return d.length === 2 && d;
     });
-    expect(events.map((d) => `${d.generation_id}:${d.event}`).sort()).toEqual([`${canceled.body.id}:generation.canceled`, `${failing.body.id}:generation.failed`].sort());
+    expect(events.map((d) => `${d.generation_id}:${d.event}`).sort()).toEqual(
+      [`${canceled.body.id}:generation.canceled`, `${failing.body.id}:generation.failed`].sort(),
+    );
     const ended = await call("POST", `/v1/generations/${quiet.body.id}/cancel`, { token: t.key });
     expect(ended.body.status).toBe("canceled");
     expect(await deliveries(t.key)).toHaveLength(2);
@@ -125,26 +158,53 @@ describe("webhook endpoints", () => {
     const failedOnly = receiver();
     const created = await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: all.url } });
     expect(created.status).toBe(201);
-    expect(created.body).toMatchObject({ object: "webhook_endpoint", url: all.url, events: ["generation.succeeded", "generation.failed", "generation.canceled"], disabled: false });
+    expect(created.body).toMatchObject({
+      object: "webhook_endpoint",
+      url: all.url,
+      events: ["generation.succeeded", "generation.failed", "generation.canceled"],
+      disabled: false,
+    });
     expect(created.body.secret).toMatch(/^whsec_[A-Za-z0-9+/]{43}=$/);
-    const second = (await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: failedOnly.url, events: ["generation.failed"] } })).body;
+    const second = (
+      await call("POST", "/v1/webhooks/endpoints", {
+        token: t.key,
+        body: { url: failedOnly.url, events: ["generation.failed"] },
+      })
+    ).body;
     expect(second.secret).not.toBe(created.body.secret);
 
     const job = await succeed(t.key, {});
     const [hit] = await until(async () => (await all.received()).length === 1 && all.received());
-    expect(new Webhook(created.body.secret).verify(hit!.body, hit!.headers)).toMatchObject({ type: "generation.succeeded", data: { id: job.id } });
+    expect(new Webhook(created.body.secret).verify(hit!.body, hit!.headers)).toMatchObject({
+      type: "generation.succeeded",
+      data: { id: job.id },
+    });
     expect(() => new Webhook(second.secret).verify(hit!.body, hit!.headers)).toThrow();
     expect(await failedOnly.received()).toEqual([]);
-    expect(await deliveries(t.key, `?endpoint_id=${created.body.id}`)).toMatchObject([{ endpoint_id: created.body.id, status: "delivered" }]);
+    expect(await deliveries(t.key, `?endpoint_id=${created.body.id}`)).toMatchObject([
+      { endpoint_id: created.body.id, status: "delivered" },
+    ]);
     expect(await deliveries(t.key, `?endpoint_id=${second.id}`)).toEqual([]);
 
     const list = await call("GET", "/v1/webhooks/endpoints", { token: t.key });
     expect(list.body.data.map((e: any) => e.id)).toEqual([created.body.id, second.id]);
     expect(list.body.data[0].secret).toBeUndefined();
-    const patched = await call("PATCH", `/v1/webhooks/endpoints/${created.body.id}`, { token: t.key, body: { events: ["generation.canceled"], disabled: true } });
+    const patched = await call("PATCH", `/v1/webhooks/endpoints/${created.body.id}`, {
+      token: t.key,
+      body: { events: ["generation.canceled"], disabled: true },
+    });
     expect(patched.body).toMatchObject({ events: ["generation.canceled"], disabled: true });
-    expect((await call("GET", `/v1/webhooks/endpoints/${created.body.id}`, { token: t.key })).body).toEqual(patched.body);
-    expect((await call("PATCH", `/v1/webhooks/endpoints/${created.body.id}`, { token: t.key, body: { events: ["generation.started"] } })).status).toBe(400);
+    expect((await call("GET", `/v1/webhooks/endpoints/${created.body.id}`, { token: t.key })).body).toEqual(
+      patched.body,
+    );
+    expect(
+      (
+        await call("PATCH", `/v1/webhooks/endpoints/${created.body.id}`, {
+          token: t.key,
+          body: { events: ["generation.started"] },
+        })
+      ).status,
+    ).toBe(400);
 
     const other = await newTenant("endpoints-other");
     expect((await call("GET", `/v1/webhooks/endpoints/${created.body.id}`, { token: other.key })).status).toBe(404);
@@ -152,7 +212,9 @@ describe("webhook endpoints", () => {
     expect((await call("GET", "/v1/webhooks/endpoints", { token: other.key })).body.data).toEqual([]);
     expect((await call("DELETE", `/v1/webhooks/endpoints/${created.body.id}`, { token: t.key })).status).toBe(204);
     expect((await call("GET", `/v1/webhooks/endpoints/${created.body.id}`, { token: t.key })).status).toBe(404);
-    expect((await call("GET", "/v1/webhooks/endpoints", { token: t.key })).body.data.map((e: any) => e.id)).toEqual([second.id]);
+    expect((await call("GET", "/v1/webhooks/endpoints", { token: t.key })).body.data.map((e: any) => e.id)).toEqual([
+      second.id,
+    ]);
   });
 
   it("rotate their secret: both secrets sign during the grace period, only the new one after", async () => {
@@ -164,20 +226,29 @@ describe("webhook endpoints", () => {
     expect(rotated.status).toBe(200);
     expect(rotated.body.secret).not.toBe(created.secret);
     expect(Date.parse(rotated.body.previous_secret_expires_at) - before).toBeGreaterThanOrEqual(86_400_000 - 1000);
-    expect((await call("GET", `/v1/webhooks/endpoints/${created.id}/secret`, { token: t.key })).body).toEqual(rotated.body);
+    expect((await call("GET", `/v1/webhooks/endpoints/${created.id}/secret`, { token: t.key })).body).toEqual(
+      rotated.body,
+    );
 
     await succeed(t.key, { seed: 1 });
     const [during] = await until(async () => (await r.received()).length === 1 && r.received());
     expect(during!.headers["webhook-signature"]!.split(" ")).toHaveLength(2);
-    for (const secret of [created.secret, rotated.body.secret]) expect(new Webhook(secret).verify(during!.body, during!.headers)).toMatchObject({ type: "generation.succeeded" });
+    for (const secret of [created.secret, rotated.body.secret])
+      expect(new Webhook(secret).verify(during!.body, during!.headers)).toMatchObject({ type: "generation.succeeded" });
 
-    const now = (await call("POST", `/v1/webhooks/endpoints/${created.id}/secret/rotate`, { token: t.key, body: { previous_secret_expires_in: 0 } })).body;
+    const now = (
+      await call("POST", `/v1/webhooks/endpoints/${created.id}/secret/rotate`, {
+        token: t.key,
+        body: { previous_secret_expires_in: 0 },
+      })
+    ).body;
     expect(now.previous_secret_expires_at).toBeNull();
     await succeed(t.key, { seed: 2 });
     const [, after] = await until(async () => (await r.received()).length === 2 && r.received());
     expect(after!.headers["webhook-signature"]!.split(" ")).toHaveLength(1);
     expect(new Webhook(now.secret).verify(after!.body, after!.headers)).toMatchObject({ type: "generation.succeeded" });
-    for (const old of [created.secret, rotated.body.secret]) expect(() => new Webhook(old).verify(after!.body, after!.headers)).toThrow(/No matching signature/);
+    for (const old of [created.secret, rotated.body.secret])
+      expect(() => new Webhook(old).verify(after!.body, after!.headers)).toThrow(/No matching signature/);
   });
 
   it("the tenant's own secret (for webhook_url) is its own and rotates the same way", async () => {
@@ -195,7 +266,9 @@ describe("webhook endpoints", () => {
 
   it("need keys:write", async () => {
     const t = await newTenant("endpoints-scope", {}, ["generations:read", "generations:write"]);
-    expect((await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: "https://example.com/h" } })).status).toBe(403);
+    expect(
+      (await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: "https://example.com/h" } })).status,
+    ).toBe(403);
     expect((await call("GET", "/v1/webhooks/secret", { token: t.key })).status).toBe(403);
   });
 });
@@ -233,7 +306,13 @@ describe("webhook destinations (SSRF)", () => {
     "http://intranet/h",
     "ftp://example.com/h",
   ];
-  const fine = ["https://example.com/hook", "http://93.184.216.34/h", "http://172.32.0.1/h", "http://[2606:4700:4700::1111]/h", "https://hooks.example.co.uk:8443/x?y=1"];
+  const fine = [
+    "https://example.com/hook",
+    "http://93.184.216.34/h",
+    "http://172.32.0.1/h",
+    "http://[2606:4700:4700::1111]/h",
+    "https://hooks.example.co.uk:8443/x?y=1",
+  ];
 
   it("refuses private, loopback, link-local and internal hosts in every spelling", () => {
     for (const url of hostile) expect(refusedDestination(url, false), url).toBeTruthy();
@@ -253,8 +332,13 @@ describe("webhook destinations (SSRF)", () => {
       expect(g.status, url).toBe(400);
       expect(g.body.error.param).toBe("webhook_url");
     }
-    const ok = (await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: "https://example.com/hook" } })).body;
-    const moved = await call("PATCH", `/v1/webhooks/endpoints/${ok.id}`, { token: t.key, body: { url: "http://[::1]/h" } });
+    const ok = (
+      await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: "https://example.com/hook" } })
+    ).body;
+    const moved = await call("PATCH", `/v1/webhooks/endpoints/${ok.id}`, {
+      token: t.key,
+      body: { url: "http://[::1]/h" },
+    });
     expect(moved.status).toBe(400);
     expect(moved.body.error.code).toBe("webhook_url_refused");
     expect((await call("GET", "/v1/webhooks/endpoints", { token: t.key })).body.data).toHaveLength(1);
@@ -265,9 +349,15 @@ describe("webhook secrets at rest", () => {
   it("are sealed in D1, never the secret the API shows", async () => {
     const t = await newTenant("sealed");
     const secret = (await call("GET", "/v1/webhooks/secret", { token: t.key })).body.secret as string;
-    const ep = (await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: "https://example.com/hook" } })).body;
-    const tenantRow = await env.DB.prepare("SELECT webhook_secret AS s FROM tenants WHERE id = ?").bind(t.id).first<{ s: string }>();
-    const endpointRow = await env.DB.prepare("SELECT secret AS s FROM webhook_endpoints WHERE id = ?").bind(ep.id).first<{ s: string }>();
+    const ep = (
+      await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: "https://example.com/hook" } })
+    ).body;
+    const tenantRow = await env.DB.prepare("SELECT webhook_secret AS s FROM tenants WHERE id = ?")
+      .bind(t.id)
+      .first<{ s: string }>();
+    const endpointRow = await env.DB.prepare("SELECT secret AS s FROM webhook_endpoints WHERE id = ?")
+      .bind(ep.id)
+      .first<{ s: string }>();
     for (const [stored, plain] of [
       [tenantRow!.s, secret],
       [endpointRow!.s, ep.secret],
@@ -289,12 +379,23 @@ describe("webhook secrets at rest", () => {
     const legacy = `whsec_${b64.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "")}`;
     await env.DB.prepare("UPDATE tenants SET webhook_secret = ? WHERE id = ?").bind(legacy, t.id).run();
     expect((await call("GET", "/v1/webhooks/secret", { token: t.key })).body.secret).toBe(`whsec_${b64}`);
-    expect((await env.DB.prepare("SELECT webhook_secret AS s FROM tenants WHERE id = ?").bind(t.id).first<{ s: string }>())!.s).toMatch(/^enc1:/);
+    expect(
+      (await env.DB.prepare("SELECT webhook_secret AS s FROM tenants WHERE id = ?").bind(t.id).first<{ s: string }>())!
+        .s,
+    ).toMatch(/^enc1:/);
 
-    const ep = (await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: "https://example.com/hook" } })).body;
+    const ep = (
+      await call("POST", "/v1/webhooks/endpoints", { token: t.key, body: { url: "https://example.com/hook" } })
+    ).body;
     await env.DB.prepare("UPDATE webhook_endpoints SET secret = ? WHERE id = ?").bind(legacy, ep.id).run();
     expect(await sealPlainSecrets(env, database(env.DB))).toBeGreaterThanOrEqual(1);
-    expect((await env.DB.prepare("SELECT secret AS s FROM webhook_endpoints WHERE id = ?").bind(ep.id).first<{ s: string }>())!.s).toMatch(/^enc1:/);
-    expect((await call("GET", `/v1/webhooks/endpoints/${ep.id}/secret`, { token: t.key })).body.secret).toBe(`whsec_${b64}`);
+    expect(
+      (await env.DB.prepare("SELECT secret AS s FROM webhook_endpoints WHERE id = ?")
+        .bind(ep.id)
+        .first<{ s: string }>())!.s,
+    ).toMatch(/^enc1:/);
+    expect((await call("GET", `/v1/webhooks/endpoints/${ep.id}/secret`, { token: t.key })).body.secret).toBe(
+      `whsec_${b64}`,
+    );
   });
 });

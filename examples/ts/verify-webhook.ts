@@ -28,7 +28,11 @@ const delivered = new Promise<unknown>((resolveEvent, reject) => {
   server.listen(0, "127.0.0.1", async () => {
     const { port } = server.address() as { port: number };
     const { id } = await model();
-    const g = await client.generations.create({ model: id, prompt: "a red square", webhook_url: `http://127.0.0.1:${port}/hook` });
+    const g = await client.generations.create({
+      model: id,
+      prompt: "a red square",
+      webhook_url: `http://127.0.0.1:${port}/hook`,
+    });
     process.stderr.write(`queued ${g.id}, waiting for its webhook on port ${port}\n`);
   });
   setTimeout(() => reject(new Error("no webhook within 120 s")), 120_000).unref();

@@ -9,7 +9,12 @@ import fc from "fast-check";
 
 const LONG = process.env.FUZZ_RUNS !== undefined;
 /** One seed per process in a long run, so every property of one run can be replayed with FUZZ_SEED. */
-const SEED = process.env.FUZZ_SEED !== undefined ? Number(process.env.FUZZ_SEED) : LONG ? Math.floor(Math.random() * 2 ** 31) : 20_260_301;
+const SEED =
+  process.env.FUZZ_SEED !== undefined
+    ? Number(process.env.FUZZ_SEED)
+    : LONG
+      ? Math.floor(Math.random() * 2 ** 31)
+      : 20_260_301;
 
 /** Slowest acceptable call: parsers are linear in their input, so a second on these inputs is a hang. */
 export const MAX_CALL_MS = Number(process.env.FUZZ_MAX_CALL_MS ?? 2000);
@@ -38,7 +43,9 @@ function record(suite: string, property: string, details: fc.RunDetails<unknown>
     ms: Math.round(ms),
     failed: details.failed,
     interrupted: details.interrupted,
-    ...(details.failed ? { counterexample: `${fc.defaultReportMessage(details) ?? ""}\n${String(details.errorInstance)}`.slice(0, 2000) } : {}),
+    ...(details.failed
+      ? { counterexample: `${fc.defaultReportMessage(details) ?? ""}\n${String(details.errorInstance)}`.slice(0, 2000) }
+      : {}),
   };
   appendFileSync(log, `${JSON.stringify(line)}\n`);
 }
@@ -54,22 +61,48 @@ function parameters<T>(runs: number): fc.Parameters<T> {
 
 function settle(suite: string, property: string, details: fc.RunDetails<unknown>, started: number): void {
   record(suite, property, details, performance.now() - started);
-  if (details.failed) throw new Error(`${fc.defaultReportMessage(details)}\n${String(details.errorInstance)}`, { cause: details.errorInstance });
+  if (details.failed)
+    throw new Error(`${fc.defaultReportMessage(details)}\n${String(details.errorInstance)}`, {
+      cause: details.errorInstance,
+    });
 }
 
 /** Checks a property; `runs` is the bounded run's count (FUZZ_RUNS replaces it). */
-export function fuzz<T>(suite: string, property: string, arb: fc.Arbitrary<T>, predicate: (value: T) => void, runs: number): void {
+export function fuzz<T>(
+  suite: string,
+  property: string,
+  arb: fc.Arbitrary<T>,
+  predicate: (value: T) => void,
+  runs: number,
+): void {
   const started = performance.now();
-  settle(suite, property, fc.check(fc.property(arb, predicate), parameters<[T]>(runs)) as fc.RunDetails<unknown>, started);
+  settle(
+    suite,
+    property,
+    fc.check(fc.property(arb, predicate), parameters<[T]>(runs)) as fc.RunDetails<unknown>,
+    started,
+  );
 }
 
-export async function fuzzAsync<T>(suite: string, property: string, arb: fc.Arbitrary<T>, predicate: (value: T) => Promise<void>, runs: number): Promise<void> {
+export async function fuzzAsync<T>(
+  suite: string,
+  property: string,
+  arb: fc.Arbitrary<T>,
+  predicate: (value: T) => Promise<void>,
+  runs: number,
+): Promise<void> {
   const started = performance.now();
-  settle(suite, property, (await fc.check(fc.asyncProperty(arb, predicate), parameters<[T]>(runs))) as fc.RunDetails<unknown>, started);
+  settle(
+    suite,
+    property,
+    (await fc.check(fc.asyncProperty(arb, predicate), parameters<[T]>(runs))) as fc.RunDetails<unknown>,
+    started,
+  );
 }
 
 /** Vitest's limit for a property test: the bounded run's, or the long run's time per property and then some. */
-export const fuzzTimeout = (boundedMs = 30_000) => (LONG ? Number(process.env.FUZZ_SECONDS ?? 600) * 1000 + 120_000 : boundedMs);
+export const fuzzTimeout = (boundedMs = 30_000) =>
+  LONG ? Number(process.env.FUZZ_SECONDS ?? 600) * 1000 + 120_000 : boundedMs;
 
 type ErrorClass = abstract new (...args: never[]) => Error;
 
@@ -104,7 +137,11 @@ export function parses<T>(inputBytes: number, errors: readonly ErrorClass[], run
   return value;
 }
 
-export async function parsesAsync<T>(inputBytes: number, errors: readonly ErrorClass[], run: () => Promise<T>): Promise<T | undefined> {
+export async function parsesAsync<T>(
+  inputBytes: number,
+  errors: readonly ErrorClass[],
+  run: () => Promise<T>,
+): Promise<T | undefined> {
   const before = usedBytes();
   const started = performance.now();
   let value: T | undefined;
@@ -118,7 +155,26 @@ export async function parsesAsync<T>(inputBytes: number, errors: readonly ErrorC
 }
 
 /** Integers at the edges of the widths formats store lengths in. */
-const INTERESTING = [0, 1, 7, 8, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0xffff, 0x7fffffff, 0x80000000, 0xffffffff, 2 ** 32, 2 ** 53 - 1, 2 ** 60, 2 ** 63, 2 ** 64 - 1];
+const INTERESTING = [
+  0,
+  1,
+  7,
+  8,
+  0x7f,
+  0x80,
+  0xff,
+  0x100,
+  0x7fff,
+  0xffff,
+  0x7fffffff,
+  0x80000000,
+  0xffffffff,
+  2 ** 32,
+  2 ** 53 - 1,
+  2 ** 60,
+  2 ** 63,
+  2 ** 64 - 1,
+];
 
 type Mutation =
   | { kind: "byte"; at: number; value: number }
@@ -129,7 +185,10 @@ type Mutation =
   | { kind: "copy"; from: number; to: number; length: number };
 
 const mutation: fc.Arbitrary<Mutation> = fc.oneof(
-  { weight: 4, arbitrary: fc.record({ kind: fc.constant("byte" as const), at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }) },
+  {
+    weight: 4,
+    arbitrary: fc.record({ kind: fc.constant("byte" as const), at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }),
+  },
   {
     weight: 3,
     arbitrary: fc.record({
@@ -140,10 +199,32 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
       littleEndian: fc.boolean(),
     }),
   },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant("insert" as const), at: fc.nat(), bytes: fc.uint8Array({ minLength: 1, maxLength: 64 }) }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant("delete" as const), at: fc.nat(), length: fc.integer({ min: 1, max: 600 }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant("insert" as const),
+      at: fc.nat(),
+      bytes: fc.uint8Array({ minLength: 1, maxLength: 64 }),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant("delete" as const),
+      at: fc.nat(),
+      length: fc.integer({ min: 1, max: 600 }),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant("truncate" as const), at: fc.nat() }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant("copy" as const), from: fc.nat(), to: fc.nat(), length: fc.integer({ min: 1, max: 600 }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant("copy" as const),
+      from: fc.nat(),
+      to: fc.nat(),
+      length: fc.integer({ min: 1, max: 600 }),
+    }),
+  },
 );
 
 function apply(bytes: Uint8Array, m: Mutation): Uint8Array {
@@ -190,7 +271,9 @@ function apply(bytes: Uint8Array, m: Mutation): Uint8Array {
 /** A valid file with 1–`max` random mutations (byte flips, edge integers, insertions, deletions, truncation, splices). */
 export function mutated(valid: Uint8Array | fc.Arbitrary<Uint8Array>, max = 6): fc.Arbitrary<Uint8Array> {
   const base = valid instanceof Uint8Array ? fc.constant(valid) : valid;
-  return fc.tuple(base, fc.array(mutation, { minLength: 1, maxLength: max })).map(([bytes, ms]) => ms.reduce(apply, bytes));
+  return fc
+    .tuple(base, fc.array(mutation, { minLength: 1, maxLength: max }))
+    .map(([bytes, ms]) => ms.reduce(apply, bytes));
 }
 
 /** Arbitrary bytes, short and long. */

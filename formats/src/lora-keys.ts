@@ -86,12 +86,20 @@ function matrixDims(shape: number[], kernel = 1): [number, number] | undefined {
   return undefined;
 }
 
-export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetShape[], maxRank: number, options: MapLoraOptions = {}): LoraMapping {
+export function mapLoraKeys(
+  tensors: Iterable<TensorInfo>,
+  targets: LoraTargetShape[],
+  maxRank: number,
+  options: MapLoraOptions = {},
+): LoraMapping {
   const byKohya = new Map(targets.flatMap((t) => kohyaPrefixes(t.module).map((p) => [p, t] as const)));
   const byPath = new Map(targets.map((t) => [t.module, t]));
   const takesText = targets.some((t) => t.module.startsWith("text_encoder."));
   const twoEncoders = targets.some((t) => t.module.startsWith("text_encoder_2."));
-  const groups = new Map<string, { target: LoraTargetShape; convention: "kohya" | "peft"; down?: TensorInfo; up?: TensorInfo; alpha?: TensorInfo }>();
+  const groups = new Map<
+    string,
+    { target: LoraTargetShape; convention: "kohya" | "peft"; down?: TensorInfo; up?: TensorInfo; alpha?: TensorInfo }
+  >();
   const errors: string[] = [];
   const unmapped: string[] = [];
   const otherArchitecture: string[] = [];
@@ -114,17 +122,22 @@ export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetSh
         continue;
       }
       if (!target && LDM_UNET.test(prefix)) {
-        errors.push(`key '${t.name}' uses the original LDM layer names (input_blocks/middle_block/output_blocks), which are not converted here: convert the file to diffusers names`);
+        errors.push(
+          `key '${t.name}' uses the original LDM layer names (input_blocks/middle_block/output_blocks), which are not converted here: convert the file to diffusers names`,
+        );
         continue;
       }
       if (!target && prefix.startsWith("lora_te") && !takesText) {
         unmapped.push(t.name);
-        if (!options.allowPartial) errors.push(`key '${t.name}' adapts the text encoder, which this model does not take LoRAs for`);
+        if (!options.allowPartial)
+          errors.push(`key '${t.name}' adapts the text encoder, which this model does not take LoRAs for`);
         continue;
       }
     } else if (peftSuffix) {
       const path = t.name.slice(0, -peftSuffix.length);
-      const bare = PEFT_PREFIXES.map((p) => (path.startsWith(p) ? path.slice(p.length) : undefined)).find((p) => p !== undefined && byPath.has(p));
+      const bare = PEFT_PREFIXES.map((p) => (path.startsWith(p) ? path.slice(p.length) : undefined)).find(
+        (p) => p !== undefined && byPath.has(p),
+      );
       target = bare !== undefined ? byPath.get(bare) : undefined;
       convention = "peft";
       role = peftSuffix === ".lora_A.weight" || peftSuffix === ".lora.down.weight" ? "down" : "up";
@@ -159,14 +172,19 @@ export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetSh
   const layers: LoraLayerKeys[] = [];
   for (const [module, g] of groups) {
     if (!g.down || !g.up) {
-      errors.push(`module '${module}' has ${g.down ? "a down" : "an up"} weight ('${(g.down ?? g.up)!.name}') but no ${g.down ? "up" : "down"} weight`);
+      errors.push(
+        `module '${module}' has ${g.down ? "a down" : "an up"} weight ('${(g.down ?? g.up)!.name}') but no ${g.down ? "up" : "down"} weight`,
+      );
       continue;
     }
     const conv = g.target.kind === "conv3x3";
     const down = matrixDims(g.down.shape, conv ? 3 : 1);
     const up = matrixDims(g.up.shape);
     if (!down) {
-      errors.push(`key '${g.down.name}' has shape [${g.down.shape}]; expected [rank, ${g.target.in_features}${conv ? ", 3, 3" : ""}]` + (conv ? ` (module '${module}' is a 3×3 convolution)` : ""));
+      errors.push(
+        `key '${g.down.name}' has shape [${g.down.shape}]; expected [rank, ${g.target.in_features}${conv ? ", 3, 3" : ""}]` +
+          (conv ? ` (module '${module}' is a 3×3 convolution)` : ""),
+      );
       continue;
     }
     if (!up) {
@@ -174,11 +192,16 @@ export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetSh
       continue;
     }
     const [rank, inFeatures] = down;
-    if (inFeatures !== g.target.in_features) errors.push(`key '${g.down.name}' has ${inFeatures} input features; module '${module}' has ${g.target.in_features}`);
-    if (up[0] !== g.target.out_features) errors.push(`key '${g.up.name}' has ${up[0]} output features; module '${module}' has ${g.target.out_features}`);
+    if (inFeatures !== g.target.in_features)
+      errors.push(
+        `key '${g.down.name}' has ${inFeatures} input features; module '${module}' has ${g.target.in_features}`,
+      );
+    if (up[0] !== g.target.out_features)
+      errors.push(`key '${g.up.name}' has ${up[0]} output features; module '${module}' has ${g.target.out_features}`);
     if (up[1] !== rank) errors.push(`key '${g.up.name}' has rank ${up[1]} but '${g.down.name}' has rank ${rank}`);
     if (rank > maxRank) errors.push(`key '${g.down.name}' has rank ${rank}, above this model's maximum of ${maxRank}`);
-    if (g.alpha && g.alpha.shape.reduce((a, b) => a * b, 1) !== 1) errors.push(`key '${g.alpha.name}' must be a scalar`);
+    if (g.alpha && g.alpha.shape.reduce((a, b) => a * b, 1) !== 1)
+      errors.push(`key '${g.alpha.name}' must be a scalar`);
     layers.push({
       module,
       convention: g.convention,
@@ -190,7 +213,12 @@ export function mapLoraKeys(tensors: Iterable<TensorInfo>, targets: LoraTargetSh
       outFeatures: up[0]!,
     });
   }
-  if (layers.length === 0 && errors.length === 0) errors.push(unmapped.length ? `none of the file's ${total} keys matches a LoRA layer of this model` : "the file holds no LoRA weights");
+  if (layers.length === 0 && errors.length === 0)
+    errors.push(
+      unmapped.length
+        ? `none of the file's ${total} keys matches a LoRA layer of this model`
+        : "the file holds no LoRA weights",
+    );
   const mapped = layers.reduce((n, l) => n + (l.alphaKey ? 3 : 2), 0);
   return { layers, errors, unmapped, mapped, total };
 }

@@ -14,9 +14,14 @@ import { locateInitializers, ONNX_FLOAT16, readOnnxGraph, type OnnxNode } from "
  * targets), text encoders' are qualified with the component (`text_encoder.text_model.encoder.layers.0…`), as
  * diffusers' PEFT keys spell them; that also keeps SDXL's two encoders, whose paths are the same, apart.
  */
-export const MODULE_SCOPE: Record<string, string> = { unet: "", text_encoder: "text_encoder.", text_encoder_2: "text_encoder_2." };
+export const MODULE_SCOPE: Record<string, string> = {
+  unet: "",
+  text_encoder: "text_encoder.",
+  text_encoder_2: "text_encoder_2.",
+};
 
-export interface GraphLoraTarget extends Required<Pick<LoraTargetShape, "module" | "in_features" | "out_features" | "kind">> {
+export interface GraphLoraTarget
+  extends Required<Pick<LoraTargetShape, "module" | "in_features" | "out_features" | "kind">> {
   component: string;
   /** The MatMul / Gemm / Conv node(s) computing the layer (a module called twice has two, sharing the weight). */
   nodes: string[];
@@ -67,7 +72,11 @@ export function graphLoraTargets(model: Uint8Array, component: string): GraphLor
     // Follow the weight input to its initializer; a Transpose on the way swaps the stored layout.
     let source = n.inputs[1]!;
     let transposed = false;
-    for (let p = producer.get(source); p && (p.opType === "Transpose" || p.opType === "Identity"); p = producer.get(source)) {
+    for (
+      let p = producer.get(source);
+      p && (p.opType === "Transpose" || p.opType === "Identity");
+      p = producer.get(source)
+    ) {
       if (p.opType === "Transpose") transposed = !transposed;
       source = p.inputs[0]!;
     }

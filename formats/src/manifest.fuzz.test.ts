@@ -18,11 +18,15 @@ type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 function paths(v: Json, at: Array<string | number> = []): Array<Array<string | number>> {
   const out = [at];
   if (Array.isArray(v)) v.forEach((x, i) => out.push(...paths(x, [...at, i])));
-  else if (v !== null && typeof v === "object") for (const [k, x] of Object.entries(v)) out.push(...paths(x, [...at, k]));
+  else if (v !== null && typeof v === "object")
+    for (const [k, x] of Object.entries(v)) out.push(...paths(x, [...at, k]));
   return out;
 }
 
-type Edit = { op: "set"; at: number; value: Json } | { op: "delete"; at: number } | { op: "add"; at: number; key: string; value: Json };
+type Edit =
+  | { op: "set"; at: number; value: Json }
+  | { op: "delete"; at: number }
+  | { op: "add"; at: number; key: string; value: Json };
 
 /** Applies `e` in place (the caller's copy): returns the new root. */
 function edit(copy: Json, e: Edit): Json {
@@ -38,20 +42,41 @@ function edit(copy: Json, e: Edit): Json {
     else delete parent[last];
   } else {
     const target = parent[last];
-    if (target !== null && typeof target === "object" && !Array.isArray(target)) Object.defineProperty(target, e.key, { value: e.value, enumerable: true, writable: true, configurable: true });
+    if (target !== null && typeof target === "object" && !Array.isArray(target))
+      Object.defineProperty(target, e.key, { value: e.value, enumerable: true, writable: true, configurable: true });
     else if (Array.isArray(target)) target.push(e.value);
   }
   return copy;
 }
 
 const odd: fc.Arbitrary<Json> = fc.oneof(
-  fc.constantFrom(0, -1, 1.5, 2 ** 53, -(2 ** 63), 1e308, "", "batch", "../../etc/passwd", "controlnet/model.onnx", null, true, [], {}),
+  fc.constantFrom(
+    0,
+    -1,
+    1.5,
+    2 ** 53,
+    -(2 ** 63),
+    1e308,
+    "",
+    "batch",
+    "../../etc/passwd",
+    "controlnet/model.onnx",
+    null,
+    true,
+    [],
+    {},
+  ),
   fc.jsonValue({ maxDepth: 3 }) as fc.Arbitrary<Json>,
 );
 const editArb: fc.Arbitrary<Edit> = fc.oneof(
   fc.record({ op: fc.constant("set" as const), at: fc.nat(), value: odd }),
   fc.record({ op: fc.constant("delete" as const), at: fc.nat() }),
-  fc.record({ op: fc.constant("add" as const), at: fc.nat(), key: fc.oneof(fc.constantFrom("__proto__", "constructor", "toString", "kind"), fc.string({ maxLength: 8 })), value: odd }),
+  fc.record({
+    op: fc.constant("add" as const),
+    at: fc.nat(),
+    key: fc.oneof(fc.constantFrom("__proto__", "constructor", "toString", "kind"), fc.string({ maxLength: 8 })),
+    value: odd,
+  }),
 );
 const editedManifest = fc
   .tuple(fc.constantFrom(...COMMITTED), fc.array(editArb, { minLength: 1, maxLength: 5 }))
@@ -62,7 +87,13 @@ function check(json: unknown, inputBytes: number): void {
   for (const schema of [BundleManifest, ControlNetManifest]) {
     const result = parses(inputBytes, [], () => schema.safeParse(json));
     if (result?.success && result.data.kind === "controlnet") {
-      const problems = parses(inputBytes, [], () => controlNetMismatches(result.data as ControlNetManifest, { name: "m", family: "tiny-shapes", residuals: ["a", "b"] }));
+      const problems = parses(inputBytes, [], () =>
+        controlNetMismatches(result.data as ControlNetManifest, {
+          name: "m",
+          family: "tiny-shapes",
+          residuals: ["a", "b"],
+        }),
+      );
       expect(problems?.every((p) => typeof p === "string")).toBe(true);
     }
   }
@@ -86,9 +117,17 @@ describe("bundle manifests under fuzzing", () => {
     for (const text of COMMITTED) expect(BundleManifest.safeParse(JSON.parse(text)).success).toBe(true);
   });
 
-  it("refuse edited manifests (odd values, deleted and added keys, __proto__) with a ZodError", () => fuzz(S, "edited manifests", editedManifest, checkParsed, 400), fuzzTimeout());
+  it(
+    "refuse edited manifests (odd values, deleted and added keys, __proto__) with a ZodError",
+    () => fuzz(S, "edited manifests", editedManifest, checkParsed, 400),
+    fuzzTimeout(),
+  );
 
-  it("refuse arbitrary JSON with a ZodError", () => fuzz(S, "arbitrary JSON", fc.jsonValue({ maxDepth: 6 }) as fc.Arbitrary<Json>, checkParsed, 800), fuzzTimeout());
+  it(
+    "refuse arbitrary JSON with a ZodError",
+    () => fuzz(S, "arbitrary JSON", fc.jsonValue({ maxDepth: 6 }) as fc.Arbitrary<Json>, checkParsed, 800),
+    fuzzTimeout(),
+  );
 
   it(
     "take mutated manifest bytes as the edge does: JSON.parse's SyntaxError or a verdict",

@@ -10,7 +10,9 @@ const controlnet = ControlNetManifest.parse({
   family: "tiny",
   version: "1",
   conditioning: { type: "mask", width: 64, height: 64, channels: 1, range: [0, 1] },
-  components: { controlnet: { path: "controlnet/model.onnx", inputs: [tensor("cond")], outputs: [tensor("down_0"), tensor("mid")] } },
+  components: {
+    controlnet: { path: "controlnet/model.onnx", inputs: [tensor("cond")], outputs: [tensor("down_0"), tensor("mid")] },
+  },
   residuals: { down_0: "down_block_res_0", mid: "mid_block_res" },
 });
 

@@ -28,7 +28,10 @@ export const ComponentSpec = z
     path: z.string().min(1),
     inputs: z.array(TensorSpec),
     outputs: z.array(TensorSpec).min(1),
-    sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+    sha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .optional(),
   })
   .strict();
 export type ComponentSpec = z.infer<typeof ComponentSpec>;
@@ -97,9 +100,19 @@ export const TextConditioningSpec = z
      */
     hidden_states: z.array(z.string().min(1)).min(1).max(2),
     /** SDXL: the second encoder's pooled projection feeds the U-Net input `text_embeds`. */
-    pooled: z.object({ component: z.enum(["text_encoder", "text_encoder_2"]), output: z.string().min(1), unet_input: z.string().min(1) }).strict().optional(),
+    pooled: z
+      .object({
+        component: z.enum(["text_encoder", "text_encoder_2"]),
+        output: z.string().min(1),
+        unet_input: z.string().min(1),
+      })
+      .strict()
+      .optional(),
     /** SDXL micro-conditioning: [original height, width, crop top, left, target height, width] into this U-Net input. */
-    time_ids: z.object({ unet_input: z.string().min(1) }).strict().optional(),
+    time_ids: z
+      .object({ unet_input: z.string().min(1) })
+      .strict()
+      .optional(),
     /** SDXL's `force_zeros_for_empty_prompt`: without a negative prompt the unconditional conditioning is zeros. */
     zero_empty_negative: z.boolean().optional(),
   })
@@ -289,14 +302,19 @@ export type ControlNetManifest = z.infer<typeof ControlNetManifest>;
  * Why a ControlNet cannot feed a model (empty when it can): the same family, every output it maps declared, and every
  * residual it feeds one the model's U-Net takes. `residuals` undefined: the model's list is unknown, not checked.
  */
-export function controlNetMismatches(cn: ControlNetManifest, model: { name: string; family: string; residuals?: readonly string[] }): string[] {
+export function controlNetMismatches(
+  cn: ControlNetManifest,
+  model: { name: string; family: string; residuals?: readonly string[] },
+): string[] {
   const problems: string[] = [];
   if (cn.family !== model.family) problems.push(`family "${cn.family}" does not match the model's "${model.family}"`);
   const outputs = new Set(cn.components.controlnet.outputs.map((t) => t.name));
   const accepted = model.residuals && new Set(model.residuals);
   for (const [output, residual] of Object.entries(cn.residuals)) {
-    if (!outputs.has(output)) problems.push(`residuals maps output "${output}", which components.controlnet.outputs does not declare`);
-    if (accepted && !accepted.has(residual)) problems.push(`residual "${residual}" (from output "${output}") is not a residual input of ${model.name}`);
+    if (!outputs.has(output))
+      problems.push(`residuals maps output "${output}", which components.controlnet.outputs does not declare`);
+    if (accepted && !accepted.has(residual))
+      problems.push(`residual "${residual}" (from output "${output}") is not a residual input of ${model.name}`);
   }
   return problems;
 }

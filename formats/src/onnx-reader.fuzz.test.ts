@@ -6,7 +6,9 @@ import { locateInitializers, OnnxError, protoFields, readOnnxGraph, readOnnxIo }
 
 const S = "onnx-reader";
 /** The smallest committed graph (a text encoder, 16 KB): every field kind the readers visit, initializers with raw_data. */
-const MODEL = new Uint8Array(readFileSync(new URL("../../gpu-runner/models/tiny-shapes-random/text_encoder/model.onnx", import.meta.url)));
+const MODEL = new Uint8Array(
+  readFileSync(new URL("../../gpu-runner/models/tiny-shapes-random/text_encoder/model.onnx", import.meta.url)),
+);
 
 const varint = (n: number): number[] => {
   const out: number[] = [];
@@ -23,18 +25,35 @@ const message: fc.Memo<number[]> = fc.memo((depth) =>
   fc
     .array(
       fc.oneof(
-        fc.tuple(fc.integer({ min: 1, max: 16 }), fc.constant(0), fc.oneof(fc.nat(), fc.constantFrom(2 ** 53, 2 ** 63, 2 ** 64 - 1))).map(([f, w, v]) => [...varint(f * 8 + w), ...varint(v)]),
-        fc.tuple(fc.integer({ min: 1, max: 16 }), depth > 1 ? message(depth - 1) : fc.array(fc.integer({ min: 0, max: 255 }), { maxLength: 16 })).map(([f, body]) => [...varint(f * 8 + 2), ...varint(body.length), ...body]),
+        fc
+          .tuple(
+            fc.integer({ min: 1, max: 16 }),
+            fc.constant(0),
+            fc.oneof(fc.nat(), fc.constantFrom(2 ** 53, 2 ** 63, 2 ** 64 - 1)),
+          )
+          .map(([f, w, v]) => [...varint(f * 8 + w), ...varint(v)]),
+        fc
+          .tuple(
+            fc.integer({ min: 1, max: 16 }),
+            depth > 1 ? message(depth - 1) : fc.array(fc.integer({ min: 0, max: 255 }), { maxLength: 16 }),
+          )
+          .map(([f, body]) => [...varint(f * 8 + 2), ...varint(body.length), ...body]),
         // A length that lies: past the message, or 2^60.
-        fc.tuple(fc.integer({ min: 1, max: 16 }), fc.constantFrom(1 << 20, 2 ** 31, 2 ** 60)).map(([f, len]) => [...varint(f * 8 + 2), ...varint(len)]),
-        fc.tuple(fc.integer({ min: 1, max: 16 }), fc.constantFrom(1, 3, 4, 5, 6, 7)).map(([f, w]) => [...varint(f * 8 + w), 1, 2, 3, 4]),
+        fc
+          .tuple(fc.integer({ min: 1, max: 16 }), fc.constantFrom(1 << 20, 2 ** 31, 2 ** 60))
+          .map(([f, len]) => [...varint(f * 8 + 2), ...varint(len)]),
+        fc
+          .tuple(fc.integer({ min: 1, max: 16 }), fc.constantFrom(1, 3, 4, 5, 6, 7))
+          .map(([f, w]) => [...varint(f * 8 + w), 1, 2, 3, 4]),
       ),
       { maxLength: 5 },
     )
     .map((fields) => fields.flat()),
 );
 /** A ModelProto with field 7 (graph) around random fields. */
-const protoModel = message(4).map((graph) => Uint8Array.from([...varint(7 * 8 + 2), ...varint(graph.length), ...graph]));
+const protoModel = message(4).map((graph) =>
+  Uint8Array.from([...varint(7 * 8 + 2), ...varint(graph.length), ...graph]),
+);
 
 const ERRORS = [OnnxError];
 
@@ -69,11 +88,23 @@ const check = async (model: Uint8Array) => {
 };
 
 describe("ONNX readers under fuzzing", () => {
-  it("refuse arbitrary bytes with OnnxError", () => fuzzAsync(S, "arbitrary bytes", anyBytes(1024), check, 3000), fuzzTimeout());
+  it(
+    "refuse arbitrary bytes with OnnxError",
+    () => fuzzAsync(S, "arbitrary bytes", anyBytes(1024), check, 3000),
+    fuzzTimeout(),
+  );
 
-  it("read random protobuf models (lying lengths, every wire type) or refuse them", () => fuzzAsync(S, "random protobuf models", protoModel, check, 3000), fuzzTimeout());
+  it(
+    "read random protobuf models (lying lengths, every wire type) or refuse them",
+    () => fuzzAsync(S, "random protobuf models", protoModel, check, 3000),
+    fuzzTimeout(),
+  );
 
-  it("read a mutated committed graph or refuse it", () => fuzzAsync(S, "mutated committed graph", mutated(MODEL), check, 600), fuzzTimeout());
+  it(
+    "read a mutated committed graph or refuse it",
+    () => fuzzAsync(S, "mutated committed graph", mutated(MODEL), check, 600),
+    fuzzTimeout(),
+  );
 
   it("read the committed graph", async () => {
     const graph = readOnnxGraph(MODEL);

@@ -7,7 +7,7 @@ const utf8 = new TextEncoder();
 const cat = (...parts: Uint8Array[]) => {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
   let at = 0;
-  for (const p of parts) (out.set(p, at), (at += p.byteLength));
+  for (const p of parts) out.set(p, at), (at += p.byteLength);
   return out;
 };
 function varint(n: number): Uint8Array {
@@ -28,9 +28,35 @@ const message = (field: number, ...fields: Uint8Array[]) => bytes(field, cat(...
 
 /** Conv(x, w) → y with a packed `pads`, an `axis` of −1 and a 3×2×1×1 initializer `w` of `weightBytes` raw bytes, listed as a graph input too. */
 function model(weightBytes = 24): Uint8Array {
-  const conv = message(1, str(1, "x"), str(1, "w"), str(2, "y"), str(3, "conv0"), str(4, "Conv"), message(5, str(1, "pads"), bytes(8, cat(...[0, 1, 0, 1].map(varint)))), message(5, str(1, "axis"), int(3, -1)));
-  const w = message(5, int(1, 3), int(1, 2), int(1, 1), int(1, 1), int(2, 1), str(8, "w"), bytes(9, new Uint8Array(weightBytes)));
-  const graph = message(7, conv, str(2, "g"), w, message(11, str(1, "x")), message(11, str(1, "w")), message(12, str(1, "y")));
+  const conv = message(
+    1,
+    str(1, "x"),
+    str(1, "w"),
+    str(2, "y"),
+    str(3, "conv0"),
+    str(4, "Conv"),
+    message(5, str(1, "pads"), bytes(8, cat(...[0, 1, 0, 1].map(varint)))),
+    message(5, str(1, "axis"), int(3, -1)),
+  );
+  const w = message(
+    5,
+    int(1, 3),
+    int(1, 2),
+    int(1, 1),
+    int(1, 1),
+    int(2, 1),
+    str(8, "w"),
+    bytes(9, new Uint8Array(weightBytes)),
+  );
+  const graph = message(
+    7,
+    conv,
+    str(2, "g"),
+    w,
+    message(11, str(1, "x")),
+    message(11, str(1, "w")),
+    message(12, str(1, "y")),
+  );
   return cat(int(1, 8), str(2, "a producer field the reader skips"), graph);
 }
 
@@ -43,14 +69,20 @@ function reader(file: Uint8Array) {
 describe("ONNX graph reader", () => {
   it("reads nodes, integer attributes (packed, negative) and initializer dims", () => {
     const graph = readOnnxGraph(model());
-    expect(graph.nodes).toEqual([{ name: "conv0", opType: "Conv", inputs: ["x", "w"], outputs: ["y"], ints: { pads: [0, 1, 0, 1], axis: -1 } }]);
+    expect(graph.nodes).toEqual([
+      { name: "conv0", opType: "Conv", inputs: ["x", "w"], outputs: ["y"], ints: { pads: [0, 1, 0, 1], axis: -1 } },
+    ]);
     expect([...graph.initializers]).toEqual([["w", [3, 2, 1, 1]]]);
   });
 
   it("lists a message's fields with the offsets of their keys and values", () => {
     const file = model();
     const fields = protoFields(file);
-    expect(fields.map((f) => [f.field, f.wire])).toEqual([[1, 0], [2, 2], [7, 2]]);
+    expect(fields.map((f) => [f.field, f.wire])).toEqual([
+      [1, 0],
+      [2, 2],
+      [7, 2],
+    ]);
     expect(fields[0]!.value).toBe(8);
     expect(fields.at(-1)!.end).toBe(file.byteLength);
     expect(readOnnxGraph(file.subarray(fields[2]!.start))).toEqual(readOnnxGraph(file));

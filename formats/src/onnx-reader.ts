@@ -86,8 +86,7 @@ export class ProtoReader {
     else if (wire === 2) {
       const len = this.varint(); // read first: `pos += varint()` would add to the stale position
       this.pos += len;
-    }
-    else if (wire === 5) this.pos += 4;
+    } else if (wire === 5) this.pos += 4;
     else throw new OnnxError(`onnx: unsupported wire type ${wire}`);
   }
 
@@ -252,8 +251,10 @@ export function locateInitializers(model: Uint8Array): Map<string, LocatedTensor
           r.ints(2, dims);
         } else if (t.field === 2) dataType = t.value;
         // raw_data (9), or float32's packed float_data (4).
-        else if ((t.field === 9 || t.field === 4) && t.wire === 2) data = { offset: t.at, byteLength: t.end - t.at, raw: t.field === 9 };
-        else if (t.field === 14) externalLocation = t.value === 1; // data_location EXTERNAL
+        else if ((t.field === 9 || t.field === 4) && t.wire === 2)
+          data = { offset: t.at, byteLength: t.end - t.at, raw: t.field === 9 };
+        else if (t.field === 14)
+          externalLocation = t.value === 1; // data_location EXTERNAL
         else if (t.field === 13 && t.wire === 2) {
           // external_data: StringStringEntryProto {key 1, value 2}
           let key = "";
@@ -269,7 +270,15 @@ export function locateInitializers(model: Uint8Array): Map<string, LocatedTensor
       if (externalLocation && ext.location) {
         const count = dims.reduce((a, b) => a * b, 1);
         const byteLength = ext.length !== undefined ? Number(ext.length) : count * (dataType === ONNX_FLOAT ? 4 : 2);
-        out.set(name, { dims, dataType, offset: Number(ext.offset ?? 0), byteLength, external: { location: ext.location }, start: f.start, end: f.end });
+        out.set(name, {
+          dims,
+          dataType,
+          offset: Number(ext.offset ?? 0),
+          byteLength,
+          external: { location: ext.location },
+          start: f.start,
+          end: f.end,
+        });
       } else if (data && (dataType === ONNX_FLOAT || data.raw)) {
         out.set(name, { dims, dataType, offset: data.offset, byteLength: data.byteLength, start: f.start, end: f.end });
       }

@@ -2,12 +2,19 @@ import { describe, expect, it } from "vitest";
 import { PNG_SIGNATURE, PngError, plainPngProblem, readPngHeader } from "./png.ts";
 
 /** A PNG's first 33 bytes (the CRC is not checked by a header read). */
-function header(width: number, height: number, { depth = 8, colorType = 2, interlace = 0, type = "IHDR", length = 13 } = {}): Uint8Array {
+function header(
+  width: number,
+  height: number,
+  { depth = 8, colorType = 2, interlace = 0, type = "IHDR", length = 13 } = {},
+): Uint8Array {
   const b = new Uint8Array(33);
   b.set(PNG_SIGNATURE);
   const v = new DataView(b.buffer);
   v.setUint32(8, length);
-  b.set([...type].map((ch) => ch.charCodeAt(0)), 12);
+  b.set(
+    [...type].map((ch) => ch.charCodeAt(0)),
+    12,
+  );
   v.setUint32(16, width);
   v.setUint32(20, height);
   b.set([depth, colorType, 0, 0, interlace], 24);
@@ -16,7 +23,13 @@ function header(width: number, height: number, { depth = 8, colorType = 2, inter
 
 describe("readPngHeader", () => {
   it("reads size, depth, colour type and interlace from IHDR", () => {
-    expect(readPngHeader(header(64, 32, { colorType: 6 }))).toEqual({ width: 64, height: 32, bitDepth: 8, colorType: 6, interlace: 0 });
+    expect(readPngHeader(header(64, 32, { colorType: 6 }))).toEqual({
+      width: 64,
+      height: 32,
+      bitDepth: 8,
+      colorType: 6,
+      interlace: 0,
+    });
   });
 
   it("refuses what does not start as a PNG", () => {

@@ -23,12 +23,19 @@ export interface PngHeader {
 
 /** The IHDR of a PNG file (the spec puts it first); throws PngError for anything that does not start as a PNG. */
 export function readPngHeader(bytes: Uint8Array): PngHeader {
-  if (bytes.byteLength < PNG_SIGNATURE.length || PNG_SIGNATURE.some((b, i) => bytes[i] !== b)) throw new PngError("not a PNG file");
+  if (bytes.byteLength < PNG_SIGNATURE.length || PNG_SIGNATURE.some((b, i) => bytes[i] !== b))
+    throw new PngError("not a PNG file");
   if (bytes.byteLength < PNG_HEADER_BYTES) throw new PngError("PNG is truncated before its image header");
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const type = String.fromCharCode(...bytes.subarray(12, 16));
   if (type !== "IHDR" || view.getUint32(8) !== 13) throw new PngError("PNG does not start with an image header (IHDR)");
-  const header = { width: view.getUint32(16), height: view.getUint32(20), bitDepth: bytes[24]!, colorType: bytes[25]!, interlace: bytes[28]! };
+  const header = {
+    width: view.getUint32(16),
+    height: view.getUint32(20),
+    bitDepth: bytes[24]!,
+    colorType: bytes[25]!,
+    interlace: bytes[28]!,
+  };
   if (header.width === 0 || header.height === 0) throw new PngError(`PNG is ${header.width}×${header.height}`);
   return header;
 }

@@ -23,16 +23,14 @@ const tensorData = fc.record({
   shape: fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 3 }),
   fill: fc.float({ noNaN: true, noDefaultInfinity: true }),
 });
-const validFile = fc
-  .dictionary(fc.string({ minLength: 1, maxLength: 12 }), tensorData, { maxKeys: 5 })
-  .map((spec) => {
-    const tensors: Record<string, { shape: number[]; data: Float32Array }> = Object.create(null); // "__proto__" is a name too
-    for (const [name, t] of Object.entries(spec)) {
-      const n = t.shape.reduce((a, b) => a * b, 1);
-      tensors[name] = { shape: t.shape, data: new Float32Array(n).fill(t.fill) };
-    }
-    return { spec, file: encodeSafetensors(tensors) };
-  });
+const validFile = fc.dictionary(fc.string({ minLength: 1, maxLength: 12 }), tensorData, { maxKeys: 5 }).map((spec) => {
+  const tensors: Record<string, { shape: number[]; data: Float32Array }> = Object.create(null); // "__proto__" is a name too
+  for (const [name, t] of Object.entries(spec)) {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    tensors[name] = { shape: t.shape, data: new Float32Array(n).fill(t.fill) };
+  }
+  return { spec, file: encodeSafetensors(tensors) };
+});
 
 /** A header of any shape (known and unknown dtypes, huge shapes and offsets) over a data section of any length. */
 const hostileHeader = fc
@@ -43,8 +41,14 @@ const hostileHeader = fc
         fc.record(
           {
             dtype: fc.oneof(fc.constantFrom(...Object.keys(DTYPE_BYTES)), fc.string({ maxLength: 6 })),
-            shape: fc.array(fc.oneof(fc.integer({ min: 0, max: 8 }), fc.constantFrom(2 ** 31, 2 ** 53, 2 ** 60, -1, 1.5)), { maxLength: 4 }),
-            data_offsets: fc.array(fc.oneof(fc.integer({ min: 0, max: 256 }), fc.constantFrom(2 ** 53, 2 ** 60, -8, 0.5)), { maxLength: 3 }),
+            shape: fc.array(
+              fc.oneof(fc.integer({ min: 0, max: 8 }), fc.constantFrom(2 ** 31, 2 ** 53, 2 ** 60, -1, 1.5)),
+              { maxLength: 4 },
+            ),
+            data_offsets: fc.array(
+              fc.oneof(fc.integer({ min: 0, max: 256 }), fc.constantFrom(2 ** 53, 2 ** 60, -8, 0.5)),
+              { maxLength: 3 },
+            ),
           },
           { requiredKeys: [] },
         ),
@@ -80,9 +84,17 @@ describe("safetensors under fuzzing", () => {
     fuzzTimeout(),
   );
 
-  it("parses hostile headers (huge shapes and offsets, unknown dtypes, odd keys) or refuses them", () => fuzz(S, "hostile headers", hostileHeader, parseAll, 3000), fuzzTimeout());
+  it(
+    "parses hostile headers (huge shapes and offsets, unknown dtypes, odd keys) or refuses them",
+    () => fuzz(S, "hostile headers", hostileHeader, parseAll, 3000),
+    fuzzTimeout(),
+  );
 
-  it("parses mutated valid files or refuses them", () => fuzz(S, "mutated valid files", mutated(validFile.map((v) => v.file)), parseAll, 3000), fuzzTimeout());
+  it(
+    "parses mutated valid files or refuses them",
+    () => fuzz(S, "mutated valid files", mutated(validFile.map((v) => v.file)), parseAll, 3000),
+    fuzzTimeout(),
+  );
 
   it(
     "reads back what encodeSafetensors wrote",
@@ -107,7 +119,10 @@ describe("safetensors under fuzzing", () => {
 
   it("writes and reads back a tensor named __proto__ (regression: the writer dropped it)", () => {
     // An own key "__proto__", as JSON.parse makes it (a literal would set the prototype).
-    const tensors = Object.defineProperty({}, "__proto__", { value: { shape: [1], data: Float32Array.of(2) }, enumerable: true });
+    const tensors = Object.defineProperty({}, "__proto__", {
+      value: { shape: [1], data: Float32Array.of(2) },
+      enumerable: true,
+    });
     const file = encodeSafetensors(tensors);
     expect(readFloatTensor(file, parseHeader(file, file.byteLength), "__proto__")).toEqual(Float32Array.of(2));
   });

@@ -12,7 +12,10 @@ function headerWith(json: string, dataBytes = 0): Uint8Array {
 describe("safetensors, parsed strictly", () => {
   it("round-trips tensors, with a zero-copy view for aligned F32", () => {
     const data = Float32Array.from([1, -2.5, 3, 4, 5, 6]);
-    const file = encodeSafetensors({ w: { shape: [2, 3], data }, b: { shape: [1], data: Float32Array.from([7]) } }, { format: "pt" });
+    const file = encodeSafetensors(
+      { w: { shape: [2, 3], data }, b: { shape: [1], data: Float32Array.from([7]) } },
+      { format: "pt" },
+    );
     const h = parseHeader(file, file.byteLength);
     expect(h.metadata).toEqual({ format: "pt" });
     expect(h.tensors.get("w")).toMatchObject({ dtype: "F32", shape: [2, 3] });
@@ -23,7 +26,10 @@ describe("safetensors, parsed strictly", () => {
 
   it("converts F16 and BF16", () => {
     // F16 1.0 = 0x3c00, -2.0 = 0xc000; BF16 1.5 = 0x3fc0.
-    const json = JSON.stringify({ h: { dtype: "F16", shape: [2], data_offsets: [0, 4] }, b: { dtype: "BF16", shape: [1], data_offsets: [4, 6] } });
+    const json = JSON.stringify({
+      h: { dtype: "F16", shape: [2], data_offsets: [0, 4] },
+      b: { dtype: "BF16", shape: [1], data_offsets: [4, 6] },
+    });
     const file = headerWith(json, 6);
     const view = new DataView(file.buffer);
     const base = 8 + json.length;
@@ -37,20 +43,75 @@ describe("safetensors, parsed strictly", () => {
 
   const hostile: Array<[string, () => Uint8Array, RegExp]> = [
     ["a file shorter than the length prefix", () => new Uint8Array(5), /shorter/],
-    ["a giant header length", () => { const f = new Uint8Array(16); new DataView(f.buffer).setBigUint64(0, 10n ** 12n, true); return f; }, /exceeds/],
+    [
+      "a giant header length",
+      () => {
+        const f = new Uint8Array(16);
+        new DataView(f.buffer).setBigUint64(0, 10n ** 12n, true);
+        return f;
+      },
+      /exceeds/,
+    ],
     ["a header longer than the file (truncated)", () => headerWith('{"a":1}').subarray(0, 10), /truncated/],
     ["a header that is not JSON", () => headerWith("{not json"), /JSON/],
-    ["an unknown dtype", () => headerWith(JSON.stringify({ w: { dtype: "F12", shape: [1], data_offsets: [0, 4] } }), 4), /unknown dtype/],
-    ["a size that disagrees with the shape", () => headerWith(JSON.stringify({ w: { dtype: "F32", shape: [2], data_offsets: [0, 4] } }), 4), /expected 8/],
-    ["overlapping tensors", () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [2], data_offsets: [0, 8] }, b: { dtype: "F32", shape: [1], data_offsets: [4, 8] } }), 8), /overlaps/],
-    ["a gap in the data", () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [1], data_offsets: [4, 8] } }), 8), /gap/],
-    ["trailing bytes", () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [1], data_offsets: [0, 4] } }), 12), /trailing/],
-    ["offsets past the end (truncated data)", () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [4], data_offsets: [0, 16] } }), 8), /truncated/],
-    ["negative shapes", () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [-1], data_offsets: [0, 4] } }), 4), /shape/],
+    [
+      "an unknown dtype",
+      () => headerWith(JSON.stringify({ w: { dtype: "F12", shape: [1], data_offsets: [0, 4] } }), 4),
+      /unknown dtype/,
+    ],
+    [
+      "a size that disagrees with the shape",
+      () => headerWith(JSON.stringify({ w: { dtype: "F32", shape: [2], data_offsets: [0, 4] } }), 4),
+      /expected 8/,
+    ],
+    [
+      "overlapping tensors",
+      () =>
+        headerWith(
+          JSON.stringify({
+            a: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
+            b: { dtype: "F32", shape: [1], data_offsets: [4, 8] },
+          }),
+          8,
+        ),
+      /overlaps/,
+    ],
+    [
+      "a gap in the data",
+      () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [1], data_offsets: [4, 8] } }), 8),
+      /gap/,
+    ],
+    [
+      "trailing bytes",
+      () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [1], data_offsets: [0, 4] } }), 12),
+      /trailing/,
+    ],
+    [
+      "offsets past the end (truncated data)",
+      () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [4], data_offsets: [0, 16] } }), 8),
+      /truncated/,
+    ],
+    [
+      "negative shapes",
+      () => headerWith(JSON.stringify({ a: { dtype: "F32", shape: [-1], data_offsets: [0, 4] } }), 4),
+      /shape/,
+    ],
     ["non-string metadata", () => headerWith(JSON.stringify({ __metadata__: { a: 1 } })), /metadata/],
     // JSON.parse keeps the last: "w" would be read as the second entry where another reader takes the first.
-    ["a tensor named twice", () => headerWith('{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 4), /"w" twice/],
-    ["a field named twice in an entry", () => headerWith('{"w":{"dtype":"F32","shape":[1],"shape":[1],"data_offsets":[0,4]}}', 4), /"shape" twice/],
+    [
+      "a tensor named twice",
+      () =>
+        headerWith(
+          '{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+          4,
+        ),
+      /"w" twice/,
+    ],
+    [
+      "a field named twice in an entry",
+      () => headerWith('{"w":{"dtype":"F32","shape":[1],"shape":[1],"data_offsets":[0,4]}}', 4),
+      /"shape" twice/,
+    ],
     ["an escaped key equal to another", () => headerWith('{"__metadata__":{"a\\"b":"x","a\\u0022b":"y"}}'), /twice/],
   ];
   for (const [what, make, message] of hostile) {
@@ -68,7 +129,10 @@ describe("safetensors, parsed strictly", () => {
   });
 
   it("accepts equal keys in different objects, and key-like strings in values", () => {
-    const file = headerWith('{"__metadata__":{"w":"{\\"w\\":1,","dtype":"x"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 4);
+    const file = headerWith(
+      '{"__metadata__":{"w":"{\\"w\\":1,","dtype":"x"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+      4,
+    );
     expect(parseHeader(file, file.byteLength).metadata).toEqual({ w: '{"w":1,', dtype: "x" });
   });
 

@@ -51,7 +51,8 @@ export interface SafetensorsHeader {
 export function headerByteLength(first8: Uint8Array): number {
   if (first8.byteLength < 8) throw new SafetensorsError("file is shorter than the 8-byte header length");
   const n = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
-  if (n > BigInt(MAX_HEADER_BYTES)) throw new SafetensorsError(`header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
+  if (n > BigInt(MAX_HEADER_BYTES))
+    throw new SafetensorsError(`header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   return 8 + Number(n);
 }
 
@@ -63,7 +64,8 @@ const isCount = (v: unknown): v is number => typeof v === "number" && Number.isS
  */
 export function parseHeader(prefix: Uint8Array, fileLength: number): SafetensorsHeader {
   const dataOffset = headerByteLength(prefix);
-  if (dataOffset > fileLength) throw new SafetensorsError(`header claims ${dataOffset - 8} bytes but the file has ${fileLength} (truncated?)`);
+  if (dataOffset > fileLength)
+    throw new SafetensorsError(`header claims ${dataOffset - 8} bytes but the file has ${fileLength} (truncated?)`);
   if (prefix.byteLength < dataOffset) throw new SafetensorsError("not enough bytes given to read the header");
   let json: unknown;
   let text: string;
@@ -76,13 +78,19 @@ export function parseHeader(prefix: Uint8Array, fileLength: number): Safetensors
   // JSON.parse keeps the last of two equal keys: a reader that keeps the first would see another file.
   const twice = duplicateKey(text);
   if (twice !== undefined) throw new SafetensorsError(`header names ${JSON.stringify(twice)} twice`);
-  if (json === null || typeof json !== "object" || Array.isArray(json)) throw new SafetensorsError("header must be a JSON object");
+  if (json === null || typeof json !== "object" || Array.isArray(json))
+    throw new SafetensorsError("header must be a JSON object");
 
   const tensors = new Map<string, TensorInfo>();
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(json as Record<string, unknown>)) {
     if (name === "__metadata__") {
-      if (entry === null || typeof entry !== "object" || Array.isArray(entry) || Object.values(entry).some((v) => typeof v !== "string")) {
+      if (
+        entry === null ||
+        typeof entry !== "object" ||
+        Array.isArray(entry) ||
+        Object.values(entry).some((v) => typeof v !== "string")
+      ) {
         throw new SafetensorsError("__metadata__ must map strings to strings");
       }
       metadata = entry as Record<string, string>;
@@ -90,8 +98,10 @@ export function parseHeader(prefix: Uint8Array, fileLength: number): Safetensors
     }
     const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (e === null || typeof e !== "object") throw new SafetensorsError(`tensor '${name}': entry must be an object`);
-    if (typeof e.dtype !== "string" || !(e.dtype in DTYPE_BYTES)) throw new SafetensorsError(`tensor '${name}': unknown dtype ${JSON.stringify(e.dtype)}`);
-    if (!Array.isArray(e.shape) || !e.shape.every(isCount)) throw new SafetensorsError(`tensor '${name}': shape must be a list of non-negative integers`);
+    if (typeof e.dtype !== "string" || !(e.dtype in DTYPE_BYTES))
+      throw new SafetensorsError(`tensor '${name}': unknown dtype ${JSON.stringify(e.dtype)}`);
+    if (!Array.isArray(e.shape) || !e.shape.every(isCount))
+      throw new SafetensorsError(`tensor '${name}': shape must be a list of non-negative integers`);
     const offsets = e.data_offsets;
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0]! > offsets[1]!) {
       throw new SafetensorsError(`tensor '${name}': data_offsets must be [begin, end] with begin ≤ end`);
@@ -101,7 +111,9 @@ export function parseHeader(prefix: Uint8Array, fileLength: number): Safetensors
     const elements = shape.reduce((a, b) => a * b, 1);
     const [begin, end] = offsets as [number, number];
     if (!Number.isSafeInteger(elements * DTYPE_BYTES[dtype]) || end - begin !== elements * DTYPE_BYTES[dtype]) {
-      throw new SafetensorsError(`tensor '${name}': ${end - begin} bytes for shape [${shape}] of ${dtype} (expected ${elements * DTYPE_BYTES[dtype]})`);
+      throw new SafetensorsError(
+        `tensor '${name}': ${end - begin} bytes for shape [${shape}] of ${dtype} (expected ${elements * DTYPE_BYTES[dtype]})`,
+      );
     }
     tensors.set(name, { name, dtype, shape, begin, end });
   }
@@ -115,7 +127,9 @@ export function parseHeader(prefix: Uint8Array, fileLength: number): Safetensors
     cursor = t.end;
   }
   if (dataOffset + cursor !== fileLength) {
-    throw new SafetensorsError(`data section is ${fileLength - dataOffset} bytes but the tensors cover ${cursor} (truncated or trailing bytes)`);
+    throw new SafetensorsError(
+      `data section is ${fileLength - dataOffset} bytes but the tensors cover ${cursor} (truncated or trailing bytes)`,
+    );
   }
   return { dataOffset, tensors, metadata };
 }
@@ -200,25 +214,36 @@ export function readFloatTensor(file: Uint8Array, header: SafetensorsHeader, nam
   const count = (t.end - t.begin) / DTYPE_BYTES[t.dtype];
   let out: Float32Array;
   if (t.dtype === "F32") {
-    out = start % 4 === 0 ? new Float32Array(file.buffer, start, count) : new Float32Array(file.slice(header.dataOffset + t.begin, header.dataOffset + t.end).buffer);
+    out =
+      start % 4 === 0
+        ? new Float32Array(file.buffer, start, count)
+        : new Float32Array(file.slice(header.dataOffset + t.begin, header.dataOffset + t.end).buffer);
   } else if (t.dtype === "F16" || t.dtype === "BF16" || t.dtype === "F64") {
     const view = new DataView(file.buffer, start, t.end - t.begin);
     out = new Float32Array(count);
     for (let i = 0; i < count; i++) {
       out[i] =
-        t.dtype === "F16" ? f16ToF32(view.getUint16(i * 2, true)) : t.dtype === "BF16" ? new Float32Array(new Uint32Array([view.getUint16(i * 2, true) << 16]).buffer)[0]! : view.getFloat64(i * 8, true);
+        t.dtype === "F16"
+          ? f16ToF32(view.getUint16(i * 2, true))
+          : t.dtype === "BF16"
+            ? new Float32Array(new Uint32Array([view.getUint16(i * 2, true) << 16]).buffer)[0]!
+            : view.getFloat64(i * 8, true);
     }
   } else {
     throw new SafetensorsError(`tensor '${name}' is ${t.dtype}; a float tensor is expected`);
   }
   for (let i = 0; i < out.length; i++) {
-    if (!Number.isFinite(out[i]!)) throw new SafetensorsError(`tensor '${name}' holds a non-finite value at element ${i}`);
+    if (!Number.isFinite(out[i]!))
+      throw new SafetensorsError(`tensor '${name}' holds a non-finite value at element ${i}`);
   }
   return out;
 }
 
 /** Writes a safetensors file (F32 tensors): for tests, the zoo's exports and fixtures. */
-export function encodeSafetensors(tensors: Record<string, { shape: number[]; data: Float32Array }>, metadata?: Record<string, string>): Uint8Array {
+export function encodeSafetensors(
+  tensors: Record<string, { shape: number[]; data: Float32Array }>,
+  metadata?: Record<string, string>,
+): Uint8Array {
   // No prototype: a tensor named "__proto__" must become a key, not replace the prototype and vanish from the JSON.
   const header: Record<string, unknown> = Object.create(null);
   if (metadata) header.__metadata__ = metadata;

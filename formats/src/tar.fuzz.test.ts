@@ -7,7 +7,9 @@ const S = "tar";
 const enc = new TextEncoder();
 
 const entry = fc.record({
-  path: fc.stringMatching(/^[a-z0-9_.-]{1,20}(\/[a-z0-9_.-]{1,20}){0,2}$/).filter((p) => !p.split("/").some((s) => s === ".." || s === ".")),
+  path: fc
+    .stringMatching(/^[a-z0-9_.-]{1,20}(\/[a-z0-9_.-]{1,20}){0,2}$/)
+    .filter((p) => !p.split("/").some((s) => s === ".." || s === ".")),
   data: fc.uint8Array({ maxLength: 1100 }),
 });
 const validArchive = fc.array(entry, { maxLength: 4 }).map(writeTar);
@@ -27,13 +29,41 @@ function setField(archive: Uint8Array, block: number, offset: number, length: nu
 
 const FIELDS = { name: [0, 100], size: [124, 12], type: [156, 1], prefix: [345, 155] } as const;
 const fieldValue = fc.oneof(
-  fc.constantFrom("../x", "/etc/passwd", "a/../../b", "..", ".", "./", "77777777777", "777777777777", "-1", "1e3", "0x10", "NaN", "1", "2", "5", "L", "K", "x", ""),
+  fc.constantFrom(
+    "../x",
+    "/etc/passwd",
+    "a/../../b",
+    "..",
+    ".",
+    "./",
+    "77777777777",
+    "777777777777",
+    "-1",
+    "1e3",
+    "0x10",
+    "NaN",
+    "1",
+    "2",
+    "5",
+    "L",
+    "K",
+    "x",
+    "",
+  ),
   fc.string({ maxLength: 20 }),
   fc.nat().map((n) => n.toString(8)),
 );
 const damagedArchive = fc
-  .tuple(validArchive, fc.array(fc.tuple(fc.nat(), fc.constantFrom(...Object.values(FIELDS)), fieldValue), { minLength: 1, maxLength: 3 }))
-  .map(([archive, edits]) => edits.reduce((a, [block, [offset, length], value]) => setField(a, block, offset, length, enc.encode(value)), archive));
+  .tuple(
+    validArchive,
+    fc.array(fc.tuple(fc.nat(), fc.constantFrom(...Object.values(FIELDS)), fieldValue), { minLength: 1, maxLength: 3 }),
+  )
+  .map(([archive, edits]) =>
+    edits.reduce(
+      (a, [block, [offset, length], value]) => setField(a, block, offset, length, enc.encode(value)),
+      archive,
+    ),
+  );
 
 function check(archive: Uint8Array): void {
   const entries = parses(archive.byteLength, [TarError], () => readTar(archive));
@@ -55,9 +85,17 @@ async function agree(archive: Uint8Array): Promise<void> {
 }
 
 describe("tar under fuzzing", () => {
-  it("refuses arbitrary bytes with TarError", () => fuzz(S, "arbitrary bytes", anyBytes(2048), check, 3000), fuzzTimeout());
+  it(
+    "refuses arbitrary bytes with TarError",
+    () => fuzz(S, "arbitrary bytes", anyBytes(2048), check, 3000),
+    fuzzTimeout(),
+  );
 
-  it("reads mutated valid archives or refuses them", () => fuzz(S, "mutated valid archives", mutated(validArchive), check, 3000), fuzzTimeout());
+  it(
+    "reads mutated valid archives or refuses them",
+    () => fuzz(S, "mutated valid archives", mutated(validArchive), check, 3000),
+    fuzzTimeout(),
+  );
 
   it(
     "reads archives with hostile header fields (checksums fixed: paths, sizes, types) or refuses them",
@@ -65,7 +103,11 @@ describe("tar under fuzzing", () => {
     fuzzTimeout(),
   );
 
-  it("listTar agrees with readTar on damaged archives", () => fuzzAsync(S, "listTar agrees with readTar", fc.oneof(damagedArchive, mutated(validArchive)), agree, 1500), fuzzTimeout());
+  it(
+    "listTar agrees with readTar on damaged archives",
+    () => fuzzAsync(S, "listTar agrees with readTar", fc.oneof(damagedArchive, mutated(validArchive)), agree, 1500),
+    fuzzTimeout(),
+  );
 
   it(
     "reads back what writeTar wrote",
@@ -76,14 +118,16 @@ describe("tar under fuzzing", () => {
         fc.array(entry, { maxLength: 4 }),
         (entries) => {
           const back = readTar(writeTar(entries));
-          expect(back.map((e) => [e.path.replace(/^\.\//, ""), [...e.data]])).toEqual(entries.map((e) => [e.path.replace(/^\.\//, ""), [...e.data]]));
+          expect(back.map((e) => [e.path.replace(/^\.\//, ""), [...e.data]])).toEqual(
+            entries.map((e) => [e.path.replace(/^\.\//, ""), [...e.data]]),
+          );
         },
         1000,
       ),
     fuzzTimeout(),
   );
 
-  it("refuses a size field that is not octal digits (regression: \"-0\" and \"1e3\" were read)", () => {
+  it('refuses a size field that is not octal digits (regression: "-0" and "1e3" were read)', () => {
     for (const size of ["-0", "+1", "1e3", "0x1"]) {
       const archive = setField(writeTar([{ path: "a", data: new Uint8Array(1) }]), 0, 124, 12, enc.encode(`${size}\0`));
       expect(() => readTar(archive)).toThrow(/bad size/);
@@ -91,7 +135,13 @@ describe("tar under fuzzing", () => {
   });
 
   it("refuses an entry claiming 8 GB before reading it", () => {
-    const archive = setField(writeTar([{ path: "a", data: new Uint8Array(1) }]), 0, 124, 12, enc.encode("77777777777\0"));
+    const archive = setField(
+      writeTar([{ path: "a", data: new Uint8Array(1) }]),
+      0,
+      124,
+      12,
+      enc.encode("77777777777\0"),
+    );
     expect(() => readTar(archive)).toThrow(/truncated/);
   });
 });

@@ -25,7 +25,8 @@ function field(block: Uint8Array, offset: number, length: number): string {
 
 function safePath(path: string): string {
   const clean = path.replace(/^\.\//, "");
-  if (clean === "" || clean.startsWith("/") || clean.split("/").some((p) => p === ".." )) throw new TarError(`unsafe path in archive: ${JSON.stringify(path)}`);
+  if (clean === "" || clean.startsWith("/") || clean.split("/").some((p) => p === ".."))
+    throw new TarError(`unsafe path in archive: ${JSON.stringify(path)}`);
   return clean;
 }
 
@@ -78,7 +79,11 @@ export function readTar(archive: Uint8Array): TarEntry[] {
  * The files of an archive that is not in memory (an object in storage): one read per header, none of the data.
  * At most `maxEntries` entries, so a hostile archive cannot cost unbounded reads. A path stored twice means its last copy, as unpacking readTar's entries in order does.
  */
-export async function listTar(read: (offset: number, length: number) => Promise<Uint8Array>, archiveSize: number, maxEntries = 64): Promise<Map<string, TarHeader>> {
+export async function listTar(
+  read: (offset: number, length: number) => Promise<Uint8Array>,
+  archiveSize: number,
+  maxEntries = 64,
+): Promise<Map<string, TarHeader>> {
   if (archiveSize < BLOCK) throw new TarError(`${archiveSize} bytes is too short for a tar archive`);
   const files = new Map<string, TarHeader>();
   for (let pos = 0, n = 0; pos + BLOCK <= archiveSize; n++) {

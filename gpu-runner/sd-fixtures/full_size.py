@@ -160,8 +160,9 @@ def to_fp16(folder: Path) -> None:
     """fp32 export → fp16 graphs with fp16 inputs/outputs, as optimum's `--dtype fp16` writes them. PyTorch's fp16
     kernels on CPU are so slow that tracing an fp16 U-Net takes the better part of an hour on two cores; the fp32
     trace takes minutes and ORT's converter the rest."""
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    import onnx
 
     for path in sorted(folder.glob("*/model.onnx")):
         model = onnx.load(str(path))  # with its external data
@@ -170,8 +171,14 @@ def to_fp16(folder: Path) -> None:
         if data.exists():
             data.unlink()
         large = sum(t.ByteSize() for t in model.graph.initializer) > 2**31 - 2**26  # protobuf's 2 GB, less the graph
-        onnx.save(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-                  location="model.onnx_data", size_threshold=100)
+        onnx.save(
+            model,
+            str(path),
+            save_as_external_data=large,
+            all_tensors_to_one_file=True,
+            location="model.onnx_data",
+            size_threshold=100,
+        )
         del model
         print(f"  {path.parent.name}: converted to fp16", flush=True)
 
@@ -180,6 +187,7 @@ def _float_resize_scales(model):
     """The converter leaves Resize in fp32 but turns the Constant holding its `scales` (and `roi`) into fp16, which
     ONNX refuses: put those constants back to fp32."""
     import numpy as np
+
     from onnx import numpy_helper
 
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -226,9 +234,11 @@ def smoke(dst: Path) -> None:
     names = {i.name: i.shape for i in unet.get_inputs()}
     size = 128 if "time_ids" in names else 64
     width = names["encoder_hidden_states"][2]
-    values = {"sample": np.random.randn(1, 4, size, size).astype(np.float32),
-              "timestep": np.array(999.0, dtype=np.float32),
-              "encoder_hidden_states": np.random.randn(1, 77, width).astype(np.float32)}
+    values = {
+        "sample": np.random.randn(1, 4, size, size).astype(np.float32),
+        "timestep": np.array(999.0, dtype=np.float32),
+        "encoder_hidden_states": np.random.randn(1, 77, width).astype(np.float32),
+    }
     if "time_ids" in names:
         values["text_embeds"] = states[-1][0].astype(np.float32)
         values["time_ids"] = np.array([[1024, 1024, 0, 0, 1024, 1024]], dtype=np.float32)

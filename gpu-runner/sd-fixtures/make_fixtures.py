@@ -37,8 +37,21 @@ EXPORTS = [
     ("turbo", "turbo", "fp16", True),
 ]
 
-VERSIONED = ["torch", "diffusers", "transformers", "tokenizers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-             "peft", "safetensors", "accelerate", "numpy", "huggingface_hub"]
+VERSIONED = [
+    "torch",
+    "diffusers",
+    "transformers",
+    "tokenizers",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "onnxruntime",
+    "peft",
+    "safetensors",
+    "accelerate",
+    "numpy",
+    "huggingface_hub",
+]
 
 
 def pt_dir(family: str) -> Path:

@@ -18,11 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import families  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-
-import families  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "test" / "fixtures" / "sd"
@@ -75,16 +74,20 @@ SETTINGS: dict[str, Settings] = {
         ],
     ),
     "sd2v": Settings(
-        "a photograph of a lighthouse by the sea, golden hour", "ugly, jpeg artifacts",
+        "a photograph of a lighthouse by the sea, golden hour",
+        "ugly, jpeg artifacts",
         _lora_cases("EulerDiscreteScheduler", 4, 5.0),
     ),
     # LCM distils guidance into timestep_cond: one U-Net pass per step, no negative prompt.
     "lcm": Settings("an astronaut in a garden, digital art, sharp focus", None, _lora_cases("LCMScheduler", 4, 8.0)),
     "sdxl": Settings(
-        "a castle under a starry sky, cinematic, 35mm film", "blurry, text",
+        "a castle under a starry sky, cinematic, 35mm film",
+        "blurry, text",
         _lora_cases("EulerDiscreteScheduler", 3, 5.0, half_scale=True),
     ),
-    "turbo": Settings("a cup of coffee on a foggy morning, photograph", None, _lora_cases("EulerDiscreteScheduler", 2, 0.0)),
+    "turbo": Settings(
+        "a cup of coffee on a foggy morning, photograph", None, _lora_cases("EulerDiscreteScheduler", 2, 0.0)
+    ),
 }
 
 # ORT-vs-PyTorch checks: (export folder, family whose base reference it must reproduce).
@@ -121,9 +124,16 @@ def run(pipe, settings: Settings, case: Case) -> dict[str, torch.Tensor]:
 
     def unet(sample, timestep, encoder_hidden_states=None, *args, **kwargs):
         out = unet_forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
-        unet_calls.append(dict(sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
-                               timestep_cond=kwargs.get("timestep_cond"),
-                               added=kwargs.get("added_cond_kwargs"), out=_first(out)))
+        unet_calls.append(
+            dict(
+                sample=sample,
+                timestep=timestep,
+                encoder_hidden_states=encoder_hidden_states,
+                timestep_cond=kwargs.get("timestep_cond"),
+                added=kwargs.get("added_cond_kwargs"),
+                out=_first(out),
+            )
+        )
         return out
 
     def decode(z, *args, **kwargs):
@@ -151,7 +161,8 @@ def run(pipe, settings: Settings, case: Case) -> dict[str, torch.Tensor]:
         generator=torch.Generator().manual_seed(NOISE_SEED),
         output_type="np",
         callback_on_step_end=on_step_end,
-        callback_on_step_end_tensor_inputs=["latents", "denoised"] if "denoised" in pipe._callback_tensor_inputs
+        callback_on_step_end_tensor_inputs=["latents", "denoised"]
+        if "denoised" in pipe._callback_tensor_inputs
         else ["latents"],
     )
     if "negative_prompt" in call and settings.negative_prompt is not None and case.guidance > 1:
@@ -170,8 +181,9 @@ def run(pipe, settings: Settings, case: Case) -> dict[str, torch.Tensor]:
         if "negative_prompt" in kwargs:
             texts.append(("negative_input_ids", settings.negative_prompt))
         for name, text in texts:
-            ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids
+            ids = tok(
+                text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids
             rec[name + suffix] = ids.to(torch.int64)
     first = unet_calls[0]
     rec["unet.encoder_hidden_states"] = _f32(first["encoder_hidden_states"])
@@ -246,10 +258,10 @@ def _settings_json(family: families.Family, settings: Settings, case: Case, pipe
             "height": families.IMAGE_SIZE,
             "width": families.IMAGE_SIZE,
             "initial_latents": f"torch.randn(1, 4, {families.IMAGE_SIZE // 8}, {families.IMAGE_SIZE // 8}, "
-                               f"generator=torch.Generator().manual_seed({LATENT_SEED})), before × init_noise_sigma",
+            f"generator=torch.Generator().manual_seed({LATENT_SEED})), before × init_noise_sigma",
             "loras": [{"file": f, "adapter": a, "scale": s} for f, a, s in case.loras],
             "lora_loading": "pipe.load_lora_weights(loras/, weight_name=file, adapter_name=adapter); "
-                            "pipe.set_adapters(adapters, adapter_weights=scales)",
+            "pipe.set_adapters(adapters, adapter_weights=scales)",
             "image": "output_type='np': (decoder sample / 2 + 0.5).clamp(0, 1), NHWC",
             "versions": {p: metadata.version(p) for p in ("diffusers", "transformers", "torch", "peft")},
         },
@@ -270,8 +282,11 @@ def write_references(name: str) -> None:
             base_image = rec["image"]
         elif (rec["image"] - base_image).abs().max() < 1e-3:
             raise RuntimeError(f"{name}/{case.name}: the LoRA does not change the image")
-        save_file(dict(sorted(rec.items())), str(dst / f"{case.name}.safetensors"),
-                  metadata={"settings": _settings_json(family, settings, case, pipe)})
+        save_file(
+            dict(sorted(rec.items())),
+            str(dst / f"{case.name}.safetensors"),
+            metadata={"settings": _settings_json(family, settings, case, pipe)},
+        )
         print(f"{name}/{case.name}: {len(rec)} tensors, image mean {rec['image'].mean():.4f}", flush=True)
 
 
@@ -285,8 +300,7 @@ def ort_check(folder: str, name: str) -> dict[str, float]:
     pipe.set_progress_bar_config(disable=True)
     settings = SETTINGS[name]
     got = run(pipe, settings, settings.cases[0])
-    keys = {"text states": "unet.encoder_hidden_states", "final latents": "vae_decoder.latent_sample",
-            "image": "image"}
+    keys = {"text states": "unet.encoder_hidden_states", "final latents": "vae_decoder.latent_sample", "image": "image"}
     diffs = {label: float((got[k] - ref[k]).abs().max()) for label, k in keys.items()}
     diffs["latents scale"] = float(ref["vae_decoder.latent_sample"].abs().max())
     return diffs
@@ -308,8 +322,10 @@ def write_table(rows: list[tuple[str, str, dict[str, float]]]) -> None:
         "|---|---|---|---|---|---|",
     ]
     for folder, name, d in rows:
-        lines.append(f"| {folder} | {name}/base | {d['text states']:.2e} | {d['final latents']:.2e} "
-                     f"| {d['image']:.2e} | {d['latents scale']:.1f} |")
+        lines.append(
+            f"| {folder} | {name}/base | {d['text states']:.2e} | {d['final latents']:.2e} "
+            f"| {d['image']:.2e} | {d['latents scale']:.1f} |"
+        )
     lines.append("")
     (FIXTURES / "REFERENCES.md").write_text("\n".join(lines))
 

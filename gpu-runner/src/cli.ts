@@ -105,7 +105,12 @@ async function main(): Promise<void> {
     executionProviders: values.ep.split(",").map((s) => s.trim()),
     intraOpNumThreads: num("threads", values.threads),
   });
-  if (!session.success) fail(session.error.issues.map((i) => `--${i.path[0] === "executionProviders" ? "ep" : "threads"}: ${i.message}`).join("\n"));
+  if (!session.success)
+    fail(
+      session.error.issues
+        .map((i) => `--${i.path[0] === "executionProviders" ? "ep" : "threads"}: ${i.message}`)
+        .join("\n"),
+    );
 
   const pool = new InferencePool({ size: 1, session: session.data });
   const started = performance.now();

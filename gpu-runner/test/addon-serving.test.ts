@@ -14,9 +14,18 @@ const loraBytes = new Uint8Array(readFileSync(join(bundle, "addons/random-lora-k
 const pool = new InferencePool({ size: 1, mergeHotAfter: 0 });
 afterAll(() => pool.close());
 
-const request = { prompt: "a large red circle on the left, blue background", seed: 11, sampler: "ddim" as const, steps: 6, guidance: 3 };
+const request = {
+  prompt: "a large red circle on the left, blue background",
+  seed: 11,
+  sampler: "ddim" as const,
+  steps: 6,
+  guidance: 3,
+};
 const none: RequestAddons = { loras: [], controlnets: [] };
-const lora = (scale: number): RequestAddons => ({ loras: [{ sha256: "kohya-random", bytes: loraBytes, scale }], controlnets: [] });
+const lora = (scale: number): RequestAddons => ({
+  loras: [{ sha256: "kohya-random", bytes: loraBytes, scale }],
+  controlnets: [],
+});
 
 /** A mask: white square on the left half, as a tenant would send it. */
 function mask(): Float32Array {
@@ -24,7 +33,10 @@ function mask(): Float32Array {
   for (let y = 16; y < 48; y++) for (let x = 4; x < 30; x++) rgb.fill(255, (y * 64 + x) * 3, (y * 64 + x) * 3 + 3);
   return conditioningTensor(decodePng(encodePng(rgb, 64, 64)), cnManifest.conditioning);
 }
-const cn = (scale: number, times = 1): RequestAddons => ({ loras: [], controlnets: Array.from({ length: times }, () => ({ dir: cnDir, conditioning: mask(), scale })) });
+const cn = (scale: number, times = 1): RequestAddons => ({
+  loras: [],
+  controlnets: Array.from({ length: times }, () => ({ dir: cnDir, conditioning: mask(), scale })),
+});
 
 async function latents(addons: RequestAddons): Promise<Float32Array> {
   return (await pool.generate(bundle, request, { addons: [addons] })).latents;
@@ -50,7 +62,9 @@ describe("add-ons applied by the inference worker", () => {
   it("requests with different add-ons share a batch without leaking into each other", async () => {
     const alone = await latents(none);
     const styledAlone = await latents({ ...lora(1), controlnets: cn(1).controlnets });
-    const [a, b] = await pool.generateBatch(bundle, [request, request], { addons: [{ ...lora(1), controlnets: cn(1).controlnets }, none] });
+    const [a, b] = await pool.generateBatch(bundle, [request, request], {
+      addons: [{ ...lora(1), controlnets: cn(1).controlnets }, none],
+    });
     expect(maxDiff(a!.latents, styledAlone)).toBeLessThan(1e-4);
     expect(maxDiff(b!.latents, alone)).toBeLessThan(1e-4);
   });
@@ -79,7 +93,11 @@ describe("bounded asynchronous loading", () => {
   it("add-ons already there join at step 0: the same image as without the bound", async () => {
     const immediate = (await pool.generate(bundle, slow, { addons: [lora(1)] })).latents;
     let joined: number | null = -1;
-    const ready = await pool.generate(bundle, slow, { addons: Promise.resolve([lora(1)]), addonJoinFraction: 0.5, onAddonsJoined: (s) => (joined = s) });
+    const ready = await pool.generate(bundle, slow, {
+      addons: Promise.resolve([lora(1)]),
+      addonJoinFraction: 0.5,
+      onAddonsJoined: (s) => (joined = s),
+    });
     expect(joined).toBe(0);
     expect(maxDiff(ready.latents, immediate)).toBeLessThan(1e-6);
   });
@@ -97,8 +115,12 @@ describe("bounded asynchronous loading", () => {
   }, 20_000);
 
   it("an add-on that fails to load fails the generation with its reason", async () => {
-    const failing = Promise.reject(Object.assign(new Error("sha256 mismatch for addon_x@1"), { name: "AddonIntegrityError" }));
-    await expect(pool.generate(bundle, slow, { addons: failing, addonJoinFraction: 0.25 })).rejects.toThrow(/sha256 mismatch/);
+    const failing = Promise.reject(
+      Object.assign(new Error("sha256 mismatch for addon_x@1"), { name: "AddonIntegrityError" }),
+    );
+    await expect(pool.generate(bundle, slow, { addons: failing, addonJoinFraction: 0.25 })).rejects.toThrow(
+      /sha256 mismatch/,
+    );
   });
 });
 
@@ -112,14 +134,26 @@ describe("hot LoRA sets through the pool", () => {
       let last = stacked;
       // The merge runs in the worker's background after the set's 2nd batch: a few more batches at most.
       for (let i = 0; i < 12 && !merged.at(-1); i++) {
-        last = (await hot.generate(bundle, request, { addons: Promise.resolve([lora(1)]), addonJoinFraction: 0, loraSets, onAddonsJoined: (_, m) => merged.push(m) })).latents;
+        last = (
+          await hot.generate(bundle, request, {
+            addons: Promise.resolve([lora(1)]),
+            addonJoinFraction: 0,
+            loraSets,
+            onAddonsJoined: (_, m) => merged.push(m),
+          })
+        ).latents;
       }
       expect(merged.slice(0, 2)).toEqual([false, false]);
       expect(merged.at(-1)).toBe(true);
       expect(maxDiff(last, stacked)).toBeLessThan(1e-4);
       // Another set on the same worker is stacked, not given the merged weights.
       let other: boolean | undefined;
-      await hot.generate(bundle, request, { addons: Promise.resolve([lora(0.5)]), addonJoinFraction: 0, loraSets: [loraSetKey(lora(0.5).loras)], onAddonsJoined: (_, m) => (other = m) });
+      await hot.generate(bundle, request, {
+        addons: Promise.resolve([lora(0.5)]),
+        addonJoinFraction: 0,
+        loraSets: [loraSetKey(lora(0.5).loras)],
+        onAddonsJoined: (_, m) => (other = m),
+      });
       expect(other).toBe(false);
     } finally {
       await hot.close();

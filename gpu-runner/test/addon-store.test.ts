@@ -42,7 +42,9 @@ describe("add-on cache", () => {
     const remote = fakeRemote({ "u/a": a });
     const store = new AddonStore({ memoryBudgetBytes: 1000, fetchBytes: remote.fetchBytes });
     await expect(store.get({ ref: "x@1", url: "u/a", sha256: "0".repeat(64) })).rejects.toThrow(AddonIntegrityError);
-    await expect(store.get({ ref: "x@1", url: "u/a", sha256: hash(a), sizeBytes: 99 })).rejects.toThrow(/fetched 100 bytes, expected 99/);
+    await expect(store.get({ ref: "x@1", url: "u/a", sha256: hash(a), sizeBytes: 99 })).rejects.toThrow(
+      /fetched 100 bytes, expected 99/,
+    );
     expect(store.warm()).toEqual([]);
   });
 
@@ -61,7 +63,11 @@ describe("add-on cache", () => {
     const files = { "u/1": blob(400, 1), "u/2": blob(400, 2), "u/3": blob(400, 3) };
     const remote = fakeRemote(files);
     const store = new AddonStore({ memoryBudgetBytes: 900, fetchBytes: remote.fetchBytes });
-    const src = (i: number) => ({ ref: `addon_${i}@1`, url: `u/${i}`, sha256: hash(files[`u/${i}` as keyof typeof files]) });
+    const src = (i: number) => ({
+      ref: `addon_${i}@1`,
+      url: `u/${i}`,
+      sha256: hash(files[`u/${i}` as keyof typeof files]),
+    });
     await store.get(src(1));
     await store.get(src(2));
     await store.get(src(1)); // 1 is now the most recently used
@@ -74,7 +80,12 @@ describe("add-on cache", () => {
     const dir = mkdtempSync(join(tmpdir(), "addon-cache-"));
     const a = blob(300, 7);
     const remote = fakeRemote({ "u/a": a, "u/b": blob(300, 8), "u/c": blob(300, 9) });
-    const first = new AddonStore({ memoryBudgetBytes: 0, diskDir: dir, diskBudgetBytes: 700, fetchBytes: remote.fetchBytes });
+    const first = new AddonStore({
+      memoryBudgetBytes: 0,
+      diskDir: dir,
+      diskBudgetBytes: 700,
+      fetchBytes: remote.fetchBytes,
+    });
     const src = { ref: "addon_a@1", url: "u/a", sha256: hash(a) };
     await first.get(src);
     const second = new AddonStore({ memoryBudgetBytes: 1000, diskDir: dir, fetchBytes: remote.fetchBytes });

@@ -21,6 +21,8 @@ describe("LoRA keys onto the model's targets", () => {
     expect(peft.errors).toEqual([]);
     expect(kohya.layers.length).toBeGreaterThan(0);
     expect(kohya.layers.map((l) => l.module).sort()).toEqual(peft.layers.map((l) => l.module).sort());
-    expect(kohya.layers.every((l) => l.convention === "kohya" && l.downKey.startsWith(kohyaPrefix(l.module)))).toBe(true);
+    expect(kohya.layers.every((l) => l.convention === "kohya" && l.downKey.startsWith(kohyaPrefix(l.module)))).toBe(
+      true,
+    );
   });
 });

@@ -28,7 +28,14 @@ async function loadError(dir: string): Promise<BundleError> {
 describe("loadBundle", () => {
   it("loads an honest bundle and reads what the sessions take", async () => {
     const bundle = await loadBundle(toy());
-    expect(Object.keys(bundle.components).sort()).toEqual(["text_encoder", "unet", "unet_deep", "unet_head", "unet_tail", "vae_decoder"]);
+    expect(Object.keys(bundle.components).sort()).toEqual([
+      "text_encoder",
+      "unet",
+      "unet_deep",
+      "unet_head",
+      "unet_tail",
+      "vae_decoder",
+    ]);
     expect(bundle.components.unet.session.inputNames).toContain("mid_block_additional_residual");
     expect(bundle.tokenizer.encode("a red circle").ids.slice(0, 5)).toEqual([2, 4, 5, 7, 3]);
     await bundle.release();
@@ -62,7 +69,9 @@ describe("loadBundle", () => {
   it("refuses a file that is not ONNX", async () => {
     const dir = toy();
     writeFileSync(join(dir, "vae_decoder", "model.onnx"), "garbage");
-    expect((await loadError(dir)).message).toMatch(/components\.vae_decoder: ONNX Runtime cannot load vae_decoder\/model\.onnx/);
+    expect((await loadError(dir)).message).toMatch(
+      /components\.vae_decoder: ONNX Runtime cannot load vae_decoder\/model\.onnx/,
+    );
   });
 
   it("names every tensor the manifest lies about: name, dtype, rank, fixed axis, undeclared input", async () => {
@@ -75,7 +84,9 @@ describe("loadBundle", () => {
     const { problems } = await loadError(dir);
     expect(problems).toEqual(
       expect.arrayContaining([
-        expect.stringMatching(/components\.unet input "latents" is declared but the graph has no such tensor \(graph has: sample/),
+        expect.stringMatching(
+          /components\.unet input "latents" is declared but the graph has no such tensor \(graph has: sample/,
+        ),
         'components.unet input "sample" exists in the graph but is not declared in the manifest',
         'components.text_encoder input "input_ids": declared int32, graph has int64',
         expect.stringMatching(/components\.vae_decoder output "sample": declared rank 3 .*graph has rank 4/),
@@ -123,6 +134,8 @@ describe("loadBundle", () => {
     const g = TOY_GRAPHS.vae_decoder!;
     const fixed = { ...g, inputs: [{ ...g.inputs[0]!, shape: [1, 4, 8, 8] }] };
     writeFileSync(join(dir, "vae_decoder", "model.onnx"), buildModel(fixed));
-    expect((await loadError(dir)).problems).toContain('components.vae_decoder input "latent_sample": axis 0 declared "batch", graph fixes it to 1');
+    expect((await loadError(dir)).problems).toContain(
+      'components.vae_decoder input "latent_sample": axis 0 declared "batch", graph fixes it to 1',
+    );
   });
 });

@@ -26,7 +26,23 @@ afterAll(() => {
 
 describe("cli", () => {
   it("writes n PNGs, shows progress on stderr and lists the files on stdout", async () => {
-    const r = await run(["a red circle", "--bundle", bundle, "--sampler", "lcm", "--steps", "4", "--n", "2", "--seed", "3", "--cache-interval", "2", "--out", join(out, "img.png")]);
+    const r = await run([
+      "a red circle",
+      "--bundle",
+      bundle,
+      "--sampler",
+      "lcm",
+      "--steps",
+      "4",
+      "--n",
+      "2",
+      "--seed",
+      "3",
+      "--cache-interval",
+      "2",
+      "--out",
+      join(out, "img.png"),
+    ]);
     expect(r.code).toBe(0);
     const files = [join(out, "img-0.png"), join(out, "img-1.png")];
     expect(r.stdout.trim().split("\n")).toEqual(files);

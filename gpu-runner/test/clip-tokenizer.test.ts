@@ -19,7 +19,8 @@ function mismatches(tokenizer: ClipTokenizer, expected: (i: number) => number[],
     const ids = expected(i);
     const want = [...ids, ...Array<number>(refs.max_length - ids.length).fill(padId)];
     const got = tokenizer.encode(text).ids;
-    if (got.length !== want.length || got.some((v, k) => v !== want[k])) bad.push(`#${i} ${JSON.stringify(text).slice(0, 60)}: ${got.join(",")} ≠ ${want.join(",")}`);
+    if (got.length !== want.length || got.some((v, k) => v !== want[k]))
+      bad.push(`#${i} ${JSON.stringify(text).slice(0, 60)}: ${got.join(",")} ≠ ${want.join(",")}`);
   });
   return bad;
 }

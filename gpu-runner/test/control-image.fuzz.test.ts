@@ -19,8 +19,18 @@ function chunk(type: string, data: Uint8Array): number[] {
 }
 
 const validPng = fc
-  .record({ width: fc.integer({ min: 1, max: 12 }), height: fc.integer({ min: 1, max: 12 }), seed: fc.integer({ min: 0, max: 255 }) })
-  .map(({ width, height, seed }) => encodePng(Uint8Array.from({ length: width * height * 3 }, (_, i) => (i * 31 + seed) & 0xff), width, height));
+  .record({
+    width: fc.integer({ min: 1, max: 12 }),
+    height: fc.integer({ min: 1, max: 12 }),
+    seed: fc.integer({ min: 0, max: 255 }),
+  })
+  .map(({ width, height, seed }) =>
+    encodePng(
+      Uint8Array.from({ length: width * height * 3 }, (_, i) => (i * 31 + seed) & 0xff),
+      width,
+      height,
+    ),
+  );
 
 /** A PNG built chunk by chunk: any IHDR (lengths 0–13 too), palettes, and pixel data of the right or a wrong size. */
 const chunkedPng = fc
@@ -50,12 +60,18 @@ const chunkedPng = fc
     const rows = Math.min(p.height, 16) + p.extraRows;
     const stride = Math.min(p.width, 16) * channels;
     const raw = new Uint8Array(Math.max(0, rows) * (stride + 1));
-    for (let i = 0; i < raw.byteLength; i++) raw[i] = i % (stride + 1) === 0 ? p.filter : (p.pixels[i % Math.max(1, p.pixels.byteLength)] ?? 0);
+    for (let i = 0; i < raw.byteLength; i++)
+      raw[i] = i % (stride + 1) === 0 ? p.filter : (p.pixels[i % Math.max(1, p.pixels.byteLength)] ?? 0);
     const head = chunk("IHDR", ihdr.subarray(0, p.ihdrLength));
     const idat = chunk("IDAT", deflateSync(raw));
     const extras = [...(p.palette ? chunk("PLTE", p.palette) : []), ...(p.trns ? chunk("tRNS", p.trns) : [])];
     const iend = !p.iend ? [] : chunk("IEND", new Uint8Array());
-    const body = p.order === "idat-first" ? [...idat, ...head, ...extras] : p.order === "ihdr-last" ? [...extras, ...idat, ...head] : [...head, ...extras, ...idat];
+    const body =
+      p.order === "idat-first"
+        ? [...idat, ...head, ...extras]
+        : p.order === "ihdr-last"
+          ? [...extras, ...idat, ...head]
+          : [...head, ...extras, ...idat];
     return Uint8Array.from([...SIGNATURE, ...body, ...iend]);
   });
 
@@ -73,14 +89,32 @@ function check(file: Uint8Array): void {
 }
 
 describe("control images under fuzzing", () => {
-  it("refuse arbitrary bytes (with and without the PNG signature) with ControlImageError", () => {
-    fuzz(S, "arbitrary bytes", anyBytes(1024), check, 2000);
-    fuzz(S, "signature + arbitrary bytes", anyBytes(1024).map((b) => Uint8Array.from([...SIGNATURE, ...b])), check, 2000);
-  }, fuzzTimeout());
+  it(
+    "refuse arbitrary bytes (with and without the PNG signature) with ControlImageError",
+    () => {
+      fuzz(S, "arbitrary bytes", anyBytes(1024), check, 2000);
+      fuzz(
+        S,
+        "signature + arbitrary bytes",
+        anyBytes(1024).map((b) => Uint8Array.from([...SIGNATURE, ...b])),
+        check,
+        2000,
+      );
+    },
+    fuzzTimeout(),
+  );
 
-  it("decode PNGs built chunk by chunk (any IHDR, palette, filter, size) or refuse them", () => fuzz(S, "chunk-built PNGs", chunkedPng, check, 3000), fuzzTimeout());
+  it(
+    "decode PNGs built chunk by chunk (any IHDR, palette, filter, size) or refuse them",
+    () => fuzz(S, "chunk-built PNGs", chunkedPng, check, 3000),
+    fuzzTimeout(),
+  );
 
-  it("decode mutated valid PNGs or refuse them", () => fuzz(S, "mutated valid PNGs", mutated(validPng), check, 3000), fuzzTimeout());
+  it(
+    "decode mutated valid PNGs or refuse them",
+    () => fuzz(S, "mutated valid PNGs", mutated(validPng), check, 3000),
+    fuzzTimeout(),
+  );
 
   it(
     "take arbitrary data URLs: bytes or ControlImageError",
@@ -88,7 +122,11 @@ describe("control images under fuzzing", () => {
       fuzz(
         S,
         "data URLs",
-        fc.oneof(fc.string({ maxLength: 200 }), fc.base64String({ maxLength: 200 }).map((b) => `data:image/png;base64,${b}`), fc.string({ maxLength: 200 }).map((s) => `data:image/png;base64,${s}`)),
+        fc.oneof(
+          fc.string({ maxLength: 200 }),
+          fc.base64String({ maxLength: 200 }).map((b) => `data:image/png;base64,${b}`),
+          fc.string({ maxLength: 200 }).map((s) => `data:image/png;base64,${s}`),
+        ),
         (url) => {
           const bytes = parses(url.length, [ControlImageError], () => dataUrlBytes(url));
           if (bytes) check(bytes);
@@ -99,9 +137,15 @@ describe("control images under fuzzing", () => {
   );
 
   it("refuses a short IHDR at the end of the file with ControlImageError (regression: RangeError)", () => {
-    const file = Uint8Array.from([...SIGNATURE, ...chunk("IDAT", deflateSync(new Uint8Array(2))), ...chunk("IHDR", new Uint8Array(0))]);
+    const file = Uint8Array.from([
+      ...SIGNATURE,
+      ...chunk("IDAT", deflateSync(new Uint8Array(2))),
+      ...chunk("IHDR", new Uint8Array(0)),
+    ]);
     expect(() => decodePng(file)).toThrow(ControlImageError);
-    expect(() => decodePng(Uint8Array.from([...SIGNATURE, ...chunk("IHDR", new Uint8Array(9))]))).toThrow(/13 expected/);
+    expect(() => decodePng(Uint8Array.from([...SIGNATURE, ...chunk("IHDR", new Uint8Array(9))]))).toThrow(
+      /13 expected/,
+    );
   });
 
   it("refuses a 2^31 × 2^31 image before inflating its data", () => {
@@ -109,7 +153,12 @@ describe("control images under fuzzing", () => {
     new DataView(ihdr.buffer).setUint32(0, 2 ** 31);
     new DataView(ihdr.buffer).setUint32(4, 2 ** 31);
     ihdr.set([8, 2, 0, 0, 0], 8);
-    const file = Uint8Array.from([...SIGNATURE, ...chunk("IHDR", ihdr), ...chunk("IDAT", deflateSync(new Uint8Array(1 << 20))), ...chunk("IEND", new Uint8Array())]);
+    const file = Uint8Array.from([
+      ...SIGNATURE,
+      ...chunk("IHDR", ihdr),
+      ...chunk("IDAT", deflateSync(new Uint8Array(1 << 20))),
+      ...chunk("IEND", new Uint8Array()),
+    ]);
     expect(() => parses(file.byteLength, [], () => decodePng(file))).toThrow(/at most/);
   });
 });

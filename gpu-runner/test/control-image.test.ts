@@ -4,7 +4,14 @@ import { conditioningTensor, ControlImageError, dataUrlBytes, decodePng } from "
 import { crc32, encodePng } from "../src/pipeline/png.ts";
 
 /** A PNG of any colour type, each row with the given filter byte applied (the encoder under test is our own). */
-function png(width: number, height: number, colorType: number, pixels: Uint8Array, filter = 0, extra: Array<[string, Uint8Array]> = []): Uint8Array {
+function png(
+  width: number,
+  height: number,
+  colorType: number,
+  pixels: Uint8Array,
+  filter = 0,
+  extra: Array<[string, Uint8Array]> = [],
+): Uint8Array {
   const channels = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }[colorType]!;
   const stride = width * channels;
   const raw = new Uint8Array((stride + 1) * height);
@@ -30,7 +37,13 @@ function png(width: number, height: number, colorType: number, pixels: Uint8Arra
   new DataView(ihdr.buffer).setUint32(0, width);
   new DataView(ihdr.buffer).setUint32(4, height);
   ihdr.set([8, colorType, 0, 0, 0], 8);
-  const parts = [Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk("IHDR", ihdr), ...extra.map(([t, d]) => chunk(t, d)), chunk("IDAT", deflateSync(raw)), chunk("IEND", new Uint8Array())];
+  const parts = [
+    Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", ihdr),
+    ...extra.map(([t, d]) => chunk(t, d)),
+    chunk("IDAT", deflateSync(raw)),
+    chunk("IEND", new Uint8Array()),
+  ];
   return Buffer.concat(parts);
 }
 

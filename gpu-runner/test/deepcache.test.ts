@@ -21,7 +21,9 @@ describe("deepCacheSchedule", () => {
       expect(Math.min(...gaps)).toBe(gaps[nearCentre - 1] ?? gaps[nearCentre]);
       expect(gaps[gaps.length - 1]!).toBeGreaterThan(Math.min(...gaps));
     }
-    expect(fullIndices(deepCacheSchedule(50, { interval: 5, mode: "non-uniform" }))).toEqual([0, 6, 11, 14, 15, 19, 24, 29, 35, 42]);
+    expect(fullIndices(deepCacheSchedule(50, { interval: 5, mode: "non-uniform" }))).toEqual([
+      0, 6, 11, 14, 15, 19, 24, 29, 35, 42,
+    ]);
   });
 
   it("rejects nonsense", () => {

@@ -14,8 +14,13 @@ beforeAll(async () => {
     req.resume();
     seen.push({ path: req.url!, at: Date.now() });
     const next = script.get(req.url!)?.shift();
-    if (next) return res.writeHead(next.status, { "content-type": "application/json", ...next.headers }).end(JSON.stringify({ error: { code: "busy", message: "busy" } }));
-    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ cancel: false, lease_expires_at: null }));
+    if (next)
+      return res
+        .writeHead(next.status, { "content-type": "application/json", ...next.headers })
+        .end(JSON.stringify({ error: { code: "busy", message: "busy" } }));
+    res
+      .writeHead(200, { "content-type": "application/json" })
+      .end(JSON.stringify({ cancel: false, lease_expires_at: null }));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
@@ -24,7 +29,11 @@ afterAll(() => server.close());
 
 // Backoff alone would wait 10-25 ms: a wait near a second is the server's Retry-After.
 const client = () => new EdgeClient(base, "igr_test", { attempts: 4, baseMs: 10, maxMs: 20 });
-const gaps = (path: string) => seen.filter((s) => s.path === path).map((s, i, all) => (i ? s.at - all[i - 1]!.at : 0)).slice(1);
+const gaps = (path: string) =>
+  seen
+    .filter((s) => s.path === path)
+    .map((s, i, all) => (i ? s.at - all[i - 1]!.at : 0))
+    .slice(1);
 
 describe("edge client retries", () => {
   it("a 429 with Retry-After is retried after that delay", async () => {
@@ -45,7 +54,9 @@ describe("edge client retries", () => {
 
   it("other 4xx answers are not retried", async () => {
     script.set("/internal/v1/jobs/j2/fail", [{ status: 409 }]);
-    const err = await client().fail("j2", { lease_id: "l", error: { code: "runner_error", message: "x" } }).catch((e) => e);
+    const err = await client()
+      .fail("j2", { lease_id: "l", error: { code: "runner_error", message: "x" } })
+      .catch((e) => e);
     expect(err).toBeInstanceOf(EdgeError);
     expect(err).toMatchObject({ status: 409, code: "busy" });
     expect(seen.filter((s) => s.path === "/internal/v1/jobs/j2/fail")).toHaveLength(1);

@@ -16,7 +16,9 @@ describe("ONNX graph reader and FLOP count", () => {
         initializers: [{ name: "w", dims: [4, 3, 3, 3], data: new Float32Array(108) }],
       }),
     );
-    expect(graph.nodes).toEqual([{ name: "Conv_0", opType: "Conv", inputs: ["x", "w"], outputs: ["y"], ints: { pads: [1, 1, 1, 1], group: 1 } }]);
+    expect(graph.nodes).toEqual([
+      { name: "Conv_0", opType: "Conv", inputs: ["x", "w"], outputs: ["y"], ints: { pads: [1, 1, 1, 1], group: 1 } },
+    ]);
     expect(graph.initializers.get("w")).toEqual([4, 3, 3, 3]);
   });
 

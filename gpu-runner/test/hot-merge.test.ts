@@ -91,15 +91,25 @@ describe("merging into float16-stored weights", () => {
       return ctx.skip(); // the trained family is not exported
     }
     try {
-      const addons: RequestAddons[] = [{ loras: [{ sha256: "outlined", bytes: new Uint8Array(readFileSync(outlined)), scale: 1 }], controlnets: [] }];
+      const addons: RequestAddons[] = [
+        { loras: [{ sha256: "outlined", bytes: new Uint8Array(readFileSync(outlined)), scale: 1 }], controlnets: [] },
+      ];
       const runtime = new AddonRuntime({ executionProviders: ["cpu"], intraOpNumThreads: 1 }, { mergeHotAfter: 1 });
-      const lcmRequest = { prompt: "a large red circle in the center, outlined", seed: 3, sampler: "lcm" as const, steps: 4 };
-      const stacked = (await generate(lcm, lcmRequest, { unetInputs: await runtime.provider(lcm, [1], addons) })).latents;
+      const lcmRequest = {
+        prompt: "a large red circle in the center, outlined",
+        seed: 3,
+        sampler: "lcm" as const,
+        steps: 4,
+      };
+      const stacked = (await generate(lcm, lcmRequest, { unetInputs: await runtime.provider(lcm, [1], addons) }))
+        .latents;
       runtime.countUse(lcm, addons);
       await runtime.mergesSettled();
       const merged = runtime.hotMerged(lcm, [loraSetKey(addons[0]!.loras)]);
       expect(merged?.lorasMerged).toBeDefined();
-      const fromMerged = (await generate(merged!, lcmRequest, { unetInputs: await runtime.provider(merged!, [1], addons) })).latents;
+      const fromMerged = (
+        await generate(merged!, lcmRequest, { unetInputs: await runtime.provider(merged!, [1], addons) })
+      ).latents;
       const plain = (await generate(lcm, lcmRequest)).latents;
       expect(maxDiff(plain, stacked)).toBeGreaterThan(1e-2);
       expect(maxDiff(stacked, fromMerged)).toBeLessThan(1e-4 * maxAbs(stacked));

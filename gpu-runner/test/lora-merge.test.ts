@@ -5,7 +5,9 @@ import { locateInitializers, mergeLoras } from "../src/addons/merge.ts";
 import { buildModel } from "../src/onnx/builder.ts";
 import type { LoraTarget } from "@imagegen/formats/manifest";
 
-const IN = 8, OUT = 6, TOKENS = 5;
+const IN = 8,
+  OUT = 6,
+  TOKENS = 5;
 
 function seeded(n: number, seed: number, scale = 1): Float32Array {
   let s = seed >>> 0;
@@ -18,7 +20,19 @@ function seeded(n: number, seed: number, scale = 1): Float32Array {
 function lora(rank: number, seed: number, alpha: number, module = "attn.to_q", k = 1): ParsedLora {
   return {
     bytes: 0,
-    layers: new Map([[module, { rank, inFeatures: IN, outFeatures: OUT, down: seeded(rank * IN * k, seed), up: seeded(OUT * rank, seed + 1), scale: alpha / rank }]]),
+    layers: new Map([
+      [
+        module,
+        {
+          rank,
+          inFeatures: IN,
+          outFeatures: OUT,
+          down: seeded(rank * IN * k, seed),
+          up: seeded(OUT * rank, seed + 1),
+          scale: alpha / rank,
+        },
+      ],
+    ]),
   };
 }
 
@@ -107,7 +121,10 @@ describe("LoRA merging into initializers", () => {
       nodes: [{ op: "MatMul", inputs: ["x2", "w_q"], outputs: ["y"] }],
       initializers: [{ name: "w_q", dims: [IN, OUT], data: W }],
     });
-    const a = await run(mergeLoras(gemm, "unet", [{ ...target, weight: { unet: "w_k" }, weight_layout: "out_in" }], uses), { x2 });
+    const a = await run(
+      mergeLoras(gemm, "unet", [{ ...target, weight: { unet: "w_k" }, weight_layout: "out_in" }], uses),
+      { x2 },
+    );
     const b = await run(mergeLoras(mm, "unet", [target], uses), { x2 });
     expect(maxDiff(a, b)).toBeLessThan(1e-5);
     expect(locateInitializers(gemm).get("w_k")!.dims).toEqual([OUT, IN]);
@@ -116,7 +133,12 @@ describe("LoRA merging into initializers", () => {
   it("composes a 3×3 convolution LoRA as one convolution", async () => {
     const C = { in: IN, out: OUT, r: 2 };
     const Wc = seeded(C.out * C.in * 9, 5);
-    const conv = (name: string, kernel: string, out: string) => ({ op: "Conv", inputs: [name, kernel], outputs: [out], attributes: { pads: [1, 1, 1, 1] } });
+    const conv = (name: string, kernel: string, out: string) => ({
+      op: "Conv",
+      inputs: [name, kernel],
+      outputs: [out],
+      attributes: { pads: [1, 1, 1, 1] },
+    });
     const l = lora(C.r, 41, 2, "conv", 9);
     const layer = l.layers.get("conv")!;
     const img = new ort.Tensor("float32", seeded(C.in * 6 * 6, 3), [1, C.in, 6, 6]);
@@ -144,7 +166,15 @@ describe("LoRA merging into initializers", () => {
       nodes: [conv("img", "w", "y")],
       initializers: [{ name: "w", dims: [C.out, C.in, 3, 3], data: Wc }],
     });
-    const convTarget: LoraTarget = { module: "conv", kind: "conv3x3", in_features: C.in, out_features: C.out, components: ["unet"], weight: { unet: "w" }, weight_layout: "out_in" };
+    const convTarget: LoraTarget = {
+      module: "conv",
+      kind: "conv3x3",
+      in_features: C.in,
+      out_features: C.out,
+      components: ["unet"],
+      weight: { unet: "w" },
+      weight_layout: "out_in",
+    };
     const expected = await run(twoConvs, { img });
     const merged = await run(mergeLoras(single, "unet", [convTarget], [{ lora: l, scale: 0.5 }]), { img });
     expect(maxDiff(expected, merged)).toBeLessThan(1e-4);

@@ -30,7 +30,12 @@ async function unet(perSample: LoraUse[][]): Promise<Float32Array> {
     if (spec.name.startsWith("lora_")) continue;
     // Every sample gets the same inputs, so samples differ only by their LoRAs.
     const one = spec.shape.slice(1).reduce<number>((a, d) => a * (d as number), 1);
-    const sample = spec.name === "timestep" ? new Float32Array(one).fill(500) : spec.name.includes("residual") ? new Float32Array(one) : seeded(one, spec.name.length);
+    const sample =
+      spec.name === "timestep"
+        ? new Float32Array(one).fill(500)
+        : spec.name.includes("residual")
+          ? new Float32Array(one)
+          : seeded(one, spec.name.length);
     const data = new Float32Array(one * batch);
     for (let b = 0; b < batch; b++) data.set(sample, b * one);
     feeds[spec.name] = new ort.Tensor("float32", data, [batch, ...spec.shape.slice(1).map(Number)]);
@@ -71,9 +76,23 @@ describe("LoRA branches on the real U-Net", () => {
 
   it("stacking concatenates ranks: two halves equal one whole", async () => {
     const whole = await unet([[{ lora: kohya, scale: 1 }]]);
-    const halves = await unet([[{ lora: kohya, scale: 0.5 }, { lora: kohya, scale: 0.5 }]]);
+    const halves = await unet([
+      [
+        { lora: kohya, scale: 0.5 },
+        { lora: kohya, scale: 0.5 },
+      ],
+    ]);
     expect(maxDiff(whole, halves)).toBeLessThan(1e-4);
-    const feeds = stackLoras(targets, [[{ lora: kohya, scale: 0.5 }, { lora: kohya, scale: 0.5 }]], maxRank);
+    const feeds = stackLoras(
+      targets,
+      [
+        [
+          { lora: kohya, scale: 0.5 },
+          { lora: kohya, scale: 0.5 },
+        ],
+      ],
+      maxRank,
+    );
     const firstRank = kohya.layers.get(targets[0]!.module)?.rank ?? 0;
     expect(feeds[0]!.dims[1]).toBe(2 * firstRank);
   });
@@ -84,8 +103,14 @@ describe("LoRA branches on the real U-Net", () => {
     let alpha = 0;
     for (const [module, l] of kohya.layers) {
       const conv = targets.find((t) => t.module === module)!.kind === "conv3x3";
-      tensors[`unet.${module}.lora_A.weight`] = { shape: conv ? [l.rank, l.inFeatures, 3, 3] : [l.rank, l.inFeatures], data: l.down };
-      tensors[`unet.${module}.lora_B.weight`] = { shape: conv ? [l.outFeatures, l.rank, 1, 1] : [l.outFeatures, l.rank], data: l.up };
+      tensors[`unet.${module}.lora_A.weight`] = {
+        shape: conv ? [l.rank, l.inFeatures, 3, 3] : [l.rank, l.inFeatures],
+        data: l.down,
+      };
+      tensors[`unet.${module}.lora_B.weight`] = {
+        shape: conv ? [l.outFeatures, l.rank, 1, 1] : [l.outFeatures, l.rank],
+        data: l.up,
+      };
       alpha = l.scale * l.rank;
     }
     const asPeft = parseLora(encodeSafetensors(tensors, { lora_alpha: String(alpha) }), targets, maxRank);

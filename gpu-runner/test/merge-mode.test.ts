@@ -27,7 +27,10 @@ const dir = writeToyBundle((m) => {
 function loraFile(seed: number) {
   const down = Float32Array.from({ length: 2 * 16 }, (_, i) => Math.sin(i * 0.7 + seed));
   const up = Float32Array.from({ length: 8 * 2 }, (_, i) => Math.cos(i * 1.3 + seed));
-  return encodeSafetensors({ "lora_unet_ctx_proj.lora_down.weight": { shape: [2, 16], data: down }, "lora_unet_ctx_proj.lora_up.weight": { shape: [8, 2], data: up } });
+  return encodeSafetensors({
+    "lora_unet_ctx_proj.lora_down.weight": { shape: [2, 16], data: down },
+    "lora_unet_ctx_proj.lora_up.weight": { shape: [8, 2], data: up },
+  });
 }
 
 let bundle: Bundle;
@@ -37,7 +40,9 @@ afterAll(() => bundle?.release());
 const request = { prompt: "a red circle", seed: 4, sampler: "ddim" as const, steps: 3, guidance: 1 };
 async function latents(loras: Array<{ seed: number; scale: number }>) {
   bundle ??= await loadBundle(dir);
-  const addons = [{ loras: loras.map((l) => ({ sha256: `s${l.seed}`, bytes: loraFile(l.seed), scale: l.scale })), controlnets: [] }];
+  const addons = [
+    { loras: loras.map((l) => ({ sha256: `s${l.seed}`, bytes: loraFile(l.seed), scale: l.scale })), controlnets: [] },
+  ];
   const b = await runtime.bundleFor(bundle, addons);
   return (await generate(b, request, { unetInputs: await runtime.provider(b, [1], addons) })).latents;
 }
@@ -67,6 +72,8 @@ describe("merge mode (a model without branch inputs)", () => {
   it("refuses to batch requests with different LoRAs", async () => {
     bundle ??= await loadBundle(dir);
     const one = { loras: [{ sha256: "s1", bytes: loraFile(1), scale: 1 }], controlnets: [] };
-    await expect(runtime.bundleFor(bundle, [one, { loras: [], controlnets: [] }])).rejects.toThrow(/cannot share a batch/);
+    await expect(runtime.bundleFor(bundle, [one, { loras: [], controlnets: [] }])).rejects.toThrow(
+      /cannot share a batch/,
+    );
   });
 });

@@ -41,19 +41,27 @@ describe("ONNX graph inputs and outputs read through ranges", () => {
 
   it("leaves out initializers listed as graph inputs, as ONNX Runtime does", async () => {
     const bytes = buildModel({
-      inputs: [{ name: "x", dtype: "float32", shape: [2] }, { name: "w", dtype: "float32", shape: [2] }],
+      inputs: [
+        { name: "x", dtype: "float32", shape: [2] },
+        { name: "w", dtype: "float32", shape: [2] },
+      ],
       outputs: [{ name: "y", dtype: "float32", shape: [2] }],
       nodes: [{ op: "Add", inputs: ["x", "w"], outputs: ["y"] }],
       initializers: [{ name: "w", dims: [2], data: new Float32Array(2) }],
     });
     const session = await ort.InferenceSession.create(bytes);
-    expect(await readOnnxIo(counting(bytes).read, bytes.byteLength)).toEqual({ inputs: session.inputNames, outputs: ["y"] });
+    expect(await readOnnxIo(counting(bytes).read, bytes.byteLength)).toEqual({
+      inputs: session.inputNames,
+      outputs: ["y"],
+    });
     expect(session.inputNames).toEqual(["x"]);
     await session.release();
   });
 
   it("refuses truncated and foreign files with OnnxError", async () => {
-    const bytes = new Uint8Array(readFileSync(MODELS + "tiny-shapes-random/addons/random-controlnet-mask/controlnet/model.onnx"));
+    const bytes = new Uint8Array(
+      readFileSync(MODELS + "tiny-shapes-random/addons/random-controlnet-mask/controlnet/model.onnx"),
+    );
     const cut = bytes.subarray(0, 1000);
     await expect(readOnnxIo(counting(cut).read, cut.byteLength)).rejects.toThrow(OnnxError);
     const text = new TextEncoder().encode('{"kind":"controlnet"}');

@@ -63,7 +63,12 @@ describe("generate (toy bundle)", () => {
 
   it("runs the deep part only on full steps of the DeepCache schedule", async () => {
     for (const schedule of ["uniform", "non-uniform"] as const) {
-      const r = await generate(bundle, { ...base, sampler: "ddim", steps: 10, cache: { mode: "deepcache", interval: 3, schedule } });
+      const r = await generate(bundle, {
+        ...base,
+        sampler: "ddim",
+        steps: 10,
+        cache: { mode: "deepcache", interval: 3, schedule },
+      });
       const full = r.fullSteps!.filter(Boolean).length;
       expect(full).toBe(4);
       expect(r.componentRuns).toMatchObject({ unet: 0, unet_head: 10, unet_tail: 10, unet_deep: full });
@@ -72,10 +77,9 @@ describe("generate (toy bundle)", () => {
 
   it("runs full steps as one whole-U-Net pass when that graph also outputs the cached feature", async () => {
     const feature = { name: "deep_feature", dtype: "float32" as const, shape: ["batch", 8, 8, 8] };
-    const dir2 = writeToyBundle(
-      (m) => m.components.unet.outputs.push(feature),
-      { unet: { ...TOY_GRAPHS.unet!, outputs: [...TOY_GRAPHS.unet!.outputs, feature] } },
-    );
+    const dir2 = writeToyBundle((m) => m.components.unet.outputs.push(feature), {
+      unet: { ...TOY_GRAPHS.unet!, outputs: [...TOY_GRAPHS.unet!.outputs, feature] },
+    });
     const withFeature = await loadBundle(dir2);
     try {
       const request = { ...base, steps: 10, cache: { mode: "deepcache" as const, interval: 3 } };
@@ -102,20 +106,35 @@ describe("generate (toy bundle)", () => {
   it("feeds zeros to ControlNet residual inputs, and a provider's residuals change the image", async () => {
     const plain = await generate(bundle, { ...base, steps: 4 });
     const seen: number[] = [];
-    const steered = await generate(bundle, { ...base, steps: 4 }, {
-      unetInputs: ({ stepIndex, unetBatch }) => {
-        seen.push(stepIndex);
-        const dims = [unetBatch, 8, 8, 8];
-        return { mid_block_additional_residual: new ort.Tensor("float32", new Float32Array(unetBatch * 512).fill(0.5), dims) };
+    const steered = await generate(
+      bundle,
+      { ...base, steps: 4 },
+      {
+        unetInputs: ({ stepIndex, unetBatch }) => {
+          seen.push(stepIndex);
+          const dims = [unetBatch, 8, 8, 8];
+          return {
+            mid_block_additional_residual: new ort.Tensor("float32", new Float32Array(unetBatch * 512).fill(0.5), dims),
+          };
+        },
       },
-    });
+    );
     expect(seen).toEqual([0, 1, 2, 3]);
     expect(sha(steered.images[0]!)).not.toBe(sha(plain.images[0]!));
-    const zeros = await generate(bundle, { ...base, steps: 4 }, {
-      unetInputs: ({ unetBatch }) => ({
-        mid_block_additional_residual: new ort.Tensor("float32", new Float32Array(unetBatch * 512), [unetBatch, 8, 8, 8]),
-      }),
-    });
+    const zeros = await generate(
+      bundle,
+      { ...base, steps: 4 },
+      {
+        unetInputs: ({ unetBatch }) => ({
+          mid_block_additional_residual: new ort.Tensor("float32", new Float32Array(unetBatch * 512), [
+            unetBatch,
+            8,
+            8,
+            8,
+          ]),
+        }),
+      },
+    );
     expect(sha(zeros.images[0]!)).toBe(sha(plain.images[0]!));
   });
 
@@ -123,16 +142,20 @@ describe("generate (toy bundle)", () => {
     const head = bundle.components.unet_head!;
     const headRunsWhenResolved: number[] = [];
     const before = head.runs;
-    const r = await generate(bundle, { ...base, steps: 3, cache: { mode: "deepcache", interval: 1 } }, {
-      unetInputs: ({ unetBatch }) => ({
-        mid_block_additional_residual: new Promise((resolve) =>
-          setTimeout(() => {
-            headRunsWhenResolved.push(head.runs - before);
-            resolve(new ort.Tensor("float32", new Float32Array(unetBatch * 512).fill(0.5), [unetBatch, 8, 8, 8]));
-          }, 10),
-        ),
-      }),
-    });
+    const r = await generate(
+      bundle,
+      { ...base, steps: 3, cache: { mode: "deepcache", interval: 1 } },
+      {
+        unetInputs: ({ unetBatch }) => ({
+          mid_block_additional_residual: new Promise((resolve) =>
+            setTimeout(() => {
+              headRunsWhenResolved.push(head.runs - before);
+              resolve(new ort.Tensor("float32", new Float32Array(unetBatch * 512).fill(0.5), [unetBatch, 8, 8, 8]));
+            }, 10),
+          ),
+        }),
+      },
+    );
     expect(headRunsWhenResolved).toEqual([1, 2, 3]); // step i's head had run when its residual arrived
     expect(r.componentRuns.unet_deep).toBe(3);
   });
@@ -143,12 +166,18 @@ describe("generate (toy bundle)", () => {
     expect(steps).toEqual([1, 2, 3]);
     const controller = new AbortController();
     await expect(
-      generate(bundle, { ...base, steps: 10 }, { signal: controller.signal, onProgress: (p) => p.step === 2 && controller.abort(new Error("stop")) }),
+      generate(
+        bundle,
+        { ...base, steps: 10 },
+        { signal: controller.signal, onProgress: (p) => p.step === 2 && controller.abort(new Error("stop")) },
+      ),
     ).rejects.toThrow("stop");
   });
 
   it("refuses requests the model cannot serve", async () => {
-    await expect(generate(bundle, { ...base, sampler: "rectified-flow" })).rejects.toThrow(/does not support sampler rectified-flow/);
+    await expect(generate(bundle, { ...base, sampler: "rectified-flow" })).rejects.toThrow(
+      /does not support sampler rectified-flow/,
+    );
     await expect(generate(bundle, { ...base, width: 24 })).rejects.toThrow(GenerationError);
     await expect(generate(bundle, { ...base, seed: -1 })).rejects.toThrow(/seed/);
     await expect(generate(bundle, { ...base, n: 0 })).rejects.toThrow();

@@ -7,7 +7,9 @@ import type { DiffusersSchedulerConfig } from "../src/samplers/scheduler-config.
 
 // Written by gpu-runner/sd-fixtures/scheduler_refs.py from diffusers' schedulers: a seeded random chain per case.
 const DIR = join(import.meta.dirname, "fixtures", "sd-refs", "schedulers");
-const CASES = readdirSync(DIR).filter((f) => f.endsWith(".safetensors")).sort();
+const CASES = readdirSync(DIR)
+  .filter((f) => f.endsWith(".safetensors"))
+  .sort();
 const TOLERANCE = 1e-5;
 /**
  * DPM-Solver++ multiplies x0 estimates of up to ±100 by coefficients like e^(−h) − 1 that diffusers forms in
@@ -55,8 +57,11 @@ describe("samplers against diffusers' schedulers", () => {
       if (timesteps.every(Number.isInteger)) expect(sampler.timesteps).toEqual([...timesteps]);
       else expect(maxDiff(sampler.timesteps, timesteps)).toBeLessThan(2e-4);
       const sigmas = ref.get("sigmas");
-      if (sigmas) expect(maxDiff((sampler as unknown as { sigmas: number[] }).sigmas, sigmas) / sigmas[0]!).toBeLessThan(1e-6);
-      expect(Math.abs(sampler.initNoiseSigma - ref.get("init_noise_sigma")![0]!)).toBeLessThan(1e-5 * sampler.initNoiseSigma);
+      if (sigmas)
+        expect(maxDiff((sampler as unknown as { sigmas: number[] }).sigmas, sigmas) / sigmas[0]!).toBeLessThan(1e-6);
+      expect(Math.abs(sampler.initNoiseSigma - ref.get("init_noise_sigma")![0]!)).toBeLessThan(
+        1e-5 * sampler.initNoiseSigma,
+      );
 
       const outputs = ref.rows("model_output")!;
       const prevs = ref.rows("prev_sample")!;
@@ -84,18 +89,32 @@ describe("samplers against diffusers' schedulers", () => {
 
   it("reports the largest difference seen", () => {
     const entries = Object.entries(observed);
-    const worst = (dpm: boolean) => Math.max(0, ...entries.filter(([f]) => f.startsWith("dpmpp") === dpm).map(([, d]) => d));
-    console.log(`scheduler parity: ${entries.length} cases, max relative diff ${worst(false).toExponential(2)} (dpm++ ${worst(true).toExponential(2)})`);
+    const worst = (dpm: boolean) =>
+      Math.max(0, ...entries.filter(([f]) => f.startsWith("dpmpp") === dpm).map(([, d]) => d));
+    console.log(
+      `scheduler parity: ${entries.length} cases, max relative diff ${worst(false).toExponential(2)} (dpm++ ${worst(true).toExponential(2)})`,
+    );
     expect(worst(false)).toBeLessThan(TOLERANCE);
   });
 });
 
 describe("samplerFromSchedulerConfig", () => {
-  const sd15 = { _class_name: "PNDMScheduler", beta_schedule: "scaled_linear", beta_start: 0.00085, beta_end: 0.012, steps_offset: 1, set_alpha_to_one: false, clip_sample: false, timestep_spacing: "leading" };
+  const sd15 = {
+    _class_name: "PNDMScheduler",
+    beta_schedule: "scaled_linear",
+    beta_start: 0.00085,
+    beta_end: 0.012,
+    steps_offset: 1,
+    set_alpha_to_one: false,
+    clip_sample: false,
+    timestep_spacing: "leading",
+  };
 
   it("names the class and the supported ones for a scheduler it cannot run", () => {
     expect(() => samplerFromSchedulerConfig(sd15)).toThrow(SamplerMismatchError);
-    expect(() => samplerFromSchedulerConfig(sd15)).toThrow(/PNDMScheduler.*DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, LCMScheduler/);
+    expect(() => samplerFromSchedulerConfig(sd15)).toThrow(
+      /PNDMScheduler.*DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, LCMScheduler/,
+    );
   });
 
   it("builds the sampler a request names from another class's config, as diffusers' from_config does", () => {
@@ -110,8 +129,22 @@ describe("samplerFromSchedulerConfig", () => {
   });
 
   it("refuses options whose arithmetic it does not implement instead of ignoring them", () => {
-    expect(() => samplerFromSchedulerConfig({ ...sd15, _class_name: "DDIMScheduler", clip_sample: true })).toThrow(/clip_sample/);
-    expect(() => samplerFromSchedulerConfig({ ...sd15, _class_name: "DPMSolverMultistepScheduler", algorithm_type: "sde-dpmsolver++" })).toThrow(/algorithm_type/);
-    expect(() => samplerFromSchedulerConfig({ ...sd15, _class_name: "EulerDiscreteScheduler", beta_schedule: "squaredcos_cap_v2" })).toThrow(/beta_schedule/);
+    expect(() => samplerFromSchedulerConfig({ ...sd15, _class_name: "DDIMScheduler", clip_sample: true })).toThrow(
+      /clip_sample/,
+    );
+    expect(() =>
+      samplerFromSchedulerConfig({
+        ...sd15,
+        _class_name: "DPMSolverMultistepScheduler",
+        algorithm_type: "sde-dpmsolver++",
+      }),
+    ).toThrow(/algorithm_type/);
+    expect(() =>
+      samplerFromSchedulerConfig({
+        ...sd15,
+        _class_name: "EulerDiscreteScheduler",
+        beta_schedule: "squaredcos_cap_v2",
+      }),
+    ).toThrow(/beta_schedule/);
   });
 });

@@ -40,7 +40,10 @@ function copyExport(family: string): string {
   return dst;
 }
 
-async function refusal(exportDir: string, options: Partial<ImportOptions> = {}): Promise<{ problems: string; out: string }> {
+async function refusal(
+  exportDir: string,
+  options: Partial<ImportOptions> = {},
+): Promise<{ problems: string; out: string }> {
   const out = freshDir("models");
   const err = await importExport(exportDir, { out, name: "broken", ...options }).then(
     () => undefined,
@@ -98,7 +101,12 @@ describe("importExport recognises each family from the export alone", () => {
 
   it("sd2v: SD 2.x v-prediction", async () => {
     const { manifest } = await importExport(join(FIXTURES, "sd2v"), { out: freshDir("models") });
-    expect(manifest).toMatchObject({ family: "sd2", prediction_type: "v_prediction", default_sampler: "ddim", tokenizer: { pad_id: 0 } });
+    expect(manifest).toMatchObject({
+      family: "sd2",
+      prediction_type: "v_prediction",
+      default_sampler: "ddim",
+      tokenizer: { pad_id: 0 },
+    });
   });
 
   it("lcm: timestep_cond as diffusers' guidance-scale embedding, LCM only, no CFG", async () => {
@@ -108,7 +116,11 @@ describe("importExport recognises each family from the export alone", () => {
       samplers: ["lcm"],
       default_sampler: "lcm",
       default_steps: 4,
-      guidance: { cfg: false, default_scale: 8.5, embedding: { input: "timestep_cond", dim: 32, w_scale: 1000, freq_shift: 1 } },
+      guidance: {
+        cfg: false,
+        default_scale: 8.5,
+        embedding: { input: "timestep_cond", dim: 32, w_scale: 1000, freq_shift: 1 },
+      },
       scheduler: { original_inference_steps: 50, timestep_scaling: 10 },
     });
   });
@@ -138,8 +150,17 @@ describe("importExport recognises each family from the export alone", () => {
     expect(manifest.default_steps).toBe(1);
     expect(manifest.components.unet.inputs.map((t) => t.dtype)).toEqual(["float16", "float16", "float16"]);
     await (await loadBundle(dir)).release();
-    const forced = await importExport(join(FIXTURES, "sd15"), { out: freshDir("models"), noCfg: true, defaultSteps: 2, defaultSampler: "euler" });
-    expect(forced.manifest).toMatchObject({ guidance: { cfg: false, default_scale: 0 }, default_steps: 2, default_sampler: "euler" });
+    const forced = await importExport(join(FIXTURES, "sd15"), {
+      out: freshDir("models"),
+      noCfg: true,
+      defaultSteps: 2,
+      defaultSampler: "euler",
+    });
+    expect(forced.manifest).toMatchObject({
+      guidance: { cfg: false, default_scale: 0 },
+      default_steps: 2,
+      default_sampler: "euler",
+    });
   });
 
   it("copies the export into the bundle when asked, and replaces a bundle only with force", async () => {
@@ -160,7 +181,9 @@ describe("importExport's LoRA modes", () => {
     const merged = await importExport(join(FIXTURES, "sd15"), { out: freshDir("models") });
     expect(merged.manifest.lora?.mode).toBe("merge");
     expect(merged.manifest.lora!.targets.every((t) => t.weight && t.down_input === undefined)).toBe(true);
-    expect(new Set(merged.manifest.lora!.targets.flatMap((t) => t.components))).toEqual(new Set(["text_encoder", "unet"]));
+    expect(new Set(merged.manifest.lora!.targets.flatMap((t) => t.components))).toEqual(
+      new Set(["text_encoder", "unet"]),
+    );
 
     const before = snapshot(join(FIXTURES, "turbo"));
     const { dir, manifest } = await importExport(join(FIXTURES, "turbo"), { out: freshDir("models"), lora: "branch" });
@@ -172,7 +195,9 @@ describe("importExport's LoRA modes", () => {
       expect(spec.inputs.some((t) => t.name.startsWith("lora.") && t.shape[0] === "batch")).toBe(true);
       // The fp16 export's weights stay where they are: model.onnx_data is a hard link (or copy) beside the new graph.
       expect(lstatSync(join(dir, part, "model.onnx_data")).isFile()).toBe(true);
-      expect(readFileSync(join(dir, part, "model.onnx_data"))).toEqual(readFileSync(join(FIXTURES, "turbo", part, "model.onnx_data")));
+      expect(readFileSync(join(dir, part, "model.onnx_data"))).toEqual(
+        readFileSync(join(FIXTURES, "turbo", part, "model.onnx_data")),
+      );
     }
     expect(manifest.components.vae_decoder.path).toBe("export/vae_decoder/model.onnx");
     await (await loadBundle(dir)).release();
@@ -210,16 +235,22 @@ describe("importExport refuses a broken export and says why", () => {
   it("graphs whose inputs or outputs are not what the configs imply", async () => {
     const lcmConfig = copyExport("sd15");
     editJson(join(lcmConfig, "unet", "config.json"), (j) => (j.time_cond_proj_dim = 32));
-    expect((await refusal(lcmConfig)).problems).toMatch(/unet graph has no input "timestep_cond", which its config implies/);
+    expect((await refusal(lcmConfig)).problems).toMatch(
+      /unet graph has no input "timestep_cond", which its config implies/,
+    );
 
     const width = copyExport("sd15");
     rmSync(join(width, "text_encoder"), { recursive: true });
     cpSync(join(FIXTURES, "sd2v", "text_encoder"), join(width, "text_encoder"), { recursive: true });
-    expect((await refusal(width)).problems).toMatch(/text width 48 = 48 does not match the unet's encoder_hidden_states 32/);
+    expect((await refusal(width)).problems).toMatch(
+      /text width 48 = 48 does not match the unet's encoder_hidden_states 32/,
+    );
 
     const latents = copyExport("sd15");
     editJson(join(latents, "vae_decoder", "config.json"), (j) => (j.latent_channels = 16));
-    expect((await refusal(latents)).problems).toMatch(/latent channels disagree: .*vae_decoder\/config\.json latent_channels 16/);
+    expect((await refusal(latents)).problems).toMatch(
+      /latent channels disagree: .*vae_decoder\/config\.json latent_channels 16/,
+    );
 
     const layers = copyExport("sdxl");
     editJson(join(layers, "text_encoder_2", "config.json"), (j) => (j.num_hidden_layers = 9));
@@ -244,7 +275,9 @@ describe("importExport refuses a broken export and says why", () => {
   });
 
   it("a name the API cannot take", async () => {
-    expect((await refusal(join(FIXTURES, "sd15"), { name: "My Model" })).problems).toMatch(/model name "My Model" must be lowercase/);
+    expect((await refusal(join(FIXTURES, "sd15"), { name: "My Model" })).problems).toMatch(
+      /model name "My Model" must be lowercase/,
+    );
   });
 });
 

@@ -17,7 +17,14 @@ import { AddonRuntime } from "../src/addons/runtime.ts";
 import { importExport, type LoraImportMode } from "../src/import/index.ts";
 import { DEFAULT_SESSION_CONFIG, loadBundle, type Bundle } from "../src/pipeline/bundle.ts";
 import { generate } from "../src/pipeline/pipeline.ts";
-import { diffsFromReference, expectWithin, formatDiffs, Reference, SD_FIXTURES, type Tolerance } from "./sd-reference.ts";
+import {
+  diffsFromReference,
+  expectWithin,
+  formatDiffs,
+  Reference,
+  SD_FIXTURES,
+  type Tolerance,
+} from "./sd-reference.ts";
 
 const out = mkdtempSync(join(tmpdir(), "sd-lora-e2e-"));
 const bundles = new Map<string, Promise<Bundle>>();
@@ -30,16 +37,28 @@ afterAll(async () => {
 function imported(family: string, mode: LoraImportMode): Promise<Bundle> {
   const key = `${family}-${mode}`;
   let b = bundles.get(key);
-  if (!b) bundles.set(key, (b = importExport(join(SD_FIXTURES, family), { out, name: key, lora: mode }).then((r) => loadBundle(r.dir))));
+  if (!b)
+    bundles.set(
+      key,
+      (b = importExport(join(SD_FIXTURES, family), { out, name: key, lora: mode }).then((r) => loadBundle(r.dir))),
+    );
   return b;
 }
 
-const loraFile = (family: string, file: string) => new Uint8Array(readFileSync(join(SD_FIXTURES, family, "loras", file)));
+const loraFile = (family: string, file: string) =>
+  new Uint8Array(readFileSync(join(SD_FIXTURES, family, "loras", file)));
 const sha = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
 function addonsOf(family: string, ref: Reference): RequestAddons {
   const loras = (JSON.parse(ref.header.metadata.settings!) as { loras: { file: string; scale: number }[] }).loras;
-  return { loras: loras.map((l) => ({ bytes: loraFile(family, l.file), sha256: sha(loraFile(family, l.file)), scale: l.scale })), controlnets: [] };
+  return {
+    loras: loras.map((l) => ({
+      bytes: loraFile(family, l.file),
+      sha256: sha(loraFile(family, l.file)),
+      scale: l.scale,
+    })),
+    controlnets: [],
+  };
 }
 
 /** The worker's path for one request: the bundle the batch runs on, and its U-Net and text-encoder feeds. */
@@ -47,7 +66,10 @@ async function serve(runtime: AddonRuntime, bundle: Bundle, addons: RequestAddon
   const on = await runtime.bundleFor(bundle, [addons]);
   const unetInputs = await runtime.provider(on, [1], [addons]);
   const textEncoderInputs = runtime.textInputs(on, [1], [addons]);
-  return { on, options: { ...(unetInputs ? { unetInputs } : {}), ...(textEncoderInputs ? { textEncoderInputs } : {}) } };
+  return {
+    on,
+    options: { ...(unetInputs ? { unetInputs } : {}), ...(textEncoderInputs ? { textEncoderInputs } : {}) },
+  };
 }
 
 /** fp32: near optimum's own ORT pipeline without LoRA (fixtures/sd/REFERENCES.md); fp16 turbo as in sd-parity. */
@@ -136,8 +158,12 @@ describe("LoRA files that do not fit an imported model", () => {
     const style = loraFile("sd15", "style_kohya.safetensors");
     const header = parseHeader(style, style.byteLength);
     const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-    for (const t of header.tensors.values()) tensors[t.name] = { shape: t.shape, data: readFloatTensor(style, header, t.name).slice() };
-    tensors["lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight"] = { shape: [4, 8], data: new Float32Array(32) };
+    for (const t of header.tensors.values())
+      tensors[t.name] = { shape: t.shape, data: readFloatTensor(style, header, t.name).slice() };
+    tensors["lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight"] = {
+      shape: [4, 8],
+      data: new Float32Array(32),
+    };
     return { bytes: encodeSafetensors(tensors), keys: header.tensors.size };
   }
 
@@ -148,7 +174,9 @@ describe("LoRA files that do not fit an imported model", () => {
       const runtime = new AddonRuntime(DEFAULT_SESSION_CONFIG, { mergeHotAfter: 0 });
       const lora = { bytes, sha256: sha(bytes), scale: 1 };
       const refused = { loras: [lora], controlnets: [] };
-      await expect(serve(runtime, bundle, refused)).rejects.toThrow(/'lora_unet_down_blocks_7_attentions_0_proj_in\.lora_down\.weight' matches no LoRA target/);
+      await expect(serve(runtime, bundle, refused)).rejects.toThrow(
+        /'lora_unet_down_blocks_7_attentions_0_proj_in\.lora_down\.weight' matches no LoRA target/,
+      );
       // The opt-in is part of the parsed file's cache key: the same file opted in is served ...
       const opted: RequestAddons = { loras: [{ ...lora, allowPartial: true }], controlnets: [] };
       const ref = new Reference("sd15", "style_1.0");
@@ -166,7 +194,9 @@ describe("LoRA files that do not fit an imported model", () => {
     const bytes = loraFile("sdxl", "style_kohya.safetensors");
     for (const allowPartial of [false, true]) {
       const addons: RequestAddons = { loras: [{ bytes, sha256: sha(bytes), scale: 1, allowPartial }], controlnets: [] };
-      await expect(serve(runtime, bundle, addons)).rejects.toThrow(/keys map onto this model: .*are for a model with two text encoders/);
+      await expect(serve(runtime, bundle, addons)).rejects.toThrow(
+        /keys map onto this model: .*are for a model with two text encoders/,
+      );
     }
   });
 });

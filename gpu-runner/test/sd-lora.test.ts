@@ -10,7 +10,13 @@ import * as ort from "onnxruntime-node";
 import { describe, expect, it } from "vitest";
 import { graphLoraTargets, type GraphLoraTarget } from "@imagegen/formats/lora-targets";
 import { mapLoraKeys } from "@imagegen/formats/lora-keys";
-import { f16ToF32, f32ToF16, parseHeader, readFloatTensor, type SafetensorsHeader } from "@imagegen/formats/safetensors";
+import {
+  f16ToF32,
+  f32ToF16,
+  parseHeader,
+  readFloatTensor,
+  type SafetensorsHeader,
+} from "@imagegen/formats/safetensors";
 import { LoraError, parseLora, stackLoras, type LoraUse } from "../src/addons/lora.ts";
 import { externalDataFiles, mergeLoraFiles } from "../src/addons/merge.ts";
 import { addLoraBranches, manifestTarget } from "../src/onnx/lora-branches.ts";
@@ -65,7 +71,9 @@ const ENCODERS: Record<string, string[]> = { sdxl: ["text_encoder", "text_encode
 const HALF = new Set(["turbo"]);
 
 function floats(family: string, data: Float32Array, d: readonly number[]): ort.Tensor {
-  return HALF.has(family) ? new ort.Tensor("float16", Uint16Array.from(data, f32ToF16), d) : new ort.Tensor("float32", data, d);
+  return HALF.has(family)
+    ? new ort.Tensor("float16", Uint16Array.from(data, f32ToF16), d)
+    : new ort.Tensor("float32", data, d);
 }
 function toF32(t: ort.Tensor): Float32Array {
   return t.type === "float16" ? Float32Array.from(t.data as Uint16Array, f16ToF32) : (t.data as Float32Array);
@@ -80,20 +88,33 @@ const allTargets = (parts: Part[]) => parts.flatMap((p) => p.targets.map((t) => 
 const loraFile = (family: string, file: string) => new Uint8Array(readFileSync(join(FIXTURES, family, "loras", file)));
 
 function usesFor(family: string, ref: Reference, parts: Part[]): LoraUse[] {
-  return ref.settings.loras.map((l) => ({ lora: parseLora(loraFile(family, l.file), allTargets(parts), MAX_RANK), scale: l.scale }));
+  return ref.settings.loras.map((l) => ({
+    lora: parseLora(loraFile(family, l.file), allTargets(parts), MAX_RANK),
+    scale: l.scale,
+  }));
 }
 
 type Mode = "merged" | "branch";
 
 /** Sessions for every part, with the uses' LoRAs merged into the weights or fed as branch inputs. */
 async function sessions(parts: Part[], uses: LoraUse[], mode: Mode) {
-  const out: Record<string, { session: ort.InferenceSession; feeds: (batch: number) => Record<string, ort.Tensor>; use: (next: LoraUse[]) => void }> = {};
+  const out: Record<
+    string,
+    {
+      session: ort.InferenceSession;
+      feeds: (batch: number) => Record<string, ort.Tensor>;
+      use: (next: LoraUse[]) => void;
+    }
+  > = {};
   let rankOffset = 0;
   for (const p of parts) {
     const targets = p.targets.map((t) => manifestTarget(t));
     if (mode === "merged") {
       const merged = mergeLoraFiles({ model: p.model, external: p.external }, p.component, targets, uses);
-      const externalData = [...p.external.keys()].map((path) => ({ path, data: merged.external.get(path) ?? p.external.get(path)! }));
+      const externalData = [...p.external.keys()].map((path) => ({
+        path,
+        data: merged.external.get(path) ?? p.external.get(path)!,
+      }));
       const session = await ort.InferenceSession.create(merged.model, { externalData });
       out[p.component] = { session, feeds: () => ({}), use: () => expect.fail("a merged session holds one LoRA set") };
     } else {
@@ -107,7 +128,11 @@ async function sessions(parts: Part[], uses: LoraUse[], mode: Mode) {
         use: (next) => (current = next),
         feeds: (batch) =>
           Object.fromEntries(
-            stackLoras(rewritten.targets, Array.from({ length: batch }, () => current), MAX_RANK).map((f) => [f.name, new ort.Tensor("float32", f.data, f.dims)]),
+            stackLoras(
+              rewritten.targets,
+              Array.from({ length: batch }, () => current),
+              MAX_RANK,
+            ).map((f) => [f.name, new ort.Tensor("float32", f.data, f.dims)]),
           ),
       };
     }
@@ -116,7 +141,11 @@ async function sessions(parts: Part[], uses: LoraUse[], mode: Mode) {
 }
 
 /** Text states as the U-Net gets them ([negative; positive] under CFG), from the reference's token ids. */
-async function textStates(family: string, ref: Reference, s: Awaited<ReturnType<typeof sessions>>): Promise<Float32Array> {
+async function textStates(
+  family: string,
+  ref: Reference,
+  s: Awaited<ReturnType<typeof sessions>>,
+): Promise<Float32Array> {
   const cfg = dims(ref, "unet.encoder_hidden_states")[0] === 2;
   const perEncoder: { data: Float32Array; width: number }[] = [];
   for (const [i, component] of encodersOf(family).entries()) {
@@ -126,9 +155,14 @@ async function textStates(family: string, ref: Reference, s: Awaited<ReturnType<
     const ids = new BigInt64Array(rows.length * seq);
     rows.forEach((r, b) => ids.set(r, b * seq));
     const { session, feeds } = s[component]!;
-    const out = await session.run({ input_ids: new ort.Tensor("int64", ids, [rows.length, seq]), ...feeds(rows.length) });
+    const out = await session.run({
+      input_ids: new ort.Tensor("int64", ids, [rows.length, seq]),
+      ...feeds(rows.length),
+    });
     // SDXL conditions on the penultimate layer of both encoders (hidden_states.{L-1}); SD 1/2 on the last state.
-    const layers = session.outputNames.filter((n) => n.startsWith("hidden_states.")).map((n) => Number(n.split(".")[1]));
+    const layers = session.outputNames
+      .filter((n) => n.startsWith("hidden_states."))
+      .map((n) => Number(n.split(".")[1]));
     const name = family === "sdxl" ? `hidden_states.${Math.max(...layers) - 1}` : "last_hidden_state";
     const t = out[name]!;
     perEncoder.push({ data: toF32(t), width: t.dims[2]! });
@@ -157,11 +191,16 @@ async function unetCalls(family: string, ref: Reference, s: Awaited<ReturnType<t
     const input: Record<string, ort.Tensor> = {
       sample: floats(family, f32(ref, `unet.sample.${i}`), sampleDims),
       timestep: floats(family, f32(ref, `unet.timestep.${i}`).slice(0, 1), []),
-      encoder_hidden_states: floats(family, f32(ref, "unet.encoder_hidden_states"), dims(ref, "unet.encoder_hidden_states")),
+      encoder_hidden_states: floats(
+        family,
+        f32(ref, "unet.encoder_hidden_states"),
+        dims(ref, "unet.encoder_hidden_states"),
+      ),
       ...feeds(batch),
     };
     for (const extra of ["timestep_cond", "text_embeds", "time_ids"]) {
-      if (ref.header.tensors.has(`unet.${extra}`)) input[extra] = floats(family, f32(ref, `unet.${extra}`), dims(ref, `unet.${extra}`));
+      if (ref.header.tensors.has(`unet.${extra}`))
+        input[extra] = floats(family, f32(ref, `unet.${extra}`), dims(ref, `unet.${extra}`));
     }
     const out = await session.run(input);
     worst = Math.max(worst, maxAbsDiff(toF32(out.out_sample!), f32(ref, `unet.out_sample.${i}`)));
@@ -174,14 +213,36 @@ describe("LoRA-able layers of an Optimum export", () => {
     const unet = part("sd15", "unet").targets;
     const q = unet.find((t) => t.module === "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")!;
     // The exporter's anonymous transposed MatMul weight, found by following the node's input.
-    expect(q).toMatchObject({ kind: "linear", weight_layout: "in_out", in_features: 8, out_features: 8, nodes: ["/down_blocks.0/attentions.0/transformer_blocks.0/attn1/to_q/MatMul"] });
+    expect(q).toMatchObject({
+      kind: "linear",
+      weight_layout: "in_out",
+      in_features: 8,
+      out_features: 8,
+      nodes: ["/down_blocks.0/attentions.0/transformer_blocks.0/attn1/to_q/MatMul"],
+    });
     expect(q.weight).toMatch(/^onnx::MatMul_/);
-    expect(unet.find((t) => t.module === "down_blocks.0.resnets.0.time_emb_proj")).toMatchObject({ kind: "linear", weight_layout: "out_in", in_features: 32, out_features: 8 });
-    expect(unet.find((t) => t.module === "down_blocks.0.attentions.0.proj_in")).toMatchObject({ kind: "conv1x1", branchable: true });
-    expect(unet.find((t) => t.module === "down_blocks.0.resnets.0.conv1")).toMatchObject({ kind: "conv3x3", in_features: 8, out_features: 8 });
+    expect(unet.find((t) => t.module === "down_blocks.0.resnets.0.time_emb_proj")).toMatchObject({
+      kind: "linear",
+      weight_layout: "out_in",
+      in_features: 32,
+      out_features: 8,
+    });
+    expect(unet.find((t) => t.module === "down_blocks.0.attentions.0.proj_in")).toMatchObject({
+      kind: "conv1x1",
+      branchable: true,
+    });
+    expect(unet.find((t) => t.module === "down_blocks.0.resnets.0.conv1")).toMatchObject({
+      kind: "conv3x3",
+      in_features: 8,
+      out_features: 8,
+    });
     expect(unet.find((t) => t.module === "down_blocks.0.attentions.0.transformer_blocks.0.attn1")).toBeUndefined(); // Q·Kᵀ has no weight
     const text = part("sd15", "text_encoder").targets;
-    expect(text.find((t) => t.module === "text_encoder.text_model.encoder.layers.0.mlp.fc1")).toMatchObject({ in_features: 32, out_features: 37, weight_layout: "in_out" });
+    expect(text.find((t) => t.module === "text_encoder.text_model.encoder.layers.0.mlp.fc1")).toMatchObject({
+      in_features: 32,
+      out_features: 37,
+      weight_layout: "in_out",
+    });
     // fp16 export with external data: the weights lie in model.onnx_data.
     const turbo = part("turbo", "unet");
     expect(turbo.targets.find((t) => t.module.endsWith("attn1.to_q"))!.dtype).toBe("float16");
@@ -217,9 +278,12 @@ describe("importLora: the manifest's lora spec and the rewritten graphs", () => 
     expect([...branch.rewritten.keys()]).toEqual(["text_encoder", "text_encoder_2", "unet"]);
     const inputs = [...branch.rewritten.values()].flatMap((r) => r.inputs);
     expect(inputs).toHaveLength(2 * branch.spec.targets.length);
-    expect(new Set(inputs.filter((i) => i.name.endsWith(".down")).map((i) => i.shape[1])).size).toBe(branch.spec.targets.length);
+    expect(new Set(inputs.filter((i) => i.name.endsWith(".down")).map((i) => i.shape[1])).size).toBe(
+      branch.spec.targets.length,
+    );
     const unet = await ort.InferenceSession.create(branch.rewritten.get("unet")!.model);
-    for (const t of branch.spec.targets.filter((t) => t.components[0] === "unet")) expect(unet.inputNames).toContain(t.down_input);
+    for (const t of branch.spec.targets.filter((t) => t.components[0] === "unet"))
+      expect(unet.inputNames).toContain(t.down_input);
     const merge = importLora(models, "merge")!;
     expect(merge.rewritten.size).toBe(0);
     expect(merge.spec.targets.every((t) => t.weight && t.down_input === undefined)).toBe(true);
@@ -241,7 +305,9 @@ describe("LoRA refusals on imported models", () => {
     })();
     expect(err).toBeInstanceOf(LoraError);
     // The architecture first, then the shapes that do not fit, naming keys and sizes.
-    expect(err!.message).toMatch(/^\d+ of 354 keys map onto this model: 54 keys \(e\.g\. 'lora_te2_text_model_encoder_layers_0_mlp_fc1\.alpha'\) are for a model with two text encoders/);
+    expect(err!.message).toMatch(
+      /^\d+ of 354 keys map onto this model: 54 keys \(e\.g\. 'lora_te2_text_model_encoder_layers_0_mlp_fc1\.alpha'\) are for a model with two text encoders/,
+    );
     expect(err!.message).toMatch(/and \d+ more$/);
     // allow_partial does not let another architecture through.
     expect(() => parseLora(bytes, sd15, MAX_RANK, { allowPartial: true })).toThrow(/two text encoders/);
@@ -252,16 +318,28 @@ describe("LoRA refusals on imported models", () => {
     const style = loraFile("sd15", "style_kohya.safetensors");
     const header = parseHeader(style, style.byteLength);
     const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-    for (const t of header.tensors.values()) tensors[t.name] = { shape: t.shape, data: readFloatTensor(style, header, t.name).slice() };
-    tensors["lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight"] = { shape: [4, 8], data: new Float32Array(32) };
+    for (const t of header.tensors.values())
+      tensors[t.name] = { shape: t.shape, data: readFloatTensor(style, header, t.name).slice() };
+    tensors["lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight"] = {
+      shape: [4, 8],
+      data: new Float32Array(32),
+    };
     const file = encodeSafetensors(tensors);
-    expect(() => parseLora(file, sd15, MAX_RANK)).toThrow(/'lora_unet_down_blocks_7_attentions_0_proj_in\.lora_down\.weight' matches no LoRA target/);
+    expect(() => parseLora(file, sd15, MAX_RANK)).toThrow(
+      /'lora_unet_down_blocks_7_attentions_0_proj_in\.lora_down\.weight' matches no LoRA target/,
+    );
     const partial = parseLora(file, sd15, MAX_RANK, { allowPartial: true });
-    expect(partial.report).toEqual({ mapped: header.tensors.size, total: header.tensors.size + 1, unmapped: ["lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight"] });
+    expect(partial.report).toEqual({
+      mapped: header.tensors.size,
+      total: header.tensors.size + 1,
+      unmapped: ["lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight"],
+    });
     // A pair whose shapes do not fit the layer is refused with the shapes, allow_partial or not.
     const q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
     tensors[`${q}.lora_down.weight`] = { shape: [4, 16], data: new Float32Array(64) };
-    expect(() => parseLora(encodeSafetensors(tensors), sd15, MAX_RANK, { allowPartial: true })).toThrow(new RegExp(`'${q}\\.lora_down\\.weight' has 16 input features; module '.*to_q' has 8`));
+    expect(() => parseLora(encodeSafetensors(tensors), sd15, MAX_RANK, { allowPartial: true })).toThrow(
+      new RegExp(`'${q}\\.lora_down\\.weight' has 16 input features; module '.*to_q' has 8`),
+    );
   });
 });
 
@@ -307,12 +385,16 @@ describe("branch mode switches LoRA sets per run, without a new session", () => 
     const s = await sessions(parts, [], "branch"); // rank-0 branches: the base model
     const style = reference("sd15", "style_1.0");
     // Without its LoRA the style reference is far off: the comparisons below can fail.
-    expect(maxAbsDiff(await textStates("sd15", style, s), f32(style, "unet.encoder_hidden_states"))).toBeGreaterThan(1000 * TEXT_TOL);
+    expect(maxAbsDiff(await textStates("sd15", style, s), f32(style, "unet.encoder_hidden_states"))).toBeGreaterThan(
+      1000 * TEXT_TOL,
+    );
     for (const name of ["base", "style_1.0", "subject_peft_1.0", "base"]) {
       const ref = reference("sd15", name);
       const uses = usesFor("sd15", ref, parts);
       for (const c of Object.values(s)) c.use(uses);
-      expect(maxAbsDiff(await textStates("sd15", ref, s), f32(ref, "unet.encoder_hidden_states")), name).toBeLessThan(TEXT_TOL);
+      expect(maxAbsDiff(await textStates("sd15", ref, s), f32(ref, "unet.encoder_hidden_states")), name).toBeLessThan(
+        TEXT_TOL,
+      );
       expect(await unetCalls("sd15", ref, s), name).toBeLessThan(UNET_TOL);
     }
   });

@@ -14,7 +14,14 @@ import { importExport } from "../src/import/index.ts";
 import { loadBundle } from "../src/pipeline/bundle.ts";
 import { encodePrompt } from "../src/pipeline/text.ts";
 import { toFloat16 } from "../src/pipeline/tensors.ts";
-import { diffsFromReference, expectWithin, formatDiffs, Reference, SD_FIXTURES as FIXTURES, type Tolerance } from "./sd-reference.ts";
+import {
+  diffsFromReference,
+  expectWithin,
+  formatDiffs,
+  Reference,
+  SD_FIXTURES as FIXTURES,
+  type Tolerance,
+} from "./sd-reference.ts";
 
 const out = mkdtempSync(join(tmpdir(), "sd-parity-"));
 afterAll(() => rmSync(out, { recursive: true, force: true }));
@@ -45,7 +52,8 @@ describe("imported exports match diffusers (PyTorch) references", () => {
       try {
         // Token ids: exactly the CLIPTokenizer's.
         expect(bundle.tokenizer.encode(s.prompt).ids).toEqual(ref.ids("input_ids"));
-        if (s.negative_prompt !== null) expect(bundle.tokenizer.encode(s.negative_prompt).ids).toEqual(ref.ids("negative_input_ids"));
+        if (s.negative_prompt !== null)
+          expect(bundle.tokenizer.encode(s.negative_prompt).ids).toEqual(ref.ids("negative_input_ids"));
         if (bundle.tokenizer2) expect(bundle.tokenizer2.encode(s.prompt).ids).toEqual(ref.ids("input_ids_2"));
 
         const diffs = await diffsFromReference(bundle, ref);
@@ -73,7 +81,9 @@ describe("SDXL's unconditional rows", () => {
       expect(states.subarray(states.length / 2).some((v) => v !== 0)).toBe(true);
       const prompt = await encodePrompt(bundle, { rows: [""], unconditional: 0, ...size });
       expect((prompt.encoderHiddenStates.data as Float32Array).some((v) => v !== 0)).toBe(true);
-      expect(Array.from(guided.unetInputs.time_ids!.data as Float32Array)).toEqual([64, 64, 0, 0, 64, 64, 64, 64, 0, 0, 64, 64]);
+      expect(Array.from(guided.unetInputs.time_ids!.data as Float32Array)).toEqual([
+        64, 64, 0, 0, 64, 64, 64, 64, 0, 0, 64, 64,
+      ]);
     } finally {
       await bundle.release();
     }
@@ -83,9 +93,19 @@ describe("SDXL's unconditional rows", () => {
 describe("the fp16 boundary", () => {
   it("rounds float32 to the nearest half (ties to even), with subnormals, overflow to infinity and NaN", () => {
     const values = [1, -2, 0.1, 65504, 65520, 6e-8, 1e-8, 2 ** -14, 1 + 2 ** -11, 1 + 3 * 2 ** -11, Number.NaN];
-    expect(Array.from(toFloat16(Float32Array.from(values)), (h) => h.toString(16))).toEqual(
-      ["3c00", "c000", "2e66", "7bff", "7c00", "1", "0", "400", "3c00", "3c02", "7e00"],
-    );
+    expect(Array.from(toFloat16(Float32Array.from(values)), (h) => h.toString(16))).toEqual([
+      "3c00",
+      "c000",
+      "2e66",
+      "7bff",
+      "7c00",
+      "1",
+      "0",
+      "400",
+      "3c00",
+      "3c02",
+      "7e00",
+    ]);
     // Every half survives the round trip.
     const all = Uint16Array.from({ length: 0x7c00 }, (_, i) => i);
     expect(toFloat16(Float32Array.from(all, f16ToF32))).toEqual(all);

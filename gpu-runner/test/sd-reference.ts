@@ -89,7 +89,11 @@ export interface Tolerance {
  * feeds given), checks the draws and timesteps, and returns max |diff| per stage: text states (and SDXL's
  * text_embeds, time_ids), final latents, image.
  */
-export async function diffsFromReference(bundle: Bundle, ref: Reference, options: Pick<GenerateOptions, "unetInputs" | "textEncoderInputs"> = {}): Promise<Record<string, number>> {
+export async function diffsFromReference(
+  bundle: Bundle,
+  ref: Reference,
+  options: Pick<GenerateOptions, "unetInputs" | "textEncoderInputs"> = {},
+): Promise<Record<string, number>> {
   const s = ref.settings;
   const noises = [...ref.header.tensors.keys()].filter((k) => k.startsWith("noise.")).length;
   let drawn = 0;
@@ -128,4 +132,7 @@ export function expectWithin(diffs: Record<string, number>, tolerance: Tolerance
   expect(diffs.image).toBeLessThanOrEqual(tolerance.image);
 }
 
-export const formatDiffs = (diffs: Record<string, number>) => Object.entries(diffs).map(([k, v]) => `${k} ${v.toExponential(2)}`).join(", ");
+export const formatDiffs = (diffs: Record<string, number>) =>
+  Object.entries(diffs)
+    .map(([k, v]) => `${k} ${v.toExponential(2)}`)
+    .join(", ");

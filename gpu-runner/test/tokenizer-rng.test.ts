@@ -2,20 +2,41 @@ import { describe, expect, it } from "vitest";
 import { WordTokenizer } from "../src/tokenizers/word.ts";
 import { Rng } from "../src/pipeline/rng.ts";
 
-const spec = { type: "word", vocab: "v", max_length: 6, lowercase: true, pad_id: 0, unk_id: 1, bos_id: 2, eos_id: 3 } as const;
-const vocab = new Map([["a", 4], ["red", 5], ["circle", 6]]);
+const spec = {
+  type: "word",
+  vocab: "v",
+  max_length: 6,
+  lowercase: true,
+  pad_id: 0,
+  unk_id: 1,
+  bos_id: 2,
+  eos_id: 3,
+} as const;
+const vocab = new Map([
+  ["a", 4],
+  ["red", 5],
+  ["circle", 6],
+]);
 
 describe("WordTokenizer", () => {
   it("lowercases, splits on non-alphanumerics, wraps and pads", () => {
     const t = new WordTokenizer(spec, vocab);
-    expect(t.encode("A red, CIRCLE!")).toEqual({ ids: [2, 4, 5, 6, 3, 0], attentionMask: [1, 1, 1, 1, 1, 0], truncated: 0 });
+    expect(t.encode("A red, CIRCLE!")).toEqual({
+      ids: [2, 4, 5, 6, 3, 0],
+      attentionMask: [1, 1, 1, 1, 1, 0],
+      truncated: 0,
+    });
     expect(t.encode("a green circle").ids).toEqual([2, 4, 1, 6, 3, 0]);
     expect(t.encode("").ids).toEqual([2, 3, 0, 0, 0, 0]);
   });
 
   it("truncates to max_length keeping eos", () => {
     const t = new WordTokenizer(spec, vocab);
-    expect(t.encode("a a red red circle circle")).toEqual({ ids: [2, 4, 4, 5, 5, 3], attentionMask: [1, 1, 1, 1, 1, 1], truncated: 2 });
+    expect(t.encode("a a red red circle circle")).toEqual({
+      ids: [2, 4, 4, 5, 5, 3],
+      attentionMask: [1, 1, 1, 1, 1, 1],
+      truncated: 2,
+    });
   });
 
   it("keeps case when the manifest says so", () => {

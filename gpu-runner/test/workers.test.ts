@@ -87,7 +87,11 @@ describe("InferencePool", () => {
     const progress: number[] = [];
     const results = await Promise.all(
       [1, 2, 3].map((seed) =>
-        pool.generate(toyDir, { prompt: "a red circle", seed, steps: 5 }, { onProgress: (p) => seed === 1 && progress.push(p.step) }),
+        pool.generate(
+          toyDir,
+          { prompt: "a red circle", seed, steps: 5 },
+          { onProgress: (p) => seed === 1 && progress.push(p.step) },
+        ),
       ),
     );
     expect(progress).toEqual([1, 2, 3, 4, 5]);
@@ -117,10 +121,14 @@ describe("InferencePool", () => {
 
   it("cancels a running job between steps", async () => {
     const controller = new AbortController();
-    const job = pool.generate(toyDir, { prompt: "x", seed: 1, steps: 1000, n: 4 }, {
-      signal: controller.signal,
-      onProgress: (p) => p.step === 5 && controller.abort(),
-    });
+    const job = pool.generate(
+      toyDir,
+      { prompt: "x", seed: 1, steps: 1000, n: 4 },
+      {
+        signal: controller.signal,
+        onProgress: (p) => p.step === 5 && controller.abort(),
+      },
+    );
     await expect(job).rejects.toThrow(/canceled/);
   });
 });

@@ -16,21 +16,40 @@ import { DEFAULT_SESSION_CONFIG, loadBundle, readManifest } from "../src/pipelin
 const MODELS = fileURLToPath(new URL("../models/", import.meta.url));
 
 function walk(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)]));
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)],
+  );
 }
 
 describe("committed zoo artifacts", () => {
   it("every file is listed in SHA256SUMS and matches it; nothing listed is missing; under 35 MB in all", () => {
     const listed = new Map(
-      readFileSync(join(MODELS, "SHA256SUMS"), "utf8").split("\n").filter(Boolean).map((l) => {
-        const [digest, path] = l.split("  ");
-        return [path!, digest!] as const;
-      }),
+      readFileSync(join(MODELS, "SHA256SUMS"), "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => {
+          const [digest, path] = l.split("  ");
+          return [path!, digest!] as const;
+        }),
     );
-    const files = walk(MODELS).map((f) => relative(MODELS, f)).filter((f) => f !== "SHA256SUMS" && !f.includes(".tmp"));
-    expect(files.filter((f) => !listed.has(f)), "files not in SHA256SUMS").toEqual([]);
-    expect([...listed.keys()].filter((f) => !files.includes(f)), "listed but missing").toEqual([]);
-    for (const f of files) expect(createHash("sha256").update(readFileSync(join(MODELS, f))).digest("hex"), f).toBe(listed.get(f));
+    const files = walk(MODELS)
+      .map((f) => relative(MODELS, f))
+      .filter((f) => f !== "SHA256SUMS" && !f.includes(".tmp"));
+    expect(
+      files.filter((f) => !listed.has(f)),
+      "files not in SHA256SUMS",
+    ).toEqual([]);
+    expect(
+      [...listed.keys()].filter((f) => !files.includes(f)),
+      "listed but missing",
+    ).toEqual([]);
+    for (const f of files)
+      expect(
+        createHash("sha256")
+          .update(readFileSync(join(MODELS, f)))
+          .digest("hex"),
+        f,
+      ).toBe(listed.get(f));
     const total = files.reduce((s, f) => s + statSync(join(MODELS, f)).size, 0);
     expect(total).toBeLessThan(35e6);
   });

@@ -40,12 +40,28 @@ const CASES: Record<string, { bundle: string; request: GenerationRequest }> = {
   "ddim-10-cfg": { bundle: BASE, request: { prompt: PROMPT, seed: 42, sampler: "ddim", steps: 10, guidance: 5 } },
   "ddim-10-cfg-deepcache-3": {
     bundle: BASE,
-    request: { prompt: PROMPT, seed: 42, sampler: "ddim", steps: 10, guidance: 5, cache: { mode: "deepcache", interval: 3, schedule: "uniform" } },
+    request: {
+      prompt: PROMPT,
+      seed: 42,
+      sampler: "ddim",
+      steps: 10,
+      guidance: 5,
+      cache: { mode: "deepcache", interval: 3, schedule: "uniform" },
+    },
   },
   "lcm-4-base": { bundle: BASE, request: { prompt: PROMPT, seed: 42, sampler: "lcm", steps: 4, guidance: 1.5 } },
-  "lcm-4-distilled": { bundle: `${BASE}-lcm`, request: { prompt: PROMPT, seed: 42, sampler: "lcm", steps: 4, guidance: 8 } },
-  "rectified-flow-1": { bundle: `${BASE}-rf`, request: { prompt: PROMPT, seed: 42, sampler: "rectified-flow", steps: 1 } },
-  "rectified-flow-3": { bundle: `${BASE}-rf`, request: { prompt: PROMPT, seed: 42, sampler: "rectified-flow", steps: 3 } },
+  "lcm-4-distilled": {
+    bundle: `${BASE}-lcm`,
+    request: { prompt: PROMPT, seed: 42, sampler: "lcm", steps: 4, guidance: 8 },
+  },
+  "rectified-flow-1": {
+    bundle: `${BASE}-rf`,
+    request: { prompt: PROMPT, seed: 42, sampler: "rectified-flow", steps: 1 },
+  },
+  "rectified-flow-3": {
+    bundle: `${BASE}-rf`,
+    request: { prompt: PROMPT, seed: 42, sampler: "rectified-flow", steps: 3 },
+  },
 };
 
 function summarize(latents: Float32Array): Golden {
@@ -73,7 +89,9 @@ describe.skipIf(!present)("zoo random bundles (tiny-shapes-random*)", () => {
       fresh.unetSha256[name] = sha256(join(MODELS, name, b.manifest.components.unet.path));
     }
     bundle = bundles.get(BASE)!;
-    goldens = existsSync(GOLDENS) ? (JSON.parse(readFileSync(GOLDENS, "utf8")) as GoldenFile) : { unetSha256: {}, cases: {} };
+    goldens = existsSync(GOLDENS)
+      ? (JSON.parse(readFileSync(GOLDENS, "utf8")) as GoldenFile)
+      : { unetSha256: {}, cases: {} };
   });
   afterAll(async () => {
     if (UPDATE) writeFileSync(GOLDENS, JSON.stringify(fresh, null, 2) + "\n");
@@ -82,7 +100,9 @@ describe.skipIf(!present)("zoo random bundles (tiny-shapes-random*)", () => {
 
   it("runs on the bundles the goldens were recorded on", () => {
     if (UPDATE) return;
-    expect(goldens.unetSha256, "the zoo re-exported a bundle: regenerate the goldens (see the header)").toEqual(fresh.unetSha256);
+    expect(goldens.unetSha256, "the zoo re-exported a bundle: regenerate the goldens (see the header)").toEqual(
+      fresh.unetSha256,
+    );
   });
 
   for (const [name, { bundle: bundleName, request }] of Object.entries(CASES)) {
@@ -94,7 +114,9 @@ describe.skipIf(!present)("zoo random bundles (tiny-shapes-random*)", () => {
       if (UPDATE) return;
       const golden = goldens.cases[name];
       expect(golden, `no golden for ${name}`).toBeDefined();
-      const off = summary.sample.flatMap((v, i) => (close(v, golden!.sample[i]!) ? [] : [`[${i}] ${v} vs ${golden!.sample[i]}`]));
+      const off = summary.sample.flatMap((v, i) =>
+        close(v, golden!.sample[i]!) ? [] : [`[${i}] ${v} vs ${golden!.sample[i]}`],
+      );
       expect(off).toEqual([]);
       expect(close(summary.mean, golden!.mean) && close(summary.std, golden!.std)).toBe(true);
       // the same request again gives the same bytes
@@ -105,9 +127,19 @@ describe.skipIf(!present)("zoo random bundles (tiny-shapes-random*)", () => {
 
   it("never runs the deep part on a cached step", async () => {
     const deep = bundle.components.unet_deep!;
-    for (const [interval, schedule] of [[2, "uniform"], [3, "uniform"], [5, "non-uniform"]] as const) {
+    for (const [interval, schedule] of [
+      [2, "uniform"],
+      [3, "uniform"],
+      [5, "non-uniform"],
+    ] as const) {
       const before = { deep: deep.runs, head: bundle.components.unet_head!.runs };
-      const r = await generate(bundle, { prompt: PROMPT, seed: 1, sampler: "lcm", steps: 8, cache: { mode: "deepcache", interval, schedule } });
+      const r = await generate(bundle, {
+        prompt: PROMPT,
+        seed: 1,
+        sampler: "lcm",
+        steps: 8,
+        cache: { mode: "deepcache", interval, schedule },
+      });
       const full = r.fullSteps!.filter(Boolean).length;
       expect(full).toBe(Math.ceil(8 / interval));
       expect(deep.runs - before.deep).toBe(full);
@@ -124,13 +156,17 @@ describe.skipIf(!present)("zoo random bundles (tiny-shapes-random*)", () => {
       const dims = spec(name).shape.map((d) => (d === "batch" ? batch : typeof d === "number" ? d : rank));
       return new ort.Tensor("float32", new Float32Array(dims.reduce((a, b) => a * b, 1)).fill(value), dims);
     };
-    const latents = async (unetInputs?: UnetInputProvider) => Buffer.from((await generate(bundle, request, { unetInputs })).latents.buffer);
+    const latents = async (unetInputs?: UnetInputProvider) =>
+      Buffer.from((await generate(bundle, request, { unetInputs })).latents.buffer);
     const plain = await latents();
     const mid = m.controlnet!.residuals.at(-1)!;
     expect((await latents(({ unetBatch }) => ({ [mid]: filled(mid, unetBatch, 0) }))).equals(plain)).toBe(true);
     expect((await latents(({ unetBatch }) => ({ [mid]: filled(mid, unetBatch, 0.5) }))).equals(plain)).toBe(false);
     const { down_input: down, up_input: up } = m.lora!.targets[0]!;
-    const lora: UnetInputProvider = ({ unetBatch }) => ({ [down!]: filled(down!, unetBatch, 0.5), [up!]: filled(up!, unetBatch, 0.5) });
+    const lora: UnetInputProvider = ({ unetBatch }) => ({
+      [down!]: filled(down!, unetBatch, 0.5),
+      [up!]: filled(up!, unetBatch, 0.5),
+    });
     expect((await latents(lora)).equals(plain)).toBe(false);
   });
 });

@@ -34,12 +34,17 @@ export interface RequestOptions {
 /** What every answer of the API carries besides its body: the server's `X-Request-Id`, to quote in support requests. */
 export type WithRequestId<T> = T & { readonly _request_id?: string | undefined };
 
-const env = (name: string): string | undefined => (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
+const env = (name: string): string | undefined =>
+  (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
 
 /** Puts the request id on an answer without making it part of the data (not enumerable, not serialized). */
 export function withRequestId<T>(data: T, headers: Headers): WithRequestId<T> {
   if (data !== null && typeof data === "object") {
-    Object.defineProperty(data, "_request_id", { value: headers.get("x-request-id") ?? undefined, enumerable: false, configurable: true });
+    Object.defineProperty(data, "_request_id", {
+      value: headers.get("x-request-id") ?? undefined,
+      enumerable: false,
+      configurable: true,
+    });
   }
   return data as WithRequestId<T>;
 }
@@ -78,10 +83,17 @@ export class Core {
    * ran out, APIUserAbortError when the caller aborted, APIConnectionError (naming the URL) otherwise. The timeout
    * covers the answer's headers and, unless `release` is called, the reading of its body.
    */
-  async send(url: URL | string, init: RequestInit, opts: { timeout?: number; signal?: AbortSignal | undefined }): Promise<{ res: Response; release: () => void }> {
+  async send(
+    url: URL | string,
+    init: RequestInit,
+    opts: { timeout?: number; signal?: AbortSignal | undefined },
+  ): Promise<{ res: Response; release: () => void }> {
     const timeoutMs = opts.timeout ?? this.timeout;
     const timer = new AbortController();
-    const handle = setTimeout(() => timer.abort(new APITimeoutError(`no answer from ${url} within ${timeoutMs} ms`)), timeoutMs);
+    const handle = setTimeout(
+      () => timer.abort(new APITimeoutError(`no answer from ${url} within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     const signal = opts.signal ? AbortSignal.any([opts.signal, timer.signal]) : timer.signal;
     const release = () => clearTimeout(handle);
     try {
@@ -90,7 +102,9 @@ export class Core {
       release();
       if (opts.signal?.aborted) throw new APIUserAbortError(undefined, { cause: err });
       if (timer.signal.aborted) throw timer.signal.reason as APITimeoutError;
-      throw new APIConnectionError(`could not reach ${url}: ${(err as Error).message} (is the base URL right?)`, { cause: err });
+      throw new APIConnectionError(`could not reach ${url}: ${(err as Error).message} (is the base URL right?)`, {
+        cause: err,
+      });
     }
   }
 
@@ -99,7 +113,10 @@ export class Core {
   }
 
   /** A GET whose answer is read as a stream (server-sent events); the timeout covers the wait for its headers only. */
-  async stream(path: string, opts: RequestOptions = {}): Promise<{ body: ReadableStream<Uint8Array>; headers: Headers }> {
+  async stream(
+    path: string,
+    opts: RequestOptions = {},
+  ): Promise<{ body: ReadableStream<Uint8Array>; headers: Headers }> {
     const url = new URL(this.baseURL + path);
     const { res, release } = await this.send(url, { headers: this.headers("text/event-stream", opts) }, opts);
     release();
@@ -107,17 +124,26 @@ export class Core {
     return { body: res.body, headers: res.headers };
   }
 
-  async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<{ data: WithRequestId<T>; headers: Headers; status: number; requestId: string | undefined }> {
+  async request<T>(
+    method: string,
+    path: string,
+    opts: RequestOptions = {},
+  ): Promise<{ data: WithRequestId<T>; headers: Headers; status: number; requestId: string | undefined }> {
     const url = new URL(this.baseURL + path);
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
     const headers = this.headers("application/json", opts);
     if (opts.body !== undefined) headers["content-type"] = "application/json";
-    if (method === "POST") headers["idempotency-key"] = opts.idempotencyKey ?? headers["idempotency-key"] ?? crypto.randomUUID();
+    if (method === "POST")
+      headers["idempotency-key"] = opts.idempotencyKey ?? headers["idempotency-key"] ?? crypto.randomUUID();
     const maxRetries = opts.maxRetries ?? this.maxRetries;
     for (let attempt = 0; ; attempt++) {
       let answer: { res: Response; release: () => void };
       try {
-        answer = await this.send(url, { method, headers, body: opts.body === undefined ? undefined : JSON.stringify(opts.body) }, opts);
+        answer = await this.send(
+          url,
+          { method, headers, body: opts.body === undefined ? undefined : JSON.stringify(opts.body) },
+          opts,
+        );
       } catch (err) {
         if (err instanceof APIConnectionError && attempt < maxRetries) {
           await sleep(retryDelayMs(attempt));
@@ -129,7 +155,12 @@ export class Core {
       try {
         if (res.ok) {
           const data = withRequestId(parseJson<T>(await res.text(), url), res.headers);
-          return { data, headers: res.headers, status: res.status, requestId: res.headers.get("x-request-id") ?? undefined };
+          return {
+            data,
+            headers: res.headers,
+            status: res.status,
+            requestId: res.headers.get("x-request-id") ?? undefined,
+          };
         }
         if (isRetryableStatus(res.status) && attempt < maxRetries) {
           await res.body?.cancel();

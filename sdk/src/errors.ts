@@ -16,7 +16,10 @@ export class APIError extends ImageGenError {
 
   constructor(status: number, body: ErrorBody | undefined, headers: Headers, url?: string) {
     // An answer without the API's error envelope is most often another server answering: a wrong base URL.
-    super(body?.error?.message ?? `HTTP ${status} from ${url ?? "the server"}, which did not answer as the imagegen API (is the base URL right?)`);
+    super(
+      body?.error?.message ??
+        `HTTP ${status} from ${url ?? "the server"}, which did not answer as the imagegen API (is the base URL right?)`,
+    );
     this.status = status;
     this.type = body?.error.type ?? "api_error";
     this.code = body?.error.code ?? "http_error";
@@ -26,14 +29,30 @@ export class APIError extends ImageGenError {
   }
 }
 
-export class BadRequestError extends APIError { override readonly name = "BadRequestError"; }
-export class AuthenticationError extends APIError { override readonly name = "AuthenticationError"; }
-export class PermissionDeniedError extends APIError { override readonly name = "PermissionDeniedError"; }
-export class NotFoundError extends APIError { override readonly name = "NotFoundError"; }
-export class ConflictError extends APIError { override readonly name = "ConflictError"; }
-export class UnprocessableEntityError extends APIError { override readonly name = "UnprocessableEntityError"; }
-export class RateLimitError extends APIError { override readonly name = "RateLimitError"; }
-export class InternalServerError extends APIError { override readonly name = "InternalServerError"; }
+export class BadRequestError extends APIError {
+  override readonly name = "BadRequestError";
+}
+export class AuthenticationError extends APIError {
+  override readonly name = "AuthenticationError";
+}
+export class PermissionDeniedError extends APIError {
+  override readonly name = "PermissionDeniedError";
+}
+export class NotFoundError extends APIError {
+  override readonly name = "NotFoundError";
+}
+export class ConflictError extends APIError {
+  override readonly name = "ConflictError";
+}
+export class UnprocessableEntityError extends APIError {
+  override readonly name = "UnprocessableEntityError";
+}
+export class RateLimitError extends APIError {
+  override readonly name = "RateLimitError";
+}
+export class InternalServerError extends APIError {
+  override readonly name = "InternalServerError";
+}
 
 /** The network failed before an answer came (the base URL names no reachable server, a dropped connection). */
 export class APIConnectionError extends ImageGenError {
@@ -75,14 +94,22 @@ export class GenerationFailedError extends ImageGenError {
 
 export function makeError(status: number, body: ErrorBody | undefined, headers: Headers, url?: string): APIError {
   const Class =
-    status === 400 || status === 413 || status === 415 ? BadRequestError
-    : status === 401 ? AuthenticationError
-    : status === 403 ? PermissionDeniedError
-    : status === 404 ? NotFoundError
-    : status === 409 ? ConflictError
-    : status === 422 ? UnprocessableEntityError
-    : status === 429 ? RateLimitError
-    : status >= 500 ? InternalServerError
-    : APIError;
+    status === 400 || status === 413 || status === 415
+      ? BadRequestError
+      : status === 401
+        ? AuthenticationError
+        : status === 403
+          ? PermissionDeniedError
+          : status === 404
+            ? NotFoundError
+            : status === 409
+              ? ConflictError
+              : status === 422
+                ? UnprocessableEntityError
+                : status === 429
+                  ? RateLimitError
+                  : status >= 500
+                    ? InternalServerError
+                    : APIError;
   return new Class(status, body, headers, url);
 }

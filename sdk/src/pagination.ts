@@ -14,7 +14,9 @@ export interface Page<T> {
   next_cursor?: string | null;
 }
 
-export class PagePromise<P extends Page<T>, T = P["data"][number]> implements PromiseLike<WithRequestId<P>>, AsyncIterable<T> {
+export class PagePromise<P extends Page<T>, T = P["data"][number]>
+  implements PromiseLike<WithRequestId<P>>, AsyncIterable<T>
+{
   private first: Promise<WithRequestId<P>> | undefined;
   private readonly fetchPage: (after: string | undefined) => Promise<WithRequestId<P>>;
 

@@ -17,7 +17,9 @@ export interface ServerSentEvent {
 
 /** Parses a server-sent event stream; comment lines (keep-alives) are skipped. */
 export async function* readServerSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<ServerSentEvent> {
-  const reader = body.pipeThrough(new TextDecoderStream() as unknown as TransformStream<Uint8Array, string>).getReader();
+  const reader = body
+    .pipeThrough(new TextDecoderStream() as unknown as TransformStream<Uint8Array, string>)
+    .getReader();
   let buffer = "";
   try {
     for (;;) {
@@ -78,10 +80,18 @@ export async function* followServerSentEvents(
       }
     } catch (err) {
       if (err instanceof APIError || err instanceof APIUserAbortError || opts.signal?.aborted) throw err;
-      if (failures >= maxRetries) throw err instanceof APIConnectionError ? err : new APIConnectionError(`the event stream ${path} broke: ${(err as Error).message}`, { cause: err });
+      if (failures >= maxRetries)
+        throw err instanceof APIConnectionError
+          ? err
+          : new APIConnectionError(`the event stream ${path} broke: ${(err as Error).message}`, { cause: err });
     }
     // The stream ended before its last event: the connection dropped, or a proxy closed it.
-    if (failures++ >= maxRetries) throw new APIConnectionError(`the event stream ${path} ended before its last event, ${maxRetries} reconnects did not finish it`);
-    await new Promise((r) => setTimeout(r, serverDelay ?? retryDelayMs(failures - 1, undefined, { baseMs: 250, maxMs: 5_000 })));
+    if (failures++ >= maxRetries)
+      throw new APIConnectionError(
+        `the event stream ${path} ended before its last event, ${maxRetries} reconnects did not finish it`,
+      );
+    await new Promise((r) =>
+      setTimeout(r, serverDelay ?? retryDelayMs(failures - 1, undefined, { baseMs: 250, maxMs: 5_000 })),
+    );
   }
 }

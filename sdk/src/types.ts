@@ -25,7 +25,9 @@ export type ApiKey = z.infer<typeof Keys.ApiKey>;
 export type CreatedApiKey = z.infer<typeof Keys.CreatedApiKey>;
 export type CreateKeyParams = z.input<typeof Keys.CreateKeyBody>;
 /** The server's error body; `type` stays open: the SDK adds its own (`storage_error`) and a newer server may add more. */
-export type ErrorBody = { error: Omit<ContractErrorBody["error"], "type"> & { type: ContractErrorBody["error"]["type"] | (string & {}) } };
+export type ErrorBody = {
+  error: Omit<ContractErrorBody["error"], "type"> & { type: ContractErrorBody["error"]["type"] | (string & {}) };
+};
 export type List<T> = { object: "list"; data: T[] };
 export type WebhookSecret = z.infer<typeof Webhooks.WebhookSecret>;
 export type WebhookDelivery = z.infer<typeof Webhooks.WebhookDelivery>;

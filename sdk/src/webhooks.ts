@@ -34,7 +34,9 @@ function keyBytes(secret: string): Uint8Array<ArrayBuffer> {
 }
 
 async function signature(secret: string, id: string, timestamp: string, payload: string): Promise<string> {
-  const key = await crypto.subtle.importKey("raw", keyBytes(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  const key = await crypto.subtle.importKey("raw", keyBytes(secret), { name: "HMAC", hash: "SHA-256" }, false, [
+    "sign",
+  ]);
   const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, encoder.encode(`${id}.${timestamp}.${payload}`)));
   return btoa(String.fromCharCode(...mac));
 }
@@ -51,14 +53,22 @@ function sameString(a: string, b: string): boolean {
  * Checks a delivery and returns its parsed body; throws WebhookVerificationError when a header is missing, the
  * timestamp is more than 5 minutes off, or no `v1` signature matches. `payload` must be the raw body, unparsed.
  */
-export async function verifyWebhook<T = unknown>(payload: string | Uint8Array, headers: WebhookHeaders, secret: string, now = Date.now()): Promise<T> {
+export async function verifyWebhook<T = unknown>(
+  payload: string | Uint8Array,
+  headers: WebhookHeaders,
+  secret: string,
+  now = Date.now(),
+): Promise<T> {
   const body = typeof payload === "string" ? payload : new TextDecoder().decode(payload);
   const id = header(headers, "webhook-id");
   const timestamp = header(headers, "webhook-timestamp");
   const signatures = header(headers, "webhook-signature");
   const seconds = Number(timestamp);
   if (!/^\d+$/.test(timestamp)) throw new WebhookVerificationError("the webhook-timestamp header is not unix seconds");
-  if (Math.abs(now / 1000 - seconds) > WEBHOOK_TOLERANCE_SECONDS) throw new WebhookVerificationError("the webhook timestamp is more than 5 minutes off: a stale or replayed delivery");
+  if (Math.abs(now / 1000 - seconds) > WEBHOOK_TOLERANCE_SECONDS)
+    throw new WebhookVerificationError(
+      "the webhook timestamp is more than 5 minutes off: a stale or replayed delivery",
+    );
   const expected = await signature(secret, id, timestamp, body);
   const matches = signatures.split(" ").some((s) => {
     const [version, sig] = s.split(",", 2);
@@ -73,9 +83,18 @@ export async function verifyWebhook<T = unknown>(payload: string | Uint8Array, h
 }
 
 /** The three headers a delivery of `payload` carries, signed with `secret` (for tests and local receivers). */
-export async function signWebhook(payload: string, secret: string, id: string, now = Date.now()): Promise<Record<"webhook-id" | "webhook-timestamp" | "webhook-signature", string>> {
+export async function signWebhook(
+  payload: string,
+  secret: string,
+  id: string,
+  now = Date.now(),
+): Promise<Record<"webhook-id" | "webhook-timestamp" | "webhook-signature", string>> {
   const timestamp = String(Math.floor(now / 1000));
-  return { "webhook-id": id, "webhook-timestamp": timestamp, "webhook-signature": `v1,${await signature(secret, id, timestamp, payload)}` };
+  return {
+    "webhook-id": id,
+    "webhook-timestamp": timestamp,
+    "webhook-signature": `v1,${await signature(secret, id, timestamp, payload)}`,
+  };
 }
 
 export class Webhooks {
@@ -100,10 +119,18 @@ export class Webhooks {
 
   /** Recent deliveries. */
   deliveries(opts: RequestOptions = {}): PagePromise<List<WebhookDelivery>> {
-    return new PagePromise(async () => (await this.core.request<List<WebhookDelivery>>("GET", "/v1/webhooks/deliveries", opts)).data);
+    return new PagePromise(
+      async () => (await this.core.request<List<WebhookDelivery>>("GET", "/v1/webhooks/deliveries", opts)).data,
+    );
   }
 
   async redeliver(id: string, opts: RequestOptions = {}): Promise<WebhookDelivery> {
-    return (await this.core.request<WebhookDelivery>("POST", `/v1/webhooks/deliveries/${encodeURIComponent(id)}/redeliver`, opts)).data;
+    return (
+      await this.core.request<WebhookDelivery>(
+        "POST",
+        `/v1/webhooks/deliveries/${encodeURIComponent(id)}/redeliver`,
+        opts,
+      )
+    ).data;
   }
 }

@@ -20,7 +20,9 @@ beforeAll(async () => {
     const path = req.url!.split("?")[0]!;
     const next = script.get(path)?.shift() ?? { status: 200, body: { ok: true } };
     if (next.status === 0) return req.socket.destroy(); // the connection drops
-    res.writeHead(next.status, { "content-type": "application/json", ...next.headers }).end(JSON.stringify(next.body ?? {}));
+    res
+      .writeHead(next.status, { "content-type": "application/json", ...next.headers })
+      .end(JSON.stringify(next.body ?? {}));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
@@ -28,7 +30,9 @@ beforeAll(async () => {
 afterAll(() => server.close());
 
 const client = (o: Record<string, unknown> = {}) => new ImageGen({ apiKey: "igk_test", baseURL: base, ...o });
-const error = (code: string, status: number) => ({ error: { type: "x", code, message: `${code} happened`, param: "id", request_id: `req_${status}` } });
+const error = (code: string, status: number) => ({
+  error: { type: "x", code, message: `${code} happened`, param: "id", request_id: `req_${status}` },
+});
 
 describe("SDK core", () => {
   it("retries 5xx and honours Retry-After, keeping one Idempotency-Key for a POST", async () => {
@@ -51,11 +55,16 @@ describe("SDK core", () => {
   it("maps statuses to error classes carrying code, param and request id; 4xx are not retried", async () => {
     seen.length = 0;
     script.set("/v1/generations/gen_x", [{ status: 404, body: error("resource_not_found", 404) }]);
-    const err = await client().generations.get("gen_x").catch((e) => e);
+    const err = await client()
+      .generations.get("gen_x")
+      .catch((e) => e);
     expect(err).toBeInstanceOf(NotFoundError);
     expect(err).toMatchObject({ status: 404, code: "resource_not_found", param: "id", requestId: "req_404" });
     expect(seen).toHaveLength(1);
-    script.set("/v1/models", [0, 1, 2].map(() => ({ status: 429, headers: { "retry-after": "0" }, body: error("rate_limit_exceeded", 429) })));
+    script.set(
+      "/v1/models",
+      [0, 1, 2].map(() => ({ status: 429, headers: { "retry-after": "0" }, body: error("rate_limit_exceeded", 429) })),
+    );
     await expect(client({ maxRetries: 2 }).models.list()).rejects.toBeInstanceOf(RateLimitError);
   });
 
@@ -66,7 +75,9 @@ describe("SDK core", () => {
     await new Promise<void>((r) => slow.listen(0, "127.0.0.1", r));
     const url = `http://127.0.0.1:${(slow.address() as { port: number }).port}`;
     const t = Date.now();
-    await expect(new ImageGen({ apiKey: "k", baseURL: url, timeout: 300, maxRetries: 0 }).models.list()).rejects.toBeInstanceOf(APIConnectionError);
+    await expect(
+      new ImageGen({ apiKey: "k", baseURL: url, timeout: 300, maxRetries: 0 }).models.list(),
+    ).rejects.toBeInstanceOf(APIConnectionError);
     expect(Date.now() - t).toBeLessThan(3_000);
     slow.closeAllConnections();
     slow.close();

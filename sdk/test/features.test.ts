@@ -34,10 +34,16 @@ afterAll(() => {
   server.closeAllConnections();
   server.close();
 });
-const client = (o: Record<string, unknown> = {}) => new ImageGen({ apiKey: "igk_test", baseURL: base, maxRetries: 0, ...o });
+const client = (o: Record<string, unknown> = {}) =>
+  new ImageGen({ apiKey: "igk_test", baseURL: base, maxRetries: 0, ...o });
 const json = (res: ServerResponse, status: number, body: unknown, requestId = "req_abc12345") =>
   res.writeHead(status, { "content-type": "application/json", "x-request-id": requestId }).end(JSON.stringify(body));
-const gen = (status: string, step: number) => ({ id: "gen_1", object: "generation", status, progress: { step, total: 4 } });
+const gen = (status: string, step: number) => ({
+  id: "gen_1",
+  object: "generation",
+  status,
+  progress: { step, total: 4 },
+});
 
 describe("generations.stream", () => {
   it("reconnects with Last-Event-ID after a dropped connection and loses no event", async () => {
@@ -51,7 +57,8 @@ describe("generations.stream", () => {
       const from = lastId ? Number(lastId) + 1 : 0;
       // The first connection drops after two events, the second after one more; the third runs to the end.
       const upTo = lastEventIds.length === 1 ? 2 : lastEventIds.length === 2 ? 3 : states.length;
-      for (let i = from; i < upTo; i++) res.write(`id: ${i}\nevent: generation\ndata: ${JSON.stringify(states[i])}\n\n`);
+      for (let i = from; i < upTo; i++)
+        res.write(`id: ${i}\nevent: generation\ndata: ${JSON.stringify(states[i])}\n\n`);
       if (upTo < states.length) setTimeout(() => res.socket?.destroy(), 20);
       else res.end();
     });
@@ -68,7 +75,14 @@ describe("generations.stream", () => {
     let calls = 0;
     routes.set("GET /v1/generations/gen_other/events", (_req, res) => {
       calls++;
-      json(res, 404, { error: { type: "not_found_error", code: "resource_not_found", message: "No generation 'gen_other'.", request_id: "req_404404404" } });
+      json(res, 404, {
+        error: {
+          type: "not_found_error",
+          code: "resource_not_found",
+          message: "No generation 'gen_other'.",
+          request_id: "req_404404404",
+        },
+      });
     });
     const err = await (async () => {
       for await (const _ of client().generations.stream("gen_other"));
@@ -87,22 +101,34 @@ describe("webhooks.verify (Standard Webhooks)", () => {
   it("accepts what the official signer signs, and the official verifier accepts ours", async () => {
     const now = new Date();
     const sig = official.sign("msg_1", now, payload);
-    const headers = { "webhook-id": "msg_1", "webhook-timestamp": String(Math.floor(now.getTime() / 1000)), "webhook-signature": sig };
+    const headers = {
+      "webhook-id": "msg_1",
+      "webhook-timestamp": String(Math.floor(now.getTime() / 1000)),
+      "webhook-signature": sig,
+    };
     await expect(client().webhooks.verify(payload, headers, secret)).resolves.toEqual(JSON.parse(payload));
-    await expect(verifyWebhook(new TextEncoder().encode(payload), new Headers(headers), secret)).resolves.toMatchObject({ type: "generation.succeeded" });
+    await expect(verifyWebhook(new TextEncoder().encode(payload), new Headers(headers), secret)).resolves.toMatchObject(
+      { type: "generation.succeeded" },
+    );
     const ours = await signWebhook(payload, secret, "msg_2");
     expect(official.verify(payload, ours)).toEqual(JSON.parse(payload));
   });
 
   it("refuses a stale timestamp, a wrong signature, a changed body and missing headers", async () => {
     const stale = new Date(Date.now() - 6 * 60_000);
-    const headers = { "webhook-id": "msg_1", "webhook-timestamp": String(Math.floor(stale.getTime() / 1000)), "webhook-signature": official.sign("msg_1", stale, payload) };
+    const headers = {
+      "webhook-id": "msg_1",
+      "webhook-timestamp": String(Math.floor(stale.getTime() / 1000)),
+      "webhook-signature": official.sign("msg_1", stale, payload),
+    };
     await expect(verifyWebhook(payload, headers, secret)).rejects.toThrow(/5 minutes/);
     const fresh = await signWebhook(payload, secret, "msg_1");
     const wrong = await signWebhook(payload, `whsec_${Buffer.from("another secret").toString("base64")}`, "msg_1");
     await expect(verifyWebhook(payload, wrong, secret)).rejects.toBeInstanceOf(WebhookVerificationError);
     await expect(verifyWebhook(`${payload} `, fresh, secret)).rejects.toThrow(/no webhook signature/);
-    await expect(verifyWebhook(payload, { ...fresh, "webhook-id": "msg_2" }, secret)).rejects.toThrow(/no webhook signature/);
+    await expect(verifyWebhook(payload, { ...fresh, "webhook-id": "msg_2" }, secret)).rejects.toThrow(
+      /no webhook signature/,
+    );
     await expect(verifyWebhook(payload, { "webhook-id": "msg_1" }, secret)).rejects.toThrow(/webhook-timestamp/);
   });
 
@@ -113,7 +139,9 @@ describe("webhooks.verify (Standard Webhooks)", () => {
     const both = { ...a, "webhook-signature": `${a["webhook-signature"]} v2,junk ${b["webhook-signature"]}` };
     await expect(verifyWebhook(payload, both, secret)).resolves.toBeTruthy();
     await expect(verifyWebhook(payload, both, old)).resolves.toBeTruthy();
-    await expect(verifyWebhook(payload, both, `whsec_${Buffer.from("neither").toString("base64")}`)).rejects.toBeInstanceOf(WebhookVerificationError);
+    await expect(
+      verifyWebhook(payload, both, `whsec_${Buffer.from("neither").toString("base64")}`),
+    ).rejects.toBeInstanceOf(WebhookVerificationError);
   });
 });
 
@@ -124,7 +152,9 @@ describe("errors, timeouts and request ids", () => {
     expect(model._request_id).toBe("req_model0001");
     expect(JSON.parse(JSON.stringify(model))).toEqual({ id: "m1", object: "model" });
     routes.set("GET /v1/models/m2", (_req, res) => res.writeHead(500, { "x-request-id": "req_boom0001" }).end("oops"));
-    const err = await client().models.get("m2").catch((e) => e);
+    const err = await client()
+      .models.get("m2")
+      .catch((e) => e);
     expect(err.requestId).toBe("req_boom0001");
   });
 
@@ -139,20 +169,37 @@ describe("errors, timeouts and request ids", () => {
     expect(Date.now() - t).toBeLessThan(2_000);
     const controller = new AbortController();
     setTimeout(() => controller.abort(), 100);
-    const aborted = await client().models.list({ signal: controller.signal }).catch((e) => e);
+    const aborted = await client()
+      .models.list({ signal: controller.signal })
+      .catch((e) => e);
     expect(aborted).toBeInstanceOf(APIUserAbortError);
     expect(aborted).not.toBeInstanceOf(APITimeoutError);
   });
 
   it("names a wrong base URL or a wrong key in a typed error", async () => {
-    const nowhere = await client({ baseURL: "http://127.0.0.1:9" }).models.list().catch((e) => e);
+    const nowhere = await client({ baseURL: "http://127.0.0.1:9" })
+      .models.list()
+      .catch((e) => e);
     expect(nowhere).toBeInstanceOf(APIConnectionError);
     expect(nowhere.message).toContain("http://127.0.0.1:9");
-    const notTheApi = await client({ baseURL: `${base}/elsewhere` }).keys.list().catch((e) => e);
+    const notTheApi = await client({ baseURL: `${base}/elsewhere` })
+      .keys.list()
+      .catch((e) => e);
     expect(notTheApi).toBeInstanceOf(NotFoundError);
     expect(notTheApi.message).toMatch(/base URL/);
-    routes.set("GET /v1/keys", (_req, res) => json(res, 401, { error: { type: "authentication_error", code: "invalid_api_key", message: "Invalid API key.", request_id: "req_401401401" } }));
-    const badKey = await client().keys.list().catch((e) => e);
+    routes.set("GET /v1/keys", (_req, res) =>
+      json(res, 401, {
+        error: {
+          type: "authentication_error",
+          code: "invalid_api_key",
+          message: "Invalid API key.",
+          request_id: "req_401401401",
+        },
+      }),
+    );
+    const badKey = await client()
+      .keys.list()
+      .catch((e) => e);
     expect(badKey).toBeInstanceOf(AuthenticationError);
     expect(badKey.message).toMatch(/API key/);
   });
@@ -193,21 +240,35 @@ describe("addons.upload", () => {
     routes.set("POST /v1/addons", (_req, res, body) => {
       const asked = JSON.parse(body.toString());
       expect(asked.size_bytes).toBe(file.byteLength);
-      json(res, 201, { addon: { id: "addon_1", latest_version: 1 }, version: { version: 1 }, upload: { url: `${base}/storage/addon_1`, method: "PUT", headers: { "content-type": "application/octet-stream" } } });
+      json(res, 201, {
+        addon: { id: "addon_1", latest_version: 1 },
+        version: { version: 1 },
+        upload: {
+          url: `${base}/storage/addon_1`,
+          method: "PUT",
+          headers: { "content-type": "application/octet-stream" },
+        },
+      });
     });
     routes.set("PUT /storage/addon_1", (req, res, body) => {
       stored = body;
       contentLength = req.headers["content-length"];
       res.writeHead(200).end();
     });
-    routes.set("POST /v1/addons/addon_1/versions/1/finalize", (_req, res) => json(res, 200, { version: 1, status: "ready" }));
+    routes.set("POST /v1/addons/addon_1/versions/1/finalize", (_req, res) =>
+      json(res, 200, { version: 1, status: "ready" }),
+    );
     const fetched: string[] = [];
     const customFetch: typeof fetch = (input, init) => {
       fetched.push(`${init?.method ?? "GET"} ${new URL(String(input)).pathname}`);
       return fetch(input, init);
     };
     const progress: number[] = [];
-    const { version } = await client({ fetch: customFetch }).addons.upload(file, { kind: "lora", name: "x", family: "tiny-shapes" }, { onProgress: (p) => progress.push(p.loaded) });
+    const { version } = await client({ fetch: customFetch }).addons.upload(
+      file,
+      { kind: "lora", name: "x", family: "tiny-shapes" },
+      { onProgress: (p) => progress.push(p.loaded) },
+    );
     expect(version.status).toBe("ready");
     expect(fetched).toEqual(["POST /v1/addons", "PUT /storage/addon_1", "POST /v1/addons/addon_1/versions/1/finalize"]);
     expect(Buffer.compare(stored!, Buffer.from(file))).toBe(0);

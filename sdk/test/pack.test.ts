@@ -12,10 +12,13 @@ const sdk = resolve(import.meta.dirname, "..");
 const root = resolve(sdk, "..");
 const node22 = join(root, "node_modules/node/bin/node");
 // The system Node (20 here); npm scripts put the project's Node 22 first on PATH, so it is named by path.
-const node20 = ["/usr/bin/node", "/usr/local/bin/node"].find((p) => existsSync(p) && execFileSync(p, ["-v"], { encoding: "utf8" }).startsWith("v20."));
+const node20 = ["/usr/bin/node", "/usr/local/bin/node"].find(
+  (p) => existsSync(p) && execFileSync(p, ["-v"], { encoding: "utf8" }).startsWith("v20."),
+);
 const work = mkdtempSync(join(tmpdir(), "imagegen-sdk-pack-"));
 const consumer = join(work, "consumer");
-const npm = (args: string[], cwd: string) => execFileSync("npm", args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+const npm = (args: string[], cwd: string) =>
+  execFileSync("npm", args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 
 const script = `
 import { ImageGen, APITimeoutError, APIConnectionError, verifyWebhook, signWebhook } from "@imagegen/sdk";
@@ -58,7 +61,19 @@ beforeAll(() => {
   writeFileSync(join(consumer, "typed.ts"), typed);
   writeFileSync(
     join(consumer, "tsconfig.json"),
-    JSON.stringify({ compilerOptions: { target: "ES2022", lib: ["ES2022", "DOM", "DOM.AsyncIterable"], module: "NodeNext", moduleResolution: "NodeNext", strict: true, noEmit: true, skipLibCheck: false, types: [] }, files: ["typed.ts"] }),
+    JSON.stringify({
+      compilerOptions: {
+        target: "ES2022",
+        lib: ["ES2022", "DOM", "DOM.AsyncIterable"],
+        module: "NodeNext",
+        moduleResolution: "NodeNext",
+        strict: true,
+        noEmit: true,
+        skipLibCheck: false,
+        types: [],
+      },
+      files: ["typed.ts"],
+    }),
   );
 }, 180_000);
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -73,11 +88,19 @@ describe("the packed SDK", () => {
     expect(files.filter((f) => !/^(dist\/.*\.(js|d\.ts)|package\.json|README\.md)$/.test(f))).toEqual([]);
   });
 
-  for (const [name, binary] of [["Node 20", node20], ["Node 22", node22]] as const) {
+  for (const [name, binary] of [
+    ["Node 20", node20],
+    ["Node 22", node22],
+  ] as const) {
     it.skipIf(!binary)(`imports and runs on ${name}`, () => {
       const out = JSON.parse(execFileSync(binary!, ["main.mjs"], { cwd: consumer, encoding: "utf8" }));
       expect(out.node.startsWith(name === "Node 20" ? "v20." : "v22.")).toBe(true);
-      expect(out).toMatchObject({ event: { type: "generation.succeeded" }, retryable: true, connection: true, timeoutClass: "function" });
+      expect(out).toMatchObject({
+        event: { type: "generation.succeeded" },
+        retryable: true,
+        connection: true,
+        timeoutClass: "function",
+      });
     });
   }
 

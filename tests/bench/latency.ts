@@ -13,8 +13,16 @@ const N = Number(process.env.ROUNDS ?? 10);
 const stack = await startStack({ runners: 1 });
 try {
   const models = stack.models;
-  const model = models.includes("tiny-shapes-lcm") ? "tiny-shapes-lcm" : models.find((m) => m.endsWith("-lcm")) ?? stack.defaultModel;
-  const body = (seed: number) => ({ model, prompt: "a large red circle on the left, blue background", sampler: "lcm", steps: 4, seed });
+  const model = models.includes("tiny-shapes-lcm")
+    ? "tiny-shapes-lcm"
+    : (models.find((m) => m.endsWith("-lcm")) ?? stack.defaultModel);
+  const body = (seed: number) => ({
+    model,
+    prompt: "a large red circle on the left, blue background",
+    sampler: "lcm",
+    steps: 4,
+    seed,
+  });
   await api(stack, "POST", "/v1/generations", stack.apiKey, body(0), { prefer: "wait=60" }); // warm-up: sessions load
   const rows: Array<{ client: number; download: number; t: Record<string, number> }> = [];
   for (let i = 1; i <= N; i++) {
@@ -45,7 +53,9 @@ try {
 
 Model \`${model}\`${model.includes("random") ? " (randomly initialised test bundle: the trained LCM model is not exported yet; timings only)" : ""}; whole local stack
 (wrangler dev + local R2 + one runner, 1 worker, 1 thread) on 127.0.0.1; ${N} sequential requests with \`Prefer: wait=60\` after a warm-up;
-medians. Load average at the end ${loadavg().map((l) => l.toFixed(2)).join(" / ")} (other work on the machine raises it).
+medians. Load average at the end ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" / ")} (other work on the machine raises it).
 Command: \`npm run bench -w tests\`.
 
 | stage | median ms |

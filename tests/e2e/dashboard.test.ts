@@ -12,11 +12,22 @@ let browser: Browser;
 
 beforeAll(async () => {
   // A browser test that cannot run fails: .ci/run installs Debian's chromium.
-  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (as .ci/run does)`);
+  if (!existsSync(CHROMIUM))
+    throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (as .ci/run does)`);
   stack = await startStack({ runners: 1 });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"],
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      "--disable-quic",
+      "--disable-dev-shm-usage",
+    ],
   });
 });
 afterAll(async () => {
@@ -42,11 +53,14 @@ describe("dashboard, in a real browser", () => {
     await page.fill("#seed", "7");
     await page.click("#generate");
     await page.waitForSelector("#gen-status:has-text('succeeded')", { timeout: 60_000 });
-    const width = await page.locator("#gen-images img").first().evaluate(async (el) => {
-      const image = el as unknown as { decode(): Promise<void>; naturalWidth: number };
-      await image.decode();
-      return image.naturalWidth;
-    });
+    const width = await page
+      .locator("#gen-images img")
+      .first()
+      .evaluate(async (el) => {
+        const image = el as unknown as { decode(): Promise<void>; naturalWidth: number };
+        await image.decode();
+        return image.naturalWidth;
+      });
     expect(width).toBe(64);
     await page.waitForSelector("#jobs tr .status-succeeded");
 
@@ -60,8 +74,14 @@ describe("dashboard, in a real browser", () => {
     writeFileSync(
       file,
       encodeSafetensors({
-        [`${prefix}.lora_down.weight`]: { shape: [2, t.in_features], data: new Float32Array(2 * t.in_features).fill(0.05) },
-        [`${prefix}.lora_up.weight`]: { shape: [t.out_features, 2], data: new Float32Array(2 * t.out_features).fill(0.05) },
+        [`${prefix}.lora_down.weight`]: {
+          shape: [2, t.in_features],
+          data: new Float32Array(2 * t.in_features).fill(0.05),
+        },
+        [`${prefix}.lora_up.weight`]: {
+          shape: [t.out_features, 2],
+          data: new Float32Array(2 * t.out_features).fill(0.05),
+        },
       }),
     );
     await page.setInputFiles("#addon-file", file);

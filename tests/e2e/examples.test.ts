@@ -14,14 +14,23 @@ beforeAll(async () => {
 afterAll(() => stack?.stop());
 
 async function run(example: string): Promise<Record<string, unknown>> {
-  const env = { ...process.env, IMAGEGEN_BASE_URL: stack.edgeUrl, IMAGEGEN_API_KEY: stack.apiKey, IMAGEGEN_MODEL: stack.defaultModel };
+  const env = {
+    ...process.env,
+    IMAGEGEN_BASE_URL: stack.edgeUrl,
+    IMAGEGEN_API_KEY: stack.apiKey,
+    IMAGEGEN_MODEL: stack.defaultModel,
+  };
   const { stdout } = await promisify(execFile)(process.execPath, [join(examples, example)], { env, timeout: 150_000 });
   return JSON.parse(stdout.trim().split("\n").at(-1)!);
 }
 
 describe("examples/ts", () => {
   it("generate.ts draws an image", async () => {
-    expect(await run("generate.ts")).toMatchObject({ status: "succeeded", url: expect.stringMatching(/^http/), request_id: expect.any(String) });
+    expect(await run("generate.ts")).toMatchObject({
+      status: "succeeded",
+      url: expect.stringMatching(/^http/),
+      request_id: expect.any(String),
+    });
   });
 
   it("two-loras.ts stacks two LoRAs on one generation", async () => {
@@ -31,7 +40,11 @@ describe("examples/ts", () => {
   });
 
   it("upload-addon.ts uploads a LoRA with progress and draws with it", async () => {
-    expect(await run("upload-addon.ts")).toMatchObject({ status: "ready", version: 1, generation: expect.stringMatching(/^gen_/) });
+    expect(await run("upload-addon.ts")).toMatchObject({
+      status: "ready",
+      version: 1,
+      generation: expect.stringMatching(/^gen_/),
+    });
   });
 
   it("stream-progress.ts follows a generation to its end over SSE", async () => {
@@ -41,6 +54,10 @@ describe("examples/ts", () => {
   });
 
   it("verify-webhook.ts receives a delivery and verifies its Standard Webhooks signature", async () => {
-    expect(await run("verify-webhook.ts")).toMatchObject({ verified: true, type: expect.stringMatching(/^generation\./), status: "succeeded" });
+    expect(await run("verify-webhook.ts")).toMatchObject({
+      verified: true,
+      type: expect.stringMatching(/^generation\./),
+      status: "succeeded",
+    });
   });
 });

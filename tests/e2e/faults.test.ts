@@ -18,16 +18,30 @@ const model = () => stack.defaultModel;
 describe("faults", () => {
   it("a runner killed mid-job: the job is requeued and finishes on another runner, once", async () => {
     const doomed = await spawnRunner(stack, "doomed");
-    const job = await api(stack, "POST", "/v1/generations", stack.apiKey, { model: model(), prompt: "a large red circle", sampler: "ddim", steps: 200, n: 4, seed: 5 });
+    const job = await api(stack, "POST", "/v1/generations", stack.apiKey, {
+      model: model(),
+      prompt: "a large red circle",
+      sampler: "ddim",
+      steps: 200,
+      n: 4,
+      seed: 5,
+    });
     expect(job.status).toBe(202);
-    await waitFor("the job to start", async () => (await api(stack, "GET", `/v1/generations/${job.body.id}`, stack.apiKey)).body.status === "running");
+    await waitFor(
+      "the job to start",
+      async () => (await api(stack, "GET", `/v1/generations/${job.body.id}`, stack.apiKey)).body.status === "running",
+    );
     doomed.kill("SIGKILL");
     const survivor = await spawnRunner(stack, "survivor");
     try {
-      const done = await waitFor("the job to finish", async () => {
-        const r = await api(stack, "GET", `/v1/generations/${job.body.id}`, stack.apiKey);
-        return ["succeeded", "failed"].includes(r.body.status) && r.body;
-      }, 90_000);
+      const done = await waitFor(
+        "the job to finish",
+        async () => {
+          const r = await api(stack, "GET", `/v1/generations/${job.body.id}`, stack.apiKey);
+          return ["succeeded", "failed"].includes(r.body.status) && r.body;
+        },
+        90_000,
+      );
       expect(done.status).toBe("succeeded");
       expect(done.attempts).toBe(2);
       expect(done.images).toHaveLength(4);
@@ -43,23 +57,46 @@ describe("faults", () => {
     const target = manifest.body.spec.lora_targets[0];
     const module = `lora_unet_${target.module.replace(/\./g, "_")}`;
     const file = encodeSafetensors({
-      [`${module}.lora_down.weight`]: { shape: [2, target.in_features], data: new Float32Array(2 * target.in_features).fill(0.1) },
-      [`${module}.lora_up.weight`]: { shape: [target.out_features, 2], data: new Float32Array(2 * target.out_features).fill(0.1) },
+      [`${module}.lora_down.weight`]: {
+        shape: [2, target.in_features],
+        data: new Float32Array(2 * target.in_features).fill(0.1),
+      },
+      [`${module}.lora_up.weight`]: {
+        shape: [target.out_features, 2],
+        data: new Float32Array(2 * target.out_features).fill(0.1),
+      },
     });
     const sha256 = createHash("sha256").update(file).digest("hex");
-    const up = await api(stack, "POST", "/v1/addons", stack.apiKey, { kind: "lora", name: "e2e-style", family: manifest.body.family, size_bytes: file.byteLength, sha256 });
+    const up = await api(stack, "POST", "/v1/addons", stack.apiKey, {
+      kind: "lora",
+      name: "e2e-style",
+      family: manifest.body.family,
+      size_bytes: file.byteLength,
+      sha256,
+    });
     expect(up.status, JSON.stringify(up.body)).toBe(201);
-    const put = (body: Uint8Array, type = "application/octet-stream") => fetch(up.body.upload.url, { method: "PUT", body, headers: { "content-type": type } });
+    const put = (body: Uint8Array, type = "application/octet-stream") =>
+      fetch(up.body.upload.url, { method: "PUT", body, headers: { "content-type": type } });
     expect((await put(file.subarray(0, file.byteLength - 10))).status).toBe(403);
     expect((await put(file, "text/plain")).status).toBe(403);
-    expect((await api(stack, "POST", `/v1/addons/${up.body.addon.id}/versions/1/finalize`, stack.apiKey)).body.error.code).toBe("upload_missing");
+    expect(
+      (await api(stack, "POST", `/v1/addons/${up.body.addon.id}/versions/1/finalize`, stack.apiKey)).body.error.code,
+    ).toBe("upload_missing");
     expect((await put(file)).status).toBe(200);
     const fin = await api(stack, "POST", `/v1/addons/${up.body.addon.id}/versions/1/finalize`, stack.apiKey);
     expect(fin.body).toMatchObject({ status: "ready", details: { layers: 1, rank: 2 } });
 
     const bad = new TextEncoder().encode("definitely not safetensors");
-    const up2 = await api(stack, "POST", "/v1/addons", stack.apiKey, { kind: "lora", name: "e2e-broken", family: manifest.body.family, size_bytes: bad.byteLength, sha256: createHash("sha256").update(bad).digest("hex") });
-    expect((await fetch(up2.body.upload.url, { method: "PUT", body: bad, headers: up2.body.upload.headers })).status).toBe(200);
+    const up2 = await api(stack, "POST", "/v1/addons", stack.apiKey, {
+      kind: "lora",
+      name: "e2e-broken",
+      family: manifest.body.family,
+      size_bytes: bad.byteLength,
+      sha256: createHash("sha256").update(bad).digest("hex"),
+    });
+    expect(
+      (await fetch(up2.body.upload.url, { method: "PUT", body: bad, headers: up2.body.upload.headers })).status,
+    ).toBe(200);
     const rejected = await api(stack, "POST", `/v1/addons/${up2.body.addon.id}/versions/1/finalize`, stack.apiKey);
     expect(rejected.body.status).toBe("rejected");
     expect(rejected.body.rejection_reason).toMatch(/Not a valid safetensors file/);

@@ -20,7 +20,9 @@ describe("the runner's container image", () => {
     const script = JSON.parse(`[${entry}]`)[1] as string;
     expect(existsSync(join(root, script))).toBe(true);
     const serve = read(script);
-    for (const name of [...dockerfile.matchAll(/^\s+(?:ENV )?([A-Z_]+)=/gm)].map((m) => m[1]!).filter((n) => n !== "NODE_ENV")) {
+    for (const name of [...dockerfile.matchAll(/^\s+(?:ENV )?([A-Z_]+)=/gm)]
+      .map((m) => m[1]!)
+      .filter((n) => n !== "NODE_ENV")) {
       expect(serve, `${name} is set in the image but never read`).toContain(`process.env.${name}`);
     }
     expect(dockerfile).toMatch(/EXECUTION_PROVIDERS=cuda,cpu/);

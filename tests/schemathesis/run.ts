@@ -88,7 +88,9 @@ try {
 }
 
 /** The summary schemathesis prints last (operations, test cases, failures), kept verbatim in the report. */
-const summary = output.slice(Math.max(0, output.lastIndexOf("=== SUMMARY") >= 0 ? output.lastIndexOf("=== SUMMARY") : output.length - 4000)).trim();
+const summary = output
+  .slice(Math.max(0, output.lastIndexOf("=== SUMMARY") >= 0 ? output.lastIndexOf("=== SUMMARY") : output.length - 4000))
+  .trim();
 const cases = (output.match(/(\d+) generated/) ?? [])[1];
 if (!opts["no-report"]) {
   const path = join(root, "tests/schemathesis/REPORT.md");

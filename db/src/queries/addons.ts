@@ -15,7 +15,10 @@ const visibleTo = (tenantId: string) =>
 
 /** Inserts an add-on with its first version (or with none: uploads add theirs with `addVersion`). */
 export async function insertAddonWithVersion(db: Db, addon: NewAddon, versions: NewAddonVersion[]) {
-  const [a, ...v] = await db.batch([db.insert(addons).values(addon).returning(), ...versions.map((x) => db.insert(addonVersions).values(x).returning())]);
+  const [a, ...v] = await db.batch([
+    db.insert(addons).values(addon).returning(),
+    ...versions.map((x) => db.insert(addonVersions).values(x).returning()),
+  ]);
   return { addon: a[0]!, versions: v.map((r) => r[0]!) };
 }
 
@@ -72,10 +75,12 @@ export async function versionsForRefs(db: Db, refs: string[]): Promise<ResolvedA
     .where(
       and(
         isNull(addons.deletedAt),
-        or(...refs.map((r) => {
-          const { id, version } = parseAddonRef(r);
-          return and(eq(addons.id, id), eq(addonVersions.version, version ?? 0));
-        })),
+        or(
+          ...refs.map((r) => {
+            const { id, version } = parseAddonRef(r);
+            return and(eq(addons.id, id), eq(addonVersions.version, version ?? 0));
+          }),
+        ),
       ),
     );
   return rows;
@@ -92,15 +97,24 @@ export async function deleteOwnedAddon(db: Db, tenantId: string, id: string, now
 }
 
 export async function getOwnedAddon(db: Db, tenantId: string, id: string): Promise<Addon | undefined> {
-  return db.query.addons.findFirst({ where: and(eq(addons.id, id), eq(addons.tenantId, tenantId), isNull(addons.deletedAt)) });
+  return db.query.addons.findFirst({
+    where: and(eq(addons.id, id), eq(addons.tenantId, tenantId), isNull(addons.deletedAt)),
+  });
 }
 
 export async function findOwnedByName(db: Db, tenantId: string, name: string): Promise<Addon | undefined> {
-  return db.query.addons.findFirst({ where: and(eq(addons.tenantId, tenantId), eq(addons.name, name), isNull(addons.deletedAt)) });
+  return db.query.addons.findFirst({
+    where: and(eq(addons.tenantId, tenantId), eq(addons.name, name), isNull(addons.deletedAt)),
+  });
 }
 
 /** Adds the next version of an add-on, atomically (one D1 batch): two uploads cannot take the same number. */
-export async function addVersion(db: Db, addonId: string, v: { storageKey: (version: number) => string; sizeBytes: number; sha256: string }, now: number) {
+export async function addVersion(
+  db: Db,
+  addonId: string,
+  v: { storageKey: (version: number) => string; sizeBytes: number; sha256: string },
+  now: number,
+) {
   // The storage key embeds the version number, which only the database knows: compute it in SQL from a template.
   const template = v.storageKey(0).replace(/v0$/, "v");
   const insert = sql`INSERT INTO addon_versions (addon_id, version, status, size_bytes, sha256, storage_key, created_at, updated_at)
@@ -114,7 +128,9 @@ export async function addVersion(db: Db, addonId: string, v: { storageKey: (vers
 }
 
 export async function getVersion(db: Db, addonId: string, version: number): Promise<AddonVersion | undefined> {
-  return db.query.addonVersions.findFirst({ where: and(eq(addonVersions.addonId, addonId), eq(addonVersions.version, version)) });
+  return db.query.addonVersions.findFirst({
+    where: and(eq(addonVersions.addonId, addonId), eq(addonVersions.version, version)),
+  });
 }
 
 export async function listVersions(db: Db, addonId: string): Promise<AddonVersion[]> {
@@ -133,12 +149,20 @@ export async function transitionVersion(
   const [row] = await db
     .update(addonVersions)
     .set({ ...patch, updatedAt: now })
-    .where(and(eq(addonVersions.addonId, addonId), eq(addonVersions.version, version), inArray(addonVersions.status, from)))
+    .where(
+      and(eq(addonVersions.addonId, addonId), eq(addonVersions.version, version), inArray(addonVersions.status, from)),
+    )
     .returning();
   return row;
 }
 
-export async function setVisibility(db: Db, tenantId: string, id: string, visibility: Addon["visibility"], now: number) {
+export async function setVisibility(
+  db: Db,
+  tenantId: string,
+  id: string,
+  visibility: Addon["visibility"],
+  now: number,
+) {
   const [row] = await db
     .update(addons)
     .set({ visibility, updatedAt: now })
@@ -152,7 +176,9 @@ export async function setVisibility(db: Db, tenantId: string, id: string, visibi
  * versions rejected in [from, to). A key another live version still names is kept.
  */
 export async function deadAddonFiles(db: Db, from: number, to: number, limit = 200): Promise<string[]> {
-  const rows = await db.all<{ key: string }>(sql`SELECT DISTINCT v.storage_key AS key FROM addon_versions v JOIN addons a ON a.id = v.addon_id
+  const rows = await db.all<{
+    key: string;
+  }>(sql`SELECT DISTINCT v.storage_key AS key FROM addon_versions v JOIN addons a ON a.id = v.addon_id
     WHERE ((a.deleted_at >= ${from} AND a.deleted_at < ${to}) OR (v.status = 'rejected' AND v.updated_at >= ${from} AND v.updated_at < ${to}))
       AND NOT EXISTS (SELECT 1 FROM addon_versions o JOIN addons oa ON oa.id = o.addon_id
         WHERE o.storage_key = v.storage_key AND oa.deleted_at IS NULL AND o.status != 'rejected')

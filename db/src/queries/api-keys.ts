@@ -7,13 +7,21 @@ export type NewApiKey = typeof apiKeys.$inferInsert;
 
 /** Keys that still authenticate at `now`: not revoked, not expired. They count against the tenant's key cap. */
 const live = (tenantId: string, now: number) =>
-  and(eq(apiKeys.tenantId, tenantId), isNull(apiKeys.revokedAt), or(isNull(apiKeys.expiresAt), gt(apiKeys.expiresAt, now)));
+  and(
+    eq(apiKeys.tenantId, tenantId),
+    isNull(apiKeys.revokedAt),
+    or(isNull(apiKeys.expiresAt), gt(apiKeys.expiresAt, now)),
+  );
 
 /**
  * Inserts a key only while the tenant holds fewer than `maxKeys` live keys, in one statement, so concurrent creates
  * cannot slip past the cap. Undefined when at the cap.
  */
-export async function insertKeyWithinCap(db: Db, key: NewApiKey & { createdAt: number }, maxKeys: number): Promise<ApiKey | undefined> {
+export async function insertKeyWithinCap(
+  db: Db,
+  key: NewApiKey & { createdAt: number },
+  maxKeys: number,
+): Promise<ApiKey | undefined> {
   const under = sql`(SELECT count(*) FROM ${apiKeys} WHERE ${live(key.tenantId, key.createdAt)}) < ${maxKeys}`;
   await db.run(sql`INSERT INTO api_keys (id, tenant_id, user_id, name, prefix, hash, scopes, created_at, expires_at)
     SELECT ${key.id}, ${key.tenantId}, ${key.userId ?? null}, ${key.name}, ${key.prefix}, ${key.hash}, ${JSON.stringify(key.scopes)},

@@ -30,7 +30,11 @@ export type InsertOutcome = { ok: true; job: Job } | { ok: false; reason: "concu
  * Inserts a queued job only if the tenant is under its caps, and counts its images against today's usage,
  * in one transaction: two concurrent creates cannot both slip under a cap.
  */
-export async function insertJobWithinCaps(db: Db, job: NewJob & { createdAt: number }, caps: Caps): Promise<InsertOutcome> {
+export async function insertJobWithinCaps(
+  db: Db,
+  job: NewJob & { createdAt: number },
+  caps: Caps,
+): Promise<InsertOutcome> {
   const day = utcDay(job.createdAt);
   const guard = sql`(SELECT count(*) FROM jobs WHERE tenant_id = ${job.tenantId} AND status IN ('queued', 'running')) < ${caps.maxConcurrentJobs}
     AND coalesce((SELECT images FROM usage_counters WHERE tenant_id = ${job.tenantId} AND day = ${day}), 0) + ${job.imageCount} <= ${caps.maxImagesPerDay}`;
@@ -55,9 +59,20 @@ export async function findByIdempotencyKey(db: Db, tenantId: string, key: string
 }
 
 /** The newest job one API key created since `since` from a body with this hash: what a client's retry resends. */
-export async function findRecentByRequestHash(db: Db, tenantId: string, apiKeyId: string, requestHash: string, since: number): Promise<Job | undefined> {
+export async function findRecentByRequestHash(
+  db: Db,
+  tenantId: string,
+  apiKeyId: string,
+  requestHash: string,
+  since: number,
+): Promise<Job | undefined> {
   return db.query.jobs.findFirst({
-    where: and(eq(jobs.tenantId, tenantId), eq(jobs.apiKeyId, apiKeyId), eq(jobs.requestHash, requestHash), gte(jobs.createdAt, since)),
+    where: and(
+      eq(jobs.tenantId, tenantId),
+      eq(jobs.apiKeyId, apiKeyId),
+      eq(jobs.requestHash, requestHash),
+      gte(jobs.createdAt, since),
+    ),
     orderBy: desc(jobs.createdAt),
   });
 }
@@ -199,7 +214,13 @@ export type LeaseCheck =
   | { ok: false; reason: "not_found" | "lease_lost" | "lease_expired" | "canceled" | "already_finished"; job?: Job };
 
 /** Whether `leaseId` still holds job `id` for runner `runnerId` at `now` (an expired lease not yet swept holds nothing). */
-export async function checkLease(db: Db, id: string, runnerId: string, leaseId: string, now: number): Promise<LeaseCheck> {
+export async function checkLease(
+  db: Db,
+  id: string,
+  runnerId: string,
+  leaseId: string,
+  now: number,
+): Promise<LeaseCheck> {
   const job = await getJobAnyTenant(db, id);
   if (!job) return { ok: false, reason: "not_found" };
   if (job.leaseId !== leaseId || job.leaseOwner !== runnerId) return { ok: false, reason: "lease_lost", job };
@@ -211,7 +232,13 @@ export async function checkLease(db: Db, id: string, runnerId: string, leaseId: 
 
 /** The guard of every write a lease holder makes: its lease, on a running job, not past its deadline. */
 const holds = (id: string, leaseId: string, runnerId: string, now: number) =>
-  and(eq(jobs.id, id), eq(jobs.leaseId, leaseId), eq(jobs.leaseOwner, runnerId), eq(jobs.status, "running"), gte(jobs.leaseExpiresAt, now));
+  and(
+    eq(jobs.id, id),
+    eq(jobs.leaseId, leaseId),
+    eq(jobs.leaseOwner, runnerId),
+    eq(jobs.status, "running"),
+    gte(jobs.leaseExpiresAt, now),
+  );
 
 /** Acknowledging a lease (its first heartbeat, or a complete without one) counts the attempt, once. */
 const acknowledge = (now: number) => ({
@@ -285,7 +312,16 @@ export async function completeJob(db: Db, c: Completion): Promise<Job | undefine
  */
 export async function failJob(
   db: Db,
-  f: { id: string; runnerId: string; leaseId: string; now: number; code: string; message: string; retryable: boolean; refund?: boolean },
+  f: {
+    id: string;
+    runnerId: string;
+    leaseId: string;
+    now: number;
+    code: string;
+    message: string;
+    retryable: boolean;
+    refund?: boolean;
+  },
 ): Promise<Job | undefined> {
   const retry = f.refund ? sql`1` : f.retryable ? sql`${jobs.attempts} < ${jobs.maxAttempts}` : sql`0`;
   const [row] = await db
@@ -307,9 +343,13 @@ export async function failJob(
   return row;
 }
 
-
 /** Images past their tenant's retention that are still stored (oldest first, a bounded batch per sweep). */
-export async function imagesPastRetention(db: Db, now: number, defaultRetentionDays: number, limit = 200): Promise<Image[]> {
+export async function imagesPastRetention(
+  db: Db,
+  now: number,
+  defaultRetentionDays: number,
+  limit = 200,
+): Promise<Image[]> {
   return db.all<Image>(sql`SELECT i.id, i.job_id AS jobId, i.tenant_id AS tenantId, i."index" AS "index", i.storage_key AS storageKey,
       i.width, i.height, i.seed, i.sha256, i.size_bytes AS sizeBytes, i.created_at AS createdAt, i.deleted_at AS deletedAt
     FROM images i JOIN tenants t ON t.id = i.tenant_id
@@ -325,8 +365,17 @@ export async function markImagesDeleted(db: Db, ids: string[], now: number): Pro
  * Jobs that ended in [from, to), with the keys of the images they kept: what any other object under their output
  * prefix is (a canceled job's uploads, an earlier lease's) is an orphan. Oldest first, a bounded batch.
  */
-export async function endedJobsWithImages(db: Db, from: number, to: number, limit = 100): Promise<Array<{ id: string; tenantId: string; keep: string[] }>> {
-  const rows = await db.all<{ id: string; tenantId: string; keys: string | null }>(sql`SELECT j.id, j.tenant_id AS tenantId,
+export async function endedJobsWithImages(
+  db: Db,
+  from: number,
+  to: number,
+  limit = 100,
+): Promise<Array<{ id: string; tenantId: string; keep: string[] }>> {
+  const rows = await db.all<{
+    id: string;
+    tenantId: string;
+    keys: string | null;
+  }>(sql`SELECT j.id, j.tenant_id AS tenantId,
       (SELECT json_group_array(i.storage_key) FROM images i WHERE i.job_id = j.id) AS keys
     FROM jobs j WHERE j.status IN ('succeeded', 'failed', 'canceled') AND j.finished_at >= ${from} AND j.finished_at < ${to}
     ORDER BY j.finished_at LIMIT ${limit}`);

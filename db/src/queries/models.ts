@@ -33,5 +33,9 @@ export async function listModels(db: Db): Promise<Model[]> {
 
 /** The active models of a family: add-ons are validated against them. */
 export async function modelsOfFamily(db: Db, family: string): Promise<Model[]> {
-  return db.select().from(models).where(and(eq(models.family, family), eq(models.status, "active"))).orderBy(models.id);
+  return db
+    .select()
+    .from(models)
+    .where(and(eq(models.family, family), eq(models.status, "active")))
+    .orderBy(models.id);
 }

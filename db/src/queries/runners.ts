@@ -37,7 +37,11 @@ export async function getRunner(db: Db, id: string, now: number): Promise<Runner
 }
 
 /** Changes a runner that is not revoked (status, token hash); a revoked runner stays as it is. */
-export async function updateRunner(db: Db, id: string, patch: Partial<Pick<NewRunner, "status" | "tokenHash" | "revokedAt">>): Promise<boolean> {
+export async function updateRunner(
+  db: Db,
+  id: string,
+  patch: Partial<Pick<NewRunner, "status" | "tokenHash" | "revokedAt">>,
+): Promise<boolean> {
   const rows = await db
     .update(runners)
     .set(patch)

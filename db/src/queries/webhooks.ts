@@ -31,7 +31,12 @@ export async function overdueDeliveries(db: Db, before: number, limit = 100): Pr
  * Records one attempt: `retryAt` null means no further attempt (delivered, or given up). Guarded by the attempt
  * count the caller saw, so two deliverers racing on one delivery record it once.
  */
-export async function recordAttempt(db: Db, d: Delivery, outcome: { ok: boolean; status?: number; error?: string }, retryAt: number | null): Promise<Delivery | undefined> {
+export async function recordAttempt(
+  db: Db,
+  d: Delivery,
+  outcome: { ok: boolean; status?: number; error?: string },
+  retryAt: number | null,
+): Promise<Delivery | undefined> {
   const [row] = await db
     .update(webhookDeliveries)
     .set({
@@ -46,9 +51,20 @@ export async function recordAttempt(db: Db, d: Delivery, outcome: { ok: boolean;
   return row;
 }
 
-export async function listDeliveries(db: Db, tenantId: string, opts: { endpointId?: string; limit?: number } = {}): Promise<Delivery[]> {
-  const where = opts.endpointId ? and(eq(webhookDeliveries.tenantId, tenantId), eq(webhookDeliveries.endpointId, opts.endpointId)) : eq(webhookDeliveries.tenantId, tenantId);
-  return db.select().from(webhookDeliveries).where(where).orderBy(desc(webhookDeliveries.id)).limit(opts.limit ?? 50);
+export async function listDeliveries(
+  db: Db,
+  tenantId: string,
+  opts: { endpointId?: string; limit?: number } = {},
+): Promise<Delivery[]> {
+  const where = opts.endpointId
+    ? and(eq(webhookDeliveries.tenantId, tenantId), eq(webhookDeliveries.endpointId, opts.endpointId))
+    : eq(webhookDeliveries.tenantId, tenantId);
+  return db
+    .select()
+    .from(webhookDeliveries)
+    .where(where)
+    .orderBy(desc(webhookDeliveries.id))
+    .limit(opts.limit ?? 50);
 }
 
 /** Sends a delivery again (whatever its state), now. */
@@ -69,7 +85,9 @@ export async function insertEndpoint(db: Db, e: NewEndpoint): Promise<Endpoint> 
 }
 
 export async function getEndpoint(db: Db, tenantId: string, id: string): Promise<Endpoint | undefined> {
-  return db.query.webhookEndpoints.findFirst({ where: and(eq(webhookEndpoints.id, id), eq(webhookEndpoints.tenantId, tenantId)) });
+  return db.query.webhookEndpoints.findFirst({
+    where: and(eq(webhookEndpoints.id, id), eq(webhookEndpoints.tenantId, tenantId)),
+  });
 }
 
 export async function listEndpoints(db: Db, tenantId: string): Promise<Endpoint[]> {
@@ -85,7 +103,12 @@ export async function endpointsFor(db: Db, tenantId: string, event: Endpoint["ev
   return rows.filter((e) => e.events.includes(event));
 }
 
-export async function updateEndpoint(db: Db, tenantId: string, id: string, patch: Partial<Pick<NewEndpoint, "url" | "events" | "disabledAt" | "secret">>): Promise<Endpoint | undefined> {
+export async function updateEndpoint(
+  db: Db,
+  tenantId: string,
+  id: string,
+  patch: Partial<Pick<NewEndpoint, "url" | "events" | "disabledAt" | "secret">>,
+): Promise<Endpoint | undefined> {
   const [row] = await db
     .update(webhookEndpoints)
     .set(patch)
@@ -111,7 +134,10 @@ export async function tenantSecret(db: Db, tenantId: string): Promise<string | n
 
 /** Stores the tenant's first secret unless another writer did first; returns what is stored. */
 export async function initTenantSecret(db: Db, tenantId: string, sealed: string): Promise<string> {
-  await db.update(tenants).set({ webhookSecret: sealed }).where(and(eq(tenants.id, tenantId), isNull(tenants.webhookSecret)));
+  await db
+    .update(tenants)
+    .set({ webhookSecret: sealed })
+    .where(and(eq(tenants.id, tenantId), isNull(tenants.webhookSecret)));
   return (await tenantSecret(db, tenantId))!;
 }
 
@@ -120,14 +146,39 @@ export async function setTenantSecret(db: Db, tenantId: string, sealed: string):
 }
 
 /** Secrets still stored in plain text (written before sealing), for the cron to seal. */
-export async function plainSecrets(db: Db, limit = 100): Promise<{ tenants: Array<{ id: string; secret: string }>; endpoints: Array<{ id: string; secret: string }> }> {
-  const ts = await db.select({ id: tenants.id, secret: tenants.webhookSecret }).from(tenants).where(like(tenants.webhookSecret, "whsec%")).limit(limit);
-  const es = await db.select({ id: webhookEndpoints.id, secret: webhookEndpoints.secret }).from(webhookEndpoints).where(like(webhookEndpoints.secret, "whsec%")).limit(limit);
+export async function plainSecrets(
+  db: Db,
+  limit = 100,
+): Promise<{ tenants: Array<{ id: string; secret: string }>; endpoints: Array<{ id: string; secret: string }> }> {
+  const ts = await db
+    .select({ id: tenants.id, secret: tenants.webhookSecret })
+    .from(tenants)
+    .where(like(tenants.webhookSecret, "whsec%"))
+    .limit(limit);
+  const es = await db
+    .select({ id: webhookEndpoints.id, secret: webhookEndpoints.secret })
+    .from(webhookEndpoints)
+    .where(like(webhookEndpoints.secret, "whsec%"))
+    .limit(limit);
   return { tenants: ts.map((t) => ({ id: t.id, secret: t.secret! })), endpoints: es };
 }
 
 /** Replaces a plain secret with its sealed form, unless it changed meanwhile. */
-export async function sealPlainSecret(db: Db, table: "tenants" | "endpoints", id: string, plain: string, sealed: string): Promise<void> {
-  if (table === "tenants") await db.update(tenants).set({ webhookSecret: sealed }).where(and(eq(tenants.id, id), eq(tenants.webhookSecret, plain)));
-  else await db.update(webhookEndpoints).set({ secret: sealed }).where(and(eq(webhookEndpoints.id, id), eq(webhookEndpoints.secret, plain)));
+export async function sealPlainSecret(
+  db: Db,
+  table: "tenants" | "endpoints",
+  id: string,
+  plain: string,
+  sealed: string,
+): Promise<void> {
+  if (table === "tenants")
+    await db
+      .update(tenants)
+      .set({ webhookSecret: sealed })
+      .where(and(eq(tenants.id, id), eq(tenants.webhookSecret, plain)));
+  else
+    await db
+      .update(webhookEndpoints)
+      .set({ secret: sealed })
+      .where(and(eq(webhookEndpoints.id, id), eq(webhookEndpoints.secret, plain)));
 }

@@ -4,7 +4,14 @@
  */
 import { modelsTable, type Db } from "@imagegen/db";
 import { mapLoraKeys } from "@imagegen/formats/lora-keys";
-import { DTYPE_BYTES, headerByteLength, parseHeader, SafetensorsError, type Dtype, type SafetensorsHeader } from "@imagegen/formats/safetensors";
+import {
+  DTYPE_BYTES,
+  headerByteLength,
+  parseHeader,
+  SafetensorsError,
+  type Dtype,
+  type SafetensorsHeader,
+} from "@imagegen/formats/safetensors";
 import { listTar, TarError } from "@imagegen/formats/tar";
 import { OnnxError, readOnnxIo } from "@imagegen/formats/onnx-reader";
 import { ControlNetManifest, controlNetMismatches } from "@imagegen/formats/manifest";
@@ -14,10 +21,20 @@ import type { ObjectStore } from "../storage/index.ts";
 export type Verdict = { ok: true; details: Record<string, unknown> } | { ok: false; reason: string };
 
 async function familyModels(db: Db, family: string) {
-  return (await modelsTable.modelsOfFamily(db, family)).map((m) => ({ id: m.id, family: m.family, spec: ModelSpec.parse(m.spec) }));
+  return (await modelsTable.modelsOfFamily(db, family)).map((m) => ({
+    id: m.id,
+    family: m.family,
+    spec: ModelSpec.parse(m.spec),
+  }));
 }
 
-export async function validateLora(db: Db, store: ObjectStore, key: string, size: number, family: string): Promise<Verdict> {
+export async function validateLora(
+  db: Db,
+  store: ObjectStore,
+  key: string,
+  size: number,
+  family: string,
+): Promise<Verdict> {
   const models = (await familyModels(db, family)).filter((m) => m.spec.lora_targets);
   if (models.length === 0) return { ok: false, reason: `No model of family '${family}' takes LoRAs.` };
   let header;
@@ -32,7 +49,10 @@ export async function validateLora(db: Db, store: ObjectStore, key: string, size
     throw err;
   }
   // The add-on must fit every model of its family that takes LoRAs (they share the architecture).
-  const mappings = models.map((m) => ({ m, mapping: mapLoraKeys(header.tensors.values(), m.spec.lora_targets!, m.spec.lora_max_rank ?? 64) }));
+  const mappings = models.map((m) => ({
+    m,
+    mapping: mapLoraKeys(header.tensors.values(), m.spec.lora_targets!, m.spec.lora_max_rank ?? 64),
+  }));
   for (const { m, mapping } of mappings) {
     if (mapping.errors.length) {
       const more = mapping.errors.length > 5 ? ` (and ${mapping.errors.length - 5} more)` : "";
@@ -42,7 +62,11 @@ export async function validateLora(db: Db, store: ObjectStore, key: string, size
   const bad = await findNonFinite((offset, length) => store.readRange(key, offset, length), header);
   if (bad === "gone") return { ok: false, reason: "The uploaded file is gone from storage." };
   // A NaN or Inf reaches every image of every job that uses the file (other tenants' too, once public).
-  if (bad) return { ok: false, reason: `Tensor '${bad.tensor}' holds a non-finite value (NaN or ±Inf) at element ${bad.element}; every image made with it would be broken.` };
+  if (bad)
+    return {
+      ok: false,
+      reason: `Tensor '${bad.tensor}' holds a non-finite value (NaN or ±Inf) at element ${bad.element}; every image made with it would be broken.`,
+    };
   const { layers } = mappings[0]!.mapping;
   return {
     ok: true,
@@ -115,13 +139,20 @@ const MAX_MANIFEST_BYTES = 1024 * 1024;
 class Gone extends Error {}
 
 /** `a, b and 3 more` */
-const some = (items: readonly string[], n = 8, sep = ", ") => (items.length > n ? `${items.slice(0, n).join(sep)} and ${items.length - n} more` : items.join(sep)) || "nothing";
+const some = (items: readonly string[], n = 8, sep = ", ") =>
+  (items.length > n ? `${items.slice(0, n).join(sep)} and ${items.length - n} more` : items.join(sep)) || "nothing";
 
 /**
  * A ControlNet is a ustar archive of its bundle folder (manifest.json + the ONNX it names). Up to 512 MB, so it is
  * never read whole: the tar headers, manifest.json and the ONNX's graph inputs and outputs are read by range.
  */
-export async function validateControlNet(db: Db, store: ObjectStore, key: string, size: number, family: string): Promise<Verdict> {
+export async function validateControlNet(
+  db: Db,
+  store: ObjectStore,
+  key: string,
+  size: number,
+  family: string,
+): Promise<Verdict> {
   const models = (await familyModels(db, family)).filter((m) => m.spec.supports_controlnet);
   if (models.length === 0) return { ok: false, reason: `No model of family '${family}' takes ControlNets.` };
   const read = async (offset: number, length: number) => {
@@ -134,12 +165,21 @@ export async function validateControlNet(db: Db, store: ObjectStore, key: string
     try {
       files = await listTar(read, size);
     } catch (err) {
-      if (err instanceof TarError) return { ok: false, reason: `Not a valid tar archive: ${err.message}. Package the bundle folder with \`tar --format=ustar -cf cn.tar -C folder manifest.json controlnet/model.onnx\`.` };
+      if (err instanceof TarError)
+        return {
+          ok: false,
+          reason: `Not a valid tar archive: ${err.message}. Package the bundle folder with \`tar --format=ustar -cf cn.tar -C folder manifest.json controlnet/model.onnx\`.`,
+        };
       throw err;
     }
     const entry = files.get("manifest.json");
-    if (!entry) return { ok: false, reason: `The archive has no manifest.json at its top level (it holds: ${some([...files.keys()])}).` };
-    if (entry.size > MAX_MANIFEST_BYTES) return { ok: false, reason: `manifest.json is ${entry.size} bytes; at most ${MAX_MANIFEST_BYTES} are accepted.` };
+    if (!entry)
+      return {
+        ok: false,
+        reason: `The archive has no manifest.json at its top level (it holds: ${some([...files.keys()])}).`,
+      };
+    if (entry.size > MAX_MANIFEST_BYTES)
+      return { ok: false, reason: `manifest.json is ${entry.size} bytes; at most ${MAX_MANIFEST_BYTES} are accepted.` };
     let json: unknown;
     try {
       json = JSON.parse(new TextDecoder().decode(entry.size ? await read(entry.offset, entry.size) : new Uint8Array()));
@@ -153,24 +193,48 @@ export async function validateControlNet(db: Db, store: ObjectStore, key: string
       return { ok: false, reason: `manifest.json is not a ControlNet manifest: ${some(issues, 5, "; ")}.` };
     }
     const manifest = parsed.data;
-    if (manifest.family !== family) return { ok: false, reason: `manifest.json is for family '${manifest.family}', but this add-on was created for '${family}'.` };
+    if (manifest.family !== family)
+      return {
+        ok: false,
+        reason: `manifest.json is for family '${manifest.family}', but this add-on was created for '${family}'.`,
+      };
     // Every model of the family it may feed: residuals are checked where the model's list is known (registered from its manifest).
     for (const m of models) {
-      const problems = controlNetMismatches(manifest, { name: m.id, family: m.family, residuals: m.spec.controlnet_residuals });
+      const problems = controlNetMismatches(manifest, {
+        name: m.id,
+        family: m.family,
+        residuals: m.spec.controlnet_residuals,
+      });
       if (problems.length) return { ok: false, reason: `Does not fit model '${m.id}': ${some(problems, 5, "; ")}.` };
     }
     const spec = manifest.components.controlnet;
     const path = spec.path.replace(/^\.\//, "");
     const onnx = files.get(path);
-    if (!onnx) return { ok: false, reason: `The archive has no ${path}, the file components.controlnet.path names (it holds: ${some([...files.keys()])}).` };
+    if (!onnx)
+      return {
+        ok: false,
+        reason: `The archive has no ${path}, the file components.controlnet.path names (it holds: ${some([...files.keys()])}).`,
+      };
     let io;
     try {
       io = await readOnnxIo((offset, length) => read(onnx.offset + offset, length), onnx.size);
     } catch (err) {
-      if (err instanceof OnnxError) return { ok: false, reason: `${path} is not a readable ONNX model: ${err.message}.` };
+      if (err instanceof OnnxError)
+        return { ok: false, reason: `${path} is not a readable ONNX model: ${err.message}.` };
       throw err;
     }
-    const problems = [...compareNames("input", spec.inputs.map((t) => t.name), io.inputs), ...compareNames("output", spec.outputs.map((t) => t.name), io.outputs)];
+    const problems = [
+      ...compareNames(
+        "input",
+        spec.inputs.map((t) => t.name),
+        io.inputs,
+      ),
+      ...compareNames(
+        "output",
+        spec.outputs.map((t) => t.name),
+        io.outputs,
+      ),
+    ];
     if (problems.length) return { ok: false, reason: `${path} does not match manifest.json: ${problems.join("; ")}.` };
     return {
       ok: true,

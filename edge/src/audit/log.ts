@@ -3,7 +3,10 @@ import { auditTable } from "@imagegen/db";
 import type { AppEnv } from "../context.ts";
 import { newId } from "../lib/ids.ts";
 
-export function audit(c: { var: Pick<AppEnv["Variables"], "db" | "requestId"> }, e: { tenantId?: string; actor: string; action: string; target?: string; details?: Record<string, unknown> }) {
+export function audit(
+  c: { var: Pick<AppEnv["Variables"], "db" | "requestId"> },
+  e: { tenantId?: string; actor: string; action: string; target?: string; details?: Record<string, unknown> },
+) {
   return auditTable.auditInsert(c.var.db, {
     id: newId("aud"),
     tenantId: e.tenantId ?? null,

@@ -29,25 +29,43 @@ export function presentKey(k: apiKeysTable.ApiKey): z.infer<typeof ApiKey> {
  * Creates an API key within the tenant's cap on live keys (a tenant could otherwise mint keys without end); the
  * secret is returned once and only its hash is stored.
  */
-export async function createKey(c: Context<AppEnv>, tenant: tenantsTable.Tenant, body: z.infer<typeof CreateKeyBody>, actor: string) {
+export async function createKey(
+  c: Context<AppEnv>,
+  tenant: tenantsTable.Tenant,
+  body: z.infer<typeof CreateKeyBody>,
+  actor: string,
+) {
   const tenantId = tenant.id;
   const secret = newSecret(API_KEY_PREFIX);
   const now = Date.now();
   const maxKeys = tenant.maxApiKeys ?? c.var.settings.defaultMaxApiKeys;
-  const key = await apiKeysTable.insertKeyWithinCap(c.var.db, {
-    id: newId("key", now),
-    tenantId,
-    name: body.name,
-    prefix: displayPrefix(secret),
-    hash: await sha256Hex(secret),
-    scopes: body.scopes,
-    createdAt: now,
-    expiresAt: body.expires_in_days ? now + body.expires_in_days * 86_400_000 : null,
-  }, maxKeys);
+  const key = await apiKeysTable.insertKeyWithinCap(
+    c.var.db,
+    {
+      id: newId("key", now),
+      tenantId,
+      name: body.name,
+      prefix: displayPrefix(secret),
+      hash: await sha256Hex(secret),
+      scopes: body.scopes,
+      createdAt: now,
+      expiresAt: body.expires_in_days ? now + body.expires_in_days * 86_400_000 : null,
+    },
+    maxKeys,
+  );
   if (!key) {
     // Not a 429: waiting does not help, and clients retry 429s.
-    throw ApiError.forbidden("api_key_limit_exceeded", `This tenant already has ${maxKeys} live API keys; revoke one first.`);
+    throw ApiError.forbidden(
+      "api_key_limit_exceeded",
+      `This tenant already has ${maxKeys} live API keys; revoke one first.`,
+    );
   }
-  await audit(c, { tenantId, actor, action: "api_key.create", target: key.id, details: { name: key.name, scopes: key.scopes } });
+  await audit(c, {
+    tenantId,
+    actor,
+    action: "api_key.create",
+    target: key.id,
+    details: { name: key.name, scopes: key.scopes },
+  });
   return { ...presentKey(key), secret };
 }

@@ -13,10 +13,13 @@ export const tenantAuth = (): MiddlewareHandler<AppEnv> => async (c, next) => {
   if (secret.startsWith(`${RUNNER_TOKEN_PREFIX}_`)) {
     throw ApiError.unauthenticated("A runner token cannot call the public API; use an API key.");
   }
-  const found = secret.startsWith(`${API_KEY_PREFIX}_`) ? await apiKeysTable.findKeyByHash(c.var.db, await sha256Hex(secret)) : undefined;
+  const found = secret.startsWith(`${API_KEY_PREFIX}_`)
+    ? await apiKeysTable.findKeyByHash(c.var.db, await sha256Hex(secret))
+    : undefined;
   const now = Date.now();
   if (!found) throw ApiError.unauthenticated("Invalid API key.");
-  if (found.key.revokedAt !== null) throw new ApiError(401, "authentication_error", "api_key_revoked", "This API key was revoked.");
+  if (found.key.revokedAt !== null)
+    throw new ApiError(401, "authentication_error", "api_key_revoked", "This API key was revoked.");
   if (found.key.expiresAt !== null && found.key.expiresAt <= now) {
     throw new ApiError(401, "authentication_error", "api_key_expired", "This API key has expired.");
   }
@@ -41,7 +44,8 @@ export const runnerAuth = (): MiddlewareHandler<AppEnv> => async (c, next) => {
   }
   const runner = await runnersTable.findRunnerByTokenHash(c.var.db, await sha256Hex(secret));
   if (!runner) throw ApiError.unauthenticated("Invalid runner token.");
-  if (runner.status !== "active") throw new ApiError(401, "authentication_error", "runner_disabled", "This runner was disabled by the operator.");
+  if (runner.status !== "active")
+    throw new ApiError(401, "authentication_error", "runner_disabled", "This runner was disabled by the operator.");
   c.set("runner", runner);
   await next();
 };

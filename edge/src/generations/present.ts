@@ -25,7 +25,8 @@ export function presentJob(job: jobsTable.Job, images: jobsTable.Image[], urls: 
         url: urls.get(img.id)?.url ?? null,
         url_expires_at: iso(urls.get(img.id)?.expiresAt),
       })),
-    error: job.errorCode && job.status !== "succeeded" ? { code: job.errorCode, message: job.errorMessage ?? "" } : null,
+    error:
+      job.errorCode && job.status !== "succeeded" ? { code: job.errorCode, message: job.errorMessage ?? "" } : null,
     attempts: job.attempts,
     timings: job.timings ?? null,
     provenance: job.provenance ?? null,
@@ -52,7 +53,10 @@ async function signImages(env: Env, jobs: jobsTable.Job[], images: jobsTable.Ima
 }
 
 export async function presentJobs(env: Env, db: Db, jobs: jobsTable.Job[]): Promise<Generation[]> {
-  const images = await jobsTable.jobImages(db, jobs.filter((j) => j.status === "succeeded").map((j) => j.id));
+  const images = await jobsTable.jobImages(
+    db,
+    jobs.filter((j) => j.status === "succeeded").map((j) => j.id),
+  );
   const urls = await signImages(env, jobs, images);
   return jobs.map((j) => presentJob(j, images, urls));
 }

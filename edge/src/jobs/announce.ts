@@ -19,7 +19,11 @@ export interface Announcer {
   waitUntil(p: Promise<unknown>): void;
 }
 
-export const announcerOf = (c: Context<AppEnv>): Announcer => ({ env: c.env, db: c.var.db, waitUntil: (p) => c.executionCtx.waitUntil(p) });
+export const announcerOf = (c: Context<AppEnv>): Announcer => ({
+  env: c.env,
+  db: c.var.db,
+  waitUntil: (p) => c.executionCtx.waitUntil(p),
+});
 
 const TERMINAL = new Set(jobsTable.TERMINAL);
 

@@ -31,8 +31,15 @@ export async function* followJob(
 }
 
 /** The job once it ended, or as it is after `seconds` (`Prefer: wait=N`, the OpenAI-compatible answer). */
-export async function waitForJob(env: Env, db: Db, tenantId: string, id: string, seconds: number): Promise<jobsTable.Job | undefined> {
+export async function waitForJob(
+  env: Env,
+  db: Db,
+  tenantId: string,
+  id: string,
+  seconds: number,
+): Promise<jobsTable.Job | undefined> {
   let last: jobsTable.Job | undefined;
-  for await (const job of followJob(env, db, tenantId, id, { deadline: Date.now() + seconds * 1000 })) last = job ?? last;
+  for await (const job of followJob(env, db, tenantId, id, { deadline: Date.now() + seconds * 1000 }))
+    last = job ?? last;
   return last;
 }

@@ -46,7 +46,12 @@ export function modelSpecFromManifest(m: ModelManifest): ModelSpec {
     supports_deepcache: m.cache !== undefined,
     ...(m.lora
       ? {
-          lora_targets: m.lora.targets.map((t) => ({ module: t.module, kind: t.kind, in_features: t.in_features, out_features: t.out_features })),
+          lora_targets: m.lora.targets.map((t) => ({
+            module: t.module,
+            kind: t.kind,
+            in_features: t.in_features,
+            out_features: t.out_features,
+          })),
           lora_max_rank: m.lora.max_rank,
         }
       : {}),

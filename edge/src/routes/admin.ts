@@ -11,7 +11,24 @@ import type { Settings } from "../env.ts";
 import { ApiError } from "../errors.ts";
 import { newSecret, sha256Hex } from "../lib/crypto.ts";
 import { newId } from "../lib/ids.ts";
-import { Addon, CreatedApiKey, CreatedRunner, CreateKeyBody, Runner, RunnerList, CreateRunnerBody, CreateTenantBody, errorResponses, IdParam, iso, Model, RegisterAddonBody, Tenant, UpdateTenantBody, UpsertModelBody } from "@imagegen/contracts";
+import {
+  Addon,
+  CreatedApiKey,
+  CreatedRunner,
+  CreateKeyBody,
+  Runner,
+  RunnerList,
+  CreateRunnerBody,
+  CreateTenantBody,
+  errorResponses,
+  IdParam,
+  iso,
+  Model,
+  RegisterAddonBody,
+  Tenant,
+  UpdateTenantBody,
+  UpsertModelBody,
+} from "@imagegen/contracts";
 import { presentModel } from "../models/present.ts";
 import { DEFAULT_RETENTION_DAYS } from "../storage/retention.ts";
 
@@ -41,7 +58,10 @@ const limitsToColumns = (l: z.infer<typeof CreateTenantBody>["limits"]) => ({
 });
 
 const json = <T extends z.ZodType>(schema: T) => ({ content: { "application/json": { schema } }, required: true });
-const ok = <T extends z.ZodType>(schema: T, description: string) => ({ description, content: { "application/json": { schema } } });
+const ok = <T extends z.ZodType>(schema: T, description: string) => ({
+  description,
+  content: { "application/json": { schema } },
+});
 const TenantId = IdParam("tenant id", "ten_01hzy3k8m2q9w7e4r5t6y7u8i9");
 const RunnerId = IdParam("runner id", "run_01hzy3k8m2q9w7e4r5t6y7u8i9");
 
@@ -62,7 +82,12 @@ function presentRunner(r: runnersTable.RunnerWithLeases): z.infer<typeof Runner>
 }
 
 /** Applies an operator's change to a runner that is not revoked (revocation is final) and records it. */
-async function changeRunner(c: Context<AppEnv>, id: string, patch: Parameters<typeof runnersTable.updateRunner>[2], action: string) {
+async function changeRunner(
+  c: Context<AppEnv>,
+  id: string,
+  patch: Parameters<typeof runnersTable.updateRunner>[2],
+  action: string,
+) {
   const changed = await runnersTable.updateRunner(c.var.db, id, patch);
   const runner = await runnersTable.getRunner(c.var.db, id, Date.now());
   if (!runner) throw ApiError.notFound("runner", id, "id");
@@ -73,20 +98,64 @@ async function changeRunner(c: Context<AppEnv>, id: string, patch: Parameters<ty
 
 export const admin = router()
   .openapi(
-    createRoute({ method: "post", path: "/tenants", operationId: "adminCreateTenant", tags: ["admin"], summary: "Create a tenant", request: { body: json(CreateTenantBody) }, responses: { 201: ok(Tenant, "Created"), ...errorResponses(400, 401, 403) } }),
+    createRoute({
+      method: "post",
+      path: "/tenants",
+      operationId: "adminCreateTenant",
+      tags: ["admin"],
+      summary: "Create a tenant",
+      request: { body: json(CreateTenantBody) },
+      responses: { 201: ok(Tenant, "Created"), ...errorResponses(400, 401, 403) },
+    }),
     async (c) => {
       const body = c.req.valid("json");
-      const tenant = await tenantsTable.insertTenant(c.var.db, { id: newId("ten"), name: body.name, createdAt: Date.now(), ...limitsToColumns(body.limits) });
-      await audit(c, { tenantId: tenant.id, actor: "admin", action: "tenant.create", target: tenant.id, details: { name: body.name } });
+      const tenant = await tenantsTable.insertTenant(c.var.db, {
+        id: newId("ten"),
+        name: body.name,
+        createdAt: Date.now(),
+        ...limitsToColumns(body.limits),
+      });
+      await audit(c, {
+        tenantId: tenant.id,
+        actor: "admin",
+        action: "tenant.create",
+        target: tenant.id,
+        details: { name: body.name },
+      });
       return c.json(presentTenant(tenant, c.var.settings), 201);
     },
   )
   .openapi(
-    createRoute({ method: "get", path: "/tenants", operationId: "adminListTenants", tags: ["admin"], summary: "List tenants", responses: { 200: ok(z.object({ object: z.literal("list"), data: z.array(Tenant) }), "Tenants"), ...errorResponses(401, 403) } }),
-    async (c) => c.json({ object: "list" as const, data: (await tenantsTable.listTenants(c.var.db)).map((t) => presentTenant(t, c.var.settings)) }, 200),
+    createRoute({
+      method: "get",
+      path: "/tenants",
+      operationId: "adminListTenants",
+      tags: ["admin"],
+      summary: "List tenants",
+      responses: {
+        200: ok(z.object({ object: z.literal("list"), data: z.array(Tenant) }), "Tenants"),
+        ...errorResponses(401, 403),
+      },
+    }),
+    async (c) =>
+      c.json(
+        {
+          object: "list" as const,
+          data: (await tenantsTable.listTenants(c.var.db)).map((t) => presentTenant(t, c.var.settings)),
+        },
+        200,
+      ),
   )
   .openapi(
-    createRoute({ method: "patch", path: "/tenants/{id}", operationId: "adminUpdateTenant", tags: ["admin"], summary: "Update a tenant's name, status or limits", request: { params: TenantId, body: json(UpdateTenantBody) }, responses: { 200: ok(Tenant, "Updated"), ...errorResponses(400, 401, 403, 404) } }),
+    createRoute({
+      method: "patch",
+      path: "/tenants/{id}",
+      operationId: "adminUpdateTenant",
+      tags: ["admin"],
+      summary: "Update a tenant's name, status or limits",
+      request: { params: TenantId, body: json(UpdateTenantBody) },
+      responses: { 200: ok(Tenant, "Updated"), ...errorResponses(400, 401, 403, 404) },
+    }),
     async (c) => {
       const { id } = c.req.valid("param");
       const body = c.req.valid("json");
@@ -101,7 +170,15 @@ export const admin = router()
     },
   )
   .openapi(
-    createRoute({ method: "post", path: "/tenants/{id}/keys", operationId: "adminCreateTenantKey", tags: ["admin"], summary: "Create an API key for a tenant (the secret is shown once)", request: { params: TenantId, body: json(CreateKeyBody) }, responses: { 201: ok(CreatedApiKey, "Created"), ...errorResponses(400, 401, 403, 404) } }),
+    createRoute({
+      method: "post",
+      path: "/tenants/{id}/keys",
+      operationId: "adminCreateTenantKey",
+      tags: ["admin"],
+      summary: "Create an API key for a tenant (the secret is shown once)",
+      request: { params: TenantId, body: json(CreateKeyBody) },
+      responses: { 201: ok(CreatedApiKey, "Created"), ...errorResponses(400, 401, 403, 404) },
+    }),
     async (c) => {
       const { id } = c.req.valid("param");
       const tenant = await tenantsTable.getTenant(c.var.db, id);
@@ -110,42 +187,113 @@ export const admin = router()
     },
   )
   .openapi(
-    createRoute({ method: "post", path: "/runners", operationId: "adminCreateRunner", tags: ["admin"], summary: "Register a runner and issue its token (shown once)", request: { body: json(CreateRunnerBody) }, responses: { 201: ok(CreatedRunner, "Created"), ...errorResponses(400, 401, 403) } }),
+    createRoute({
+      method: "post",
+      path: "/runners",
+      operationId: "adminCreateRunner",
+      tags: ["admin"],
+      summary: "Register a runner and issue its token (shown once)",
+      request: { body: json(CreateRunnerBody) },
+      responses: { 201: ok(CreatedRunner, "Created"), ...errorResponses(400, 401, 403) },
+    }),
     async (c) => {
       const body = c.req.valid("json");
       const token = newSecret(RUNNER_TOKEN_PREFIX);
-      const runner = await runnersTable.insertRunner(c.var.db, { id: newId("run"), name: body.name, capacity: body.capacity, tokenHash: await sha256Hex(token), createdAt: Date.now() });
+      const runner = await runnersTable.insertRunner(c.var.db, {
+        id: newId("run"),
+        name: body.name,
+        capacity: body.capacity,
+        tokenHash: await sha256Hex(token),
+        createdAt: Date.now(),
+      });
       await audit(c, { actor: "admin", action: "runner.create", target: runner.id, details: { name: body.name } });
       return c.json({ ...presentRunner({ ...runner, activeLeases: 0 }), token }, 201);
     },
   )
   .openapi(
-    createRoute({ method: "get", path: "/runners", operationId: "adminListRunners", tags: ["admin"], summary: "List runners, revoked ones included, with the leases each holds", responses: { 200: ok(RunnerList, "Runners"), ...errorResponses(401, 403) } }),
-    async (c) => c.json({ object: "list" as const, data: (await runnersTable.listRunners(c.var.db, Date.now())).map(presentRunner) }, 200),
+    createRoute({
+      method: "get",
+      path: "/runners",
+      operationId: "adminListRunners",
+      tags: ["admin"],
+      summary: "List runners, revoked ones included, with the leases each holds",
+      responses: { 200: ok(RunnerList, "Runners"), ...errorResponses(401, 403) },
+    }),
+    async (c) =>
+      c.json(
+        { object: "list" as const, data: (await runnersTable.listRunners(c.var.db, Date.now())).map(presentRunner) },
+        200,
+      ),
   )
   .openapi(
-    createRoute({ method: "post", path: "/runners/{id}/disable", operationId: "adminDisableRunner", tags: ["admin"], summary: "Disable a runner: its token is refused until it is enabled again (its leases expire)", request: { params: RunnerId }, responses: { 200: ok(Runner, "Disabled"), ...errorResponses(401, 403, 404, 409) } }),
-    async (c) => c.json(presentRunner(await changeRunner(c, c.req.valid("param").id, { status: "disabled" }, "runner.disable")), 200),
+    createRoute({
+      method: "post",
+      path: "/runners/{id}/disable",
+      operationId: "adminDisableRunner",
+      tags: ["admin"],
+      summary: "Disable a runner: its token is refused until it is enabled again (its leases expire)",
+      request: { params: RunnerId },
+      responses: { 200: ok(Runner, "Disabled"), ...errorResponses(401, 403, 404, 409) },
+    }),
+    async (c) =>
+      c.json(
+        presentRunner(await changeRunner(c, c.req.valid("param").id, { status: "disabled" }, "runner.disable")),
+        200,
+      ),
   )
   .openapi(
-    createRoute({ method: "post", path: "/runners/{id}/enable", operationId: "adminEnableRunner", tags: ["admin"], summary: "Enable a disabled runner", request: { params: RunnerId }, responses: { 200: ok(Runner, "Enabled"), ...errorResponses(401, 403, 404, 409) } }),
-    async (c) => c.json(presentRunner(await changeRunner(c, c.req.valid("param").id, { status: "active" }, "runner.enable")), 200),
+    createRoute({
+      method: "post",
+      path: "/runners/{id}/enable",
+      operationId: "adminEnableRunner",
+      tags: ["admin"],
+      summary: "Enable a disabled runner",
+      request: { params: RunnerId },
+      responses: { 200: ok(Runner, "Enabled"), ...errorResponses(401, 403, 404, 409) },
+    }),
+    async (c) =>
+      c.json(presentRunner(await changeRunner(c, c.req.valid("param").id, { status: "active" }, "runner.enable")), 200),
   )
   .openapi(
-    createRoute({ method: "post", path: "/runners/{id}/rotate", operationId: "adminRotateRunnerToken", tags: ["admin"], summary: "Issue a runner a new token (shown once); the old one stops working at once", request: { params: RunnerId }, responses: { 200: ok(CreatedRunner, "Rotated"), ...errorResponses(401, 403, 404, 409) } }),
+    createRoute({
+      method: "post",
+      path: "/runners/{id}/rotate",
+      operationId: "adminRotateRunnerToken",
+      tags: ["admin"],
+      summary: "Issue a runner a new token (shown once); the old one stops working at once",
+      request: { params: RunnerId },
+      responses: { 200: ok(CreatedRunner, "Rotated"), ...errorResponses(401, 403, 404, 409) },
+    }),
     async (c) => {
       const token = newSecret(RUNNER_TOKEN_PREFIX);
-      const runner = await changeRunner(c, c.req.valid("param").id, { tokenHash: await sha256Hex(token) }, "runner.rotate");
+      const runner = await changeRunner(
+        c,
+        c.req.valid("param").id,
+        { tokenHash: await sha256Hex(token) },
+        "runner.rotate",
+      );
       return c.json({ ...presentRunner(runner), token }, 200);
     },
   )
   .openapi(
-    createRoute({ method: "delete", path: "/runners/{id}", operationId: "adminRevokeRunner", tags: ["admin"], summary: "Revoke a runner for good: its token stops working; the record stays for the audit trail", request: { params: RunnerId }, responses: { 200: ok(Runner, "Revoked (or already revoked)"), ...errorResponses(401, 403, 404) } }),
+    createRoute({
+      method: "delete",
+      path: "/runners/{id}",
+      operationId: "adminRevokeRunner",
+      tags: ["admin"],
+      summary: "Revoke a runner for good: its token stops working; the record stays for the audit trail",
+      request: { params: RunnerId },
+      responses: { 200: ok(Runner, "Revoked (or already revoked)"), ...errorResponses(401, 403, 404) },
+    }),
     async (c) => {
       const { id } = c.req.valid("param");
       const now = Date.now();
       // No token hashes to this value (hashes are hex), so the runner can never authenticate again.
-      const revoked = await runnersTable.updateRunner(c.var.db, id, { status: "disabled", revokedAt: now, tokenHash: `revoked:${id}` });
+      const revoked = await runnersTable.updateRunner(c.var.db, id, {
+        status: "disabled",
+        revokedAt: now,
+        tokenHash: `revoked:${id}`,
+      });
       const runner = await runnersTable.getRunner(c.var.db, id, now);
       if (!runner) throw ApiError.notFound("runner", id, "id");
       if (revoked) await audit(c, { actor: "admin", action: "runner.revoke", target: id });
@@ -153,29 +301,86 @@ export const admin = router()
     },
   )
   .openapi(
-    createRoute({ method: "put", path: "/models/{id}", operationId: "adminPutModel", tags: ["admin"], summary: "Register or update a model", request: { params: IdParam("model id", "tiny-shapes"), body: json(UpsertModelBody) }, responses: { 200: ok(Model, "Registered"), ...errorResponses(400, 401, 403) } }),
+    createRoute({
+      method: "put",
+      path: "/models/{id}",
+      operationId: "adminPutModel",
+      tags: ["admin"],
+      summary: "Register or update a model",
+      request: { params: IdParam("model id", "tiny-shapes"), body: json(UpsertModelBody) },
+      responses: { 200: ok(Model, "Registered"), ...errorResponses(400, 401, 403) },
+    }),
     async (c) => {
       const { id } = c.req.valid("param");
       const body = c.req.valid("json");
       const now = Date.now();
-      const model = await modelsTable.upsertModel(c.var.db, { id, family: body.family, displayName: body.display_name, spec: body.spec, status: body.status, createdAt: now, updatedAt: now });
-      await audit(c, { actor: "admin", action: "model.upsert", target: id, details: { family: body.family, status: body.status } });
+      const model = await modelsTable.upsertModel(c.var.db, {
+        id,
+        family: body.family,
+        displayName: body.display_name,
+        spec: body.spec,
+        status: body.status,
+        createdAt: now,
+        updatedAt: now,
+      });
+      await audit(c, {
+        actor: "admin",
+        action: "model.upsert",
+        target: id,
+        details: { family: body.family, status: body.status },
+      });
       return c.json(presentModel(model), 200);
     },
   )
   .openapi(
-    createRoute({ method: "post", path: "/addons", operationId: "adminRegisterAddon", tags: ["admin"], summary: "Register an add-on already in storage (demo and public add-ons)", request: { body: json(RegisterAddonBody) }, responses: { 201: ok(Addon, "Registered"), ...errorResponses(400, 401, 403, 404) } }),
+    createRoute({
+      method: "post",
+      path: "/addons",
+      operationId: "adminRegisterAddon",
+      tags: ["admin"],
+      summary: "Register an add-on already in storage (demo and public add-ons)",
+      request: { body: json(RegisterAddonBody) },
+      responses: { 201: ok(Addon, "Registered"), ...errorResponses(400, 401, 403, 404) },
+    }),
     async (c) => {
       const b = c.req.valid("json");
-      if (!(await tenantsTable.getTenant(c.var.db, b.tenant_id))) throw ApiError.notFound("tenant", b.tenant_id, "tenant_id");
+      if (!(await tenantsTable.getTenant(c.var.db, b.tenant_id)))
+        throw ApiError.notFound("tenant", b.tenant_id, "tenant_id");
       const now = Date.now();
       const id = newId("addon", now);
       const { addon } = await addonsTable.insertAddonWithVersion(
         c.var.db,
-        { id, tenantId: b.tenant_id, kind: b.kind, name: b.name, family: b.family, visibility: b.visibility, latestVersion: 1, createdAt: now, updatedAt: now },
-        [{ addonId: id, version: 1, status: b.status, storageKey: b.storage_key, sha256: b.sha256 ?? null, sizeBytes: b.size_bytes ?? null, createdAt: now, updatedAt: now }],
+        {
+          id,
+          tenantId: b.tenant_id,
+          kind: b.kind,
+          name: b.name,
+          family: b.family,
+          visibility: b.visibility,
+          latestVersion: 1,
+          createdAt: now,
+          updatedAt: now,
+        },
+        [
+          {
+            addonId: id,
+            version: 1,
+            status: b.status,
+            storageKey: b.storage_key,
+            sha256: b.sha256 ?? null,
+            sizeBytes: b.size_bytes ?? null,
+            createdAt: now,
+            updatedAt: now,
+          },
+        ],
       );
-      await audit(c, { tenantId: b.tenant_id, actor: "admin", action: "addon.register", target: id, details: { name: b.name, kind: b.kind, visibility: b.visibility } });
+      await audit(c, {
+        tenantId: b.tenant_id,
+        actor: "admin",
+        action: "addon.register",
+        target: id,
+        details: { name: b.name, kind: b.kind, visibility: b.visibility },
+      });
       return c.json(presentAddon(addon, b.tenant_id), 201);
     },
   )
@@ -187,7 +392,10 @@ export const admin = router()
       tags: ["admin"],
       summary: "The audit log of administrative actions",
       request: { query: z.object({ tenant_id: z.string().max(64).optional() }) },
-      responses: { 200: ok(z.object({ object: z.literal("list"), data: z.array(z.record(z.string(), z.unknown())) }), "Entries"), ...errorResponses(401, 403) },
+      responses: {
+        200: ok(z.object({ object: z.literal("list"), data: z.array(z.record(z.string(), z.unknown())) }), "Entries"),
+        ...errorResponses(401, 403),
+      },
     }),
     async (c) => {
       const rows = await auditTable.listAudit(c.var.db, c.req.valid("query").tenant_id);

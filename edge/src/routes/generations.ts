@@ -1,7 +1,17 @@
 /** `/v1/generations`: create (with `Prefer: wait`), get, list, cancel, re-sign an image URL, follow as SSE. */
 import { createRoute, z } from "@hono/zod-openapi";
 import { apiKeysTable, jobsTable } from "@imagegen/db";
-import { CreateGenerationBody, errorResponses, Generation, GenerationList, IdParam, iso, ListGenerationsQuery, SignedImageUrl, SignImageBody } from "@imagegen/contracts";
+import {
+  CreateGenerationBody,
+  errorResponses,
+  Generation,
+  GenerationList,
+  IdParam,
+  iso,
+  ListGenerationsQuery,
+  SignedImageUrl,
+  SignImageBody,
+} from "@imagegen/contracts";
 import { requireScope } from "../auth/middleware.ts";
 import { router } from "../context.ts";
 import { ApiError } from "../errors.ts";
@@ -36,8 +46,14 @@ const create = createRoute({
     body: { content: { "application/json": { schema: CreateGenerationBody } }, required: true },
   },
   responses: {
-    200: { description: "The job ended within the wait, or an idempotent replay", content: { "application/json": { schema: Generation } } },
-    202: { description: "Queued (or still running after the wait)", content: { "application/json": { schema: Generation } } },
+    200: {
+      description: "The job ended within the wait, or an idempotent replay",
+      content: { "application/json": { schema: Generation } },
+    },
+    202: {
+      description: "Queued (or still running after the wait)",
+      content: { "application/json": { schema: Generation } },
+    },
     ...errorResponses(400, 401, 403, 404, 413, 415, 422, 429),
   },
 });
@@ -49,7 +65,10 @@ const get = createRoute({
   tags: ["generations"],
   summary: "Get a generation",
   request: { params: IdParam("generation id", "gen_01hzy3k8m2q9w7e4r5t6y7u8i9") },
-  responses: { 200: { description: "The generation", content: { "application/json": { schema: Generation } } }, ...errorResponses(401, 404, 429) },
+  responses: {
+    200: { description: "The generation", content: { "application/json": { schema: Generation } } },
+    ...errorResponses(401, 404, 429),
+  },
 });
 
 const list = createRoute({
@@ -59,7 +78,10 @@ const list = createRoute({
   tags: ["generations"],
   summary: "List generations, newest first",
   request: { query: ListGenerationsQuery },
-  responses: { 200: { description: "A page of generations", content: { "application/json": { schema: GenerationList } } }, ...errorResponses(400, 401, 429) },
+  responses: {
+    200: { description: "A page of generations", content: { "application/json": { schema: GenerationList } } },
+    ...errorResponses(400, 401, 429),
+  },
 });
 
 const cancel = createRoute({
@@ -83,17 +105,34 @@ const sign = createRoute({
   summary: "Sign a new GET URL for an image, with its own lifetime",
   request: {
     params: z.object({
-      id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" } }),
+      id: z
+        .string()
+        .min(1)
+        .max(64)
+        .openapi({ param: { name: "id", in: "path" } }),
       // Coerced from the path's text, so the generator would call it optional and nullable: a path parameter never is.
-      index: z.coerce.number().int().min(0).max(63).openapi({ param: { name: "index", in: "path", required: true }, type: "integer", minimum: 0, maximum: 63 }),
+      index: z.coerce
+        .number()
+        .int()
+        .min(0)
+        .max(63)
+        .openapi({ param: { name: "index", in: "path", required: true }, type: "integer", minimum: 0, maximum: 63 }),
     }),
     body: { content: { "application/json": { schema: SignImageBody } }, required: false },
   },
-  responses: { 200: { description: "A signed URL", content: { "application/json": { schema: SignedImageUrl } } }, ...errorResponses(400, 401, 404, 429) },
+  responses: {
+    200: { description: "A signed URL", content: { "application/json": { schema: SignedImageUrl } } },
+    ...errorResponses(400, 401, 404, 429),
+  },
 });
 
 /** One server-sent event (the schema applies to each event, as SSE tools read it): `data` is the generation as JSON. */
-const SseEvent = z.object({ id: z.string().optional(), event: z.string().optional(), data: z.string(), retry: z.number().int().optional() });
+const SseEvent = z.object({
+  id: z.string().optional(),
+  event: z.string().optional(),
+  data: z.string(),
+  retry: z.number().int().optional(),
+});
 
 const events = createRoute({
   method: "get",
@@ -104,7 +143,10 @@ const events = createRoute({
   description:
     "Sends `generation` events (the whole generation object) whenever its status or progress changes, and closes after the final state, or once the key it was opened with is revoked or expires. A comment line every 15 s keeps idle connections open.",
   request: { params: IdParam("generation id", "gen_01hzy3k8m2q9w7e4r5t6y7u8i9") },
-  responses: { 200: { description: "An event stream", content: { "text/event-stream": { schema: SseEvent } } }, ...errorResponses(401, 404, 429) },
+  responses: {
+    200: { description: "An event stream", content: { "text/event-stream": { schema: SseEvent } } },
+    ...errorResponses(401, 404, 429),
+  },
 });
 
 const KEEPALIVE_MS = 15_000;
@@ -139,7 +181,12 @@ export const generations = router()
   .openapi(list, async (c) => {
     requireScope(c, "generations:read");
     const q = c.req.valid("query");
-    const page = await jobsTable.listJobs(c.var.db, c.var.auth.tenant.id, { status: q.status, modelId: q.model, after: q.after, limit: q.limit });
+    const page = await jobsTable.listJobs(c.var.db, c.var.auth.tenant.id, {
+      status: q.status,
+      modelId: q.model,
+      after: q.after,
+      limit: q.limit,
+    });
     return c.json(
       {
         object: "list" as const,
@@ -155,12 +202,22 @@ export const generations = router()
     const { id, index } = c.req.valid("param");
     // The body is optional (an empty POST signs for an hour); when present, the JSON middleware has parsed it.
     const parsed = SignImageBody.safeParse(c.req.header("content-type") ? await c.req.json() : {});
-    if (!parsed.success) throw ApiError.invalid("invalid_parameter", parsed.error.issues[0]!.message, "expires_in_seconds");
+    if (!parsed.success)
+      throw ApiError.invalid("invalid_parameter", parsed.error.issues[0]!.message, "expires_in_seconds");
     const { expires_in_seconds } = parsed.data;
     const job = await jobsTable.getJob(c.var.db, c.var.auth.tenant.id, id);
     if (!job) throw ApiError.notFound("generation", id, "id");
-    const image = (await jobsTable.jobImages(c.var.db, [id])).find((img) => img.index === index && img.deletedAt === null);
-    if (!image) throw new ApiError(404, "not_found_error", "image_not_found", `Generation '${id}' has no image ${index} (not finished, or past retention).`, "index");
+    const image = (await jobsTable.jobImages(c.var.db, [id])).find(
+      (img) => img.index === index && img.deletedAt === null,
+    );
+    if (!image)
+      throw new ApiError(
+        404,
+        "not_found_error",
+        "image_not_found",
+        `Generation '${id}' has no image ${index} (not finished, or past retention).`,
+        "index",
+      );
     const url = await objectStore(c.env).presignGet(image.storageKey, expires_in_seconds);
     return c.json({ url, url_expires_at: iso(Date.now() + expires_in_seconds * 1000)! }, 200);
   })
@@ -193,7 +250,9 @@ export const generations = router()
             const state = `${job.status}|${job.progressStep}|${job.progressTotal}|${job.attempts}`;
             if (state === last) continue;
             last = state;
-            controller.enqueue(encoder.encode(`event: generation\nid: ${state}\ndata: ${JSON.stringify(await present(job))}\n\n`));
+            controller.enqueue(
+              encoder.encode(`event: generation\nid: ${state}\ndata: ${JSON.stringify(await present(job))}\n\n`),
+            );
             lastWrite = Date.now();
           }
         } finally {
@@ -201,7 +260,11 @@ export const generations = router()
         }
       },
     });
-    return c.body(stream, 200, { "content-type": "text/event-stream", "cache-control": "no-cache", connection: "keep-alive" }) as never;
+    return c.body(stream, 200, {
+      "content-type": "text/event-stream",
+      "cache-control": "no-cache",
+      connection: "keep-alive",
+    }) as never;
   })
   .openapi(cancel, async (c) => {
     requireScope(c, "generations:write");

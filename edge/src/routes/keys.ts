@@ -11,27 +11,66 @@ const KeyId = IdParam("API key id", "key_01hzy3k8m2q9w7e4r5t6y7u8i9");
 
 export const keys = router()
   .openapi(
-    createRoute({ method: "get", path: "/keys", operationId: "listKeys", tags: ["keys"], summary: "List this tenant's API keys (needs `keys:write`)", responses: { 200: { description: "Keys", content: { "application/json": { schema: ApiKeyList } } }, ...errorResponses(401, 403, 429) } }),
+    createRoute({
+      method: "get",
+      path: "/keys",
+      operationId: "listKeys",
+      tags: ["keys"],
+      summary: "List this tenant's API keys (needs `keys:write`)",
+      responses: {
+        200: { description: "Keys", content: { "application/json": { schema: ApiKeyList } } },
+        ...errorResponses(401, 403, 429),
+      },
+    }),
     async (c) => {
       // The list names every key and its scopes: that is managing keys, which only `keys:write` may.
       requireScope(c, "keys:write");
-      return c.json({ object: "list" as const, data: (await apiKeysTable.listKeys(c.var.db, c.var.auth.tenant.id)).map(presentKey) }, 200);
+      return c.json(
+        {
+          object: "list" as const,
+          data: (await apiKeysTable.listKeys(c.var.db, c.var.auth.tenant.id)).map(presentKey),
+        },
+        200,
+      );
     },
   )
   .openapi(
-    createRoute({ method: "post", path: "/keys", operationId: "createKey", tags: ["keys"], summary: "Create an API key (the secret is shown once)", request: { body: { content: { "application/json": { schema: CreateKeyBody } }, required: true } }, responses: { 201: { description: "Created", content: { "application/json": { schema: CreatedApiKey } } }, ...errorResponses(400, 401, 403, 429) } }),
+    createRoute({
+      method: "post",
+      path: "/keys",
+      operationId: "createKey",
+      tags: ["keys"],
+      summary: "Create an API key (the secret is shown once)",
+      request: { body: { content: { "application/json": { schema: CreateKeyBody } }, required: true } },
+      responses: {
+        201: { description: "Created", content: { "application/json": { schema: CreatedApiKey } } },
+        ...errorResponses(400, 401, 403, 429),
+      },
+    }),
     async (c) => {
       requireScope(c, "keys:write");
       const { tenant, key } = c.var.auth;
       const body = c.req.valid("json");
       // A key cannot mint a key with more power than its own.
       const excess = body.scopes.filter((s) => !key.scopes.includes(s));
-      if (excess.length) throw ApiError.forbidden("missing_scope", `This API key cannot grant scopes it lacks: ${excess.join(", ")}.`);
+      if (excess.length)
+        throw ApiError.forbidden("missing_scope", `This API key cannot grant scopes it lacks: ${excess.join(", ")}.`);
       return c.json(await createKey(c, tenant, body, key.id), 201);
     },
   )
   .openapi(
-    createRoute({ method: "delete", path: "/keys/{id}", operationId: "revokeKey", tags: ["keys"], summary: "Revoke an API key", request: { params: KeyId }, responses: { 200: { description: "Revoked", content: { "application/json": { schema: ApiKey } } }, ...errorResponses(401, 403, 404, 429) } }),
+    createRoute({
+      method: "delete",
+      path: "/keys/{id}",
+      operationId: "revokeKey",
+      tags: ["keys"],
+      summary: "Revoke an API key",
+      request: { params: KeyId },
+      responses: {
+        200: { description: "Revoked", content: { "application/json": { schema: ApiKey } } },
+        ...errorResponses(401, 403, 404, 429),
+      },
+    }),
     async (c) => {
       requireScope(c, "keys:write");
       const { id } = c.req.valid("param");

@@ -3,7 +3,13 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { jobsTable } from "@imagegen/db";
 import { router } from "../context.ts";
 import { ApiError } from "../errors.ts";
-import { errorResponses, INPUT_FAILURE_CODES, OpenAIImageBody, OpenAIImagesResponse, openAISize } from "@imagegen/contracts";
+import {
+  errorResponses,
+  INPUT_FAILURE_CODES,
+  OpenAIImageBody,
+  OpenAIImagesResponse,
+  openAISize,
+} from "@imagegen/contracts";
 import { loadPresentedJob } from "../generations/present.ts";
 import { submitGeneration } from "../generations/submit.ts";
 import { waitForJob } from "../jobs/follow.ts";
@@ -32,7 +38,8 @@ const route = createRoute({
       "idempotency-key": z.string().min(1).max(255).optional(),
       "x-stainless-retry-count": z.string().max(8).optional(),
     }),
-    body: { content: { "application/json": { schema: OpenAIImageBody } }, required: true } },
+    body: { content: { "application/json": { schema: OpenAIImageBody } }, required: true },
+  },
   responses: {
     200: { description: "The images", content: { "application/json": { schema: OpenAIImagesResponse } } },
     ...errorResponses(400, 401, 403, 404, 409, 422, 429),
@@ -64,12 +71,20 @@ export const openai = router().openapi(route, async (c) => {
     retry ? Date.now() - RETRY_WINDOW_MS : undefined,
   ).catch((err: unknown) => {
     // The model's size limits name width or height; here the client sent `size`.
-    if (err instanceof ApiError && (err.param === "width" || err.param === "height")) throw new ApiError(err.status, err.type, err.code, `size: ${err.message}`, "size");
+    if (err instanceof ApiError && (err.param === "width" || err.param === "height"))
+      throw new ApiError(err.status, err.type, err.code, `size: ${err.message}`, "size");
     throw err;
   });
   const done = (await waitForJob(c.env, c.var.db, c.var.auth.tenant.id, job.id, WAIT_SECONDS)) ?? job;
   if (done.status === "queued" || done.status === "running") {
-    throw new ApiError(503, "api_error", "generation_timeout", `The generation did not finish within ${WAIT_SECONDS} s; it continues as ${job.id} (GET /v1/generations/${job.id}).`, undefined, { "Retry-After": "5" });
+    throw new ApiError(
+      503,
+      "api_error",
+      "generation_timeout",
+      `The generation did not finish within ${WAIT_SECONDS} s; it continues as ${job.id} (GET /v1/generations/${job.id}).`,
+      undefined,
+      { "Retry-After": "5" },
+    );
   }
   if (done.status !== "succeeded") {
     // The job has had its attempts: a retry would get this same answer (and the same job), so say not to retry.
@@ -78,7 +93,14 @@ export const openai = router().openapi(route, async (c) => {
     if (done.status === "failed" && done.errorCode && INPUT_FAILURES.has(done.errorCode)) {
       throw new ApiError(400, "invalid_request_error", done.errorCode, message, undefined, noRetry);
     }
-    throw new ApiError(done.status === "canceled" ? 409 : 500, done.status === "canceled" ? "conflict_error" : "api_error", done.errorCode ?? done.status, message, undefined, noRetry);
+    throw new ApiError(
+      done.status === "canceled" ? 409 : 500,
+      done.status === "canceled" ? "conflict_error" : "api_error",
+      done.errorCode ?? done.status,
+      message,
+      undefined,
+      noRetry,
+    );
   }
   const presented = await loadPresentedJob(c.env, c.var.db, done);
   const images = await jobsTable.jobImages(c.var.db, [done.id]);
@@ -87,7 +109,8 @@ export const openai = router().openapi(route, async (c) => {
       if (b.response_format === "url") return { url: img.url ?? undefined };
       const stored = images.find((i) => i.index === img.index)!;
       const bytes = await objectStore(c.env).get(stored.storageKey);
-      if (!bytes) throw new ApiError(500, "api_error", "image_unavailable", "The image could not be read back from storage.");
+      if (!bytes)
+        throw new ApiError(500, "api_error", "image_unavailable", "The image could not be read back from storage.");
       let bin = "";
       for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
       return { b64_json: btoa(bin) };

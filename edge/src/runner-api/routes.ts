@@ -11,16 +11,39 @@ import { expireLeases } from "../dispatch/expiry.ts";
 import { ApiError } from "../errors.ts";
 import { announce, announcerOf } from "../jobs/announce.ts";
 import { randomBase32 } from "../lib/ids.ts";
-import { CompleteBody, errorResponses, FailBody, formatAddonRef, HeartbeatBody, HeartbeatResult, iso, LeaseBody, LeasedJob, OutputUploadBody, OutputUploads, RunnerAck, STORAGE_UNAVAILABLE } from "@imagegen/contracts";
+import {
+  CompleteBody,
+  errorResponses,
+  FailBody,
+  formatAddonRef,
+  HeartbeatBody,
+  HeartbeatResult,
+  iso,
+  LeaseBody,
+  LeasedJob,
+  OutputUploadBody,
+  OutputUploads,
+  RunnerAck,
+  STORAGE_UNAVAILABLE,
+} from "@imagegen/contracts";
 import { objectStore, outputKey } from "../storage/index.ts";
 
 /** Add-on downloads live long enough for a slow job; they only read. Output uploads expire with the lease. */
 const ADDON_URL_TTL_SECONDS = 3600;
 
 /** Resolves when the runner hangs up (workerd aborts the request's signal under `enable_request_signal`). */
-const hungUp = (signal: AbortSignal) => new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener("abort", () => resolve(), { once: true })));
+const hungUp = (signal: AbortSignal) =>
+  new Promise<void>((resolve) =>
+    signal.aborted ? resolve() : signal.addEventListener("abort", () => resolve(), { once: true }),
+  );
 
-const JobId = z.object({ id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" } }) });
+const JobId = z.object({
+  id: z
+    .string()
+    .min(1)
+    .max(64)
+    .openapi({ param: { name: "id", in: "path" } }),
+});
 
 const lease = createRoute({
   method: "post",
@@ -43,7 +66,10 @@ const heartbeatRoute = createRoute({
   tags: ["runner"],
   summary: "Extend a lease and report progress",
   request: { params: JobId, body: { content: { "application/json": { schema: HeartbeatBody } }, required: true } },
-  responses: { 200: { description: "Lease extended, or cancel", content: { "application/json": { schema: HeartbeatResult } } }, ...errorResponses(400, 401, 404, 409) },
+  responses: {
+    200: { description: "Lease extended, or cancel", content: { "application/json": { schema: HeartbeatResult } } },
+    ...errorResponses(400, 401, 404, 409),
+  },
 });
 
 const complete = createRoute({
@@ -53,7 +79,13 @@ const complete = createRoute({
   tags: ["runner"],
   summary: "Complete a leased job with its images",
   request: { params: JobId, body: { content: { "application/json": { schema: CompleteBody } }, required: true } },
-  responses: { 200: { description: "Completed (or already completed by this lease)", content: { "application/json": { schema: RunnerAck } } }, ...errorResponses(400, 401, 404, 409) },
+  responses: {
+    200: {
+      description: "Completed (or already completed by this lease)",
+      content: { "application/json": { schema: RunnerAck } },
+    },
+    ...errorResponses(400, 401, 404, 409),
+  },
 });
 
 const outputs = createRoute({
@@ -63,7 +95,13 @@ const outputs = createRoute({
   tags: ["runner"],
   summary: "Presigned PUTs for a job's images, signed with each image's size and SHA-256; they expire with the lease",
   request: { params: JobId, body: { content: { "application/json": { schema: OutputUploadBody } }, required: true } },
-  responses: { 200: { description: "Upload URLs (the lease was extended)", content: { "application/json": { schema: OutputUploads } } }, ...errorResponses(400, 401, 404, 409) },
+  responses: {
+    200: {
+      description: "Upload URLs (the lease was extended)",
+      content: { "application/json": { schema: OutputUploads } },
+    },
+    ...errorResponses(400, 401, 404, 409),
+  },
 });
 
 const fail = createRoute({
@@ -73,7 +111,10 @@ const fail = createRoute({
   tags: ["runner"],
   summary: "Fail a leased job (retryable failures are requeued while attempts remain)",
   request: { params: JobId, body: { content: { "application/json": { schema: FailBody } }, required: true } },
-  responses: { 200: { description: "Failed, or requeued (status queued)", content: { "application/json": { schema: RunnerAck } } }, ...errorResponses(400, 401, 404, 409) },
+  responses: {
+    200: { description: "Failed, or requeued (status queued)", content: { "application/json": { schema: RunnerAck } } },
+    ...errorResponses(400, 401, 404, 409),
+  },
 });
 
 /** Why a runner's call on a job it does not (or no longer) hold is refused. */
@@ -82,7 +123,10 @@ function leaseError(check: jobsTable.LeaseCheck & { ok: false }, id: string): Ap
     case "not_found":
       return ApiError.notFound("job", id, "id");
     case "lease_lost":
-      return ApiError.conflict("lease_lost", `This runner does not hold the lease on job '${id}' (it expired or belongs to another runner).`);
+      return ApiError.conflict(
+        "lease_lost",
+        `This runner does not hold the lease on job '${id}' (it expired or belongs to another runner).`,
+      );
     case "lease_expired":
       return ApiError.conflict("lease_expired", `The lease on job '${id}' expired; the job goes back to the queue.`);
     case "canceled":
@@ -99,7 +143,11 @@ function checkIndexes(job: jobsTable.Job, images: ReadonlyArray<{ index: number 
   const count = job.request.n;
   const indexes = new Set(images.map((i) => i.index));
   if (indexes.size !== images.length || images.some((i) => i.index >= count) || (all && images.length !== count)) {
-    throw ApiError.invalid("invalid_images", `Job '${job.id}' asked for ${count} images with distinct indexes 0..${count - 1}.`, "images");
+    throw ApiError.invalid(
+      "invalid_images",
+      `Job '${job.id}' asked for ${count} images with distinct indexes 0..${count - 1}.`,
+      "images",
+    );
   }
 }
 
@@ -134,15 +182,29 @@ export const runnerApi = router()
         // Not announced yet: the lease is provisional until the runner acknowledges it (its first heartbeat).
         const request = job.request;
         const versions = await addonsTable.versionsForRefs(db, job.addonRefs);
-        const missing = job.addonRefs.filter((ref) => !versions.some((v) => formatAddonRef(v.addon.id, v.version.version) === ref));
+        const missing = job.addonRefs.filter(
+          (ref) => !versions.some((v) => formatAddonRef(v.addon.id, v.version.version) === ref),
+        );
         if (missing.length) {
           // The add-on was deleted while the job waited: fail it clearly rather than run without it.
-          const failed = await jobsTable.failJob(db, { id: job.id, runnerId: runner.id, leaseId: job.leaseId!, now, code: "addon_deleted", message: `Add-on ${missing.join(", ")} was deleted before the job ran.`, retryable: false });
+          const failed = await jobsTable.failJob(db, {
+            id: job.id,
+            runnerId: runner.id,
+            leaseId: job.leaseId!,
+            now,
+            code: "addon_deleted",
+            message: `Add-on ${missing.join(", ")} was deleted before the job ran.`,
+            retryable: false,
+          });
           if (failed) await announce(announcerOf(c), failed);
           continue;
         }
         const store = objectStore(c.env);
-        const outputs = Array.from({ length: request.n }, (_, index) => ({ index, storage_key: outputKey(job.tenantId, job.id, job.leaseId!, index), content_type: "image/png" as const }));
+        const outputs = Array.from({ length: request.n }, (_, index) => ({
+          index,
+          storage_key: outputKey(job.tenantId, job.id, job.leaseId!, index),
+          content_type: "image/png" as const,
+        }));
         const addons = await Promise.all(
           versions.map(async ({ addon, version }) => ({
             id: addon.id,
@@ -195,7 +257,10 @@ export const runnerApi = router()
     if (job) {
       const acknowledged = job.leaseAckedAt === now;
       if (body.progress || acknowledged) await announce(announcerOf(c), job);
-      return c.json({ cancel: false, lease_expires_at: iso(job.leaseExpiresAt), lease_ttl_ms: settings.leaseTtlMs }, 200);
+      return c.json(
+        { cancel: false, lease_expires_at: iso(job.leaseExpiresAt), lease_ttl_ms: settings.leaseTtlMs },
+        200,
+      );
     }
     const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id, now);
     if (!check.ok && check.reason === "canceled") return c.json({ cancel: true, lease_expires_at: null }, 200);
@@ -207,7 +272,13 @@ export const runnerApi = router()
     const { db, settings, runner } = c.var;
     const now = Date.now();
     // Signing uploads is a lease holder's act: it extends the lease (and acknowledges it) as a heartbeat does.
-    const job = await jobsTable.heartbeat(db, { id, runnerId: runner.id, leaseId: body.lease_id, now, leaseTtlMs: settings.leaseTtlMs });
+    const job = await jobsTable.heartbeat(db, {
+      id,
+      runnerId: runner.id,
+      leaseId: body.lease_id,
+      now,
+      leaseTtlMs: settings.leaseTtlMs,
+    });
     if (!job) {
       const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id, now);
       throw leaseError(check.ok ? { ok: false, reason: "lease_lost" } : check, id);
@@ -219,8 +290,18 @@ export const runnerApi = router()
     const uploads = await Promise.all(
       body.images.map(async (img) => {
         const key = outputKey(job.tenantId, id, body.lease_id, img.index);
-        const put = await store.presignPut(key, ttlSeconds, { contentType: "image/png", contentLength: img.size_bytes, sha256: img.sha256 });
-        return { index: img.index, storage_key: key, put_url: put.url, headers: put.headers, expires_at: iso(now + ttlSeconds * 1000)! };
+        const put = await store.presignPut(key, ttlSeconds, {
+          contentType: "image/png",
+          contentLength: img.size_bytes,
+          sha256: img.sha256,
+        });
+        return {
+          index: img.index,
+          storage_key: key,
+          put_url: put.url,
+          headers: put.headers,
+          expires_at: iso(now + ttlSeconds * 1000)!,
+        };
       }),
     );
     return c.json({ uploads }, 200);
@@ -238,15 +319,24 @@ export const runnerApi = router()
       const store = objectStore(c.env);
       for (const img of body.images) {
         const expected = outputKey(job.tenantId, id, body.lease_id, img.index);
-        if (img.storage_key !== expected) throw ApiError.invalid("invalid_images", `Image ${img.index} must be stored at '${expected}'.`, "images");
+        if (img.storage_key !== expected)
+          throw ApiError.invalid("invalid_images", `Image ${img.index} must be stored at '${expected}'.`, "images");
         const stored = await store.head(expected);
         if (!stored || stored.size !== img.size_bytes) {
-          throw ApiError.invalid("output_missing", `Image ${img.index} is not in storage with ${img.size_bytes} bytes (found ${stored ? `${stored.size} bytes` : "nothing"}); upload it to the lease's URL first.`, "images");
+          throw ApiError.invalid(
+            "output_missing",
+            `Image ${img.index} is not in storage with ${img.size_bytes} bytes (found ${stored ? `${stored.size} bytes` : "nothing"}); upload it to the lease's URL first.`,
+            "images",
+          );
         }
         // The checksum the store verified on the PUT where it keeps one; else the bytes themselves (a few MB at most).
         const sha256 = stored.sha256 ?? (await store.sha256(expected));
         if (sha256 !== img.sha256) {
-          throw ApiError.invalid("output_checksum_mismatch", `Image ${img.index} in storage has SHA-256 ${sha256}, not the declared ${img.sha256}; upload it again.`, "images");
+          throw ApiError.invalid(
+            "output_checksum_mismatch",
+            `Image ${img.index} in storage has SHA-256 ${sha256}, not the declared ${img.sha256}; upload it again.`,
+            "images",
+          );
         }
       }
     }
@@ -269,7 +359,11 @@ export const runnerApi = router()
         sizeBytes: img.size_bytes,
         createdAt: now,
       })),
-      timings: { queue_ms: Math.max(0, (job.startedAt ?? now) - job.createdAt), ...body.timings, total_ms: now - job.createdAt },
+      timings: {
+        queue_ms: Math.max(0, (job.startedAt ?? now) - job.createdAt),
+        ...body.timings,
+        total_ms: now - job.createdAt,
+      },
       provenance: { ...body.provenance, runner: runner.id },
     });
     if (!done) {

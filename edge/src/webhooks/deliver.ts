@@ -18,7 +18,12 @@ export function retryAt(backoffMs: number[], attempts: number, now: number): num
 }
 
 /** Where the delivery goes and the secrets that sign it, or why it cannot go at all. */
-async function destination(env: Env, db: Db, d: webhooksTable.Delivery, allowPrivate: boolean): Promise<{ url: string; ring: SecretRing } | { refused: string }> {
+async function destination(
+  env: Env,
+  db: Db,
+  d: webhooksTable.Delivery,
+  allowPrivate: boolean,
+): Promise<{ url: string; ring: SecretRing } | { refused: string }> {
   const refused = refusedDestination(d.url, allowPrivate);
   if (refused) return { refused: `the URL ${refused}` };
   if (!d.endpointId) return { url: d.url, ring: await tenantRing(env, db, d.tenantId) };
@@ -31,7 +36,13 @@ async function destination(env: Env, db: Db, d: webhooksTable.Delivery, allowPri
 async function post(url: string, headers: Record<string, string>, body: string): Promise<Outcome> {
   try {
     // Redirects are not followed: a public host must not bounce a delivery to an address the check refused.
-    const res = await fetch(url, { method: "POST", headers, body, redirect: "manual", signal: AbortSignal.timeout(10_000) });
+    const res = await fetch(url, {
+      method: "POST",
+      headers,
+      body,
+      redirect: "manual",
+      signal: AbortSignal.timeout(10_000),
+    });
     await res.body?.cancel();
     return { ok: res.ok, status: res.status };
   } catch (err) {
@@ -40,16 +51,30 @@ async function post(url: string, headers: Record<string, string>, body: string):
 }
 
 /** Attempts `d` now; returns the delivery as recorded after, or undefined when another attempt recorded first. */
-export async function attemptDelivery(env: Env, db: Db, d: webhooksTable.Delivery): Promise<webhooksTable.Delivery | undefined> {
+export async function attemptDelivery(
+  env: Env,
+  db: Db,
+  d: webhooksTable.Delivery,
+): Promise<webhooksTable.Delivery | undefined> {
   const settings = loadSettings(env);
   const to = await destination(env, db, d, settings.allowPrivateWebhooks);
   let outcome: Outcome;
   if ("refused" in to) outcome = { ok: false, error: `not sent: ${to.refused}`, final: true };
   else {
     const body = JSON.stringify({ id: d.id, ...d.payload });
-    const signed = await signatureHeaders(signingSecrets(to.ring, Date.now()), d.id, Math.floor(Date.now() / 1000), body);
-    outcome = await post(to.url, { "content-type": "application/json", "user-agent": "imagegen-webhooks/1", ...signed }, body);
+    const signed = await signatureHeaders(
+      signingSecrets(to.ring, Date.now()),
+      d.id,
+      Math.floor(Date.now() / 1000),
+      body,
+    );
+    outcome = await post(
+      to.url,
+      { "content-type": "application/json", "user-agent": "imagegen-webhooks/1", ...signed },
+      body,
+    );
   }
-  const again = outcome.ok || outcome.final ? null : retryAt(settings.webhookRetryBackoffMs, d.attempts + 1, Date.now());
+  const again =
+    outcome.ok || outcome.final ? null : retryAt(settings.webhookRetryBackoffMs, d.attempts + 1, Date.now());
   return webhooksTable.recordAttempt(db, d, outcome, again);
 }

@@ -40,7 +40,7 @@ function privateV4(bytes: number[]): boolean {
   return PRIVATE_V4.some(([start, bits]) => {
     const base = ((start[0]! << 24) | ((start[1] ?? 0) << 16) | ((start[2] ?? 0) << 8)) >>> 0;
     const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0;
-    return ((value & mask) >>> 0) === ((base & mask) >>> 0);
+    return (value & mask) >>> 0 === (base & mask) >>> 0;
   });
 }
 

@@ -11,7 +11,8 @@ import { newWebhookSecret } from "./secrets.ts";
 /** Throws the 400 for a webhook URL this deployment will not send to (SSRF), naming `param`. */
 export function assertWebhookDestination(env: Env, url: string, param: string): void {
   const refused = refusedDestination(url, loadSettings(env).allowPrivateWebhooks);
-  if (refused) throw ApiError.invalid("webhook_url_refused", `${param} ${refused}; webhooks go to public hosts only.`, param);
+  if (refused)
+    throw ApiError.invalid("webhook_url_refused", `${param} ${refused}; webhooks go to public hosts only.`, param);
 }
 
 export const presentEndpoint = (e: webhooksTable.Endpoint): WebhookEndpoint => ({
@@ -38,21 +39,45 @@ export const presentDelivery = (d: webhooksTable.Delivery): WebhookDelivery => (
   created_at: iso(d.createdAt)!,
 });
 
-export async function createEndpoint(env: Env, db: Db, tenantId: string, body: { url: string; events: WebhookEventType[] }) {
+export async function createEndpoint(
+  env: Env,
+  db: Db,
+  tenantId: string,
+  body: { url: string; events: WebhookEventType[] },
+) {
   assertWebhookDestination(env, body.url, "url");
   const id = newId("whe");
   const secret = newWebhookSecret();
-  const endpoint = await webhooksTable.insertEndpoint(db, { id, tenantId, url: body.url, events: [...new Set(body.events)], secret: await sealNewRing(env, id, secret), createdAt: Date.now() });
+  const endpoint = await webhooksTable.insertEndpoint(db, {
+    id,
+    tenantId,
+    url: body.url,
+    events: [...new Set(body.events)],
+    secret: await sealNewRing(env, id, secret),
+    createdAt: Date.now(),
+  });
   return { ...presentEndpoint(endpoint), secret };
 }
 
-export async function updateEndpoint(env: Env, db: Db, tenantId: string, id: string, body: { url?: string; events?: WebhookEventType[]; disabled?: boolean }) {
+export async function updateEndpoint(
+  env: Env,
+  db: Db,
+  tenantId: string,
+  id: string,
+  body: { url?: string; events?: WebhookEventType[]; disabled?: boolean },
+) {
   if (body.url !== undefined) assertWebhookDestination(env, body.url, "url");
   const current = await webhooksTable.getEndpoint(db, tenantId, id);
   if (!current) throw ApiError.notFound("webhook endpoint", id, "id");
-  if (body.url === undefined && body.events === undefined && body.disabled === undefined) return presentEndpoint(current);
-  const disabledAt = body.disabled === undefined ? undefined : body.disabled ? (current.disabledAt ?? Date.now()) : null;
-  const updated = await webhooksTable.updateEndpoint(db, tenantId, id, { url: body.url, events: body.events && [...new Set(body.events)], disabledAt });
+  if (body.url === undefined && body.events === undefined && body.disabled === undefined)
+    return presentEndpoint(current);
+  const disabledAt =
+    body.disabled === undefined ? undefined : body.disabled ? (current.disabledAt ?? Date.now()) : null;
+  const updated = await webhooksTable.updateEndpoint(db, tenantId, id, {
+    url: body.url,
+    events: body.events && [...new Set(body.events)],
+    disabledAt,
+  });
   if (!updated) throw ApiError.notFound("webhook endpoint", id, "id");
   return presentEndpoint(updated);
 }

@@ -13,16 +13,34 @@ import { loadPresentedJob } from "../generations/present.ts";
 import { scheduleDelivery } from "./deliverer.ts";
 
 /** Records the deliveries for a generation that just ended, and arms their timers (in the background of the request). */
-export async function generationEnded(env: Env, db: Db, job: jobsTable.Job, waitUntil: (p: Promise<unknown>) => void): Promise<void> {
+export async function generationEnded(
+  env: Env,
+  db: Db,
+  job: jobsTable.Job,
+  waitUntil: (p: Promise<unknown>) => void,
+): Promise<void> {
   const event = `generation.${job.status}` as WebhookEventType;
   const endpoints = await webhooksTable.endpointsFor(db, job.tenantId, event);
-  const targets = [...(job.webhookUrl ? [{ url: job.webhookUrl, endpointId: null }] : []), ...endpoints.map((e) => ({ url: e.url, endpointId: e.id }))];
+  const targets = [
+    ...(job.webhookUrl ? [{ url: job.webhookUrl, endpointId: null }] : []),
+    ...endpoints.map((e) => ({ url: e.url, endpointId: e.id })),
+  ];
   if (targets.length === 0) return;
   const now = Date.now();
   const payload = { type: event, timestamp: new Date(now).toISOString(), data: await loadPresentedJob(env, db, job) };
   const deliveries = await webhooksTable.insertDeliveries(
     db,
-    targets.map((t) => ({ id: newId("whd", now), tenantId: job.tenantId, ...t, jobId: job.id, event, payload, status: "pending", nextAttemptAt: now, createdAt: now })),
+    targets.map((t) => ({
+      id: newId("whd", now),
+      tenantId: job.tenantId,
+      ...t,
+      jobId: job.id,
+      event,
+      payload,
+      status: "pending",
+      nextAttemptAt: now,
+      createdAt: now,
+    })),
   );
   waitUntil(Promise.all(deliveries.map((d) => scheduleDelivery(env, d))));
 }

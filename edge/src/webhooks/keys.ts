@@ -9,12 +9,22 @@ import { newWebhookSecret, openRing, rotatedRing, sealRing, type SecretRing } fr
 /** A ring as the API shows it: the current secret, and until when the replaced one still signs. */
 export function describeRing(ring: SecretRing, now = Date.now()): { secret: string; previousExpiresAt: number | null } {
   const previous = ring.slice(1).filter((k) => (k.expiresAt ?? 0) > now);
-  return { secret: ring[0]!.secret, previousExpiresAt: previous.length ? Math.max(...previous.map((k) => k.expiresAt!)) : null };
+  return {
+    secret: ring[0]!.secret,
+    previousExpiresAt: previous.length ? Math.max(...previous.map((k) => k.expiresAt!)) : null,
+  };
 }
 
-async function opened(env: Env, db: Db, table: "tenants" | "endpoints", owner: string, stored: string): Promise<SecretRing> {
+async function opened(
+  env: Env,
+  db: Db,
+  table: "tenants" | "endpoints",
+  owner: string,
+  stored: string,
+): Promise<SecretRing> {
   const { ring, plain } = await openRing(env.WEBHOOK_SECRET_KEY, owner, stored);
-  if (plain) await webhooksTable.sealPlainSecret(db, table, owner, stored, await sealRing(env.WEBHOOK_SECRET_KEY, owner, ring));
+  if (plain)
+    await webhooksTable.sealPlainSecret(db, table, owner, stored, await sealRing(env.WEBHOOK_SECRET_KEY, owner, ring));
   return ring;
 }
 
@@ -22,7 +32,11 @@ async function opened(env: Env, db: Db, table: "tenants" | "endpoints", owner: s
 export async function tenantRing(env: Env, db: Db, tenantId: string): Promise<SecretRing> {
   const stored =
     (await webhooksTable.tenantSecret(db, tenantId)) ??
-    (await webhooksTable.initTenantSecret(db, tenantId, await sealRing(env.WEBHOOK_SECRET_KEY, tenantId, [{ secret: newWebhookSecret() }])));
+    (await webhooksTable.initTenantSecret(
+      db,
+      tenantId,
+      await sealRing(env.WEBHOOK_SECRET_KEY, tenantId, [{ secret: newWebhookSecret() }]),
+    ));
   return opened(env, db, "tenants", tenantId, stored);
 }
 
@@ -32,13 +46,22 @@ export async function rotateTenantSecret(env: Env, db: Db, tenantId: string, gra
   return ring;
 }
 
-export const endpointRing = (env: Env, db: Db, e: webhooksTable.Endpoint): Promise<SecretRing> => opened(env, db, "endpoints", e.id, e.secret);
+export const endpointRing = (env: Env, db: Db, e: webhooksTable.Endpoint): Promise<SecretRing> =>
+  opened(env, db, "endpoints", e.id, e.secret);
 
-export const sealNewRing = (env: Env, endpointId: string, secret: string): Promise<string> => sealRing(env.WEBHOOK_SECRET_KEY, endpointId, [{ secret }]);
+export const sealNewRing = (env: Env, endpointId: string, secret: string): Promise<string> =>
+  sealRing(env.WEBHOOK_SECRET_KEY, endpointId, [{ secret }]);
 
-export async function rotateEndpointSecret(env: Env, db: Db, e: webhooksTable.Endpoint, graceMs: number): Promise<SecretRing> {
+export async function rotateEndpointSecret(
+  env: Env,
+  db: Db,
+  e: webhooksTable.Endpoint,
+  graceMs: number,
+): Promise<SecretRing> {
   const ring = rotatedRing(await endpointRing(env, db, e), newWebhookSecret(), Date.now(), graceMs);
-  await webhooksTable.updateEndpoint(db, e.tenantId, e.id, { secret: await sealRing(env.WEBHOOK_SECRET_KEY, e.id, ring) });
+  await webhooksTable.updateEndpoint(db, e.tenantId, e.id, {
+    secret: await sealRing(env.WEBHOOK_SECRET_KEY, e.id, ring),
+  });
   return ring;
 }
 

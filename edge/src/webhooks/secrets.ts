@@ -21,7 +21,8 @@ const SEALED = "enc1:";
 const encoder = new TextEncoder();
 
 const toBase64 = (bytes: Uint8Array) => btoa(String.fromCharCode(...bytes));
-const fromBase64 = (text: string) => Uint8Array.from(atob(text.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
+const fromBase64 = (text: string) =>
+  Uint8Array.from(atob(text.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0));
 
 /** A new signing secret, as Standard Webhooks libraries read it. */
 export const newWebhookSecret = (): string => `whsec_${toBase64(crypto.getRandomValues(new Uint8Array(32)))}`;
@@ -40,7 +41,11 @@ export const signingSecrets = (ring: SecretRing, now: number): string[] =>
 export function rotatedRing(ring: SecretRing, secret: string, now: number, graceMs: number): SecretRing {
   if (graceMs <= 0) return [{ secret }];
   const [current, ...older] = ring;
-  return [{ secret }, ...(current ? [{ secret: current.secret, expiresAt: now + graceMs }] : []), ...older.filter((k) => (k.expiresAt ?? 0) > now)];
+  return [
+    { secret },
+    ...(current ? [{ secret: current.secret, expiresAt: now + graceMs }] : []),
+    ...older.filter((k) => (k.expiresAt ?? 0) > now),
+  ];
 }
 
 async function sealingKey(keyBase64: string | undefined): Promise<CryptoKey> {
@@ -53,15 +58,28 @@ async function sealingKey(keyBase64: string | undefined): Promise<CryptoKey> {
 /** The ring as stored: `enc1:<iv>:<ciphertext>`, bound to `owner` (the row's id) so a sealed value cannot be moved. */
 export async function sealRing(keyBase64: string | undefined, owner: string, ring: SecretRing): Promise<string> {
   const iv = crypto.getRandomValues(new Uint8Array(12));
-  const ciphertext = await crypto.subtle.encrypt({ name: "AES-GCM", iv, additionalData: encoder.encode(owner) }, await sealingKey(keyBase64), encoder.encode(JSON.stringify(ring)));
+  const ciphertext = await crypto.subtle.encrypt(
+    { name: "AES-GCM", iv, additionalData: encoder.encode(owner) },
+    await sealingKey(keyBase64),
+    encoder.encode(JSON.stringify(ring)),
+  );
   return `${SEALED}${toBase64(iv)}:${toBase64(new Uint8Array(ciphertext))}`;
 }
 
 /** The ring a stored value holds; `plain` says it was stored before sealing and should be written back sealed. */
-export async function openRing(keyBase64: string | undefined, owner: string, stored: string): Promise<{ ring: SecretRing; plain: boolean }> {
-  if (!stored.startsWith(SEALED)) return { ring: [{ secret: `whsec_${toBase64(secretKeyBytes(stored))}` }], plain: true };
+export async function openRing(
+  keyBase64: string | undefined,
+  owner: string,
+  stored: string,
+): Promise<{ ring: SecretRing; plain: boolean }> {
+  if (!stored.startsWith(SEALED))
+    return { ring: [{ secret: `whsec_${toBase64(secretKeyBytes(stored))}` }], plain: true };
   const [iv, ciphertext] = stored.slice(SEALED.length).split(":");
-  const plaintext = await crypto.subtle.decrypt({ name: "AES-GCM", iv: fromBase64(iv!), additionalData: encoder.encode(owner) }, await sealingKey(keyBase64), fromBase64(ciphertext!));
+  const plaintext = await crypto.subtle.decrypt(
+    { name: "AES-GCM", iv: fromBase64(iv!), additionalData: encoder.encode(owner) },
+    await sealingKey(keyBase64),
+    fromBase64(ciphertext!),
+  );
   return { ring: JSON.parse(new TextDecoder().decode(plaintext)) as SecretRing, plain: false };
 }
 

@@ -9,13 +9,22 @@ import { secretKeyBytes } from "./secrets.ts";
 const encoder = new TextEncoder();
 
 async function hmacBase64(secret: string, content: string): Promise<string> {
-  const key = await crypto.subtle.importKey("raw", secretKeyBytes(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  const key = await crypto.subtle.importKey("raw", secretKeyBytes(secret), { name: "HMAC", hash: "SHA-256" }, false, [
+    "sign",
+  ]);
   const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, encoder.encode(content)));
   return btoa(String.fromCharCode(...mac));
 }
 
 /** The three headers of a delivery `id` with `body`, sent at `timestamp` (unix seconds), signed by each secret. */
-export async function signatureHeaders(secrets: string[], id: string, timestamp: number, body: string): Promise<Record<string, string>> {
-  const signatures = await Promise.all(secrets.map(async (s) => `v1,${await hmacBase64(s, `${id}.${timestamp}.${body}`)}`));
+export async function signatureHeaders(
+  secrets: string[],
+  id: string,
+  timestamp: number,
+  body: string,
+): Promise<Record<string, string>> {
+  const signatures = await Promise.all(
+    secrets.map(async (s) => `v1,${await hmacBase64(s, `${id}.${timestamp}.${body}`)}`),
+  );
   return { "webhook-id": id, "webhook-timestamp": String(timestamp), "webhook-signature": signatures.join(" ") };
 }

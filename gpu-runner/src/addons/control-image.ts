@@ -29,7 +29,11 @@ export function decodePng(file: Uint8Array): DecodedImage {
   if (file.byteLength < 8 || SIGNATURE.some((b, i) => file[i] !== b)) throw new ControlImageError("not a PNG file");
   const view = new DataView(file.buffer, file.byteOffset, file.byteLength);
   let pos = 8;
-  let width = 0, height = 0, depth = 0, colorType = -1, interlace = 0;
+  let width = 0,
+    height = 0,
+    depth = 0,
+    colorType = -1,
+    interlace = 0;
   let palette: Uint8Array | undefined;
   let alphaTable: Uint8Array | undefined;
   const idat: Uint8Array[] = [];
@@ -37,7 +41,8 @@ export function decodePng(file: Uint8Array): DecodedImage {
     const length = view.getUint32(pos);
     const type = String.fromCharCode(...file.subarray(pos + 4, pos + 8));
     const data = file.subarray(pos + 8, pos + 8 + length);
-    if (pos + 12 + length > file.byteLength) throw new ControlImageError(`PNG chunk ${type} runs past the end of the file (truncated?)`);
+    if (pos + 12 + length > file.byteLength)
+      throw new ControlImageError(`PNG chunk ${type} runs past the end of the file (truncated?)`);
     if (type === "IHDR") {
       // Shorter, its fields would be read from the next chunk or past the end of the file.
       if (length !== 13) throw new ControlImageError(`PNG IHDR chunk is ${length} bytes; 13 expected`);
@@ -53,7 +58,8 @@ export function decodePng(file: Uint8Array): DecodedImage {
     pos += 12 + length;
   }
   if (!width || !height) throw new ControlImageError("PNG has no image header");
-  if (width * height > MAX_CONTROL_PIXELS) throw new ControlImageError(`control image is ${width}×${height}; at most ${MAX_CONTROL_PIXELS} pixels`);
+  if (width * height > MAX_CONTROL_PIXELS)
+    throw new ControlImageError(`control image is ${width}×${height}; at most ${MAX_CONTROL_PIXELS} pixels`);
   if (depth !== 8) throw new ControlImageError(`PNG bit depth ${depth} is not supported; use 8-bit`);
   if (interlace !== 0) throw new ControlImageError("interlaced PNGs are not supported");
   const channels = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }[colorType];
@@ -66,7 +72,8 @@ export function decodePng(file: Uint8Array): DecodedImage {
     throw new ControlImageError(`PNG pixel data does not decompress: ${(err as Error).message}`);
   }
   const stride = width * channels;
-  if (raw.byteLength !== (stride + 1) * height) throw new ControlImageError("PNG pixel data has the wrong length (truncated?)");
+  if (raw.byteLength !== (stride + 1) * height)
+    throw new ControlImageError("PNG pixel data has the wrong length (truncated?)");
   const px = new Uint8Array(stride * height);
   for (let y = 0; y < height; y++) {
     const filter = raw[y * (stride + 1)]!;
@@ -83,7 +90,9 @@ export function decodePng(file: Uint8Array): DecodedImage {
       else if (filter === 3) v += (a + b) >> 1;
       else if (filter === 4) {
         const p = a + b - c;
-        const pa = Math.abs(p - a), pb = Math.abs(p - b), pc = Math.abs(p - c);
+        const pa = Math.abs(p - a),
+          pb = Math.abs(p - b),
+          pc = Math.abs(p - c);
         v += pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
       } else if (filter !== 0) throw new ControlImageError(`PNG row ${y} has unknown filter ${filter}`);
       out[x] = v & 0xff;
@@ -91,15 +100,29 @@ export function decodePng(file: Uint8Array): DecodedImage {
   }
   const rgba = new Uint8Array(width * height * 4);
   for (let i = 0; i < width * height; i++) {
-    let r: number, g: number, b: number, al = 255;
+    let r: number,
+      g: number,
+      b: number,
+      al = 255;
     if (colorType === 0) r = g = b = px[i]!;
-    else if (colorType === 4) { r = g = b = px[i * 2]!; al = px[i * 2 + 1]!; }
-    else if (colorType === 2) { r = px[i * 3]!; g = px[i * 3 + 1]!; b = px[i * 3 + 2]!; }
-    else if (colorType === 6) { r = px[i * 4]!; g = px[i * 4 + 1]!; b = px[i * 4 + 2]!; al = px[i * 4 + 3]!; }
-    else {
+    else if (colorType === 4) {
+      r = g = b = px[i * 2]!;
+      al = px[i * 2 + 1]!;
+    } else if (colorType === 2) {
+      r = px[i * 3]!;
+      g = px[i * 3 + 1]!;
+      b = px[i * 3 + 2]!;
+    } else if (colorType === 6) {
+      r = px[i * 4]!;
+      g = px[i * 4 + 1]!;
+      b = px[i * 4 + 2]!;
+      al = px[i * 4 + 3]!;
+    } else {
       const idx = px[i]!;
       if (idx * 3 + 2 >= palette!.byteLength) throw new ControlImageError(`palette index ${idx} out of range`);
-      r = palette![idx * 3]!; g = palette![idx * 3 + 1]!; b = palette![idx * 3 + 2]!;
+      r = palette![idx * 3]!;
+      g = palette![idx * 3 + 1]!;
+      b = palette![idx * 3 + 2]!;
       al = alphaTable && idx < alphaTable.byteLength ? alphaTable[idx]! : 255;
     }
     rgba.set([r, g, b, al], i * 4);
@@ -125,18 +148,24 @@ export function conditioningTensor(image: DecodedImage, cond: ControlNetManifest
   const sample = (x: number, y: number, ch: number) => {
     const i = (y * image.width + x) * 4;
     const alpha = image.rgba[i + 3]! / 255;
-    const v = C === 1 ? (0.299 * image.rgba[i]! + 0.587 * image.rgba[i + 1]! + 0.114 * image.rgba[i + 2]!) : image.rgba[i + ch]!;
+    const v =
+      C === 1 ? 0.299 * image.rgba[i]! + 0.587 * image.rgba[i + 1]! + 0.114 * image.rgba[i + 2]! : image.rgba[i + ch]!;
     return v * alpha;
   };
   for (let y = 0; y < H; y++) {
     const sy = Math.min(image.height - 1, Math.max(0, ((y + 0.5) * image.height) / H - 0.5));
-    const y0 = Math.floor(sy), y1 = Math.min(image.height - 1, y0 + 1), fy = sy - y0;
+    const y0 = Math.floor(sy),
+      y1 = Math.min(image.height - 1, y0 + 1),
+      fy = sy - y0;
     for (let x = 0; x < W; x++) {
       const sx = Math.min(image.width - 1, Math.max(0, ((x + 0.5) * image.width) / W - 0.5));
-      const x0 = Math.floor(sx), x1 = Math.min(image.width - 1, x0 + 1), fx = sx - x0;
+      const x0 = Math.floor(sx),
+        x1 = Math.min(image.width - 1, x0 + 1),
+        fx = sx - x0;
       for (let ch = 0; ch < C; ch++) {
         const v =
-          (1 - fy) * ((1 - fx) * sample(x0, y0, ch) + fx * sample(x1, y0, ch)) + fy * ((1 - fx) * sample(x0, y1, ch) + fx * sample(x1, y1, ch));
+          (1 - fy) * ((1 - fx) * sample(x0, y0, ch) + fx * sample(x1, y0, ch)) +
+          fy * ((1 - fx) * sample(x0, y1, ch) + fx * sample(x1, y1, ch));
         out[(ch * H + y) * W + x] = lo + (hi - lo) * (v / 255);
       }
     }

@@ -74,7 +74,10 @@ export function batchControlNets<N extends ControlNetRef>(
     for (let s = 0; s < unetBatch; s++) {
       const use = perImage[s % images]!.filter((c) => c.dir === dir)[k];
       if (!use) continue;
-      if (use.conditioning.length !== per) throw new ControlImageError(`control image for ${net.manifest.name} has ${use.conditioning.length} values, expected ${per}`);
+      if (use.conditioning.length !== per)
+        throw new ControlImageError(
+          `control image for ${net.manifest.name} has ${use.conditioning.length} values, expected ${per}`,
+        );
       conditioning.set(use.conditioning, s * per);
       scales[s] = use.scale;
     }
@@ -89,7 +92,10 @@ export class ControlNetWorker {
   private readonly worker: Worker;
   private nextId = 1;
   private nextKey = 1;
-  private readonly waiting = new Map<number, { resolve: (r: Record<string, PlainTensor>) => void; reject: (e: Error) => void }>();
+  private readonly waiting = new Map<
+    number,
+    { resolve: (r: Record<string, PlainTensor>) => void; reject: (e: Error) => void }
+  >();
   /** The current batch's control images, registered in the worker once each. */
   private readonly registered = new Map<ControlNetUse<ControlNetRef>, string>();
 

@@ -7,7 +7,14 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { describeIssues } from "../errors.ts";
-import { BundleError, Component, compareTensors, sessionOptions, type ComponentName, type SessionConfig } from "../pipeline/bundle.ts";
+import {
+  BundleError,
+  Component,
+  compareTensors,
+  sessionOptions,
+  type ComponentName,
+  type SessionConfig,
+} from "../pipeline/bundle.ts";
 import { ControlNetManifest, controlNetMismatches, type ModelManifest } from "@imagegen/formats/manifest";
 
 /** A ControlNet known by its bundle folder and manifest. */
@@ -28,12 +35,20 @@ export async function loadControlNet(dir: string, base: ModelManifest, config: S
   const parsed = ControlNetManifest.safeParse(JSON.parse(readFileSync(path, "utf8")));
   if (!parsed.success) throw new BundleError(dir, describeIssues(parsed.error.issues));
   const manifest = parsed.data;
-  const problems = controlNetMismatches(manifest, { name: base.name, family: base.family, residuals: base.controlnet?.residuals ?? [] });
+  const problems = controlNetMismatches(manifest, {
+    name: base.name,
+    family: base.family,
+    residuals: base.controlnet?.residuals ?? [],
+  });
   const spec = manifest.components.controlnet;
   const onnx = join(dir, spec.path);
-  if (!existsSync(onnx)) throw new BundleError(dir, [...problems, `components.controlnet: file ${spec.path} not found`]);
+  if (!existsSync(onnx))
+    throw new BundleError(dir, [...problems, `components.controlnet: file ${spec.path} not found`]);
   const session = await ort.InferenceSession.create(onnx, sessionOptions(config));
-  problems.push(...compareTensors("controlnet input", spec.inputs, session.inputMetadata), ...compareTensors("controlnet output", spec.outputs, session.outputMetadata));
+  problems.push(
+    ...compareTensors("controlnet input", spec.inputs, session.inputMetadata),
+    ...compareTensors("controlnet output", spec.outputs, session.outputMetadata),
+  );
   if (problems.length) {
     await session.release();
     throw new BundleError(dir, problems);
@@ -52,7 +67,9 @@ export interface ControlNetUse<N extends ControlNetRef = ControlNet> {
 
 /** The condition input is the one input that is not the U-Net's sample, timestep or text. */
 function conditionInput(net: ControlNet): string {
-  const name = net.component.spec.inputs.find((t) => !["sample", "timestep", "encoder_hidden_states"].includes(t.name))?.name;
+  const name = net.component.spec.inputs.find(
+    (t) => !["sample", "timestep", "encoder_hidden_states"].includes(t.name),
+  )?.name;
   if (!name) throw new BundleError(net.dir, ["the ControlNet has no conditioning input"]);
   return name;
 }
@@ -76,7 +93,12 @@ export function controlNetResiduals(
         sample: step.sample,
         timestep: step.timestepTensor,
         encoder_hidden_states: step.encoderHiddenStates,
-        [conditionInput(use.net)]: new ort.Tensor("float32", use.conditioning, [batch, spec.channels, spec.height, spec.width]),
+        [conditionInput(use.net)]: new ort.Tensor("float32", use.conditioning, [
+          batch,
+          spec.channels,
+          spec.height,
+          spec.width,
+        ]),
       });
       for (const [output, residual] of Object.entries(use.net.manifest.residuals)) {
         const t = out[output]!;

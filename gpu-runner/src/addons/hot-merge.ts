@@ -21,7 +21,8 @@ export const DEFAULT_MERGE_HOT_AFTER = 3;
 
 /** The cache key of a branch model's batch whose requests all bring one non-empty LoRA set; else undefined. */
 function hotSetKey(bundle: Bundle, keys: string[]): string | undefined {
-  if (bundle.manifest.lora?.mode !== "branch" || keys.length === 0 || keys[0] === "" || keys.some((k) => k !== keys[0])) return undefined;
+  if (bundle.manifest.lora?.mode !== "branch" || keys.length === 0 || keys[0] === "" || keys.some((k) => k !== keys[0]))
+    return undefined;
   return `${bundle.dir}|${keys[0]}`;
 }
 
@@ -52,7 +53,10 @@ export class HotMerge {
     if (!spec || addons.length === 0) return bundle;
     const keys = addons.map((a) => loraSetKey(a.loras));
     if (spec.mode === "merge") {
-      if (keys.some((k) => k !== keys[0])) throw new LoraError(`model ${bundle.manifest.name} merges LoRAs: requests with different LoRAs cannot share a batch`);
+      if (keys.some((k) => k !== keys[0]))
+        throw new LoraError(
+          `model ${bundle.manifest.name} merges LoRAs: requests with different LoRAs cannot share a batch`,
+        );
       if (keys[0] === "") return bundle;
       return this.mergedSet(bundle, keys[0]!, addons[0]!).promise;
     }
@@ -74,7 +78,10 @@ export class HotMerge {
 
   /** Counts a batch's LoRA set on a branch model and starts merging it in the background once it is hot. */
   countUse(bundle: Bundle, addons: RequestAddons[]): void {
-    const cacheKey = hotSetKey(bundle, addons.map((a) => loraSetKey(a.loras)));
+    const cacheKey = hotSetKey(
+      bundle,
+      addons.map((a) => loraSetKey(a.loras)),
+    );
     if (cacheKey === undefined || this.mergeHotAfter === 0) return;
     // Every target's weight must be named in every component that holds it, or a merge would drop layers.
     if (!bundle.manifest.lora!.targets.every((t) => t.components.every((c) => t.weight?.[c]))) return;
@@ -82,7 +89,8 @@ export class HotMerge {
     this.setUses.delete(cacheKey);
     this.setUses.set(cacheKey, uses);
     while (this.setUses.size > SET_USES_KEPT) this.setUses.delete(this.setUses.keys().next().value!);
-    if (uses >= this.mergeHotAfter && !this.merged.has(cacheKey)) this.mergedSet(bundle, loraSetKey(addons[0]!.loras), addons[0]!).promise.catch(() => {});
+    if (uses >= this.mergeHotAfter && !this.merged.has(cacheKey))
+      this.mergedSet(bundle, loraSetKey(addons[0]!.loras), addons[0]!).promise.catch(() => {});
   }
 
   /** Resolves when every merge started so far has finished (built or failed). */
@@ -126,7 +134,12 @@ export class HotMerge {
       const locations = externalDataFiles(model);
       const external = new Map(locations.map((loc) => [loc, new Uint8Array(readFileSync(join(dirname(path), loc)))]));
       const merged = mergeLoraFiles({ model, external }, name, spec.targets, uses);
-      const options = locations.length ? { ...sessionOptions(this.session), externalData: locations.map((loc) => ({ path: loc, data: merged.external.get(loc) ?? external.get(loc)! })) } : sessionOptions(this.session);
+      const options = locations.length
+        ? {
+            ...sessionOptions(this.session),
+            externalData: locations.map((loc) => ({ path: loc, data: merged.external.get(loc) ?? external.get(loc)! })),
+          }
+        : sessionOptions(this.session);
       replaced[name] = new Component(name, component.spec, await ort.InferenceSession.create(merged.model, options));
       this.builds++;
     }

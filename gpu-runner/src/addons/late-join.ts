@@ -15,7 +15,10 @@ export function lateAddons(
 ): { provider: UnetInputProvider; joinedAt: () => number | null } {
   let ready: UnetInputProvider | undefined | null = null; // null: not arrived yet
   let joinedAt: number | null = null;
-  pending.then((p) => (ready = p), () => {});
+  pending.then(
+    (p) => (ready = p),
+    () => {},
+  );
   return {
     joinedAt: () => joinedAt,
     provider: async (step) => {

@@ -22,7 +22,11 @@ export interface ImportedLora {
  * model.onnx_data, which the rewritten graph references by the same relative location: link or copy it beside).
  * Undefined when no component has a LoRA-able layer.
  */
-export function importLora(models: Record<string, Uint8Array>, mode: LoraSpec["mode"], maxRank = IMPORTED_MAX_RANK): ImportedLora | undefined {
+export function importLora(
+  models: Record<string, Uint8Array>,
+  mode: LoraSpec["mode"],
+  maxRank = IMPORTED_MAX_RANK,
+): ImportedLora | undefined {
   const rewritten = new Map<string, { model: Uint8Array; inputs: TensorSpec[] }>();
   const targets: LoraSpec["targets"] = [];
   for (const [component, model] of Object.entries(models)) {

@@ -42,7 +42,12 @@ export interface ParsedLora {
  * Parses a LoRA file (kohya or PEFT keys) for a model's targets. Any unusable key refuses the whole file; a key that
  * matches no layer is skipped (and reported) only with `allowPartial`.
  */
-export function parseLora(file: Uint8Array, targets: LoraTarget[], maxRank: number, options: MapLoraOptions = {}): ParsedLora {
+export function parseLora(
+  file: Uint8Array,
+  targets: LoraTarget[],
+  maxRank: number,
+  options: MapLoraOptions = {},
+): ParsedLora {
   let header;
   try {
     header = parseHeader(file, file.byteLength);
@@ -71,7 +76,11 @@ export function parseLora(file: Uint8Array, targets: LoraTarget[], maxRank: numb
       scale: l.rank > 0 ? alpha / l.rank : 1,
     });
   }
-  return { layers, bytes: file.byteLength, report: { mapped: mapping.mapped, total: mapping.total, unmapped: mapping.unmapped } };
+  return {
+    layers,
+    bytes: file.byteLength,
+    report: { mapped: mapping.mapped, total: mapping.total, unmapped: mapping.unmapped },
+  };
 }
 
 export interface LoraUse {
@@ -116,9 +125,11 @@ function sameUses(a: LoraUse[], b: LoraUse[]): boolean {
 
 function stackTarget(t: LoraTarget, perSample: LoraUse[][], maxRank: number): BranchFeed[] {
   const batch = perSample.length;
-  if (!t.down_input || !t.up_input) throw new LoraError(`target '${t.module}' has no branch inputs (a merge-mode bundle)`);
+  if (!t.down_input || !t.up_input)
+    throw new LoraError(`target '${t.module}' has no branch inputs (a merge-mode bundle)`);
   const R = Math.max(0, ...perSample.map((uses) => rankOf(t, uses)));
-  if (R > maxRank) throw new LoraError(`stacked LoRAs reach rank ${R} at '${t.module}', above the model's maximum of ${maxRank}`);
+  if (R > maxRank)
+    throw new LoraError(`stacked LoRAs reach rank ${R} at '${t.module}', above the model's maximum of ${maxRank}`);
   const nIn = downFeatures(t);
   const nOut = t.out_features;
   const down = new Float32Array(batch * R * nIn);

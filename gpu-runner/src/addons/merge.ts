@@ -10,7 +10,14 @@
  */
 import type { LoraTarget } from "@imagegen/formats/manifest";
 import { ProtoWriter } from "../onnx/builder.ts";
-import { locateInitializers, ONNX_FLOAT, ONNX_FLOAT16, protoFields, readOnnxGraph, type LocatedTensor } from "@imagegen/formats/onnx-reader";
+import {
+  locateInitializers,
+  ONNX_FLOAT,
+  ONNX_FLOAT16,
+  protoFields,
+  readOnnxGraph,
+  type LocatedTensor,
+} from "@imagegen/formats/onnx-reader";
 import { LoraError, type LoraUse } from "./lora.ts";
 import { downFeatures } from "@imagegen/formats/lora-keys";
 import { f16ToF32, f32ToF16 } from "@imagegen/formats/safetensors";
@@ -36,7 +43,10 @@ function asLoraError<T>(fn: () => T): T {
 
 /** The model with some initializers replaced by float32 ones (same names and dims): a float16-stored weight that
  * received a LoRA delta is widened rather than rounded back to float16. */
-function replaceInitializers(model: Uint8Array, replaced: Map<string, { located: Located; values: Float32Array }>): Uint8Array {
+function replaceInitializers(
+  model: Uint8Array,
+  replaced: Map<string, { located: Located; values: Float32Array }>,
+): Uint8Array {
   const byStart = new Map([...replaced].map(([name, r]) => [r.located.start, { name, ...r }]));
   const out = new ProtoWriter();
   for (const top of protoFields(model)) {
@@ -53,7 +63,9 @@ function replaceInitializers(model: Uint8Array, replaced: Map<string, { located:
         }
         graph.message(5, (t) => {
           for (const d of r.located.dims) t.int(1, d);
-          t.int(2, ONNX_FLOAT).string(8, r.name).bytes(9, new Uint8Array(r.values.buffer, r.values.byteOffset, r.values.byteLength));
+          t.int(2, ONNX_FLOAT)
+            .string(8, r.name)
+            .bytes(9, new Uint8Array(r.values.buffer, r.values.byteOffset, r.values.byteLength));
         });
       }
     });
@@ -100,7 +112,12 @@ export function externalDataFiles(model: Uint8Array): string[] {
 }
 
 /** mergeLoras for a model with external data: the patched files are copies; `files.external` holds those needed. */
-export function mergeLoraFiles(files: ModelFiles, component: string, targets: LoraTarget[], uses: LoraUse[]): ModelFiles {
+export function mergeLoraFiles(
+  files: ModelFiles,
+  component: string,
+  targets: LoraTarget[],
+  uses: LoraUse[],
+): ModelFiles {
   const merged = files.model.slice();
   const external = new Map<string, Uint8Array>();
   const where = asLoraError(() => locateInitializers(merged));
@@ -130,7 +147,8 @@ export function mergeLoraFiles(files: ModelFiles, component: string, targets: Lo
       let data = external.get(loc);
       if (!data) {
         const source = files.external.get(loc);
-        if (!source) throw new LoraError(`initializer '${name}' of target '${t.module}' lies in '${loc}', which was not given`);
+        if (!source)
+          throw new LoraError(`initializer '${name}' of target '${t.module}' lies in '${loc}', which was not given`);
         data = source.slice();
         external.set(loc, data);
       }
@@ -139,7 +157,9 @@ export function mergeLoraFiles(files: ModelFiles, component: string, targets: Lo
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const size = w.dataType === ONNX_FLOAT ? 4 : 2;
     if (w.byteLength !== delta.length * size || w.offset + w.byteLength > bytes.byteLength) {
-      throw new LoraError(`initializer '${name}' has ${w.byteLength / size} values; the LoRA delta of '${t.module}' has ${delta.length}`);
+      throw new LoraError(
+        `initializer '${name}' has ${w.byteLength / size} values; the LoRA delta of '${t.module}' has ${delta.length}`,
+      );
     }
     const half = w.dataType === ONNX_FLOAT16;
     // float16 storage (a zoo bundle at half size) is widened to float32; a float16 graph's weight is rounded back.

@@ -10,7 +10,10 @@ export interface RequestAddons {
 
 /** What identifies a request's LoRA set: its files' hashes and scales, in any order ("" for none). */
 export function loraSetKey(loras: ReadonlyArray<{ sha256: string; scale: number }>): string {
-  return loras.map((l) => `${l.sha256}:${l.scale}`).sort().join(",");
+  return loras
+    .map((l) => `${l.sha256}:${l.scale}`)
+    .sort()
+    .join(",");
 }
 
 /** How a LoRA file mapped onto the model it ran on: its keys used of its total (less only with allow_partial). */

@@ -82,7 +82,10 @@ export class AddonRuntime {
 
   /** Whether the text encoders take LoRA branches: the text is encoded before any step, so late add-ons must be waited for. */
   textEncoderLoras(bundle: Bundle): boolean {
-    return bundle.manifest.lora?.mode === "branch" && bundle.manifest.lora.targets.some((t) => t.components.some(isTextEncoder));
+    return (
+      bundle.manifest.lora?.mode === "branch" &&
+      bundle.manifest.lora.targets.some((t) => t.components.some(isTextEncoder))
+    );
   }
 
   /**
@@ -90,7 +93,8 @@ export class AddonRuntime {
    * i mod images). Undefined when they have none to take, or the LoRAs are merged into their weights.
    */
   textInputs(bundle: Bundle, imagesPer: number[], addons: RequestAddons[]): TextEncoderInputs | undefined {
-    if (!this.textEncoderLoras(bundle) || !branchesLive(bundle) || addons.every((a) => a.loras.length === 0)) return undefined;
+    if (!this.textEncoderLoras(bundle) || !branchesLive(bundle) || addons.every((a) => a.loras.length === 0))
+      return undefined;
     const spec = bundle.manifest.lora!;
     const perImage = imagesPer.flatMap((n, r) => Array<number>(n).fill(r));
     const requestOf = (row: number) => addons[perImage[row % perImage.length]!]!;
@@ -106,7 +110,12 @@ export class AddonRuntime {
           const setKey = loraSetKey(set.loras);
           if (!uses.has(setKey)) uses.set(setKey, this.loras.uses(bundle, set.loras));
           const targets = spec.targets.filter((t) => t.components.includes(encoder));
-          feeds = Object.fromEntries(stackLoras(targets, [uses.get(setKey)!], spec.max_rank).map((f) => [f.name, new ort.Tensor("float32", f.data, f.dims)]));
+          feeds = Object.fromEntries(
+            stackLoras(targets, [uses.get(setKey)!], spec.max_rank).map((f) => [
+              f.name,
+              new ort.Tensor("float32", f.data, f.dims),
+            ]),
+          );
           built.set(key, feeds);
         }
         return feeds;
@@ -128,7 +137,8 @@ export class AddonRuntime {
       throw new LoraError("a batch on merged weights got LoRAs other than the ones merged");
     }
     if (addons.every((a) => a.loras.length === 0 && a.controlnets.length === 0)) return undefined;
-    const perImage = <T>(pick: (a: RequestAddons) => T): T[] => imagesPer.flatMap((n, r) => Array<T>(n).fill(pick(addons[r]!)));
+    const perImage = <T>(pick: (a: RequestAddons) => T): T[] =>
+      imagesPer.flatMap((n, r) => Array<T>(n).fill(pick(addons[r]!)));
     const loraUses = perImage((a) => this.loras.uses(bundle, a.loras));
     // In parallel mode this worker only needs the ControlNets' manifests; their sessions live in the ControlNet worker.
     const nets = new Map<string, ControlNetRef>();
@@ -154,10 +164,12 @@ export class AddonRuntime {
         const spec = bundle.manifest.lora!;
         const perSample = Array.from({ length: unetBatch }, (_, s) => loraUses[s % images]!);
         const unetTargets = spec.targets.filter((t) => !t.components.some(isTextEncoder));
-        for (const f of stackLoras(unetTargets, perSample, spec.max_rank)) loraFeeds[f.name] = new ort.Tensor("float32", f.data, f.dims);
+        for (const f of stackLoras(unetTargets, perSample, spec.max_rank))
+          loraFeeds[f.name] = new ort.Tensor("float32", f.data, f.dims);
       }
       const cn = batchControlNets(nets, cnPerImage, unetBatch);
-      if (!Number.isInteger(unetBatch / images)) throw new LoraError(`U-Net batch ${unetBatch} is not a multiple of ${images} images`);
+      if (!Number.isInteger(unetBatch / images))
+        throw new LoraError(`U-Net batch ${unetBatch} is not a multiple of ${images} images`);
       b = { loraFeeds, cn };
       built.set(unetBatch, b);
       return b;
@@ -167,7 +179,9 @@ export class AddonRuntime {
       return (step) => {
         const { loraFeeds, cn } = forBatch(step.unetBatch);
         // Sequential mode loaded every ControlNet's session in this thread (see `nets` above).
-        return cn.length ? { ...loraFeeds, ...controlNetResiduals(cn as ControlNetUse<ControlNet>[], step) } : loraFeeds;
+        return cn.length
+          ? { ...loraFeeds, ...controlNetResiduals(cn as ControlNetUse<ControlNet>[], step) }
+          : loraFeeds;
       };
     }
     const worker = (this.cnWorker ??= new ControlNetWorker(this.session));

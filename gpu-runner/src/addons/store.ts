@@ -95,10 +95,13 @@ export class AddonStore {
       pending = (async () => {
         const raw = await (this.o.fetchBytes ?? httpBytes)(src.url);
         if (src.sizeBytes != null && raw.byteLength !== src.sizeBytes) {
-          throw new AddonIntegrityError(`add-on ${src.ref}: fetched ${raw.byteLength} bytes, expected ${src.sizeBytes}`);
+          throw new AddonIntegrityError(
+            `add-on ${src.ref}: fetched ${raw.byteLength} bytes, expected ${src.sizeBytes}`,
+          );
         }
         const got = sha256(raw);
-        if (got !== want) throw new AddonIntegrityError(`add-on ${src.ref}: sha256 is ${got}, expected ${want}; refusing it`);
+        if (got !== want)
+          throw new AddonIntegrityError(`add-on ${src.ref}: sha256 is ${got}, expected ${want}; refusing it`);
         const bytes = shared(raw);
         this.writeDisk(want, bytes);
         this.remember(src.ref, want, bytes);

@@ -65,7 +65,8 @@ async function main(): Promise<void> {
   };
   const sampler = values.sampler === undefined ? undefined : SamplerName.safeParse(values.sampler);
   if (sampler && !sampler.success) fail(`--sampler must be one of ${SamplerName.options.join(", ")}`, 2);
-  if (values.lora !== undefined && !LORA_MODES.includes(values.lora as LoraImportMode)) fail(`--lora must be one of ${LORA_MODES.join(", ")}`, 2);
+  if (values.lora !== undefined && !LORA_MODES.includes(values.lora as LoraImportMode))
+    fail(`--lora must be one of ${LORA_MODES.join(", ")}`, 2);
   // npm runs workspace scripts in the workspace folder; paths are the caller's.
   const cwd = process.env.INIT_CWD ?? process.cwd();
   const steps = number("steps", values.steps, (x) => Number.isInteger(x) && x > 0);

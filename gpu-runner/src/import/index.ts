@@ -9,9 +9,27 @@
  * Anything else is refused with every reason at once, and nothing is written: the bundle is built in a temporary
  * folder beside its destination and renamed into place last. The export folder is never written to.
  */
-import { copyFileSync, cpSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  cpSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { ModelManifest, type ClipTokenizerSpec, type ComponentSpec, type PredictionType, type SamplerName, type TensorSpec } from "@imagegen/formats/manifest";
+import {
+  ModelManifest,
+  type ClipTokenizerSpec,
+  type ComponentSpec,
+  type PredictionType,
+  type SamplerName,
+  type TensorSpec,
+} from "@imagegen/formats/manifest";
 import { importLora, type ImportedLora } from "../addons/lora-import.ts";
 import { externalDataFiles } from "../addons/merge.ts";
 import { samplerFromSchedulerConfig, SCHEDULER_CLASSES, type DiffusersSchedulerConfig } from "../samplers/index.ts";
@@ -132,17 +150,24 @@ export async function importExport(exportDir: string, options: ImportOptions): P
     refuse();
   }
   const name = options.name ?? basename(src).toLowerCase();
-  if (!NAME.test(name)) problems.push(`model name "${name}" must be lowercase letters, digits, ".", "_" or "-" (at most 64); pass --name`);
+  if (!NAME.test(name))
+    problems.push(`model name "${name}" must be lowercase letters, digits, ".", "_" or "-" (at most 64); pass --name`);
 
   const index = readJson(join(src, "model_index.json"), problems, "model_index.json");
   if (index === undefined) refuse();
   const pipelineClass = String(index!._class_name);
   const kind = PIPELINES[pipelineClass as keyof typeof PIPELINES];
-  if (kind === undefined) problems.push(`pipeline ${pipelineClass} is not supported (supported: ${Object.keys(PIPELINES).join(", ")})`);
+  if (kind === undefined)
+    problems.push(`pipeline ${pipelineClass} is not supported (supported: ${Object.keys(PIPELINES).join(", ")})`);
   const xl = kind === "sdxl";
 
   // Every part the pipeline needs, present and readable, before any graph is opened.
-  const modelParts: Part["name"][] = ["text_encoder", ...(xl ? (["text_encoder_2"] as const) : []), "unet", "vae_decoder"];
+  const modelParts: Part["name"][] = [
+    "text_encoder",
+    ...(xl ? (["text_encoder_2"] as const) : []),
+    "unet",
+    "vae_decoder",
+  ];
   if (existsSync(join(src, "vae_encoder", "model.onnx"))) modelParts.push("vae_encoder");
   const parts = new Map<Part["name"], Part>();
   for (const part of modelParts) {
@@ -155,9 +180,14 @@ export async function importExport(exportDir: string, options: ImportOptions): P
   }
   const tokenizerFolders = ["tokenizer", ...(xl ? ["tokenizer_2"] : [])];
   for (const folder of tokenizerFolders) {
-    for (const file of ["vocab.json", "merges.txt"]) if (!existsSync(join(src, folder, file))) problems.push(`${folder}/${file} is missing`);
+    for (const file of ["vocab.json", "merges.txt"])
+      if (!existsSync(join(src, folder, file))) problems.push(`${folder}/${file} is missing`);
   }
-  const scheduler = readJson(join(src, "scheduler", "scheduler_config.json"), problems, "scheduler/scheduler_config.json") as DiffusersSchedulerConfig | undefined;
+  const scheduler = readJson(
+    join(src, "scheduler", "scheduler_config.json"),
+    problems,
+    "scheduler/scheduler_config.json",
+  ) as DiffusersSchedulerConfig | undefined;
   if (problems.length > 0) refuse();
 
   for (const part of parts.values()) {
@@ -169,7 +199,14 @@ export async function importExport(exportDir: string, options: ImportOptions): P
   for (const folder of tokenizerFolders) {
     try {
       const t = ClipTokenizer.fromDir(join(src, folder));
-      tokenizers.push({ type: "clip", path: `${BUNDLE_EXPORT}/${folder}`, max_length: t.maxLength, pad_id: t.padId, bos_id: t.bosId, eos_id: t.eosId });
+      tokenizers.push({
+        type: "clip",
+        path: `${BUNDLE_EXPORT}/${folder}`,
+        max_length: t.maxLength,
+        pad_id: t.padId,
+        bos_id: t.bosId,
+        eos_id: t.eosId,
+      });
     } catch (err) {
       problems.push(`${folder} does not load as a CLIP tokenizer: ${(err as Error).message}`);
     }
@@ -186,19 +223,36 @@ export async function importExport(exportDir: string, options: ImportOptions): P
   // The scheduler: a class the runner knows, a prediction type it samples, options every offered sampler reads.
   const schedulerClass = String(scheduler!._class_name);
   const classSampler = SCHEDULERS[schedulerClass];
-  if (classSampler === undefined) problems.push(`scheduler class ${schedulerClass} is not supported (supported: ${Object.keys(SCHEDULERS).join(", ")})`);
+  if (classSampler === undefined)
+    problems.push(
+      `scheduler class ${schedulerClass} is not supported (supported: ${Object.keys(SCHEDULERS).join(", ")})`,
+    );
   const prediction = (scheduler!.prediction_type ?? "epsilon") as string;
-  if (prediction !== "epsilon" && prediction !== "v_prediction") problems.push(`scheduler prediction_type "${prediction}" is not supported (epsilon, v_prediction)`);
+  if (prediction !== "epsilon" && prediction !== "v_prediction")
+    problems.push(`scheduler prediction_type "${prediction}" is not supported (epsilon, v_prediction)`);
 
   // The U-Net's inputs are exactly what its config implies.
   const lcm = num(unetConfig.time_cond_proj_dim) !== undefined;
   const textTime = unetConfig.addition_embed_type === "text_time";
-  if (xl !== textTime) problems.push(`unet/config.json addition_embed_type is ${JSON.stringify(unetConfig.addition_embed_type)}, but the pipeline is ${pipelineClass}`);
-  const expected = ["sample", "timestep", "encoder_hidden_states", ...(lcm ? ["timestep_cond"] : []), ...(textTime ? ["text_embeds", "time_ids"] : [])];
+  if (xl !== textTime)
+    problems.push(
+      `unet/config.json addition_embed_type is ${JSON.stringify(unetConfig.addition_embed_type)}, but the pipeline is ${pipelineClass}`,
+    );
+  const expected = [
+    "sample",
+    "timestep",
+    "encoder_hidden_states",
+    ...(lcm ? ["timestep_cond"] : []),
+    ...(textTime ? ["text_embeds", "time_ids"] : []),
+  ];
   const actual = unet.io!.inputs.map((t) => t.name);
-  for (const n of expected) if (!actual.includes(n)) problems.push(`unet graph has no input "${n}", which its config implies`);
-  for (const n of actual) if (!expected.includes(n)) problems.push(`unet graph input "${n}" is not one its config implies (${expected.join(", ")})`);
-  if (unet.io!.outputs.length !== 1) problems.push(`unet graph has ${unet.io!.outputs.length} outputs; one (the prediction) expected`);
+  for (const n of expected)
+    if (!actual.includes(n)) problems.push(`unet graph has no input "${n}", which its config implies`);
+  for (const n of actual)
+    if (!expected.includes(n))
+      problems.push(`unet graph input "${n}" is not one its config implies (${expected.join(", ")})`);
+  if (unet.io!.outputs.length !== 1)
+    problems.push(`unet graph has ${unet.io!.outputs.length} outputs; one (the prediction) expected`);
 
   // Latent channels: U-Net sample, U-Net prediction, VAE config and decoder input agree.
   const latentChannels = num(vaeConfig.latent_channels) ?? 4;
@@ -210,42 +264,71 @@ export async function importExport(exportDir: string, options: ImportOptions): P
     "vae_decoder/config.json latent_channels": latentChannels,
     [`vae_decoder input "${vaeIn?.name}"`]: vaeIn?.shape[1],
   };
-  if (new Set(Object.values(channels)).size !== 1) problems.push(`latent channels disagree: ${Object.entries(channels).map(([k, v]) => `${k} ${v}`).join(", ")}`);
-  if (vae.io!.inputs.length !== 1) problems.push(`vae_decoder graph has ${vae.io!.inputs.length} inputs; one (the latents) expected`);
-  if (vae.io!.outputs[0]?.shape[1] !== 3) problems.push(`vae_decoder output "${vae.io!.outputs[0]?.name}" has ${vae.io!.outputs[0]?.shape[1]} channels; 3 expected`);
+  if (new Set(Object.values(channels)).size !== 1)
+    problems.push(
+      `latent channels disagree: ${Object.entries(channels)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(", ")}`,
+    );
+  if (vae.io!.inputs.length !== 1)
+    problems.push(`vae_decoder graph has ${vae.io!.inputs.length} inputs; one (the latents) expected`);
+  if (vae.io!.outputs[0]?.shape[1] !== 3)
+    problems.push(
+      `vae_decoder output "${vae.io!.outputs[0]?.name}" has ${vae.io!.outputs[0]?.shape[1]} channels; 3 expected`,
+    );
   const scalingFactor = num(vaeConfig.scaling_factor);
   if (scalingFactor === undefined) problems.push(`vae_decoder/config.json has no scaling_factor`);
-  if (vaeConfig.shift_factor !== undefined && vaeConfig.shift_factor !== null) problems.push(`vae_decoder/config.json shift_factor is set: not a Stable Diffusion 1/2/XL VAE`);
+  if (vaeConfig.shift_factor !== undefined && vaeConfig.shift_factor !== null)
+    problems.push(`vae_decoder/config.json shift_factor is set: not a Stable Diffusion 1/2/XL VAE`);
 
   // Text conditioning: which output of each encoder the U-Net reads, and that the widths add up.
   const encoders = [parts.get("text_encoder")!, ...(xl ? [parts.get("text_encoder_2")!] : [])];
   const hiddenStates = encoders.map((e) => {
     const ids = e.io!.inputs[0];
-    if (ids === undefined || (ids.dtype !== "int64" && ids.dtype !== "int32")) problems.push(`${e.name} graph's first input is not int64/int32 token ids`);
+    if (ids === undefined || (ids.dtype !== "int64" && ids.dtype !== "int32"))
+      problems.push(`${e.name} graph's first input is not int64/int32 token ids`);
     const extra = e.io!.inputs.slice(1).filter((t) => t.name !== "attention_mask");
-    if (extra.length > 0) problems.push(`${e.name} graph takes ${extra.map((t) => `"${t.name}"`).join(", ")}, which the runner does not feed`);
+    if (extra.length > 0)
+      problems.push(
+        `${e.name} graph takes ${extra.map((t) => `"${t.name}"`).join(", ")}, which the runner does not feed`,
+      );
     if (!xl) return "last_hidden_state";
     // SDXL reads hidden_states[-2]: of L layers' outputs hidden_states.0 (embeddings) … hidden_states.L, that is L−1.
     const layers = num(e.config?.num_hidden_layers);
     return layers === undefined ? "(num_hidden_layers missing from config.json)" : `hidden_states.${layers - 1}`;
   });
   encoders.forEach((e, i) => {
-    if (!output(e, hiddenStates[i]!)) problems.push(`${e.name} graph has no output "${hiddenStates[i]}" (outputs: ${e.io!.outputs.map((t) => t.name).join(", ")})`);
+    if (!output(e, hiddenStates[i]!))
+      problems.push(
+        `${e.name} graph has no output "${hiddenStates[i]}" (outputs: ${e.io!.outputs.map((t) => t.name).join(", ")})`,
+      );
   });
   const widths = encoders.map((e, i) => lastDim(output(e, hiddenStates[i]!)));
-  const textWidth = widths.every((w) => typeof w === "number") ? (widths as number[]).reduce((a, b) => a + b, 0) : undefined;
+  const textWidth = widths.every((w) => typeof w === "number")
+    ? (widths as number[]).reduce((a, b) => a + b, 0)
+    : undefined;
   const unetText = lastDim(input(unet, "encoder_hidden_states"));
   if (textWidth !== undefined && (unetText !== textWidth || num(unetConfig.cross_attention_dim) !== textWidth)) {
-    problems.push(`text width ${widths.join(" + ")} = ${textWidth} does not match the unet's encoder_hidden_states ${unetText} (config cross_attention_dim ${unetConfig.cross_attention_dim})`);
+    problems.push(
+      `text width ${widths.join(" + ")} = ${textWidth} does not match the unet's encoder_hidden_states ${unetText} (config cross_attention_dim ${unetConfig.cross_attention_dim})`,
+    );
   }
   if (lcm && lastDim(input(unet, "timestep_cond")) !== num(unetConfig.time_cond_proj_dim)) {
-    problems.push(`unet timestep_cond width ${lastDim(input(unet, "timestep_cond"))} does not match config time_cond_proj_dim ${unetConfig.time_cond_proj_dim}`);
+    problems.push(
+      `unet timestep_cond width ${lastDim(input(unet, "timestep_cond"))} does not match config time_cond_proj_dim ${unetConfig.time_cond_proj_dim}`,
+    );
   }
   if (xl) {
     const pooled = output(parts.get("text_encoder_2")!, "text_embeds");
     if (!pooled) problems.push(`text_encoder_2 graph has no output "text_embeds" (the pooled projection)`);
-    else if (lastDim(pooled) !== lastDim(input(unet, "text_embeds"))) problems.push(`text_encoder_2 text_embeds width ${lastDim(pooled)} does not match the unet's text_embeds ${lastDim(input(unet, "text_embeds"))}`);
-    if (lastDim(input(unet, "time_ids")) !== 6) problems.push(`unet time_ids has ${lastDim(input(unet, "time_ids"))} values; SDXL base takes 6 (a refiner's aesthetic score is not supported)`);
+    else if (lastDim(pooled) !== lastDim(input(unet, "text_embeds")))
+      problems.push(
+        `text_encoder_2 text_embeds width ${lastDim(pooled)} does not match the unet's text_embeds ${lastDim(input(unet, "text_embeds"))}`,
+      );
+    if (lastDim(input(unet, "time_ids")) !== 6)
+      problems.push(
+        `unet time_ids has ${lastDim(input(unet, "time_ids"))} values; SDXL base takes 6 (a refiner's aesthetic score is not supported)`,
+      );
   }
   if (problems.length > 0) refuse();
 
@@ -264,11 +347,16 @@ export async function importExport(exportDir: string, options: ImportOptions): P
   if (lcm && !builds("lcm")) problems.push(`the LCM sampler cannot run from scheduler_config.json (${schedulerClass})`);
   const karras = classSampler === "dpm++2m" && scheduler!.use_karras_sigmas === true;
   const defaultSampler = options.defaultSampler ?? (lcm ? "lcm" : karras ? "dpm++2m-karras" : classSampler!);
-  if (!candidates.includes(defaultSampler)) problems.push(`sampler ${defaultSampler} cannot run this export's scheduler config (runnable: ${candidates.join(", ") || "none"})`);
+  if (!candidates.includes(defaultSampler))
+    problems.push(
+      `sampler ${defaultSampler} cannot run this export's scheduler config (runnable: ${candidates.join(", ") || "none"})`,
+    );
   if (problems.length > 0) refuse();
 
   const textConfig = encoders[0]!.config ?? {};
-  const family = options.family ?? (xl ? "sdxl" : textConfig.hidden_act === "gelu" || num(textConfig.hidden_size) === 1024 ? "sd2" : "sd1");
+  const family =
+    options.family ??
+    (xl ? "sdxl" : textConfig.hidden_act === "gelu" || num(textConfig.hidden_size) === 1024 ? "sd2" : "sd1");
   // Nothing in an export marks a model distilled without CFG but its name: SD-Turbo's `_name_or_path` says turbo.
   const noCfg = options.noCfg ?? (!lcm && /turbo/i.test(String(index!._name_or_path ?? "")));
   const vaeScale = 2 ** (((vaeConfig.block_out_channels as unknown[] | undefined)?.length ?? 4) - 1);
@@ -282,9 +370,14 @@ export async function importExport(exportDir: string, options: ImportOptions): P
   if (loraMode !== "none") {
     const loraParts = (["text_encoder", "text_encoder_2", "unet"] as const).filter((p) => parts.has(p));
     try {
-      lora = importLora(Object.fromEntries(loraParts.map((p) => [p, new Uint8Array(readFileSync(join(src, p, "model.onnx")))])), loraMode);
+      lora = importLora(
+        Object.fromEntries(loraParts.map((p) => [p, new Uint8Array(readFileSync(join(src, p, "model.onnx")))])),
+        loraMode,
+      );
     } catch (err) {
-      problems.push(`LoRA ${loraMode} mode: ${(err as Error).message} (import with --lora none to serve the model without LoRAs)`);
+      problems.push(
+        `LoRA ${loraMode} mode: ${(err as Error).message} (import with --lora none to serve the model without LoRAs)`,
+      );
       refuse();
     }
   }
@@ -303,7 +396,9 @@ export async function importExport(exportDir: string, options: ImportOptions): P
     lcm ? "LCM-distilled (timestep_cond)" : noCfg ? "few-step, no CFG" : "",
     prediction,
     unet.io!.inputs[0]!.dtype === "float16" ? "fp16" : "fp32",
-  ].filter(Boolean).join(", ");
+  ]
+    .filter(Boolean)
+    .join(", ");
   const manifest = {
     schema_version: 1,
     kind: "diffusion",
@@ -315,21 +410,42 @@ export async function importExport(exportDir: string, options: ImportOptions): P
     samplers: candidates,
     default_sampler: defaultSampler,
     default_steps: options.defaultSteps ?? (lcm ? 4 : noCfg ? 1 : 30),
-    image: { width: size, height: size, channels: 3, min_size: roundTo(size / 2), max_size: roundTo(size * 2), multiple_of: multipleOf },
+    image: {
+      width: size,
+      height: size,
+      channels: 3,
+      min_size: roundTo(size / 2),
+      max_size: roundTo(size * 2),
+      multiple_of: multipleOf,
+    },
     latent: { channels: latentChannels, downsample: vaeScale, scaling_factor: scalingFactor },
     scheduler: {
       num_train_timesteps: num(scheduler!.num_train_timesteps) ?? 1000,
       beta_schedule: scheduler!.beta_schedule ?? "linear",
       beta_start: num(scheduler!.beta_start) ?? 0.0001,
       beta_end: num(scheduler!.beta_end) ?? 0.02,
-      ...(lcm ? { original_inference_steps: num(scheduler!.original_inference_steps) ?? 50, timestep_scaling: num(scheduler!.timestep_scaling) ?? 10 } : {}),
+      ...(lcm
+        ? {
+            original_inference_steps: num(scheduler!.original_inference_steps) ?? 50,
+            timestep_scaling: num(scheduler!.timestep_scaling) ?? 10,
+          }
+        : {}),
     },
     scheduler_config: Object.fromEntries(Object.entries(scheduler!).filter(([k]) => k !== "_diffusers_version")),
     guidance: {
       cfg: !noCfg && !lcm,
       default_scale: guidanceDefault,
       // diffusers' get_guidance_scale_embedding: w = (scale − 1) · 1000, sin then cos, frequencies over (dim/2 − 1).
-      ...(lcm ? { embedding: { input: "timestep_cond", dim: num(unetConfig.time_cond_proj_dim)!, w_scale: 1000, freq_shift: 1 } } : {}),
+      ...(lcm
+        ? {
+            embedding: {
+              input: "timestep_cond",
+              dim: num(unetConfig.time_cond_proj_dim)!,
+              w_scale: 1000,
+              freq_shift: 1,
+            },
+          }
+        : {}),
     },
     tokenizer: tokenizers[0]!,
     ...(xl ? { tokenizer_2: tokenizers[1]! } : {}),

@@ -146,7 +146,14 @@ export function writeAttribute(w: ProtoWriter, name: string, value: AttributeVal
 /** A TensorProto's fields. */
 export function writeInitializer(t: ProtoWriter, init: Initializer): void {
   for (const d of init.dims) t.int(1, d);
-  t.int(2, init.data instanceof Float32Array ? ELEM_TYPE.float32 : init.data instanceof Uint16Array ? ELEM_TYPE.float16 : ELEM_TYPE.int64);
+  t.int(
+    2,
+    init.data instanceof Float32Array
+      ? ELEM_TYPE.float32
+      : init.data instanceof Uint16Array
+        ? ELEM_TYPE.float16
+        : ELEM_TYPE.int64,
+  );
   t.string(8, init.name);
   t.bytes(9, new Uint8Array(init.data.buffer, init.data.byteOffset, init.data.byteLength));
 }

@@ -18,7 +18,14 @@ import type { LoraTarget, TensorSpec } from "@imagegen/formats/manifest";
 import { protoFields } from "@imagegen/formats/onnx-reader";
 import type { GraphLoraTarget } from "@imagegen/formats/lora-targets";
 import { f32ToF16 } from "@imagegen/formats/safetensors";
-import { ProtoWriter, writeInitializer, writeNode, writeValueInfo, type Initializer, type NodeSpec } from "./builder.ts";
+import {
+  ProtoWriter,
+  writeInitializer,
+  writeNode,
+  writeValueInfo,
+  type Initializer,
+  type NodeSpec,
+} from "./builder.ts";
 
 export interface BranchRewrite {
   model: Uint8Array;
@@ -72,11 +79,20 @@ function opsetOf(model: Uint8Array): number {
  * `model` with branch inputs at `targets` (those `branchable`; others are refused). `rankOffset` numbers the rank
  * axes after those of another component of the same bundle.
  */
-export function addLoraBranches(model: Uint8Array, component: string, targets: GraphLoraTarget[], rankOffset = 0): BranchRewrite {
-  if (opsetOf(model) < 15) throw new GraphRewriteError(`${component}: opset ${opsetOf(model)} is below 15 (Shape with start/end)`);
+export function addLoraBranches(
+  model: Uint8Array,
+  component: string,
+  targets: GraphLoraTarget[],
+  rankOffset = 0,
+): BranchRewrite {
+  if (opsetOf(model) < 15)
+    throw new GraphRewriteError(`${component}: opset ${opsetOf(model)} is below 15 (Shape with start/end)`);
   const byNode = new Map<string, { t: GraphLoraTarget; i: number }>();
   targets.forEach((t, i) => {
-    if (!t.branchable) throw new GraphRewriteError(`${component}: '${t.module}' cannot take a branch (a 1×1 conv with stride or padding)`);
+    if (!t.branchable)
+      throw new GraphRewriteError(
+        `${component}: '${t.module}' cannot take a branch (a 1×1 conv with stride or padding)`,
+      );
     for (const n of t.nodes) byNode.set(n, { t, i });
   });
   const half = targets.some((t) => t.dtype === "float16");
@@ -85,7 +101,8 @@ export function addLoraBranches(model: Uint8Array, component: string, targets: G
     if (!constants.some((c) => c.name === C + name)) constants.push({ name: C + name, dims, data });
     return C + name;
   };
-  const ints = (name: string, values: number[]) => constant(name, [values.length], BigInt64Array.from(values.map(BigInt)));
+  const ints = (name: string, values: number[]) =>
+    constant(name, [values.length], BigInt64Array.from(values.map(BigInt)));
   const taps = () => {
     const one = new Float32Array(81);
     for (let k = 0; k < 9; k++) one[k * 9 + k] = 1; // channel k has a one at tap k = ky·3 + kx
@@ -101,12 +118,18 @@ export function addLoraBranches(model: Uint8Array, component: string, targets: G
     inputs.push({ name: names.down, dtype: "float32", shape: ["batch", ...downShape] });
     inputs.push({ name: names.up, dtype: "float32", shape: ["batch", t.out_features, rank] });
     // The graph's batch axis is its own symbol: a 3×3 branch is fed with batch 1 when every sample shares the set.
-    onnxInputs.push({ name: names.down, shape: ["lora_batch", ...downShape] }, { name: names.up, shape: ["lora_batch", t.out_features, rank] });
+    onnxInputs.push(
+      { name: names.down, shape: ["lora_batch", ...downShape] },
+      { name: names.up, shape: ["lora_batch", t.out_features, rank] },
+    );
     manifestTargets.push(manifestTarget(t, names));
   });
 
   /** The branch nodes of one target node whose output is renamed to `base`. */
-  const branchNodes = (t: GraphLoraTarget, node: { name: string; x: string; y: string; base: string; attributes: Uint8Array[] }) => {
+  const branchNodes = (
+    t: GraphLoraTarget,
+    node: { name: string; x: string; y: string; base: string; attributes: Uint8Array[] },
+  ) => {
     const p = `${node.name}/lora`;
     const v = (s: string) => `${p}/${s}`;
     const names = branchInputNames(t.module);
@@ -114,7 +137,10 @@ export function addLoraBranches(model: Uint8Array, component: string, targets: G
     let down = names.down;
     let up = names.up;
     if (half) {
-      out.push({ op: "Cast", inputs: [down], outputs: [v("down16")], attributes: { to: FLOAT16 } }, { op: "Cast", inputs: [up], outputs: [v("up16")], attributes: { to: FLOAT16 } });
+      out.push(
+        { op: "Cast", inputs: [down], outputs: [v("down16")], attributes: { to: FLOAT16 } },
+        { op: "Cast", inputs: [up], outputs: [v("up16")], attributes: { to: FLOAT16 } },
+      );
       [down, up] = [v("down16"), v("up16")];
     }
     out.push({ op: "Pad", inputs: [up, ints("pad_up", [0, 0, 0, 0, 0, 1])], outputs: [v("up")] });
@@ -141,14 +167,28 @@ export function addLoraBranches(model: Uint8Array, component: string, targets: G
       out.push(
         { op: "Pad", inputs: [down, ints("pad_kernel", [0, 0, 0, 0, 0, 1, 0, 0])], outputs: [v("down")] },
         { op: "Transpose", inputs: [v("down")], outputs: [v("downT")], attributes: { perm: [0, 1, 3, 2] } }, // [b, R, 9, in]
-        { op: "Reshape", inputs: [node.x, ints(`planes_${t.in_features}`, [0, 1, t.in_features, -1])], outputs: [v("x")] },
+        {
+          op: "Reshape",
+          inputs: [node.x, ints(`planes_${t.in_features}`, [0, 1, t.in_features, -1])],
+          outputs: [v("x")],
+        },
         { op: "MatMul", inputs: [v("downT"), v("x")], outputs: [v("taps")] }, // [B, R, 9, HW]
         { op: "Shape", inputs: [node.x], outputs: [v("hw")], attributes: { start: 2 } },
-        { op: "Concat", inputs: [ints("minus1_9", [-1, 9]), v("hw")], outputs: [v("tapShape")], attributes: { axis: 0 } },
+        {
+          op: "Concat",
+          inputs: [ints("minus1_9", [-1, 9]), v("hw")],
+          outputs: [v("tapShape")],
+          attributes: { axis: 0 },
+        },
         { op: "Reshape", inputs: [v("taps"), v("tapShape")], outputs: [v("tapMaps")] }, // [B·R, 9, H, W]
         { op: "Conv", inputs: [v("tapMaps"), taps()], outputs: [v("summed")], rawAttributes: node.attributes }, // [B·R, 1, H', W']
         { op: "Shape", inputs: [v("taps")], outputs: [v("batchRank")], attributes: { start: 0, end: 2 } },
-        { op: "Concat", inputs: [v("batchRank"), ints("minus1", [-1])], outputs: [v("hShape")], attributes: { axis: 0 } },
+        {
+          op: "Concat",
+          inputs: [v("batchRank"), ints("minus1", [-1])],
+          outputs: [v("hShape")],
+          attributes: { axis: 0 },
+        },
         { op: "Reshape", inputs: [v("summed"), v("hShape")], outputs: [v("h")] }, // [B, R, H'W']
         { op: "MatMul", inputs: [v("up"), v("h")], outputs: [v("z")] },
       );
@@ -205,7 +245,8 @@ export function addLoraBranches(model: Uint8Array, component: string, targets: G
         }
       }
       for (const c of constants) g.message(5, (t) => writeInitializer(t, c));
-      for (const input of onnxInputs) g.message(11, (vi) => writeValueInfo(vi, { name: input.name, dtype: "float32", shape: input.shape }));
+      for (const input of onnxInputs)
+        g.message(11, (vi) => writeValueInfo(vi, { name: input.name, dtype: "float32", shape: input.shape }));
     });
   }
   const missing = [...byNode.keys()].filter((n) => !seen.has(n));

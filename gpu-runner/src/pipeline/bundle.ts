@@ -48,7 +48,11 @@ export const SessionConfigSchema = z.object({
 });
 export type SessionConfig = z.input<typeof SessionConfigSchema>;
 
-export const DEFAULT_SESSION_CONFIG: SessionConfig = { executionProviders: ["cpu"], intraOpNumThreads: 1, allowSpinning: false };
+export const DEFAULT_SESSION_CONFIG: SessionConfig = {
+  executionProviders: ["cpu"],
+  intraOpNumThreads: 1,
+  allowSpinning: false,
+};
 
 export type Feeds = Record<string, ort.Tensor>;
 
@@ -179,7 +183,12 @@ function loadPromptTokenizer(dir: string, spec: ModelManifest["tokenizer"], wher
   const seen = { max_length: clip.maxLength, pad_id: clip.padId, bos_id: clip.bosId, eos_id: clip.eosId };
   const differ = Object.entries(seen).filter(([k, v]) => spec[k as keyof typeof seen] !== v);
   if (differ.length > 0) {
-    throw new BundleError(dir, differ.map(([k, v]) => `${where}.${k}: the manifest says ${spec[k as keyof typeof seen]}, ${spec.path} gives ${v}`));
+    throw new BundleError(
+      dir,
+      differ.map(
+        ([k, v]) => `${where}.${k}: the manifest says ${spec[k as keyof typeof seen]}, ${spec.path} gives ${v}`,
+      ),
+    );
   }
   return clip;
 }
@@ -204,7 +213,8 @@ function checkReferences(dir: string, m: ModelManifest): string[] {
     problems.push(`guidance.embedding.input "${m.guidance.embedding.input}" is not an input of components.unet`);
   }
   for (const residual of m.controlnet?.residuals ?? []) {
-    if (!unetInputs.has(residual)) problems.push(`controlnet.residuals: "${residual}" is not an input of components.unet`);
+    if (!unetInputs.has(residual))
+      problems.push(`controlnet.residuals: "${residual}" is not an input of components.unet`);
   }
   for (const target of m.lora?.targets ?? []) {
     for (const c of target.components) {
@@ -215,7 +225,8 @@ function checkReferences(dir: string, m: ModelManifest): string[] {
       }
       if (m.lora?.mode === "branch") {
         for (const input of [target.down_input, target.up_input]) {
-          if (input === undefined) problems.push(`lora target ${target.module}: mode "branch" needs down_input and up_input`);
+          if (input === undefined)
+            problems.push(`lora target ${target.module}: mode "branch" needs down_input and up_input`);
           else if (!spec.inputs.some((t) => t.name === input)) {
             problems.push(`lora target ${target.module}: "${input}" is not an input of components.${c}`);
           }
@@ -226,7 +237,8 @@ function checkReferences(dir: string, m: ModelManifest): string[] {
   if (m.cache) {
     const { head, deep, tail, cached_feature } = m.cache;
     for (const part of [head, deep, tail]) {
-      if (components[part as ComponentName] === undefined) problems.push(`cache: component "${part}" is not in components`);
+      if (components[part as ComponentName] === undefined)
+        problems.push(`cache: component "${part}" is not in components`);
     }
     const deepSpec = components[deep as ComponentName];
     const tailSpec = components[tail as ComponentName];
@@ -237,9 +249,16 @@ function checkReferences(dir: string, m: ModelManifest): string[] {
       problems.push(`cache.cached_feature "${cached_feature}" is not an input of components.${tail}`);
     }
   }
-  for (const [where, spec] of [["tokenizer", m.tokenizer], ["tokenizer_2", m.tokenizer_2]] as const) {
+  for (const [where, spec] of [
+    ["tokenizer", m.tokenizer],
+    ["tokenizer_2", m.tokenizer_2],
+  ] as const) {
     if (spec === undefined || existsSync(tokenizerPath(dir, spec))) continue;
-    problems.push(spec.type === "word" ? `${where}.vocab: tokenizer/${spec.vocab} not found` : `${where}.path: ${spec.path} not found`);
+    problems.push(
+      spec.type === "word"
+        ? `${where}.vocab: tokenizer/${spec.vocab} not found`
+        : `${where}.path: ${spec.path} not found`,
+    );
   }
   problems.push(...checkConditioning(m));
   return problems;
@@ -257,15 +276,22 @@ function checkConditioning(m: ModelManifest): string[] {
     const encoder = encoders[i];
     const name = i === 0 ? "text_encoder" : "text_encoder_2";
     if (encoder === undefined) problems.push(`text_conditioning.hidden_states[${i}]: components.${name} is missing`);
-    else if (!encoder.outputs.some((t) => t.name === output)) problems.push(`text_conditioning.hidden_states[${i}]: "${output}" is not an output of components.${name}`);
+    else if (!encoder.outputs.some((t) => t.name === output))
+      problems.push(`text_conditioning.hidden_states[${i}]: "${output}" is not an output of components.${name}`);
   });
-  if (tc.hidden_states.length === 2 && m.tokenizer_2 === undefined) problems.push(`text_conditioning: two text encoders need tokenizer_2`);
+  if (tc.hidden_states.length === 2 && m.tokenizer_2 === undefined)
+    problems.push(`text_conditioning: two text encoders need tokenizer_2`);
   if (tc.pooled) {
     const encoder = c[tc.pooled.component];
-    if (!encoder?.outputs.some((t) => t.name === tc.pooled!.output)) problems.push(`text_conditioning.pooled: "${tc.pooled.output}" is not an output of components.${tc.pooled.component}`);
-    if (!unetInputs.has(tc.pooled.unet_input)) problems.push(`text_conditioning.pooled: "${tc.pooled.unet_input}" is not an input of components.unet`);
+    if (!encoder?.outputs.some((t) => t.name === tc.pooled!.output))
+      problems.push(
+        `text_conditioning.pooled: "${tc.pooled.output}" is not an output of components.${tc.pooled.component}`,
+      );
+    if (!unetInputs.has(tc.pooled.unet_input))
+      problems.push(`text_conditioning.pooled: "${tc.pooled.unet_input}" is not an input of components.unet`);
   }
-  if (tc.time_ids && !unetInputs.has(tc.time_ids.unet_input)) problems.push(`text_conditioning.time_ids: "${tc.time_ids.unet_input}" is not an input of components.unet`);
+  if (tc.time_ids && !unetInputs.has(tc.time_ids.unet_input))
+    problems.push(`text_conditioning.time_ids: "${tc.time_ids.unet_input}" is not an input of components.unet`);
   return problems;
 }
 
@@ -287,29 +313,37 @@ export function compareTensors(
   for (const spec of declared) {
     const meta = byName.get(spec.name);
     if (meta === undefined) {
-      problems.push(`${where} "${spec.name}" is declared but the graph has no such tensor (graph has: ${[...byName.keys()].join(", ")})`);
+      problems.push(
+        `${where} "${spec.name}" is declared but the graph has no such tensor (graph has: ${[...byName.keys()].join(", ")})`,
+      );
       continue;
     }
     if (!meta.isTensor) {
       problems.push(`${where} "${spec.name}" is not a tensor in the graph`);
       continue;
     }
-    if (DTYPE_OF[meta.type] !== spec.dtype) problems.push(`${where} "${spec.name}": declared ${spec.dtype}, graph has ${meta.type}`);
+    if (DTYPE_OF[meta.type] !== spec.dtype)
+      problems.push(`${where} "${spec.name}": declared ${spec.dtype}, graph has ${meta.type}`);
     if (meta.shape.length !== spec.shape.length) {
-      problems.push(`${where} "${spec.name}": declared rank ${spec.shape.length} [${spec.shape.join(", ")}], graph has rank ${meta.shape.length} [${meta.shape.join(", ")}]`);
+      problems.push(
+        `${where} "${spec.name}": declared rank ${spec.shape.length} [${spec.shape.join(", ")}], graph has rank ${meta.shape.length} [${meta.shape.join(", ")}]`,
+      );
       continue;
     }
     spec.shape.forEach((dim, axis) => {
       const real = meta.shape[axis];
       // A dimension the graph leaves dynamic accepts what the manifest fixes; the reverse is a lie that breaks batching.
       if (typeof real === "number" && real >= 0 && real !== dim) {
-        problems.push(`${where} "${spec.name}": axis ${axis} declared ${JSON.stringify(dim)}, graph fixes it to ${real}`);
+        problems.push(
+          `${where} "${spec.name}": axis ${axis} declared ${JSON.stringify(dim)}, graph fixes it to ${real}`,
+        );
       }
     });
   }
   const declaredNames = new Set(declared.map((t) => t.name));
   for (const name of byName.keys()) {
-    if (!declaredNames.has(name)) problems.push(`${where} "${name}" exists in the graph but is not declared in the manifest`);
+    if (!declaredNames.has(name))
+      problems.push(`${where} "${name}" exists in the graph but is not declared in the manifest`);
   }
   return problems;
 }
@@ -403,4 +437,3 @@ export async function loadBundle(dir: string, config: SessionConfig = DEFAULT_SE
     release,
   };
 }
-

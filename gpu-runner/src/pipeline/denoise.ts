@@ -93,7 +93,9 @@ function unetParts(bundle: Bundle, cached: boolean): UnetParts {
   if (!cached) return { kind: "whole", whole: c.unet };
   const spec = bundle.manifest.cache;
   if (spec === undefined) {
-    throw new GenerationError(`model ${bundle.manifest.name} is not split for block caching (no "cache" in its manifest)`);
+    throw new GenerationError(
+      `model ${bundle.manifest.name} is not split for block caching (no "cache" in its manifest)`,
+    );
   }
   const head = c[spec.head as ComponentName];
   const deep = c[spec.deep as ComponentName];
@@ -106,10 +108,14 @@ function unetParts(bundle: Bundle, cached: boolean): UnetParts {
 
 /** Inputs the U-Net (or its parts) take from outside, i.e. not produced by another part. */
 function externalInputs(parts: UnetParts): TensorSpec[] {
-  const list = parts.kind === "whole" ? [parts.whole] : [parts.head, parts.deep, parts.tail, ...(parts.fullPass ? [parts.fullPass] : [])];
+  const list =
+    parts.kind === "whole"
+      ? [parts.whole]
+      : [parts.head, parts.deep, parts.tail, ...(parts.fullPass ? [parts.fullPass] : [])];
   const produced = new Set(list.flatMap((c) => c.spec.outputs.map((t) => t.name)));
   const seen = new Map<string, TensorSpec>();
-  for (const c of list) for (const t of c.spec.inputs) if (!produced.has(t.name) && !seen.has(t.name)) seen.set(t.name, t);
+  for (const c of list)
+    for (const t of c.spec.inputs) if (!produced.has(t.name) && !seen.has(t.name)) seen.set(t.name, t);
   return [...seen.values()];
 }
 
@@ -124,21 +130,31 @@ const BATCH_AXIS = "batch";
  */
 function addonDefaults(bundle: Bundle, inputs: readonly TensorSpec[], unetBatch: number, fed: Feeds): Feeds {
   const m = bundle.manifest;
-  const loraInputs = new Set((m.lora?.targets ?? []).flatMap((t) => [t.down_input, t.up_input]).filter((n) => n !== undefined));
+  const loraInputs = new Set(
+    (m.lora?.targets ?? []).flatMap((t) => [t.down_input, t.up_input]).filter((n) => n !== undefined),
+  );
   const residuals = new Set(m.controlnet?.residuals ?? []);
-  const core = new Set<string>([...Object.values(UNET_IO), ...(m.guidance.embedding ? [m.guidance.embedding.input] : []), ...Object.keys(fed)]);
+  const core = new Set<string>([
+    ...Object.values(UNET_IO),
+    ...(m.guidance.embedding ? [m.guidance.embedding.input] : []),
+    ...Object.keys(fed),
+  ]);
   const feeds: Feeds = {};
   for (const spec of inputs) {
     if (core.has(spec.name)) continue;
     const isLora = loraInputs.has(spec.name);
     if (!isLora && !residuals.has(spec.name)) {
-      throw new GenerationError(`model ${m.name}: U-Net input "${spec.name}" is neither core, LoRA nor ControlNet; the pipeline cannot feed it`);
+      throw new GenerationError(
+        `model ${m.name}: U-Net input "${spec.name}" is neither core, LoRA nor ControlNet; the pipeline cannot feed it`,
+      );
     }
     const dims = spec.shape.map((d) => {
       if (typeof d === "number") return d;
       if (d === BATCH_AXIS) return unetBatch;
       if (isLora) return 0; // the rank axis: no LoRA is a rank-0 branch
-      throw new GenerationError(`model ${m.name}: U-Net input "${spec.name}" has a symbolic axis "${d}" the pipeline cannot size`);
+      throw new GenerationError(
+        `model ${m.name}: U-Net input "${spec.name}" has a symbolic axis "${d}" the pipeline cannot size`,
+      );
     });
     feeds[spec.name] = floatTensor(new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
   }
@@ -176,7 +192,10 @@ export async function denoise(
   const constant: Feeds = { ...defaults, ...textInputs, [UNET_IO.encoderHiddenStates]: spec.encoderHiddenStates };
   if (m.guidance.embedding) {
     const { input, dim, w_scale, freq_shift } = m.guidance.embedding;
-    constant[input] = floatTensor(tile(guidanceScaleEmbedding(guidance, dim, w_scale, freq_shift), unetBatch), [unetBatch, dim]);
+    constant[input] = floatTensor(tile(guidanceScaleEmbedding(guidance, dim, w_scale, freq_shift), unetBatch), [
+      unetBatch,
+      dim,
+    ]);
   }
 
   let latents = initial;
@@ -193,10 +212,19 @@ export async function denoise(
       ...constant,
       [UNET_IO.sample]: sample,
       [UNET_IO.timestep]: timestepInput,
-      ...(await options.unetInputs?.({ stepIndex: i, steps, timestep: t, unetBatch, sample, encoderHiddenStates: constant[UNET_IO.encoderHiddenStates]!, timestepTensor: timestepInput })),
+      ...(await options.unetInputs?.({
+        stepIndex: i,
+        steps,
+        timestep: t,
+        unetBatch,
+        sample,
+        encoderHiddenStates: constant[UNET_IO.encoderHiddenStates]!,
+        timestepTensor: timestepInput,
+      })),
     };
     const prediction = await clock.time("unetMs", async () => {
-      if (parts.kind === "whole") return predictionOf(parts.whole, await parts.whole.run(await awaitInputs(parts.whole, feeds)));
+      if (parts.kind === "whole")
+        return predictionOf(parts.whole, await parts.whole.run(await awaitInputs(parts.whole, feeds)));
       const full = runsDeep(i) || deepOutputs === null;
       if (full && parts.fullPass) {
         const out = await parts.fullPass.run(await awaitInputs(parts.fullPass, feeds));

@@ -135,7 +135,9 @@ function planBatch(bundle: Bundle, inputs: readonly GenerationRequest[]): BatchP
   const requests = inputs.map(resolveRequest);
   const key = batchKey(inputs[0]!);
   if (inputs.some((r) => batchKey(r) !== key)) {
-    throw new GenerationError("requests in one batch must share sampler, steps, guidance, size, cache and forceSampler");
+    throw new GenerationError(
+      "requests in one batch must share sampler, steps, guidance, size, cache and forceSampler",
+    );
   }
   const request = requests[0]!;
   const m = bundle.manifest;
@@ -150,7 +152,10 @@ function planBatch(bundle: Bundle, inputs: readonly GenerationRequest[]): BatchP
   const classifierFreeGuidance = samplerGuides && m.guidance.cfg && guidance > 1;
   const width = request.width ?? m.image.width;
   const height = request.height ?? m.image.height;
-  for (const [label, size] of [["width", width], ["height", height]] as const) {
+  for (const [label, size] of [
+    ["width", width],
+    ["height", height],
+  ] as const) {
     if (size < m.image.min_size || size > m.image.max_size || size % m.image.multiple_of !== 0) {
       throw new GenerationError(
         `${label} ${size} is outside [${m.image.min_size}, ${m.image.max_size}] or not a multiple of ${m.image.multiple_of}`,
@@ -160,8 +165,24 @@ function planBatch(bundle: Bundle, inputs: readonly GenerationRequest[]): BatchP
   const images = requests.flatMap((r) =>
     Array.from({ length: r.n }, (_, i) => ({ prompt: r.prompt, negativePrompt: r.negative_prompt, seed: r.seed + i })),
   );
-  const latentShape: LatentShape = [images.length, m.latent.channels, height / m.latent.downsample, width / m.latent.downsample];
-  return { requests, samplerName, sampler, steps, guidance, classifierFreeGuidance, width, height, images, latentShape };
+  const latentShape: LatentShape = [
+    images.length,
+    m.latent.channels,
+    height / m.latent.downsample,
+    width / m.latent.downsample,
+  ];
+  return {
+    requests,
+    samplerName,
+    sampler,
+    steps,
+    guidance,
+    classifierFreeGuidance,
+    width,
+    height,
+    images,
+    latentShape,
+  };
 }
 
 /**
@@ -198,9 +219,20 @@ export async function generateBatch(
   const clock = new StageClock();
 
   // With classifier-free guidance the U-Net batch is the negative prompts, then the prompts.
-  const rows = [...(plan.classifierFreeGuidance ? images.map((img) => img.negativePrompt) : []), ...images.map((img) => img.prompt)];
+  const rows = [
+    ...(plan.classifierFreeGuidance ? images.map((img) => img.negativePrompt) : []),
+    ...images.map((img) => img.prompt),
+  ];
   const unconditional = plan.classifierFreeGuidance ? images.length : 0;
-  const text = await clock.time("textEncoderMs", () => encodePrompt(bundle, { rows, unconditional, width, height, ...(options.textEncoderInputs ? { encoderInputs: options.textEncoderInputs } : {}) }));
+  const text = await clock.time("textEncoderMs", () =>
+    encodePrompt(bundle, {
+      rows,
+      unconditional,
+      width,
+      height,
+      ...(options.textEncoderInputs ? { encoderInputs: options.textEncoderInputs } : {}),
+    }),
+  );
   const initial = options.latents
     ? { latents: options.latents.initial.map((v) => v * plan.sampler.initNoiseSigma), noise: options.latents.noise }
     : prepareLatents(
@@ -210,7 +242,12 @@ export async function generateBatch(
       );
   const { latents, fullSteps } = await denoise(
     bundle,
-    { ...plan, encoderHiddenStates: text.encoderHiddenStates, textInputs: text.unetInputs, cache: plan.requests[0]!.cache },
+    {
+      ...plan,
+      encoderHiddenStates: text.encoderHiddenStates,
+      textInputs: text.unetInputs,
+      cache: plan.requests[0]!.cache,
+    },
     initial.latents,
     initial.noise,
     options,

@@ -25,7 +25,9 @@ const SIGNATURE = Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0
 /** Encodes interleaved RGB bytes (row-major, `width·height·3` long) as a PNG file. */
 export function encodePng(rgb: Uint8Array, width: number, height: number): Uint8Array {
   if (rgb.length !== width * height * 3) {
-    throw new RangeError(`encodePng: expected ${width * height * 3} RGB bytes for ${width}×${height}, got ${rgb.length}`);
+    throw new RangeError(
+      `encodePng: expected ${width * height * 3} RGB bytes for ${width}×${height}, got ${rgb.length}`,
+    );
   }
   const header = new Uint8Array(13);
   const hv = new DataView(header.buffer);
@@ -68,5 +70,7 @@ export function vaeOutputToRgb(planar: Float32Array, width: number, height: numb
 /** The PNG files of a decoded batch ([n, 3, height, width] planar), one per image. */
 export function encodePngs(decoded: Float32Array, n: number, width: number, height: number): Uint8Array[] {
   const plane = 3 * width * height;
-  return Array.from({ length: n }, (_, i) => encodePng(vaeOutputToRgb(decoded.subarray(i * plane, (i + 1) * plane), width, height), width, height));
+  return Array.from({ length: n }, (_, i) =>
+    encodePng(vaeOutputToRgb(decoded.subarray(i * plane, (i + 1) * plane), width, height), width, height),
+  );
 }

@@ -13,7 +13,15 @@ import { z } from "zod";
 export const CachePolicy = DeepCacheOption.extend({ interval: z.number().int().min(1).max(DEEPCACHE_INTERVAL.max) });
 export type CachePolicy = z.infer<typeof CachePolicy>;
 
-export const GenerationRequest = EdgeRequest.pick({ prompt: true, seed: true, sampler: true, steps: true, guidance: true, width: true, height: true })
+export const GenerationRequest = EdgeRequest.pick({
+  prompt: true,
+  seed: true,
+  sampler: true,
+  steps: true,
+  guidance: true,
+  width: true,
+  height: true,
+})
   .partial({ sampler: true, steps: true, guidance: true, width: true, height: true })
   .extend({
     negative_prompt: EdgeRequest.shape.negative_prompt.default(""),

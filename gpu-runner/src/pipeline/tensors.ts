@@ -18,7 +18,12 @@ export function floatTensor(data: Float32Array, dims: readonly number[]): ort.Te
 
 /** A tensor of `values` in the dtype the graph declares (ids and timesteps come as plain numbers). */
 export function tensorOf(dtype: TensorSpec["dtype"], values: readonly number[], dims: readonly number[]): ort.Tensor {
-  if (dtype === "int64") return new ort.Tensor("int64", BigInt64Array.from(values, (v) => BigInt(Math.round(v))), dims);
+  if (dtype === "int64")
+    return new ort.Tensor(
+      "int64",
+      BigInt64Array.from(values, (v) => BigInt(Math.round(v))),
+      dims,
+    );
   if (dtype === "int32") return new ort.Tensor("int32", Int32Array.from(values, Math.round), dims);
   if (dtype === "float32") return new ort.Tensor("float32", Float32Array.from(values), dims);
   return new ort.Tensor("float16", toFloat16(Float32Array.from(values)), dims);
@@ -36,7 +41,8 @@ export function toFloat16(data: Float32Array): Uint16Array {
  * the session's boundary, as diffusers' ONNX pipelines cast to the graph's dtype.
  */
 export function toDtype(tensor: ort.Tensor, dtype: TensorSpec["dtype"]): ort.Tensor {
-  if (tensor.type === "float32" && dtype === "float16") return new ort.Tensor("float16", toFloat16(tensor.data as Float32Array), tensor.dims);
+  if (tensor.type === "float32" && dtype === "float16")
+    return new ort.Tensor("float16", toFloat16(tensor.data as Float32Array), tensor.dims);
   return tensor;
 }
 

@@ -54,7 +54,13 @@ function rankZeroBranches(bundle: Bundle, encoder: Component): Feeds {
 }
 
 /** Token ids through one text encoder; returns the named outputs of one prompt row, each distinct (prompt, LoRA set) run once. */
-function encoderRunner(bundle: Bundle, encoder: Component, tokenizer: PromptTokenizer, outputs: readonly string[], inputs?: TextEncoderInputs) {
+function encoderRunner(
+  bundle: Bundle,
+  encoder: Component,
+  tokenizer: PromptTokenizer,
+  outputs: readonly string[],
+  inputs?: TextEncoderInputs,
+) {
   const cache = new Map<string, Promise<Encoded[]>>();
   const zeros = rankZeroBranches(bundle, encoder);
   const run = async (prompt: string, extra: Feeds): Promise<Encoded[]> => {
@@ -63,7 +69,8 @@ function encoderRunner(bundle: Bundle, encoder: Component, tokenizer: PromptToke
     const feeds: Feeds = {};
     for (const spec of specs) {
       if (spec === specs[0]) feeds[spec.name] = tensorOf(spec.dtype, tokens.ids, [1, tokens.ids.length]);
-      else if (spec.name === "attention_mask") feeds[spec.name] = tensorOf(spec.dtype, tokens.attentionMask, [1, tokens.ids.length]);
+      else if (spec.name === "attention_mask")
+        feeds[spec.name] = tensorOf(spec.dtype, tokens.attentionMask, [1, tokens.ids.length]);
       else if (extra[spec.name] !== undefined) feeds[spec.name] = extra[spec.name]!;
       else if (zeros[spec.name] !== undefined) feeds[spec.name] = zeros[spec.name]!;
       else throw new GenerationError(`${encoder.name} input "${spec.name}" is not token ids or attention_mask`);
@@ -78,7 +85,8 @@ function encoderRunner(bundle: Bundle, encoder: Component, tokenizer: PromptToke
   return (prompt: string, row: number): Promise<Encoded[]> => {
     const key = `${inputs?.key(row) ?? ""}\u0000${prompt}`;
     let known = cache.get(key);
-    if (known === undefined) cache.set(key, (known = run(prompt, inputs?.feeds(row, encoder.name as TextEncoderName) ?? {})));
+    if (known === undefined)
+      cache.set(key, (known = run(prompt, inputs?.feeds(row, encoder.name as TextEncoderName) ?? {})));
     return known;
   };
 }
@@ -98,7 +106,10 @@ function concatLast(a: Encoded, b: Encoded): Encoded {
   const tokens = a.dims[1]!;
   const da = a.dims[2]!;
   const db = b.dims[2]!;
-  if (b.dims[1] !== tokens) throw new GenerationError(`text encoders gave ${tokens} and ${b.dims[1]} tokens; their states cannot be concatenated`);
+  if (b.dims[1] !== tokens)
+    throw new GenerationError(
+      `text encoders gave ${tokens} and ${b.dims[1]} tokens; their states cannot be concatenated`,
+    );
   const data = new Float32Array(tokens * (da + db));
   for (let t = 0; t < tokens; t++) {
     data.set(a.data.subarray(t * da, (t + 1) * da), t * (da + db));
@@ -125,7 +136,8 @@ export async function encodePrompt(bundle: Bundle, prompts: PromptRows): Promise
     const name = i === 0 ? "text_encoder" : "text_encoder_2";
     const component = c[name];
     const tokenizer = i === 0 ? bundle.tokenizer : bundle.tokenizer2;
-    if (component === undefined || tokenizer === undefined) throw new GenerationError(`model ${bundle.manifest.name}: ${name} or its tokenizer is not loaded`);
+    if (component === undefined || tokenizer === undefined)
+      throw new GenerationError(`model ${bundle.manifest.name}: ${name} or its tokenizer is not loaded`);
     const outputs = [hidden, ...(pooledFrom === name ? [tc.pooled!.output] : [])];
     return { name, run: encoderRunner(bundle, component, tokenizer, outputs, prompts.encoderInputs) };
   });

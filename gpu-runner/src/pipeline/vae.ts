@@ -4,7 +4,13 @@ import type { LatentShape } from "./latents.ts";
 import { floatTensor, GenerationError } from "./tensors.ts";
 
 /** The decoded images, planar RGB in [-1, 1], [n, 3, height, width]. */
-export async function decodeLatents(bundle: Bundle, latents: Float32Array, shape: LatentShape, width: number, height: number): Promise<Float32Array> {
+export async function decodeLatents(
+  bundle: Bundle,
+  latents: Float32Array,
+  shape: LatentShape,
+  width: number,
+  height: number,
+): Promise<Float32Array> {
   const scale = bundle.manifest.latent.scaling_factor;
   const scaled = new Float32Array(latents.length);
   for (let i = 0; i < latents.length; i++) scaled[i] = latents[i]! / scale;

@@ -24,10 +24,18 @@ export interface DdimOptions {
   setAlphaToOne?: boolean;
 }
 
-export function ddimTimesteps(steps: number, numTrainTimesteps: number, spacing: TimestepSpacing = "leading", stepsOffset = 0): number[] {
+export function ddimTimesteps(
+  steps: number,
+  numTrainTimesteps: number,
+  spacing: TimestepSpacing = "leading",
+  stepsOffset = 0,
+): number[] {
   checkSteps("ddim", steps, numTrainTimesteps);
   const T = numTrainTimesteps;
-  if (spacing === "linspace") return linspace(0, T - 1, steps).map(roundHalfEven).reverse();
+  if (spacing === "linspace")
+    return linspace(0, T - 1, steps)
+      .map(roundHalfEven)
+      .reverse();
   if (spacing === "trailing") return arange(T, 0, -T / steps).map((t) => roundHalfEven(t) - 1);
   const ratio = Math.floor(T / steps);
   return Array.from({ length: steps }, (_, i) => (steps - 1 - i) * ratio + stepsOffset);
@@ -66,7 +74,8 @@ export class DdimSampler implements Sampler {
   private readonly options: Required<DdimOptions>;
 
   constructor(spec: TrainingSchedule, predictionType: PredictionType | "sample", options: DdimOptions = {}) {
-    if (predictionType === "flow") throw new SamplerMismatchError("ddim needs an epsilon or v_prediction model, not flow");
+    if (predictionType === "flow")
+      throw new SamplerMismatchError("ddim needs an epsilon or v_prediction model, not flow");
     this.spec = spec;
     this.predictionType = predictionType;
     this.alphas = alphasCumprod(spec);

@@ -35,12 +35,20 @@ export interface DpmSolverOptions {
 }
 
 /** DPM-Solver's `set_timesteps`: integer timesteps (Karras ones rounded) and σ at each, plus the final σ. */
-export function dpmSolverSchedule(alphas: Float64Array, steps: number, options: DpmSolverOptions = {}): { timesteps: number[]; sigmas: number[] } {
+export function dpmSolverSchedule(
+  alphas: Float64Array,
+  steps: number,
+  options: DpmSolverOptions = {},
+): { timesteps: number[]; sigmas: number[] } {
   const T = alphas.length;
   checkSteps("dpm-solver++", steps, T);
   const spacing = options.timestepSpacing ?? "linspace";
   let timesteps: number[];
-  if (spacing === "linspace") timesteps = linspace(0, T - 1, steps + 1).map(roundHalfEven).reverse().slice(0, -1);
+  if (spacing === "linspace")
+    timesteps = linspace(0, T - 1, steps + 1)
+      .map(roundHalfEven)
+      .reverse()
+      .slice(0, -1);
   else if (spacing === "leading") {
     const ratio = Math.floor(T / (steps + 1));
     timesteps = Array.from({ length: steps }, (_, i) => (steps - i) * ratio + (options.stepsOffset ?? 0));
@@ -78,9 +86,17 @@ export class DpmSolverPlusPlusSampler implements Sampler {
   private nextStep = 0;
 
   constructor(spec: TrainingSchedule, predictionType: PredictionType | "sample", options: DpmSolverOptions = {}) {
-    if (predictionType === "flow") throw new SamplerMismatchError("dpm++2m needs an epsilon or v_prediction model, not flow");
+    if (predictionType === "flow")
+      throw new SamplerMismatchError("dpm++2m needs an epsilon or v_prediction model, not flow");
     this.predictionType = predictionType;
-    this.options = { solverOrder: 2, solverType: "midpoint", lowerOrderFinal: true, eulerAtFinal: false, finalSigmasType: "zero", ...options };
+    this.options = {
+      solverOrder: 2,
+      solverType: "midpoint",
+      lowerOrderFinal: true,
+      eulerAtFinal: false,
+      finalSigmasType: "zero",
+      ...options,
+    };
     this.name = options.useKarrasSigmas ? "dpm++2m-karras" : "dpm++2m";
     this.alphas = alphasCumprod(spec);
     if (spec.rescale_betas_zero_snr) this.alphas[this.alphas.length - 1] = 2 ** -24;
@@ -102,17 +118,28 @@ export class DpmSolverPlusPlusSampler implements Sampler {
     const n = this.timesteps.length;
     if (stepIndex < 0 || stepIndex >= n) throw new RangeError(`dpm++2m: step ${stepIndex} outside ${n} timesteps`);
     // The multistep update reads the previous step's x0, so steps must come in order.
-    if (stepIndex !== this.nextStep) throw new RangeError(`dpm++2m: step ${stepIndex} out of order (expected ${this.nextStep}; call setTimesteps to restart)`);
+    if (stepIndex !== this.nextStep)
+      throw new RangeError(
+        `dpm++2m: step ${stepIndex} out of order (expected ${this.nextStep}; call setTimesteps to restart)`,
+      );
     const { lowerOrderFinal, eulerAtFinal, finalSigmasType, solverOrder, solverType } = this.options;
     const s0 = alphaSigma(this.sigmas[stepIndex]!);
     const t = alphaSigma(this.sigmas[stepIndex + 1]!);
     const x0 = new Float32Array(sample.length);
     for (let i = 0; i < x0.length; i++) {
       const m = modelOutput[i]!;
-      x0[i] = this.predictionType === "epsilon" ? (sample[i]! - s0.sigma * m) / s0.alpha : this.predictionType === "v_prediction" ? s0.alpha * sample[i]! - s0.sigma * m : m;
+      x0[i] =
+        this.predictionType === "epsilon"
+          ? (sample[i]! - s0.sigma * m) / s0.alpha
+          : this.predictionType === "v_prediction"
+            ? s0.alpha * sample[i]! - s0.sigma * m
+            : m;
     }
     const last = stepIndex === n - 1;
-    const firstOrder = solverOrder === 1 || this.history.length < 1 || (last && (eulerAtFinal || (lowerOrderFinal && n < 15) || finalSigmasType === "zero"));
+    const firstOrder =
+      solverOrder === 1 ||
+      this.history.length < 1 ||
+      (last && (eulerAtFinal || (lowerOrderFinal && n < 15) || finalSigmasType === "zero"));
     const h = t.lambda - s0.lambda;
     const ratio = t.sigma / s0.sigma;
     const coeff = t.alpha * (Math.exp(-h) - 1);

@@ -10,7 +10,11 @@ import { SamplerMismatchError, type NoiseSource, type StepResult } from "./types
 export class EulerAncestralSampler extends EulerSampler {
   override readonly name = "euler-a" as const;
 
-  constructor(spec: TrainingSchedule, predictionType: PredictionType | "sample", options: Omit<SigmaScheduleOptions, "useKarrasSigmas" | "finalSigmasType"> = {}) {
+  constructor(
+    spec: TrainingSchedule,
+    predictionType: PredictionType | "sample",
+    options: Omit<SigmaScheduleOptions, "useKarrasSigmas" | "finalSigmasType"> = {},
+  ) {
     // diffusers implements neither a sample prediction nor Karras sigmas for this scheduler.
     if (predictionType === "sample") throw new SamplerMismatchError("euler-a has no update for sample prediction");
     super(spec, predictionType, { ...options, useKarrasSigmas: false, finalSigmasType: "zero" });

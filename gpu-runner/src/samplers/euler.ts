@@ -40,7 +40,10 @@ export function eulerSchedule(alphas: Float64Array, steps: number, options: Sigm
   checkSteps("euler", steps, T);
   const spacing = options.timestepSpacing ?? "linspace";
   let timesteps: number[];
-  if (spacing === "linspace") timesteps = linspace(0, T - 1, steps).map(Math.fround).reverse();
+  if (spacing === "linspace")
+    timesteps = linspace(0, T - 1, steps)
+      .map(Math.fround)
+      .reverse();
   else if (spacing === "leading") {
     const ratio = Math.floor(T / steps);
     timesteps = Array.from({ length: steps }, (_, i) => (steps - 1 - i) * ratio + (options.stepsOffset ?? 0));
@@ -57,12 +60,22 @@ export function eulerSchedule(alphas: Float64Array, steps: number, options: Sigm
 }
 
 /** The clean-latent estimate at noise level σ from an epsilon, v or sample prediction. */
-export function sigmaPredictOriginal(predictionType: PredictionKind, modelOutput: Float32Array, sample: Float32Array, sigma: number): Float32Array {
+export function sigmaPredictOriginal(
+  predictionType: PredictionKind,
+  modelOutput: Float32Array,
+  sample: Float32Array,
+  sigma: number,
+): Float32Array {
   const x0 = new Float32Array(sample.length);
   const c = 1 / Math.sqrt(sigma * sigma + 1);
   for (let i = 0; i < sample.length; i++) {
     const m = modelOutput[i]!;
-    x0[i] = predictionType === "epsilon" ? sample[i]! - sigma * m : predictionType === "v_prediction" ? -sigma * c * m + c * c * sample[i]! : m;
+    x0[i] =
+      predictionType === "epsilon"
+        ? sample[i]! - sigma * m
+        : predictionType === "v_prediction"
+          ? -sigma * c * m + c * c * sample[i]!
+          : m;
   }
   return x0;
 }
@@ -90,7 +103,8 @@ export class EulerSampler implements Sampler {
   protected readonly options: SigmaScheduleOptions;
 
   constructor(spec: TrainingSchedule, predictionType: PredictionType | "sample", options: SigmaScheduleOptions = {}) {
-    if (predictionType === "flow") throw new SamplerMismatchError(`${this.name} needs an epsilon or v_prediction model, not flow`);
+    if (predictionType === "flow")
+      throw new SamplerMismatchError(`${this.name} needs an epsilon or v_prediction model, not flow`);
     this.predictionType = predictionType;
     this.options = options;
     this.alphas = alphasCumprod(spec);

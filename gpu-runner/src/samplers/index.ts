@@ -24,7 +24,8 @@ export function createSampler(
   }
   try {
     // An imported model keeps its export's scheduler_config.json: every sampler reads it as diffusers' from_config would.
-    if (manifest.scheduler_config) return samplerFromSchedulerConfig(manifest.scheduler_config, { sampler: name, predictionType });
+    if (manifest.scheduler_config)
+      return samplerFromSchedulerConfig(manifest.scheduler_config, { sampler: name, predictionType });
     switch (name) {
       case "ddim":
         return new DdimSampler(manifest.scheduler, predictionType);
@@ -34,7 +35,10 @@ export function createSampler(
         return new RectifiedFlowSampler(predictionType);
       default:
         // The diffusers samplers read the manifest's training schedule as diffusers would read scheduler_config.json.
-        return samplerFromSchedulerConfig({ ...manifest.scheduler, clip_sample: false }, { sampler: name, predictionType });
+        return samplerFromSchedulerConfig(
+          { ...manifest.scheduler, clip_sample: false },
+          { sampler: name, predictionType },
+        );
     }
   } catch (err) {
     if (err instanceof SamplerMismatchError) {
@@ -44,5 +48,10 @@ export function createSampler(
   }
 }
 
-export { SCHEDULER_CLASSES, samplerFromSchedulerConfig, type DiffusersSchedulerConfig, type SchedulerOverrides } from "./scheduler-config.ts";
+export {
+  SCHEDULER_CLASSES,
+  samplerFromSchedulerConfig,
+  type DiffusersSchedulerConfig,
+  type SchedulerOverrides,
+} from "./scheduler-config.ts";
 export { SamplerMismatchError, type NoiseSource, type Sampler, type StepResult } from "./types.ts";

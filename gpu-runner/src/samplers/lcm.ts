@@ -39,7 +39,12 @@ export function lcmBoundaryScalings(
  * sinusoidal with sin first then cos, frequencies exp(−ln(10000)·i / (half − freqShift)). freqShift 1 is
  * diffusers' `get_guidance_scale_embedding`; the manifest says which one the model was trained with.
  */
-export function guidanceScaleEmbedding(guidanceScale: number, dim: number, wScale: number, freqShift: 0 | 1 = 1): Float32Array {
+export function guidanceScaleEmbedding(
+  guidanceScale: number,
+  dim: number,
+  wScale: number,
+  freqShift: 0 | 1 = 1,
+): Float32Array {
   const w = (guidanceScale - 1) * wScale;
   const half = Math.floor(dim / 2);
   const out = new Float32Array(dim); // an odd dim leaves the last entry 0, as diffusers pads
@@ -64,8 +69,12 @@ export class LcmSampler implements Sampler {
   private readonly timestepScaling: number;
   private readonly originalInferenceSteps: number;
 
-  constructor(spec: TrainingSchedule & Pick<SchedulerSpec, "original_inference_steps" | "timestep_scaling">, predictionType: PredictionType | "sample") {
-    if (predictionType === "flow") throw new SamplerMismatchError("lcm needs an epsilon or v_prediction model, not flow");
+  constructor(
+    spec: TrainingSchedule & Pick<SchedulerSpec, "original_inference_steps" | "timestep_scaling">,
+    predictionType: PredictionType | "sample",
+  ) {
+    if (predictionType === "flow")
+      throw new SamplerMismatchError("lcm needs an epsilon or v_prediction model, not flow");
     this.spec = spec;
     this.predictionType = predictionType;
     this.alphas = alphasCumprod(spec);

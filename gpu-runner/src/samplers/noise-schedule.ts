@@ -6,7 +6,10 @@
  */
 import type { SchedulerSpec } from "@imagegen/formats/manifest";
 
-export type TrainingSchedule = Pick<SchedulerSpec, "num_train_timesteps" | "beta_schedule" | "beta_start" | "beta_end"> & {
+export type TrainingSchedule = Pick<
+  SchedulerSpec,
+  "num_train_timesteps" | "beta_schedule" | "beta_start" | "beta_end"
+> & {
   /** Zero terminal SNR (Lin et al. 2023): ᾱ at the last timestep becomes exactly 0. */
   rescale_betas_zero_snr?: boolean;
   /**
@@ -106,7 +109,8 @@ export function arange(start: number, stop: number, step: number): number[] {
 export type TimestepSpacing = "leading" | "trailing" | "linspace";
 
 export function checkSteps(name: string, steps: number, max: number): void {
-  if (!Number.isInteger(steps) || steps < 1 || steps > max) throw new RangeError(`${name}: steps must be an integer in [1, ${max}], got ${steps}`);
+  if (!Number.isInteger(steps) || steps < 1 || steps > max)
+    throw new RangeError(`${name}: steps must be an integer in [1, ${max}], got ${steps}`);
 }
 
 /** `np.interp(t, arange(len(values)), values)` for t inside the grid. */

@@ -7,7 +7,8 @@ import type { PredictionType } from "@imagegen/formats/manifest";
 import { SamplerMismatchError, type Sampler, type StepResult } from "./types.ts";
 
 export function rectifiedFlowTimesteps(steps: number, timeScale = 1000): number[] {
-  if (!Number.isInteger(steps) || steps < 1) throw new RangeError(`rectified-flow: steps must be an integer ≥ 1, got ${steps}`);
+  if (!Number.isInteger(steps) || steps < 1)
+    throw new RangeError(`rectified-flow: steps must be an integer ≥ 1, got ${steps}`);
   return Array.from({ length: steps }, (_, i) => (1 - i / steps) * timeScale);
 }
 
@@ -34,7 +35,8 @@ export class RectifiedFlowSampler implements Sampler {
 
   step(velocity: Float32Array, stepIndex: number, sample: Float32Array): StepResult {
     const n = this.timesteps.length;
-    if (stepIndex < 0 || stepIndex >= n) throw new RangeError(`rectified-flow: step ${stepIndex} outside ${n} timesteps`);
+    if (stepIndex < 0 || stepIndex >= n)
+      throw new RangeError(`rectified-flow: step ${stepIndex} outside ${n} timesteps`);
     const prev = new Float32Array(sample.length);
     const dt = 1 / n;
     for (let i = 0; i < prev.length; i++) prev[i] = sample[i]! + velocity[i]! * dt;

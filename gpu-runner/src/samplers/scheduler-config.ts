@@ -62,18 +62,25 @@ export interface SchedulerOverrides {
   predictionType?: PredictionType;
 }
 
-export function samplerFromSchedulerConfig(config: DiffusersSchedulerConfig, overrides: SchedulerOverrides = {}): Sampler {
+export function samplerFromSchedulerConfig(
+  config: DiffusersSchedulerConfig,
+  overrides: SchedulerOverrides = {},
+): Sampler {
   const name = overrides.sampler ?? classSampler(config._class_name);
-  const karras = name === "dpm++2m-karras" ? true : name === "dpm++2m" && !overrides.sampler ? !!config.use_karras_sigmas : false;
+  const karras =
+    name === "dpm++2m-karras" ? true : name === "dpm++2m" && !overrides.sampler ? !!config.use_karras_sigmas : false;
   const prediction = (overrides.predictionType ?? config.prediction_type ?? "epsilon") as PredictionType | "sample";
-  if (!["epsilon", "v_prediction", "sample", "flow"].includes(prediction)) throw unsupported("prediction_type", prediction);
+  if (!["epsilon", "v_prediction", "sample", "flow"].includes(prediction))
+    throw unsupported("prediction_type", prediction);
   refuse(config, "thresholding", true);
   refuse(config, "use_exponential_sigmas", true);
   refuse(config, "use_beta_sigmas", true);
   refuse(config, "use_lu_lambdas", true);
   if (config.trained_betas) throw unsupported("trained_betas", "a list");
-  if (config.interpolation_type && config.interpolation_type !== "linear") throw unsupported("interpolation_type", config.interpolation_type);
-  if (config.timestep_type && config.timestep_type !== "discrete") throw unsupported("timestep_type", config.timestep_type);
+  if (config.interpolation_type && config.interpolation_type !== "linear")
+    throw unsupported("interpolation_type", config.interpolation_type);
+  if (config.timestep_type && config.timestep_type !== "discrete")
+    throw unsupported("timestep_type", config.timestep_type);
 
   const spacing = (dflt: TimestepSpacing): TimestepSpacing => {
     const s = config.timestep_spacing ?? dflt;
@@ -117,7 +124,10 @@ export function samplerFromSchedulerConfig(config: DiffusersSchedulerConfig, ove
         finalSigmasType: finalSigmas(),
       });
     case "euler-a":
-      return new EulerAncestralSampler(schedule(ddpm), prediction, { timestepSpacing: spacing("linspace"), stepsOffset: offset });
+      return new EulerAncestralSampler(schedule(ddpm), prediction, {
+        timestepSpacing: spacing("linspace"),
+        stepsOffset: offset,
+      });
     case "dpm++2m":
     case "dpm++2m-karras": {
       const algorithm = config.algorithm_type ?? "dpmsolver++";

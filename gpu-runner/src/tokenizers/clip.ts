@@ -61,7 +61,8 @@ export class ClipTokenizer implements PromptTokenizer {
     const tokenOf = (role: SpecialRole): string => {
       const v = config[role];
       if (typeof v === "string") return v;
-      if (v !== null && typeof v === "object" && typeof (v as { content?: unknown }).content === "string") return (v as { content: string }).content;
+      if (v !== null && typeof v === "object" && typeof (v as { content?: unknown }).content === "string")
+        return (v as { content: string }).content;
       return DEFAULTS[role];
     };
     const idOf = (token: string, role: string): number => {
@@ -74,20 +75,39 @@ export class ClipTokenizer implements PromptTokenizer {
     this.padId = idOf(tokenOf("pad_token"), "pad_token");
     const maxLength = config.model_max_length;
     // Exports save huge sentinels (1e30) when no length was set; CLIP's text encoders take 77.
-    this.maxLength = typeof maxLength === "number" && Number.isInteger(maxLength) && maxLength >= 2 && maxLength <= 4096 ? maxLength : 77;
+    this.maxLength =
+      typeof maxLength === "number" && Number.isInteger(maxLength) && maxLength >= 2 && maxLength <= 4096
+        ? maxLength
+        : 77;
 
     // transformers splits every special token out of the raw text before any normalisation, whatever its
     // `normalized` flag says, so they are all declared unnormalized here; a pad of "!" (OpenCLIP) is one of them.
     const added = new Map<string, AddedTokenJson>();
     for (const role of ROLES) {
       const content = tokenOf(role);
-      added.set(content, { id: idOf(content, role), content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+      added.set(content, {
+        id: idOf(content, role),
+        content,
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: true,
+      });
     }
     const decoder = config.added_tokens_decoder;
     if (decoder !== null && typeof decoder === "object") {
       for (const [id, t] of Object.entries(decoder as Record<string, Partial<AddedTokenJson>>)) {
         if (typeof t.content !== "string") continue;
-        added.set(t.content, { id: Number(id), content: t.content, single_word: false, lstrip: !!t.lstrip, rstrip: !!t.rstrip, normalized: false, special: true });
+        added.set(t.content, {
+          id: Number(id),
+          content: t.content,
+          single_word: false,
+          lstrip: !!t.lstrip,
+          rstrip: !!t.rstrip,
+          normalized: false,
+          special: true,
+        });
       }
     }
 

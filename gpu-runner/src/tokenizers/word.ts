@@ -60,7 +60,8 @@ function parseVocab(parsed: unknown, path: string): Map<string, number> {
     });
   } else if (parsed !== null && typeof parsed === "object") {
     for (const [word, id] of Object.entries(parsed)) {
-      if (!Number.isInteger(id) || (id as number) < 0) throw new Error(`tokenizer: ${path}: id of "${word}" is not an integer ≥ 0`);
+      if (!Number.isInteger(id) || (id as number) < 0)
+        throw new Error(`tokenizer: ${path}: id of "${word}" is not an integer ≥ 0`);
       vocab.set(word, id as number);
     }
   } else {

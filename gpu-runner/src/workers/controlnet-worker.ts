@@ -57,13 +57,20 @@ port.on("message", async (msg: ToControlNet) => {
         return { net: await net, conditioning, scales: u.scales };
       }),
     );
-    const pending = controlNetResiduals(uses, { sample: tensor(msg.sample), timestepTensor: tensor(msg.timestep), encoderHiddenStates: tensor(msg.encoderHiddenStates) });
+    const pending = controlNetResiduals(uses, {
+      sample: tensor(msg.sample),
+      timestepTensor: tensor(msg.timestep),
+      encoderHiddenStates: tensor(msg.encoderHiddenStates),
+    });
     const residuals: Record<string, PlainTensor> = {};
     for (const [name, p] of Object.entries(pending)) {
       const t = await p;
       residuals[name] = { data: t.data as Float32Array, dims: [...t.dims] };
     }
-    port.postMessage({ type: "residuals", id: msg.id, residuals } satisfies FromControlNet, Object.values(residuals).map((r) => r.data.buffer as ArrayBuffer));
+    port.postMessage(
+      { type: "residuals", id: msg.id, residuals } satisfies FromControlNet,
+      Object.values(residuals).map((r) => r.data.buffer as ArrayBuffer),
+    );
   } catch (err) {
     port.postMessage({ type: "error", id: msg.id, error: toWire(err) } satisfies FromControlNet);
   }

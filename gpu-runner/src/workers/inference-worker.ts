@@ -17,7 +17,10 @@ if (port === null) throw new Error("inference-worker must run in a worker thread
 const init = workerData as WorkerInit;
 const session = SessionConfigSchema.parse(init.session);
 const bundles = new Map<string, Promise<Bundle>>();
-const addonRuntime = new AddonRuntime(session, { parallelControlNet: init.parallelControlNet ?? false, ...(init.mergeHotAfter !== undefined ? { mergeHotAfter: init.mergeHotAfter } : {}) });
+const addonRuntime = new AddonRuntime(session, {
+  parallelControlNet: init.parallelControlNet ?? false,
+  ...(init.mergeHotAfter !== undefined ? { mergeHotAfter: init.mergeHotAfter } : {}),
+});
 
 function bundle(dir: string): Promise<Bundle> {
   let loading = bundles.get(dir);
@@ -46,7 +49,9 @@ port.on("message", async (msg: ToWorker) => {
   const controller = new AbortController();
   // Registered before anything is awaited: the "addons" message may come while the bundle is still loading.
   const arrival =
-    msg.addonJoinFraction === undefined ? undefined : new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
+    msg.addonJoinFraction === undefined
+      ? undefined
+      : new Promise<RequestAddons[]>((resolve, reject) => lateArrivals.set(msg.id, { resolve, reject }));
   arrival?.catch(() => {}); // a failure reaches the generation through `await` or the late provider below
   try {
     let loaded = await bundle(msg.bundleDir);
@@ -67,11 +72,17 @@ port.on("message", async (msg: ToWorker) => {
       // A hot set's merged weights are picked by the set's key; the arriving add-ons count towards making it hot.
       const base = loaded;
       if (msg.loraSets) loaded = addonRuntime.hotMerged(base, msg.loraSets) ?? base;
-      arrival.then((a) => {
-        arrived = a;
-        addonRuntime.countUse(base, a);
-      }, () => {});
-      const late = lateAddons(arrival.then((a) => addonRuntime.provider(loaded, imagesPer, a)), msg.addonJoinFraction);
+      arrival.then(
+        (a) => {
+          arrived = a;
+          addonRuntime.countUse(base, a);
+        },
+        () => {},
+      );
+      const late = lateAddons(
+        arrival.then((a) => addonRuntime.provider(loaded, imagesPer, a)),
+        msg.addonJoinFraction,
+      );
       unetInputs = late.provider;
       joinedAt = late.joinedAt;
     } else if (addons) {
@@ -90,7 +101,17 @@ port.on("message", async (msg: ToWorker) => {
     });
     const buffers = results.flatMap((r) => [...r.images.map((img) => img.buffer), r.latents.buffer]) as ArrayBuffer[];
     const loraLoads = arrived ? addonRuntime.loraReports(loaded, arrived) : [];
-    send({ type: "result", id: msg.id, results, addonsJoinedAt: joinedAt(), lorasMerged: loaded.lorasMerged !== undefined, loraLoads }, buffers);
+    send(
+      {
+        type: "result",
+        id: msg.id,
+        results,
+        addonsJoinedAt: joinedAt(),
+        lorasMerged: loaded.lorasMerged !== undefined,
+        loraLoads,
+      },
+      buffers,
+    );
   } catch (err) {
     send({ type: "error", id: msg.id, error: toWire(err) });
   } finally {

@@ -92,7 +92,11 @@ export class InferencePool {
   }
 
   private spawn(): Slot {
-    const init: WorkerInit = { session: this.session, parallelControlNet: this.parallelControlNet, ...(this.mergeHotAfter !== undefined ? { mergeHotAfter: this.mergeHotAfter } : {}) };
+    const init: WorkerInit = {
+      session: this.session,
+      parallelControlNet: this.parallelControlNet,
+      ...(this.mergeHotAfter !== undefined ? { mergeHotAfter: this.mergeHotAfter } : {}),
+    };
     const slot: Slot = { worker: new Worker(WORKER_URL, { workerData: init }), job: null, bundles: new Set() };
     slot.worker.on("message", (msg: FromWorker) => this.onMessage(slot, msg));
     slot.worker.on("error", (err) => this.onCrash(slot, err));
@@ -154,8 +158,11 @@ export class InferencePool {
       slot.worker.postMessage(msg);
       if (late) {
         (addons as Promise<RequestAddons[]>).then(
-          (a) => slot.job === job && slot.worker.postMessage({ type: "addons", id: job.id, addons: a } satisfies ToWorker),
-          (e: unknown) => slot.job === job && slot.worker.postMessage({ type: "addons-failed", id: job.id, error: toWire(e) } satisfies ToWorker),
+          (a) =>
+            slot.job === job && slot.worker.postMessage({ type: "addons", id: job.id, addons: a } satisfies ToWorker),
+          (e: unknown) =>
+            slot.job === job &&
+            slot.worker.postMessage({ type: "addons-failed", id: job.id, error: toWire(e) } satisfies ToWorker),
         );
       }
     }
@@ -167,10 +174,15 @@ export class InferencePool {
   }
 
   /** Runs compatible requests (equal `batchKey`) as one batch on one worker; one result per request. */
-  async generateBatch(bundleDir: string, requests: GenerationRequest[], options: JobOptions = {}): Promise<GenerationResult[]> {
+  async generateBatch(
+    bundleDir: string,
+    requests: GenerationRequest[],
+    options: JobOptions = {},
+  ): Promise<GenerationResult[]> {
     if (this.closed) throw new Error("pool is closed");
     // Without a join step, add-ons still on their way are waited for before the job is queued.
-    if (options.addons instanceof Promise && options.addonJoinFraction === undefined) options = { ...options, addons: await options.addons };
+    if (options.addons instanceof Promise && options.addonJoinFraction === undefined)
+      options = { ...options, addons: await options.addons };
     // A late add-on that fails before its job reaches a worker is reported through the job, not as an unhandled rejection.
     if (options.addons instanceof Promise) options.addons.catch(() => {});
     return new Promise<GenerationResult[]>((resolveJob, rejectJob) => {

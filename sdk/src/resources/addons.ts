@@ -22,7 +22,10 @@ async function sha256Hex(bytes: Uint8Array): Promise<string> {
 }
 
 /** The file as a stream that reports each chunk as fetch pulls it, which is how far the upload has gone. */
-function progressStream(file: Uint8Array, onProgress: (p: UploadProgress) => void): { body: ReadableStream<Uint8Array>; pulled: () => number } {
+function progressStream(
+  file: Uint8Array,
+  onProgress: (p: UploadProgress) => void,
+): { body: ReadableStream<Uint8Array>; pulled: () => number } {
   let offset = 0;
   const body = new ReadableStream<Uint8Array>({
     pull(controller) {
@@ -51,7 +54,11 @@ export class Addons {
   }
 
   versions(id: string, opts: RequestOptions = {}): PagePromise<List<AddonVersion>> {
-    return new PagePromise(async () => (await this.core.request<List<AddonVersion>>("GET", `/v1/addons/${encodeURIComponent(id)}/versions`, opts)).data);
+    return new PagePromise(
+      async () =>
+        (await this.core.request<List<AddonVersion>>("GET", `/v1/addons/${encodeURIComponent(id)}/versions`, opts))
+          .data,
+    );
   }
 
   /**
@@ -73,9 +80,19 @@ export class Addons {
     return { addon: { ...started.addon, latest_version: version.version }, version };
   }
 
-  private async put(url: string, file: Uint8Array, headers: Record<string, string>, opts: RequestOptions, onProgress?: (p: UploadProgress) => void): Promise<void> {
+  private async put(
+    url: string,
+    file: Uint8Array,
+    headers: Record<string, string>,
+    opts: RequestOptions,
+    onProgress?: (p: UploadProgress) => void,
+  ): Promise<void> {
     const send = (body: BodyInit, extra: RequestInit = {}) =>
-      this.core.send(url, { method: "PUT", body, headers: { ...headers, "content-length": String(file.byteLength) }, ...extra }, opts);
+      this.core.send(
+        url,
+        { method: "PUT", body, headers: { ...headers, "content-length": String(file.byteLength) }, ...extra },
+        opts,
+      );
     let answer: Awaited<ReturnType<typeof send>>;
     if (onProgress) {
       const stream = progressStream(file, onProgress);
@@ -92,7 +109,12 @@ export class Addons {
     const { res, release } = answer;
     try {
       if (!res.ok) {
-        const error = { type: "storage_error", code: "upload_refused", message: `storage refused the upload: ${res.status}`, request_id: "" };
+        const error = {
+          type: "storage_error",
+          code: "upload_refused",
+          message: `storage refused the upload: ${res.status}`,
+          request_id: "",
+        };
         throw new APIError(res.status, { error }, res.headers);
       }
       await res.body?.cancel();
@@ -102,8 +124,14 @@ export class Addons {
     onProgress?.({ loaded: file.byteLength, total: file.byteLength });
   }
 
-  async setVisibility(id: string, visibility: Addon["visibility"], opts: RequestOptions = {}): Promise<WithRequestId<Addon>> {
-    return (await this.core.request<Addon>("PATCH", `/v1/addons/${encodeURIComponent(id)}`, { ...opts, body: { visibility } })).data;
+  async setVisibility(
+    id: string,
+    visibility: Addon["visibility"],
+    opts: RequestOptions = {},
+  ): Promise<WithRequestId<Addon>> {
+    return (
+      await this.core.request<Addon>("PATCH", `/v1/addons/${encodeURIComponent(id)}`, { ...opts, body: { visibility } })
+    ).data;
   }
 
   async delete(id: string, opts: RequestOptions = {}): Promise<WithRequestId<Addon>> {

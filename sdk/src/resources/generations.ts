@@ -2,7 +2,13 @@ import type { Core, RequestOptions, WithRequestId } from "../core.ts";
 import { GenerationFailedError } from "../errors.ts";
 import { PagePromise } from "../pagination.ts";
 import { followServerSentEvents } from "../streaming.ts";
-import type { CreateGenerationParams, Generation, GenerationList, ListGenerationsParams, SignedImageUrl } from "../types.ts";
+import type {
+  CreateGenerationParams,
+  Generation,
+  GenerationList,
+  ListGenerationsParams,
+  SignedImageUrl,
+} from "../types.ts";
 
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 
@@ -21,17 +27,24 @@ export class Generations {
   }
 
   /** Queues a generation; `wait` (seconds, ≤ 60) holds the answer until it ends (`Prefer: wait`). */
-  async create(params: CreateGenerationParams, opts: RequestOptions & { wait?: number } = {}): Promise<WithRequestId<Generation>> {
+  async create(
+    params: CreateGenerationParams,
+    opts: RequestOptions & { wait?: number } = {},
+  ): Promise<WithRequestId<Generation>> {
     const headers = opts.wait ? { prefer: `wait=${opts.wait}`, ...opts.headers } : opts.headers;
     const timeout = (opts.timeout ?? this.core.timeout) + (opts.wait ?? 0) * 1000;
-    return (await this.core.request<Generation>("POST", "/v1/generations", { ...opts, headers, timeout, body: params })).data;
+    return (await this.core.request<Generation>("POST", "/v1/generations", { ...opts, headers, timeout, body: params }))
+      .data;
   }
 
   /**
    * Creates a generation and resolves when it has succeeded, waiting on the server (`Prefer: wait`) in rounds;
    * throws GenerationFailedError when it fails or is canceled.
    */
-  async createAndWait(params: CreateGenerationParams, opts: RequestOptions & { timeoutSeconds?: number } = {}): Promise<WithRequestId<Generation>> {
+  async createAndWait(
+    params: CreateGenerationParams,
+    opts: RequestOptions & { timeoutSeconds?: number } = {},
+  ): Promise<WithRequestId<Generation>> {
     const deadline = Date.now() + (opts.timeoutSeconds ?? 300) * 1000;
     let g = await this.create(params, { ...opts, wait: Math.min(60, opts.timeoutSeconds ?? 60) });
     while (!TERMINAL.has(g.status) && Date.now() < deadline) {
@@ -39,7 +52,11 @@ export class Generations {
       if (!TERMINAL.has(g.status)) await new Promise((r) => setTimeout(r, 250));
     }
     if (g.status !== "succeeded") {
-      throw new GenerationFailedError(g.id, g.error?.code ?? g.status, g.error?.message ?? `generation ${g.id} is ${g.status}`);
+      throw new GenerationFailedError(
+        g.id,
+        g.error?.code ?? g.status,
+        g.error?.message ?? `generation ${g.id} is ${g.status}`,
+      );
     }
     return g;
   }
@@ -49,7 +66,10 @@ export class Generations {
   }
 
   /** A page of generations, newest first; iterate it (`for await`) for every generation, page after page. */
-  list(params: Omit<ListGenerationsParams, "after"> & { after?: string } = {}, opts: RequestOptions = {}): PagePromise<GenerationList> {
+  list(
+    params: Omit<ListGenerationsParams, "after"> & { after?: string } = {},
+    opts: RequestOptions = {},
+  ): PagePromise<GenerationList> {
     return new PagePromise(async (after) => {
       const query = { ...params, ...(after ? { after } : {}) };
       return (await this.core.request<GenerationList>("GET", "/v1/generations", { ...opts, query })).data;
@@ -67,7 +87,8 @@ export class Generations {
    */
   async *stream(id: string, opts: RequestOptions = {}): AsyncGenerator<GenerationEvent> {
     const path = `/v1/generations/${encodeURIComponent(id)}/events`;
-    const isLast = (e: { event: string; data: string }) => e.event === "generation" && TERMINAL.has((JSON.parse(e.data) as Generation).status);
+    const isLast = (e: { event: string; data: string }) =>
+      e.event === "generation" && TERMINAL.has((JSON.parse(e.data) as Generation).status);
     let lastId: string | undefined;
     for await (const e of followServerSentEvents(this.core, path, isLast, opts)) {
       // A server that resends the event a reconnect named as the last one received would duplicate it.
@@ -87,8 +108,15 @@ export class Generations {
   }
 
   /** A fresh signed URL for an image, valid for `expiresInSeconds`. */
-  async signImageUrl(id: string, index: number, expiresInSeconds = 3600, opts: RequestOptions = {}): Promise<WithRequestId<SignedImageUrl>> {
+  async signImageUrl(
+    id: string,
+    index: number,
+    expiresInSeconds = 3600,
+    opts: RequestOptions = {},
+  ): Promise<WithRequestId<SignedImageUrl>> {
     const path = `/v1/generations/${encodeURIComponent(id)}/images/${index}/url`;
-    return (await this.core.request<SignedImageUrl>("POST", path, { ...opts, body: { expires_in_seconds: expiresInSeconds } })).data;
+    return (
+      await this.core.request<SignedImageUrl>("POST", path, { ...opts, body: { expires_in_seconds: expiresInSeconds } })
+    ).data;
   }
 }
