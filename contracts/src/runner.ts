@@ -35,7 +35,9 @@ export const LeasedJob = z
      * Where each image goes: keys of this lease alone, so a runner whose lease ended cannot overwrite another's
      * images. The upload URLs come from `outputs` once the image and its checksum exist.
      */
-    outputs: z.array(z.object({ index: z.number().int(), storage_key: z.string(), content_type: z.literal("image/png") })),
+    outputs: z.array(
+      z.object({ index: z.number().int(), storage_key: z.string(), content_type: z.literal("image/png") }),
+    ),
     /** Presigned GETs for the job's add-ons, with the hashes the runner must verify. */
     addons: z.array(
       z.object({
@@ -63,14 +65,23 @@ export const HeartbeatBody = z
   .openapi("Heartbeat");
 
 export const HeartbeatResult = z
-  .object({ cancel: z.boolean(), lease_expires_at: z.string().nullable() })
+  .object({
+    cancel: z.boolean(),
+    lease_expires_at: z.string().nullable(),
+    /** How long each heartbeat extends the lease: runners beat a few times per TTL (a third) rather than guess it. */
+    lease_ttl_ms: z.number().int().positive().optional(),
+  })
   .openapi("HeartbeatResult");
 
 export const OutputUploadBody = z
   .object({
     lease_id: z.string().min(1).max(64),
     images: z
-      .array(z.object({ index: z.number().int().min(0).max(63), sha256: Sha256, size_bytes: z.number().int().positive() }).strict())
+      .array(
+        z
+          .object({ index: z.number().int().min(0).max(63), sha256: Sha256, size_bytes: z.number().int().positive() })
+          .strict(),
+      )
       .min(1)
       .max(64),
   })
@@ -117,6 +128,14 @@ export const CompleteBody = z
   })
   .strict()
   .openapi("Complete");
+
+/**
+ * The failure code of a runner that could not store a job's images (storage errors, hangs or lies past the upload
+ * URLs' deadline). The store failed, not the job or the runner: with `retryable`, the edge requeues the job without
+ * counting the attempt (an outage must not use up a job's attempts), and the runner stops leasing until storage
+ * answers again.
+ */
+export const STORAGE_UNAVAILABLE = "storage_unavailable";
 
 export const FailBody = z
   .object({

@@ -7,7 +7,7 @@ import { createApp } from "./app.ts";
 import { expireLeases } from "./dispatch/expiry.ts";
 import type { Env } from "./env.ts";
 import { objectStore } from "./storage/index.ts";
-import { sweepRetention } from "./storage/retention.ts";
+import { sweepOrphans, sweepRetention } from "./storage/retention.ts";
 import { rearmOverdue } from "./webhooks/index.ts";
 import { sealPlainSecrets } from "./webhooks/keys.ts";
 
@@ -22,6 +22,14 @@ export default {
   async scheduled(_controller, env, ctx) {
     const db = database(env.DB);
     const to = { env, db, waitUntil: (p: Promise<unknown>) => ctx.waitUntil(p) };
-    ctx.waitUntil(Promise.all([expireLeases(to), sweepRetention(objectStore(env), db), rearmOverdue(env, db), sealPlainSecrets(env, db)]));
+    ctx.waitUntil(
+      Promise.all([
+        expireLeases(to),
+        sweepRetention(objectStore(env), db),
+        sweepOrphans(objectStore(env), db),
+        rearmOverdue(env, db),
+        sealPlainSecrets(env, db),
+      ]),
+    );
   },
 } satisfies ExportedHandler<Env>;

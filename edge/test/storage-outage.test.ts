@@ -11,7 +11,10 @@ beforeAll(async () => {
 });
 
 const fail = (token: string, id: string, leaseId: string, code: string, retryable = true) =>
-  call("POST", `/internal/v1/jobs/${id}/fail`, { token, body: { lease_id: leaseId, error: { code, message: "storage answered 503" }, retryable } });
+  call("POST", `/internal/v1/jobs/${id}/fail`, {
+    token,
+    body: { lease_id: leaseId, error: { code, message: "storage answered 503" }, retryable },
+  });
 
 describe("storage outages", () => {
   it("storage_unavailable requeues without burning an attempt, past max_attempts; the heartbeat announces the lease TTL", async () => {
@@ -23,24 +26,37 @@ describe("storage outages", () => {
       const l = await lease(runner.token);
       expect(l.body.job.id).toBe(job.body.id);
       expect(l.body.job.attempt).toBe(1);
-      expect((await fail(runner.token, job.body.id, l.body.lease_id, STORAGE_UNAVAILABLE)).body).toEqual({ ok: true, status: "queued" });
+      expect((await fail(runner.token, job.body.id, l.body.lease_id, STORAGE_UNAVAILABLE)).body).toEqual({
+        ok: true,
+        status: "queued",
+      });
     }
     const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
     expect(seen.body).toMatchObject({ status: "queued", attempts: 0 });
 
     const l = await lease(runner.token);
-    const hb = await call("POST", `/internal/v1/jobs/${job.body.id}/heartbeat`, { token: runner.token, body: { lease_id: l.body.lease_id } });
+    const hb = await call("POST", `/internal/v1/jobs/${job.body.id}/heartbeat`, {
+      token: runner.token,
+      body: { lease_id: l.body.lease_id },
+    });
     expect(hb.body.lease_ttl_ms).toBe(30_000);
     // Any other retryable code counts: the attempt acknowledged above is spent.
-    expect((await fail(runner.token, job.body.id, l.body.lease_id, "runner_error")).body).toEqual({ ok: true, status: "queued" });
+    expect((await fail(runner.token, job.body.id, l.body.lease_id, "runner_error")).body).toEqual({
+      ok: true,
+      status: "queued",
+    });
     expect((await call("GET", `/v1/generations/${job.body.id}`, { token: t.key })).body.attempts).toBe(1);
   });
 
   it("storage_unavailable without retryable fails the job as any permanent failure does", async () => {
     const t = await newTenant("outage-final");
     const runner = await newRunner("outage-final");
-    const job = await generate(t.key);
+    await generate(t.key);
+    // Whichever queued job the lease hands out (another test's may still wait).
     const l = await lease(runner.token);
-    expect((await fail(runner.token, job.body.id, l.body.lease_id, STORAGE_UNAVAILABLE, false)).body).toEqual({ ok: true, status: "failed" });
+    expect((await fail(runner.token, l.body.job.id, l.body.lease_id, STORAGE_UNAVAILABLE, false)).body).toEqual({
+      ok: true,
+      status: "failed",
+    });
   });
 });

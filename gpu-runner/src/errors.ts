@@ -30,6 +30,8 @@ export const FAILURE_CODES = {
   runner_error: true,
   /** The runner shut down mid-job and hands it back. */
   runner_shutdown: true,
+  /** Storage failed the uploads (`STORAGE_UNAVAILABLE` in contracts): requeued, no attempt counted. */
+  storage_unavailable: true,
 } as const satisfies Record<string, boolean>;
 
 export type FailureCode = keyof typeof FAILURE_CODES;
@@ -65,7 +67,8 @@ export class RunnerError extends Error implements Failure {
  */
 export function failureOf(err: unknown): Failure {
   if (err instanceof RunnerError) return { code: err.code, retryable: err.retryable };
-  if (err instanceof SafetensorsError || err instanceof TarError) return { code: "addon_invalid", retryable: FAILURE_CODES.addon_invalid };
+  if (err instanceof SafetensorsError || err instanceof TarError)
+    return { code: "addon_invalid", retryable: FAILURE_CODES.addon_invalid };
   return { code: "runner_error", retryable: FAILURE_CODES.runner_error };
 }
 

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { AddonStore } from "../src/addons/store.ts";
 import { EdgeClient, type LeasedJob } from "../src/runner/edge-client.ts";
-import { discoverModels, Runner } from "../src/runner/runner.ts";
+import { discoverModels, heartbeatInterval, Runner } from "../src/runner/runner.ts";
 import { InferencePool } from "../src/workers/pool.ts";
 
 const MODELS = join(import.meta.dirname, "../models");
@@ -23,7 +23,7 @@ interface FakeEdge {
   server: Server;
   /** Jobs handed out once each. */
   queue: Array<Record<string, unknown>>;
-  calls: Array<{ path: string; body: any }>;
+  calls: Array<{ path: string; body: any; at: number }>;
   /** Storage answers 503 for this long after the first upload attempt of each object. */
   storageDownMs: number;
   firstAttempt: Map<string, number>;
@@ -37,6 +37,12 @@ interface FakeEdge {
   hungUp: number;
   /** Files served to GET /files/<name> (add-ons). */
   files: Map<string, Uint8Array>;
+  /** Storage takes every request and never answers (a hung store). */
+  storageHang: boolean;
+  /** How long the upload URLs live (their expiry bounds the runner's tries). */
+  uploadTtlMs: number;
+  /** The lease TTL heartbeats announce (none when undefined). */
+  leaseTtlMs: number | undefined;
 }
 
 async function body(req: IncomingMessage): Promise<Buffer> {
@@ -59,6 +65,9 @@ async function fakeEdge(): Promise<FakeEdge> {
     leaseDelayMs: 0,
     hungUp: 0,
     files: new Map(),
+    storageHang: false,
+    uploadTtlMs: 30_000,
+    leaseTtlMs: undefined,
   };
   edge.server = createServer(async (req, res) => {
     const raw = await body(req);
@@ -68,16 +77,19 @@ async function fakeEdge(): Promise<FakeEdge> {
       return file ? res.writeHead(200).end(file) : res.writeHead(404).end();
     }
     if (path.startsWith("/store/")) {
+      if (edge.storageHang) return;
       if (!edge.firstAttempt.has(path)) edge.firstAttempt.set(path, Date.now());
       if (Date.now() < edge.firstAttempt.get(path)! + edge.storageDownMs) return res.writeHead(503).end("down");
       // As S3 and R2 do with a signed x-amz-checksum-sha256: other bytes are refused.
-      if (req.headers["x-amz-checksum-sha256"] !== createHash("sha256").update(raw).digest("base64")) return res.writeHead(400).end("<Error><Code>BadDigest</Code></Error>");
+      if (req.headers["x-amz-checksum-sha256"] !== createHash("sha256").update(raw).digest("base64"))
+        return res.writeHead(400).end("<Error><Code>BadDigest</Code></Error>");
       edge.uploads.set(path, raw.byteLength);
       return res.writeHead(200).end();
     }
     const json = raw.length ? JSON.parse(raw.toString()) : null;
-    edge.calls.push({ path, body: json });
-    const reply = (status: number, payload?: unknown) => res.writeHead(status, { "content-type": "application/json" }).end(payload ? JSON.stringify(payload) : undefined);
+    edge.calls.push({ path, body: json, at: Date.now() });
+    const reply = (status: number, payload?: unknown) =>
+      res.writeHead(status, { "content-type": "application/json" }).end(payload ? JSON.stringify(payload) : undefined);
     if (path === "/internal/v1/lease") {
       if (edge.leaseDelayMs) {
         let closed = false;
@@ -88,24 +100,39 @@ async function fakeEdge(): Promise<FakeEdge> {
           return;
         }
       }
+      let gone = false;
+      res.on("close", () => (gone = !res.writableFinished));
       const job = edge.queue.shift();
       if (!job) {
         await new Promise((r) => setTimeout(r, 50));
         return reply(204);
       }
+      // A runner that stopped an instant ago may still have a lease call in this process's queue: as the real edge
+      // does (an unacknowledged lease goes back), the job returns to the queue rather than to nobody.
+      await new Promise((r) => setTimeout(r, 5));
+      if (gone || req.socket.destroyed) return void edge.queue.unshift(job);
       return reply(200, job);
     }
     const m = path.match(/^\/internal\/v1\/jobs\/([^/]+)\/(heartbeat|outputs|complete|fail)$/);
     if (!m) return reply(404, { error: { code: "route_not_found", message: path } });
-    if (m[2] === "heartbeat" && edge.lost.has(m[1]!)) return reply(409, { error: { code: "lease_expired", message: "expired" } });
-    if (m[2] === "heartbeat") return reply(200, { cancel: edge.cancel.has(m[1]!), lease_expires_at: null });
+    if (m[2] === "heartbeat" && edge.lost.has(m[1]!))
+      return reply(409, { error: { code: "lease_expired", message: "expired" } });
+    if (m[2] === "heartbeat")
+      return reply(200, {
+        cancel: edge.cancel.has(m[1]!),
+        lease_expires_at: null,
+        ...(edge.leaseTtlMs ? { lease_ttl_ms: edge.leaseTtlMs } : {}),
+      });
     if (m[2] === "outputs") {
       const uploads = json.images.map((i: { index: number; sha256: string }) => ({
         index: i.index,
         storage_key: `out/${m[1]}/${i.index}.png`,
         put_url: `${edge.url}/store/${m[1]}/${i.index}.png`,
-        headers: { "content-type": "image/png", "x-amz-checksum-sha256": Buffer.from(i.sha256, "hex").toString("base64") },
-        expires_at: new Date(Date.now() + 30_000).toISOString(),
+        headers: {
+          "content-type": "image/png",
+          "x-amz-checksum-sha256": Buffer.from(i.sha256, "hex").toString("base64"),
+        },
+        expires_at: new Date(Date.now() + edge.uploadTtlMs).toISOString(),
       }));
       return reply(200, { uploads });
     }
@@ -160,7 +187,7 @@ function runner(edge: FakeEdge, opts: Partial<ConstructorParameters<typeof Runne
     controlNetDir: mkdtempSync(join(tmpdir(), "cn-")),
     heartbeatMs: 100,
     leaseWaitMs: 100,
-    log: () => {},
+    log: process.env.RUNNER_TEST_LOG ? (e) => console.log(JSON.stringify(e)) : () => {},
     ...opts,
   });
 }
@@ -207,13 +234,17 @@ describe("runner lease loop", () => {
     const fail = edge.calls.find((c) => c.path === "/internal/v1/jobs/job_nostore/fail")!;
     expect(fail.body.retryable).toBe(true);
     expect(fail.body.error.message).toMatch(/upload failed after 6 attempts: storage answered 503/);
+    // The store failed, not the job: the edge requeues it without counting the attempt.
+    expect(fail.body.error.code).toBe("storage_unavailable");
   });
 
   it("cancel reaches a running generation within a step", async () => {
     edge.queue.push(leased(edge, "job_cancel", { steps: 400 }));
     const r = runner(edge);
     const running = r.run();
-    await until("a heartbeat with progress", () => edge.calls.some((c) => c.path === "/internal/v1/jobs/job_cancel/heartbeat" && c.body.progress?.step > 0));
+    await until("a heartbeat with progress", () =>
+      edge.calls.some((c) => c.path === "/internal/v1/jobs/job_cancel/heartbeat" && c.body.progress?.step > 0),
+    );
     edge.cancel.add("job_cancel");
     const t = Date.now();
     await until("cancel", () => r.done.length === 1);
@@ -228,7 +259,10 @@ describe("runner lease loop", () => {
   });
 
   it("a failure sends its code and whether it is retryable, across the worker boundary too", async () => {
-    edge.queue.push(leased(edge, "job_nomodel", { model: "not-here" }), leased(edge, "job_sampler", { sampler: "rectified-flow" }));
+    edge.queue.push(
+      leased(edge, "job_nomodel", { model: "not-here" }),
+      leased(edge, "job_sampler", { sampler: "rectified-flow" }),
+    );
     const r = runner(edge);
     const running = r.run();
     await until("two failures", () => r.done.length === 2);
@@ -236,14 +270,19 @@ describe("runner lease loop", () => {
     await running;
     const failOf = (id: string) => edge.calls.find((c) => c.path === `/internal/v1/jobs/${id}/fail`)!.body;
     expect(failOf("job_nomodel")).toMatchObject({ retryable: false, error: { code: "model_not_served" } });
-    expect(failOf("job_sampler")).toMatchObject({ retryable: false, error: { code: "sampler_mismatch", message: expect.stringMatching(/rectified-flow/) } });
+    expect(failOf("job_sampler")).toMatchObject({
+      retryable: false,
+      error: { code: "sampler_mismatch", message: expect.stringMatching(/rectified-flow/) },
+    });
   });
 
   it("shutdown past the grace period hands the job back to the queue", async () => {
     edge.queue.push(leased(edge, "job_shutdown", { steps: 400 }));
     const r = runner(edge, { shutdownGraceMs: 200 });
     const running = r.run();
-    await until("the job to start", () => edge.calls.some((c) => c.path === "/internal/v1/jobs/job_shutdown/heartbeat"));
+    await until("the job to start", () =>
+      edge.calls.some((c) => c.path === "/internal/v1/jobs/job_shutdown/heartbeat"),
+    );
     await r.stop();
     await running;
     expect(r.done[0]).toMatchObject({ id: "job_shutdown", status: "released" });
@@ -300,7 +339,10 @@ describe("runner lease loop", () => {
     await until("both jobs", () => r.done.length === 2);
     await r.stop();
     await running;
-    expect(r.done.map((d) => [d.id, d.status])).toEqual([["job_gone", "lost"], ["job_kept", "succeeded"]]);
+    expect(r.done.map((d) => [d.id, d.status])).toEqual([
+      ["job_gone", "lost"],
+      ["job_kept", "succeeded"],
+    ]);
     expect(jobCalls("job_gone").map((c) => c.path)).toEqual(["/internal/v1/jobs/job_gone/heartbeat"]);
     expect(jobCalls("job_kept")[0]!.path).toBe("/internal/v1/jobs/job_kept/heartbeat");
     expect(jobCalls("job_kept")[0]!.body.progress).toBeUndefined();
@@ -308,7 +350,9 @@ describe("runner lease loop", () => {
     // Uploaded with the signed checksum (the fake store refuses a body without it), then completed with the same.
     const complete = jobCalls("job_kept").find((c) => c.path.endsWith("/complete"))!;
     const asked = jobCalls("job_kept").find((c) => c.path.endsWith("/outputs"))!;
-    expect(asked.body.images).toEqual([{ index: 0, sha256: complete.body.images[0].sha256, size_bytes: complete.body.images[0].size_bytes }]);
+    expect(asked.body.images).toEqual([
+      { index: 0, sha256: complete.body.images[0].sha256, size_bytes: complete.body.images[0].size_bytes },
+    ]);
     expect(edge.uploads.get("/store/job_kept/0.png")).toBe(complete.body.images[0].size_bytes);
   });
 
@@ -316,11 +360,24 @@ describe("runner lease loop", () => {
     const module = "lora_unet_down_blocks_0_attn_attn2_to_q";
     const up = new Float32Array(16).fill(0.01);
     up[3] = Number.NaN;
-    const lora = encodeSafetensors({ [`${module}.lora_down.weight`]: { shape: [2, 8], data: new Float32Array(16).fill(0.01) }, [`${module}.lora_up.weight`]: { shape: [8, 2], data: up } });
+    const lora = encodeSafetensors({
+      [`${module}.lora_down.weight`]: { shape: [2, 8], data: new Float32Array(16).fill(0.01) },
+      [`${module}.lora_up.weight`]: { shape: [8, 2], data: up },
+    });
     const sha256 = createHash("sha256").update(lora).digest("hex");
     edge.files.set("nan.safetensors", lora);
     const job = leased(edge, "job_nan", { loras: [{ id: "addon_nan", version: 1, name: "nan", sha256, scale: 1 }] });
-    job.addons = [{ id: "addon_nan", version: 1, ref: "addon_nan@1", kind: "lora", sha256, size_bytes: lora.byteLength, get_url: `${edge.url}/files/nan.safetensors` }];
+    job.addons = [
+      {
+        id: "addon_nan",
+        version: 1,
+        ref: "addon_nan@1",
+        kind: "lora",
+        sha256,
+        size_bytes: lora.byteLength,
+        get_url: `${edge.url}/files/nan.safetensors`,
+      },
+    ];
     edge.queue.push(job);
     const r = runner(edge);
     const running = r.run();
@@ -330,5 +387,66 @@ describe("runner lease loop", () => {
     const fail = jobCalls("job_nan").find((c) => c.path.endsWith("/fail"))!;
     expect(fail.body).toMatchObject({ retryable: false, error: { message: expect.stringMatching(/non-finite/) } });
     expect(["addon_invalid", "lora_invalid"]).toContain(fail.body.error.code);
+  });
+
+  it("a hung store: tries end by the upload URLs' expiry, the job goes back as storage_unavailable, and leasing waits for a probe", async () => {
+    edge.storageHang = true;
+    edge.uploadTtlMs = 1_500;
+    edge.queue.push(leased(edge, "job_hung"), leased(edge, "job_after"));
+    const r = runner(edge, { storageBackoffMs: { baseMs: 400, maxMs: 400 } });
+    const running = r.run();
+    try {
+      await until("the hand-back", () => r.done.length === 1, 15_000);
+      const call = (end: string) => jobCalls("job_hung").find((c) => c.path.endsWith(end))!;
+      // From the upload URLs (alive 1.5 s) to the hand-back: the deadline, not 60 s a try.
+      expect(call("/fail").at - call("/outputs").at).toBeLessThan(2_500);
+      expect(call("/fail").body).toMatchObject({ retryable: true, error: { code: "storage_unavailable" } });
+      // Storage still hangs: probes fail, no job is taken.
+      await new Promise((res) => setTimeout(res, 1_500));
+      expect(edge.queue.map((j) => (j.job as { id: string }).id)).toEqual(["job_after"]);
+      edge.storageHang = false;
+      await until("the next job, once a probe got through", () => r.done.length === 2, 15_000);
+    } finally {
+      edge.storageHang = false;
+      edge.uploadTtlMs = 30_000;
+      await r.stop();
+      await running;
+    }
+    expect(r.done.map((d) => [d.id, d.status])).toEqual([
+      ["job_hung", "failed"],
+      ["job_after", "succeeded"],
+    ]);
+  });
+
+  it("cancel aborts an upload in flight to a hung store, within a heartbeat", async () => {
+    edge.storageHang = true;
+    edge.queue.push(leased(edge, "job_cancel_upload"));
+    const r = runner(edge);
+    const running = r.run();
+    let reaction: number;
+    try {
+      await until("the upload to start", () => jobCalls("job_cancel_upload").some((c) => c.path.endsWith("/outputs")));
+      const t = Date.now();
+      edge.cancel.add("job_cancel_upload");
+      await until("cancel", () => r.done.length === 1, 5_000);
+      reaction = Date.now() - t;
+    } finally {
+      edge.storageHang = false;
+      await r.stop();
+      await running;
+    }
+    expect(reaction).toBeLessThan(1_000);
+    expect(r.done[0]).toMatchObject({ id: "job_cancel_upload", status: "canceled" });
+    expect(jobCalls("job_cancel_upload").some((c) => c.path.endsWith("/fail") || c.path.endsWith("/complete"))).toBe(
+      false,
+    );
+  });
+
+  it("heartbeats follow the lease TTL the edge announces: three per TTL, capped by the runner's own maximum", () => {
+    expect(heartbeatInterval(600)).toBe(200);
+    expect(heartbeatInterval(30_000)).toBe(10_000);
+    expect(heartbeatInterval(30_000, 100)).toBe(100);
+    // An edge that announces none: the old fixed interval.
+    expect(heartbeatInterval(undefined)).toBe(5_000);
   });
 });

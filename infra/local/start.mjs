@@ -30,7 +30,8 @@ const statePath = join(stateDir, "stack.json");
 const previous = existsSync(statePath) ? JSON.parse(readFileSync(statePath, "utf8")) : {};
 const adminToken = process.env.ADMIN_TOKEN ?? previous.admin_token ?? `adm_${randomBytes(24).toString("base64url")}`;
 // Seals webhook signing secrets in D1: kept with the state, since a new key could not open the old secrets.
-const webhookSecretKey = process.env.WEBHOOK_SECRET_KEY ?? previous.webhook_secret_key ?? randomBytes(32).toString("base64");
+const webhookSecretKey =
+  process.env.WEBHOOK_SECRET_KEY ?? previous.webhook_secret_key ?? randomBytes(32).toString("base64");
 const persist = join(stateDir, "wrangler");
 const wrangler = join(root, "node_modules/.bin/wrangler");
 const children = [];
@@ -40,11 +41,16 @@ function localS3Credentials() {
   const toml = readFileSync(join(root, "wrangler.toml"), "utf8");
   const accessKeyId = toml.match(/accessKeyId\s*=\s*"([^"]+)"/)?.[1];
   const secretAccessKey = toml.match(/secretAccessKey\s*=\s*"([^"]+)"/)?.[1];
-  if (!accessKeyId || !secretAccessKey) throw new Error("wrangler.toml has no local_dev.experimental_s3_credentials for the bucket");
+  if (!accessKeyId || !secretAccessKey)
+    throw new Error("wrangler.toml has no local_dev.experimental_s3_credentials for the bucket");
   return { accessKeyId, secretAccessKey };
 }
 const s3 = process.env.S3_ENDPOINT
-  ? { endpoint: process.env.S3_ENDPOINT, accessKeyId: process.env.S3_ACCESS_KEY_ID, secretAccessKey: process.env.S3_SECRET_ACCESS_KEY }
+  ? {
+      endpoint: process.env.S3_ENDPOINT,
+      accessKeyId: process.env.S3_ACCESS_KEY_ID,
+      secretAccessKey: process.env.S3_SECRET_ACCESS_KEY,
+    }
   : { endpoint: `${edgeUrl}/cdn-cgi/local/r2/s3`, ...localS3Credentials() };
 
 /**
@@ -56,7 +62,12 @@ writeFileSync(edgeSecretsPath, "", { mode: 0o600 });
 chmodSync(edgeSecretsPath, 0o600);
 writeFileSync(
   edgeSecretsPath,
-  Object.entries({ ADMIN_TOKEN: adminToken, WEBHOOK_SECRET_KEY: webhookSecretKey, S3_ACCESS_KEY_ID: s3.accessKeyId, S3_SECRET_ACCESS_KEY: s3.secretAccessKey })
+  Object.entries({
+    ADMIN_TOKEN: adminToken,
+    WEBHOOK_SECRET_KEY: webhookSecretKey,
+    S3_ACCESS_KEY_ID: s3.accessKeyId,
+    S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+  })
     .map(([name, value]) => `${name}=${JSON.stringify(value ?? "")}\n`)
     .join(""),
 );
@@ -69,17 +80,25 @@ function log(msg) {
 
 function run(cmd, args, opts = {}) {
   return new Promise((ok, fail) => {
-    const p = spawn(cmd, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CI: "1" }, ...opts });
+    const p = spawn(cmd, args, {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, CI: "1" },
+      ...opts,
+    });
     let out = "";
     p.stdout.on("data", (d) => (out += d));
     p.stderr.on("data", (d) => (out += d));
-    p.on("exit", (code) => (code === 0 ? ok(out) : fail(new Error(`${cmd} ${args.join(" ")} exited ${code}:\n${out}`))));
+    p.on("exit", (code) =>
+      code === 0 ? ok(out) : fail(new Error(`${cmd} ${args.join(" ")} exited ${code}:\n${out}`)),
+    );
   });
 }
 
 /** How long a runner may take to finish its job on shutdown before handing it back (its --grace-ms). */
 const runnerGraceMs = Number(process.env.RUNNER_GRACE_MS ?? 20_000);
-const exited = (c) => (c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once("exit", r)));
+const exited = (c) =>
+  c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once("exit", r));
 const pause = (ms) => new Promise((r) => setTimeout(r, ms).unref());
 /** The edge runs in its own process group: a terminal's Ctrl-C reaches it only through stopAll, after the runners. */
 const signalGroup = (c, signal) => {
@@ -109,7 +128,10 @@ function stopAll(code = 0) {
 process.on("SIGINT", () => (log("stopping"), stopAll(0)));
 process.on("SIGTERM", () => stopAll(0));
 // Whoever reads the launcher's output may leave first (a closed pipe): lose the lines, not the shutdown.
-for (const stream of [process.stdout, process.stderr]) stream.on("error", (err) => { if (err.code !== "EPIPE") throw err; });
+for (const stream of [process.stdout, process.stderr])
+  stream.on("error", (err) => {
+    if (err.code !== "EPIPE") throw err;
+  });
 
 async function api(method, path, token, body, headers = {}) {
   const res = await fetch(`${edgeUrl}${path}`, {
@@ -144,7 +166,14 @@ async function modelDirs() {
     const path = resolve(process.env.INIT_CWD ?? process.cwd(), arg);
     if (existsSync(join(path, "model_index.json"))) {
       log(`importing the export ${path}`);
-      await run(process.execPath, [join(root, "gpu-runner/src/import/cli.ts"), "import", path, "--out", imported, "--force"]);
+      await run(process.execPath, [
+        join(root, "gpu-runner/src/import/cli.ts"),
+        "import",
+        path,
+        "--out",
+        imported,
+        "--force",
+      ]);
     } else if (existsSync(path)) dirs.push(path);
     else throw new Error(`--models ${arg}: no such folder`);
   }
@@ -157,19 +186,23 @@ async function registerModels(dirs) {
   const registered = [];
   // Node 22 strips the types of the edge's TypeScript module: one mapping from manifest to model limits.
   const { modelSpecFromManifest } = await import("@imagegen/edge/models");
-  for (const dir of dirs) for (const name of readdirSync(dir)) {
-    const path = join(dir, name, "manifest.json");
-    if (!existsSync(path)) continue;
-    const manifest = JSON.parse(readFileSync(path, "utf8"));
-    if (manifest.kind !== "diffusion") continue;
-    await api("PUT", `/admin/v1/models/${manifest.name}`, adminToken, {
-      family: manifest.family,
-      // The edge takes display names of at most 128 characters; a bundle's description may be longer.
-      display_name: (manifest.description ?? manifest.name).length <= 128 ? manifest.description ?? manifest.name : `${manifest.description.slice(0, 127)}…`,
-      spec: modelSpecFromManifest(manifest),
-    });
-    registered.push(manifest.name);
-  }
+  for (const dir of dirs)
+    for (const name of readdirSync(dir)) {
+      const path = join(dir, name, "manifest.json");
+      if (!existsSync(path)) continue;
+      const manifest = JSON.parse(readFileSync(path, "utf8"));
+      if (manifest.kind !== "diffusion") continue;
+      await api("PUT", `/admin/v1/models/${manifest.name}`, adminToken, {
+        family: manifest.family,
+        // The edge takes display names of at most 128 characters; a bundle's description may be longer.
+        display_name:
+          (manifest.description ?? manifest.name).length <= 128
+            ? (manifest.description ?? manifest.name)
+            : `${manifest.description.slice(0, 127)}…`,
+        spec: modelSpecFromManifest(manifest),
+      });
+      registered.push(manifest.name);
+    }
   return registered;
 }
 
@@ -216,7 +249,9 @@ async function registerDemoAddons(tenantId, apiKey) {
       if (existing.has(name)) continue;
       existing.add(name);
       const key = `public/addons/${name}-${createHash("sha256").update(bytes).digest("hex").slice(0, 12)}`;
-      await client.send(new PutObjectCommand({ Bucket: "imagegen", Key: key, Body: bytes, ContentType: "application/octet-stream" }));
+      await client.send(
+        new PutObjectCommand({ Bucket: "imagegen", Key: key, Body: bytes, ContentType: "application/octet-stream" }),
+      );
       await api("POST", "/admin/v1/addons", adminToken, {
         tenant_id: tenantId,
         kind,
@@ -236,18 +271,35 @@ async function registerDemoAddons(tenantId, apiKey) {
 
 function startEdge() {
   log(`starting the edge on ${edgeUrl}`);
-  const edge = spawn(wrangler, ["dev", "--ip", "127.0.0.1", "--port", String(edgePort), "--persist-to", persist, ...edgeEnvFiles,
-    // The local stack allows private webhook destinations (its receivers live on 127.0.0.1) unless told otherwise.
-    ...(process.env.ALLOW_PRIVATE_WEBHOOKS ? [] : ["--var", "ALLOW_PRIVATE_WEBHOOKS:true"]),
-    ...(process.env.LEASE_TTL_MS ? ["--var", `LEASE_TTL_MS:${process.env.LEASE_TTL_MS}`] : []),
-    // A webhook receiver on this machine (examples, tests) is a private destination, refused unless allowed.
-    ...(process.env.ALLOW_PRIVATE_WEBHOOKS ? ["--var", `ALLOW_PRIVATE_WEBHOOKS:${process.env.ALLOW_PRIVATE_WEBHOOKS}`] : []),
-    "--var", `S3_ENDPOINT:${s3.endpoint}`, "--show-interactive-dev-session=false"], {
-    cwd: root,
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, CI: "1" },
-    detached: true,
-  });
+  const edge = spawn(
+    wrangler,
+    [
+      "dev",
+      "--ip",
+      "127.0.0.1",
+      "--port",
+      String(edgePort),
+      "--persist-to",
+      persist,
+      ...edgeEnvFiles,
+      // The local stack allows private webhook destinations (its receivers live on 127.0.0.1) unless told otherwise.
+      ...(process.env.ALLOW_PRIVATE_WEBHOOKS ? [] : ["--var", "ALLOW_PRIVATE_WEBHOOKS:true"]),
+      ...(process.env.LEASE_TTL_MS ? ["--var", `LEASE_TTL_MS:${process.env.LEASE_TTL_MS}`] : []),
+      // A webhook receiver on this machine (examples, tests) is a private destination, refused unless allowed.
+      ...(process.env.ALLOW_PRIVATE_WEBHOOKS
+        ? ["--var", `ALLOW_PRIVATE_WEBHOOKS:${process.env.ALLOW_PRIVATE_WEBHOOKS}`]
+        : []),
+      "--var",
+      `S3_ENDPOINT:${s3.endpoint}`,
+      "--show-interactive-dev-session=false",
+    ],
+    {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, CI: "1" },
+      detached: true,
+    },
+  );
   edgeChild = edge;
   children.push(edge);
   const edgeLog = [];
@@ -277,11 +329,13 @@ async function localRunner(i) {
   if (id) {
     const rotated = await adminCall("POST", `/admin/v1/runners/${id}/rotate`);
     if (rotated.status === 200) {
-      if (rotated.body.status !== "active") log(`runner ${i + 1} (${id}) is ${rotated.body.status}: enable it with POST /admin/v1/runners/${id}/enable`);
+      if (rotated.body.status !== "active")
+        log(`runner ${i + 1} (${id}) is ${rotated.body.status}: enable it with POST /admin/v1/runners/${id}/enable`);
       return rotated.body;
     }
     // 404: the database was reset; 409: an operator revoked it. Either way, a new runner.
-    if (rotated.status !== 404 && rotated.status !== 409) throw new Error(`rotating runner ${id} → ${rotated.status} ${JSON.stringify(rotated.body)}`);
+    if (rotated.status !== 404 && rotated.status !== 409)
+      throw new Error(`rotating runner ${id} → ${rotated.status} ${JSON.stringify(rotated.body)}`);
   }
   return api("POST", "/admin/v1/runners", adminToken, { name: `local-runner-${i + 1}` });
 }
@@ -300,17 +354,25 @@ async function main() {
     if (stopping || !edge) return;
     log("restarting the edge");
     const old = edge;
-    edge = null;
+    // Not the current edge any more: its exit is the restart's, not a crash that stops the stack.
+    edge = edgeChild = null;
     signalGroup(old, "SIGTERM");
     await Promise.race([exited(old), pause(5_000)]);
     signalGroup(old, "SIGKILL");
     edge = startEdge();
-    await waitForEdge(120_000).then(() => log("the edge is back"), (err) => (log(String(err)), stopAll(1)));
+    await waitForEdge(120_000).then(
+      () => log("the edge is back"),
+      (err) => (log(String(err)), stopAll(1)),
+    );
   });
 
   let tenant = previous.demo_tenant_id;
   let apiKey = previous.demo_api_key;
-  if (!tenant || !apiKey || !(await fetch(`${edgeUrl}/v1/models`, { headers: { authorization: `Bearer ${apiKey}` } })).ok) {
+  if (
+    !tenant ||
+    !apiKey ||
+    !(await fetch(`${edgeUrl}/v1/models`, { headers: { authorization: `Bearer ${apiKey}` } })).ok
+  ) {
     log("seeding the demo tenant and API key");
     tenant = (await api("POST", "/admin/v1/tenants", adminToken, { name: "demo" })).id;
     apiKey = (await api("POST", `/admin/v1/tenants/${tenant}/keys`, adminToken, { name: "demo" })).secret;
@@ -326,18 +388,30 @@ async function main() {
   for (let i = 0; i < runnerCount; i++) {
     const { token, id } = await localRunner(i);
     runnerIds.push(id);
-    const runner = spawn(process.execPath, [join(root, "gpu-runner/src/runner/serve.ts"), "--workers", "1", "--models", dirs.join(":"), "--grace-ms", String(runnerGraceMs)], {
-      cwd: root,
-      stdio: ["ignore", "inherit", "pipe"],
-      env: { ...runnerEnv, EDGE_URL: edgeUrl, RUNNER_TOKEN: token },
-    });
+    const runner = spawn(
+      process.execPath,
+      [
+        join(root, "gpu-runner/src/runner/serve.ts"),
+        "--workers",
+        "1",
+        "--models",
+        dirs.join(":"),
+        "--grace-ms",
+        String(runnerGraceMs),
+      ],
+      {
+        cwd: root,
+        stdio: ["ignore", "inherit", "pipe"],
+        env: { ...runnerEnv, EDGE_URL: edgeUrl, RUNNER_TOKEN: token },
+      },
+    );
     children.push(runner);
     const tag = `[runner ${i + 1}] `;
     runner.stderr.on("data", (d) => process.stderr.write(String(d).replace(/^(?=.)/gm, tag)));
     runner.on("exit", (code) => log(`runner ${i + 1} (${id}) exited (${code})`));
   }
 
-  const model = models.includes("tiny-shapes") ? "tiny-shapes" : models[0] ?? "tiny-shapes";
+  const model = models.includes("tiny-shapes") ? "tiny-shapes" : (models[0] ?? "tiny-shapes");
   const state = {
     edge_url: edgeUrl,
     dashboard_url: `${edgeUrl}/dashboard`,
@@ -361,8 +435,17 @@ async function main() {
   let demo = "";
   if (runnerCount > 0 && models.length > 0 && process.env.SKIP_DEMO !== "1") {
     try {
-      const g = await api("POST", "/v1/generations", apiKey, { model, prompt: "a large red circle on the left, blue background", seed: 1 }, { prefer: "wait=60" });
-      demo = g.status === "succeeded" ? `  first image ${g.images[0].url}\n               (${g.request.sampler}, ${g.request.steps} steps, ${Math.round(g.timings.total_ms)} ms request to URL)` : `  first image ${g.status}: ${g.error?.message ?? "still running"}`;
+      const g = await api(
+        "POST",
+        "/v1/generations",
+        apiKey,
+        { model, prompt: "a large red circle on the left, blue background", seed: 1 },
+        { prefer: "wait=60" },
+      );
+      demo =
+        g.status === "succeeded"
+          ? `  first image ${g.images[0].url}\n               (${g.request.sampler}, ${g.request.steps} steps, ${Math.round(g.timings.total_ms)} ms request to URL)`
+          : `  first image ${g.status}: ${g.error?.message ?? "still running"}`;
     } catch (err) {
       demo = `  first image failed: ${err.message}`;
     }

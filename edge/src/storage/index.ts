@@ -5,7 +5,15 @@
  * What the edge does itself (HEAD, reads, deletes) goes through the R2 binding when there is one, and through the
  * S3 API otherwise: every caller uses this one interface, so either store serves every path.
  */
-import { CopyObjectCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import {
+  CopyObjectCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+} from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import type { Env } from "../env.ts";
 import { ApiError } from "../errors.ts";
@@ -28,7 +36,11 @@ export interface PutConditions {
 export interface ObjectStore {
   presignGet(key: string, expiresInSeconds: number): Promise<string>;
   /** A PUT that must carry exactly these conditions; `headers` are the ones the uploader must send. */
-  presignPut(key: string, expiresInSeconds: number, conditions: PutConditions): Promise<{ url: string; headers: Record<string, string> }>;
+  presignPut(
+    key: string,
+    expiresInSeconds: number,
+    conditions: PutConditions,
+  ): Promise<{ url: string; headers: Record<string, string> }>;
   head(key: string): Promise<ObjectInfo | undefined>;
   /** The whole object, undefined when it does not exist. */
   get(key: string): Promise<Uint8Array | undefined>;
@@ -40,11 +52,15 @@ export interface ObjectStore {
   readRange(key: string, offset: number, length: number): Promise<Uint8Array | undefined>;
   /** Copies an object inside the bucket (streamed); false when the source does not exist. */
   copy(fromKey: string, toKey: string): Promise<boolean>;
+  /** Every key under `prefix` (retention sweeps: a job's outputs). */
+  list(prefix: string): Promise<string[]>;
 }
 
 /** Per lease: a runner whose lease ended writes only under its own lease, never over the images a job kept. */
-export const outputKey = (tenantId: string, jobId: string, leaseId: string, index: number) => `tenants/${tenantId}/outputs/${jobId}/${leaseId}/${index}.png`;
-export const addonKey = (tenantId: string, addonId: string, version: number) => `tenants/${tenantId}/addons/${addonId}/v${version}`;
+export const outputKey = (tenantId: string, jobId: string, leaseId: string, index: number) =>
+  `tenants/${tenantId}/outputs/${jobId}/${leaseId}/${index}.png`;
+export const addonKey = (tenantId: string, addonId: string, version: number) =>
+  `tenants/${tenantId}/addons/${addonId}/v${version}`;
 /**
  * Where a tenant's presigned PUT writes an add-on version. Finalize copies it to the version's own key, for which no
  * PUT is ever signed: an upload URL (alive for an hour) cannot replace a file once it is `ready`.
@@ -63,18 +79,25 @@ export async function sealUpload(store: ObjectStore, storageKey: string): Promis
 }
 
 const hexToBase64 = (hex: string) => btoa(String.fromCharCode(...hex.match(/../g)!.map((h) => Number.parseInt(h, 16))));
-const bytesToHex = (bytes: ArrayBuffer) => [...new Uint8Array(bytes)].map((b) => b.toString(16).padStart(2, "0")).join("");
+const bytesToHex = (bytes: ArrayBuffer) =>
+  [...new Uint8Array(bytes)].map((b) => b.toString(16).padStart(2, "0")).join("");
 
 /** Longest a presigned URL may live (SigV4's own limit is 7 days). */
 export const MAX_URL_TTL_SECONDS = 7 * 24 * 3600;
 
-export const storageConfigured = (env: Env) => Boolean(env.S3_ENDPOINT && env.S3_ACCESS_KEY_ID && env.S3_SECRET_ACCESS_KEY);
+export const storageConfigured = (env: Env) =>
+  Boolean(env.S3_ENDPOINT && env.S3_ACCESS_KEY_ID && env.S3_SECRET_ACCESS_KEY);
 
 let cached: { fingerprint: string; client: S3Client } | undefined;
 
 function s3(env: Env): { client: S3Client; bucket: string } {
   if (!env.S3_ENDPOINT || !env.S3_ACCESS_KEY_ID || !env.S3_SECRET_ACCESS_KEY) {
-    throw new ApiError(503, "api_error", "storage_not_configured", "Object storage is not configured (S3_ENDPOINT, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY).");
+    throw new ApiError(
+      503,
+      "api_error",
+      "storage_not_configured",
+      "Object storage is not configured (S3_ENDPOINT, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY).",
+    );
   }
   const fingerprint = `${env.S3_ENDPOINT}|${env.S3_REGION}|${env.S3_ACCESS_KEY_ID}`;
   if (cached?.fingerprint !== fingerprint) {
@@ -105,13 +128,21 @@ async function digestStream(body: ReadableStream<Uint8Array>): Promise<string> {
  * XML answers (errors such as NoSuchKey, DeleteObjects results) with DOMParser, which workerd lacks
  * (aws/aws-sdk-js-v3#7375), so a missing object would throw instead of answering "not there".
  */
-async function s3Fetch(env: Env, command: GetObjectCommand | DeleteObjectCommand, init: RequestInit): Promise<Response> {
+async function s3Fetch(
+  env: Env,
+  command: GetObjectCommand | DeleteObjectCommand,
+  init: RequestInit,
+): Promise<Response> {
   return fetch(await getSignedUrl(s3(env).client, command, { expiresIn: 60 }), init);
 }
 
 /** An object's body, or undefined when there is none (the fetched answer is a 404). */
 async function s3Get(env: Env, key: string, range?: string): Promise<Response | undefined> {
-  const res = await s3Fetch(env, new GetObjectCommand({ Bucket: s3(env).bucket, Key: key }), range ? { headers: { range } } : {});
+  const res = await s3Fetch(
+    env,
+    new GetObjectCommand({ Bucket: s3(env).bucket, Key: key }),
+    range ? { headers: { range } } : {},
+  );
   if (res.status === 404) {
     await res.body?.cancel();
     return undefined;
@@ -125,26 +156,45 @@ export function objectStore(env: Env): ObjectStore {
   return {
     async presignGet(key, expiresIn) {
       const { client, bucket: name } = s3(env);
-      return getSignedUrl(client, new GetObjectCommand({ Bucket: name, Key: key }), { expiresIn: Math.min(expiresIn, MAX_URL_TTL_SECONDS) });
+      return getSignedUrl(client, new GetObjectCommand({ Bucket: name, Key: key }), {
+        expiresIn: Math.min(expiresIn, MAX_URL_TTL_SECONDS),
+      });
     },
     async presignPut(key, expiresIn, { contentType, contentLength, sha256 }) {
       const { client, bucket: name } = s3(env);
       const checksum = sha256 ? hexToBase64(sha256) : undefined;
-      const command = new PutObjectCommand({ Bucket: name, Key: key, ContentType: contentType, ContentLength: contentLength, ChecksumSHA256: checksum });
+      const command = new PutObjectCommand({
+        Bucket: name,
+        Key: key,
+        ContentType: contentType,
+        ContentLength: contentLength,
+        ChecksumSHA256: checksum,
+      });
       const url = await getSignedUrl(client, command, {
         expiresIn: Math.max(1, Math.min(expiresIn, MAX_URL_TTL_SECONDS)),
-        signableHeaders: new Set(["content-type", ...(contentLength !== undefined ? ["content-length"] : []), ...(checksum ? ["x-amz-checksum-sha256"] : [])]),
+        signableHeaders: new Set([
+          "content-type",
+          ...(contentLength !== undefined ? ["content-length"] : []),
+          ...(checksum ? ["x-amz-checksum-sha256"] : []),
+        ]),
         // Kept a header (not hoisted into the query), so the uploader must send it and the store verifies the body.
         ...(checksum ? { unhoistableHeaders: new Set(["x-amz-checksum-sha256"]) } : {}),
       });
-      return { url, headers: { "content-type": contentType, ...(checksum ? { "x-amz-checksum-sha256": checksum } : {}) } };
+      return {
+        url,
+        headers: { "content-type": contentType, ...(checksum ? { "x-amz-checksum-sha256": checksum } : {}) },
+      };
     },
     async head(key) {
       if (bucket) {
         const obj = await bucket.head(key);
         if (!obj) return undefined;
         const sha256 = obj.checksums.sha256;
-        return { size: obj.size, contentType: obj.httpMetadata?.contentType, ...(sha256 ? { sha256: bytesToHex(sha256) } : {}) };
+        return {
+          size: obj.size,
+          contentType: obj.httpMetadata?.contentType,
+          ...(sha256 ? { sha256: bytesToHex(sha256) } : {}),
+        };
       }
       const { client, bucket: name } = s3(env);
       try {
@@ -198,19 +248,62 @@ export function objectStore(env: Env): ObjectStore {
         if (!obj) return false;
         // R2 takes a stream only with a known length.
         const sized = new FixedLengthStream(obj.size);
-        await Promise.all([obj.body.pipeTo(sized.writable), bucket.put(toKey, sized.readable, { httpMetadata: obj.httpMetadata })]);
+        await Promise.all([
+          obj.body.pipeTo(sized.writable),
+          bucket.put(toKey, sized.readable, { httpMetadata: obj.httpMetadata }),
+        ]);
         return true;
       }
       const { client, bucket: name } = s3(env);
       const source = `${name}/${fromKey.split("/").map(encodeURIComponent).join("/")}`;
       const command = new CopyObjectCommand({ Bucket: name, Key: toKey, CopySource: source });
-      const url = await getSignedUrl(client, command, { expiresIn: 60, unhoistableHeaders: new Set(["x-amz-copy-source"]) });
+      const url = await getSignedUrl(client, command, {
+        expiresIn: 60,
+        unhoistableHeaders: new Set(["x-amz-copy-source"]),
+      });
       const res = await fetch(url, { method: "PUT", headers: { "x-amz-copy-source": source } });
       const text = await res.text();
       if (res.status === 404) return false;
       // S3 may answer 200 with an <Error> body when a copy fails part-way.
-      if (!res.ok || text.includes("<Error>")) throw new Error(`Storage answered ${res.status} to COPY ${fromKey} → ${toKey}: ${text.slice(0, 200)}`);
+      if (!res.ok || text.includes("<Error>"))
+        throw new Error(`Storage answered ${res.status} to COPY ${fromKey} → ${toKey}: ${text.slice(0, 200)}`);
       return true;
+    },
+    async list(prefix) {
+      const keys: string[] = [];
+      let cursor: string | undefined;
+      if (bucket) {
+        do {
+          const page = await bucket.list({ prefix, cursor });
+          keys.push(...page.objects.map((o) => o.key));
+          cursor = page.truncated ? page.cursor : undefined;
+        } while (cursor);
+        return keys;
+      }
+      // The XML answer read with patterns (no DOMParser in workerd); keys are XML-escaped.
+      const unxml = (x: string) =>
+        x
+          .replace(/&lt;/g, "<")
+          .replace(/&gt;/g, ">")
+          .replace(/&quot;/g, '"')
+          .replace(/&apos;/g, "'")
+          .replace(/&amp;/g, "&");
+      do {
+        const { client, bucket: name } = s3(env);
+        const res = await fetch(
+          await getSignedUrl(
+            client,
+            new ListObjectsV2Command({ Bucket: name, Prefix: prefix, ContinuationToken: cursor }),
+            { expiresIn: 60 },
+          ),
+        );
+        const text = await res.text();
+        if (!res.ok) throw new Error(`Storage answered ${res.status} to LIST ${prefix}: ${text.slice(0, 200)}`);
+        keys.push(...[...text.matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => unxml(m[1]!)));
+        const next = text.match(/<NextContinuationToken>([^<]*)<\/NextContinuationToken>/)?.[1];
+        cursor = text.includes("<IsTruncated>true</IsTruncated>") && next ? unxml(next) : undefined;
+      } while (cursor);
+      return keys;
     },
   };
 }

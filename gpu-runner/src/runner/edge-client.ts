@@ -6,6 +6,7 @@
  * change on retry (other 4xx) are returned to the caller as `EdgeError`s.
  */
 import { isRetryableStatus, retryDelayMs, type Backoff } from "@imagegen/sdk/retry";
+import { RunnerError } from "../errors.ts";
 import type { z } from "zod";
 import type {
   CompleteBody,
@@ -46,35 +47,100 @@ export interface RetryPolicy extends Backoff {
 
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 8, baseMs: 200, maxMs: 5_000 };
 
-/** Runs `attempt` until it succeeds, a non-transient error, or the policy's attempts run out. */
-export async function withRetry<T>(what: string, attempt: () => Promise<T>, policy: RetryPolicy, signal?: AbortSignal): Promise<T> {
+/** Waits `ms`, or rejects with the signal's reason as soon as it aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** Why tries stopped: the policy's attempts ran out, or the deadline came first. */
+export class RetriesExhausted extends Error {
+  override readonly name = "RetriesExhausted";
+}
+
+/**
+ * Runs `attempt` until it succeeds, a non-transient error, the policy's attempts run out or, with a `deadline`
+ * (epoch ms), no further try could start before it. Aborting `signal` ends the wait between tries at once (and
+ * `attempt` gets it, to end a try in flight).
+ */
+export async function withRetry<T>(
+  what: string,
+  attempt: () => Promise<T>,
+  policy: RetryPolicy,
+  signal?: AbortSignal,
+  deadline = Number.POSITIVE_INFINITY,
+): Promise<T> {
   let last: unknown;
-  for (let i = 0; i < policy.attempts; i++) {
+  let tries = 0;
+  while (tries < policy.attempts) {
     if (signal?.aborted) throw signal.reason;
+    tries++;
     try {
       return await attempt();
     } catch (err) {
+      if (signal?.aborted) throw signal.reason;
       if (err instanceof EdgeError && !isRetryableStatus(err.status)) throw err;
       last = err;
-      if (i + 1 === policy.attempts) break;
-      const delay = retryDelayMs(i, err instanceof EdgeError ? err.headers : undefined, policy);
-      await new Promise((r) => setTimeout(r, delay));
+      if (tries === policy.attempts) break;
+      const delay = retryDelayMs(tries - 1, err instanceof EdgeError ? err.headers : undefined, policy);
+      if (Date.now() + delay >= deadline) {
+        throw new RetriesExhausted(
+          `${what} failed after ${tries} attempts (its deadline came): ${String((last as Error)?.message ?? last)}`,
+          { cause: last },
+        );
+      }
+      await sleep(delay, signal);
     }
   }
-  throw new Error(`${what} failed after ${policy.attempts} attempts: ${String((last as Error)?.message ?? last)}`);
+  throw new RetriesExhausted(`${what} failed after ${tries} attempts: ${String((last as Error)?.message ?? last)}`, {
+    cause: last,
+  });
 }
+
+/** The most one storage PUT may take: a hung store must not hold a runner for the whole lease on one try. */
+export const UPLOAD_TRY_TIMEOUT_MS = 20_000;
 
 export class EdgeClient {
   readonly baseUrl: string;
   private readonly token: string;
   private readonly retry: RetryPolicy;
-  constructor(baseUrl: string, token: string, retry: RetryPolicy = DEFAULT_RETRY) {
+  /**
+   * Tests only (the fault suite): an origin that every storage request goes to instead of the URL's own, a proxy
+   * that forwards it (as the signed host) or injects a fault.
+   */
+  private readonly storageProxy: string | undefined;
+  constructor(baseUrl: string, token: string, retry: RetryPolicy = DEFAULT_RETRY, storageProxy?: string) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     this.token = token;
     this.retry = retry;
+    this.storageProxy = storageProxy;
   }
 
-  private async post<T>(path: string, body: unknown, timeoutMs = 30_000, signal?: AbortSignal): Promise<{ status: number; body: T | null }> {
+  private viaProxy(url: string): string {
+    if (!this.storageProxy) return url;
+    const u = new URL(url);
+    const proxy = new URL(this.storageProxy);
+    u.protocol = proxy.protocol;
+    u.host = proxy.host;
+    return u.toString();
+  }
+
+  private async post<T>(
+    path: string,
+    body: unknown,
+    timeoutMs = 30_000,
+    signal?: AbortSignal,
+  ): Promise<{ status: number; body: T | null }> {
     const timeout = AbortSignal.timeout(timeoutMs);
     const res = await fetch(`${this.baseUrl}${path}`, {
       method: "POST",
@@ -97,17 +163,34 @@ export class EdgeClient {
    */
   async lease(req: LeaseRequest, signal?: AbortSignal): Promise<LeasedJob | null> {
     const wait = req.wait_ms ?? 25_000;
-    const r = await withRetry("lease", () => this.post<LeasedJob>("/internal/v1/lease", req, wait + 15_000, signal), this.retry, signal);
+    const r = await withRetry(
+      "lease",
+      () => this.post<LeasedJob>("/internal/v1/lease", req, wait + 15_000, signal),
+      this.retry,
+      signal,
+    );
     return r.status === 204 ? null : r.body;
   }
 
   async heartbeat(jobId: string, hb: Heartbeat): Promise<z.infer<typeof HeartbeatResult>> {
-    return (await withRetry("heartbeat", () => this.post<z.infer<typeof HeartbeatResult>>(`/internal/v1/jobs/${jobId}/heartbeat`, hb), { ...this.retry, attempts: 3 })).body!;
+    return (
+      await withRetry(
+        "heartbeat",
+        () => this.post<z.infer<typeof HeartbeatResult>>(`/internal/v1/jobs/${jobId}/heartbeat`, hb),
+        { ...this.retry, attempts: 3 },
+      )
+    ).body!;
   }
 
   /** Upload URLs for the finished images, signed with each one's size and SHA-256 (and extending the lease). */
   async outputs(jobId: string, req: OutputUploadRequest): Promise<OutputUpload[]> {
-    return (await withRetry("outputs", () => this.post<z.infer<typeof OutputUploads>>(`/internal/v1/jobs/${jobId}/outputs`, req), this.retry)).body!.uploads;
+    return (
+      await withRetry(
+        "outputs",
+        () => this.post<z.infer<typeof OutputUploads>>(`/internal/v1/jobs/${jobId}/outputs`, req),
+        this.retry,
+      )
+    ).body!.uploads;
   }
 
   async complete(jobId: string, c: Completion): Promise<void> {
@@ -120,21 +203,70 @@ export class EdgeClient {
 
   /**
    * PUTs bytes to a presigned URL (the URL, not a credential, authorises exactly this object) with the headers it
-   * was signed with. A body the store finds corrupted (BadDigest) is sent again.
+   * was signed with. A body the store finds corrupted (BadDigest) is sent again. Tries stop at `deadline` (the URL's
+   * expiry: after it no try can succeed), and each try is cut short by it, by `UPLOAD_TRY_TIMEOUT_MS`, or by
+   * `signal` (cancel, a lost lease, shutdown). A store that failed throughout throws `StorageUnavailable`.
    */
-  async upload(url: string, bytes: Uint8Array, headers: Record<string, string>, signal?: AbortSignal): Promise<void> {
-    await withRetry(
-      "upload",
-      async () => {
-        const res = await fetch(url, { method: "PUT", body: bytes, headers, signal: AbortSignal.timeout(60_000) });
-        if (!res.ok) {
-          const text = (await res.text()).slice(0, 200);
-          if (text.includes("BadDigest")) throw new Error(`storage found the body corrupted: ${text}`);
-          throw new EdgeError(res.status, "upload_failed", `storage answered ${res.status}: ${text}`, res.headers);
-        }
-      },
-      this.retry,
-      signal,
-    );
+  async upload(
+    url: string,
+    bytes: Uint8Array,
+    headers: Record<string, string>,
+    signal?: AbortSignal,
+    deadline = Number.POSITIVE_INFINITY,
+  ): Promise<void> {
+    try {
+      await withRetry(
+        "upload",
+        async () => {
+          const budget = Math.max(1, Math.min(UPLOAD_TRY_TIMEOUT_MS, deadline - Date.now()));
+          const timeout = AbortSignal.timeout(budget);
+          const res = await fetch(this.viaProxy(url), {
+            method: "PUT",
+            body: bytes,
+            headers,
+            signal: signal ? AbortSignal.any([timeout, signal]) : timeout,
+          });
+          if (!res.ok) {
+            const text = (await res.text()).slice(0, 200);
+            if (text.includes("BadDigest")) throw new Error(`storage found the body corrupted: ${text}`);
+            throw new EdgeError(res.status, "upload_failed", `storage answered ${res.status}: ${text}`, res.headers);
+          }
+          await res.body?.cancel();
+        },
+        this.retry,
+        signal,
+        deadline,
+      );
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      // A refusal that will not change (403: a bad signature, 400: a bad request) is the runner's bug, not an outage.
+      if (err instanceof EdgeError) throw err;
+      throw new StorageUnavailable((err as Error).message, { cause: err });
+    }
+  }
+
+  /**
+   * Whether the store answers at all (any answer below 500 within a few seconds, a refusal included): the probe a
+   * runner backing off from an outage makes before leasing again. `url` is one it could not write to.
+   */
+  async probeStorage(url: string, signal?: AbortSignal): Promise<boolean> {
+    const timeout = AbortSignal.timeout(5_000);
+    try {
+      const res = await fetch(this.viaProxy(url), {
+        method: "HEAD",
+        signal: signal ? AbortSignal.any([timeout, signal]) : timeout,
+      });
+      await res.body?.cancel();
+      return res.status < 500;
+    } catch {
+      return false;
+    }
+  }
+}
+
+/** The store failed (errors, hangs, timeouts) until the upload's deadline: hand the job back at no attempt's cost. */
+export class StorageUnavailable extends RunnerError {
+  constructor(message: string, options?: ErrorOptions) {
+    super("storage_unavailable", message, options);
   }
 }

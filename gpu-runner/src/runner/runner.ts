@@ -5,6 +5,11 @@
  * any work: only then does the edge count the attempt. On shutdown it hangs up its long poll, hands back untouched
  * a job that arrives anyway, finishes the job in hand, or, past the grace period, hands it back (a retryable failure
  * puts it back in the queue).
+ *
+ * Storage outages: uploads are bounded by the upload URLs' expiry (the lease's), each try cut short by cancel; a job
+ * whose images could not be stored goes back as `storage_unavailable`, which costs it no attempt, and the runner
+ * leases nothing more until a probe finds the store answering (exponential backoff), rather than burning the
+ * attempts of every job it would take meanwhile.
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
@@ -12,7 +17,7 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { InferencePool } from "../workers/pool.ts";
 import { ControlImageError, conditioningTensor, dataUrlBytes, decodePng } from "../addons/control-image.ts";
-import { loraSetKey, type RequestAddons } from "../addons/request-addons.ts";
+import { loraSetKey, type LoraLoadReport, type RequestAddons } from "../addons/request-addons.ts";
 import { AddonIntegrityError, type AddonStore, type FetchedAddon } from "../addons/store.ts";
 import { describeIssues, FAILURE_CODES, failureOf, RunnerError } from "../errors.ts";
 import { readTar } from "@imagegen/formats/tar";
@@ -20,7 +25,14 @@ import { ControlNetManifest } from "@imagegen/formats/manifest";
 
 import { formatAddonRef } from "@imagegen/contracts/refs";
 import type { GenerationRequest } from "../pipeline/request.ts";
-import { EdgeError, type EdgeClient, type LeasedJob } from "./edge-client.ts";
+import {
+  EdgeError,
+  sleep,
+  StorageUnavailable,
+  type EdgeClient,
+  type LeasedJob,
+  type OutputUpload,
+} from "./edge-client.ts";
 
 export interface ModelEntry {
   name: string;
@@ -39,7 +51,11 @@ export function discoverModels(modelsDir: string): Map<string, ModelEntry> {
     const text = readFileSync(path);
     const manifest = JSON.parse(text.toString("utf8")) as { kind?: string; name?: string };
     if (manifest.kind !== "diffusion" || !manifest.name) continue;
-    models.set(manifest.name, { name: manifest.name, dir: join(modelsDir, name), manifestSha256: createHash("sha256").update(text).digest("hex") });
+    models.set(manifest.name, {
+      name: manifest.name,
+      dir: join(modelsDir, name),
+      manifestSha256: createHash("sha256").update(text).digest("hex"),
+    });
   }
   return models;
 }
@@ -65,8 +81,13 @@ export interface RunnerOptions {
    * steps at the latest. Undefined: load them first (they take effect from step 0).
    */
   addonJoinFraction?: number;
-  /** How often to heartbeat; well inside the edge's lease TTL. */
+  /**
+   * The longest gap between heartbeats. The runner beats three times per lease TTL the edge announces
+   * (`lease_ttl_ms`), and at this interval when the edge announces none; this caps it (tests beat fast).
+   */
   heartbeatMs?: number;
+  /** First and longest pause in leasing while storage fails (doubling in between). */
+  storageBackoffMs?: { baseMs: number; maxMs: number };
   /** How long shutdown waits for the job in hand before handing it back. */
   shutdownGraceMs?: number;
   leaseWaitMs?: number;
@@ -81,17 +102,21 @@ export class Runner {
   private loop: Promise<void> | null = null;
   private readonly leaseAbort = new AbortController();
   private readonly jobAbort = new AbortController();
-  private readonly heartbeatMs: number;
+  private readonly heartbeatMs: number | undefined;
+  /** While storage fails: when to probe it next, the consecutive failures, and a URL it could not write to. */
+  private storageOutage: { until: number; failures: number; url: string } | null = null;
   private readonly log: (event: Record<string, unknown>) => void;
   /** Jobs finished by this runner, for the CLI's summary and the tests. */
-  readonly done: Array<{ id: string; status: "succeeded" | "failed" | "canceled" | "released" | "lost"; ms: number }> = [];
+  readonly done: Array<{ id: string; status: "succeeded" | "failed" | "canceled" | "released" | "lost"; ms: number }> =
+    [];
 
   private readonly o: RunnerOptions;
 
   constructor(options: RunnerOptions) {
     this.o = options;
-    this.heartbeatMs = options.heartbeatMs ?? 5_000;
-    this.log = options.log ?? ((e) => process.stderr.write(`${JSON.stringify({ t: new Date().toISOString(), ...e })}\n`));
+    this.heartbeatMs = options.heartbeatMs;
+    this.log =
+      options.log ?? ((e) => process.stderr.write(`${JSON.stringify({ t: new Date().toISOString(), ...e })}\n`));
   }
 
   /** Leases and runs jobs until `stop()`. */
@@ -105,9 +130,13 @@ export class Runner {
     if (models.length === 0) throw new Error("no model bundles to serve");
     this.log({ event: "runner.start", models });
     while (!this.stopping) {
+      if (this.storageOutage && !(await this.storageBack())) continue;
       let leased: LeasedJob | null;
       try {
-        leased = await this.o.edge.lease({ models, warm_addons: this.o.addons.warm(), capacity: 1, wait_ms: this.o.leaseWaitMs ?? 25_000 }, this.leaseAbort.signal);
+        leased = await this.o.edge.lease(
+          { models, warm_addons: this.o.addons.warm(), capacity: 1, wait_ms: this.o.leaseWaitMs ?? 25_000 },
+          this.leaseAbort.signal,
+        );
       } catch (err) {
         if (this.stopping) break;
         this.log({ event: "lease.error", error: String(err) });
@@ -118,7 +147,14 @@ export class Runner {
       if (this.stopping) {
         // The answer won the race with stop(): hand the job back unacknowledged, which costs it no attempt.
         await this.o.edge
-          .fail(leased.job.id, { lease_id: leased.lease_id, error: { code: "runner_shutdown", message: "The runner stopped as the job arrived; handed back untouched." }, retryable: true })
+          .fail(leased.job.id, {
+            lease_id: leased.lease_id,
+            error: {
+              code: "runner_shutdown",
+              message: "The runner stopped as the job arrived; handed back untouched.",
+            },
+            retryable: true,
+          })
           .catch((e) => this.log({ event: "fail.error", job: leased.job.id, error: String(e) }));
         this.done.push({ id: leased.job.id, status: "released", ms: 0 });
         break;
@@ -128,6 +164,35 @@ export class Runner {
       this.current = null;
     }
     this.log({ event: "runner.stop" });
+  }
+
+  /**
+   * Waits out the storage backoff, then probes the store: true when it answers (leasing resumes), false after a
+   * failed probe (the next wait is twice as long) or on shutdown.
+   */
+  private async storageBack(): Promise<boolean> {
+    const outage = this.storageOutage!;
+    try {
+      await sleep(Math.max(0, outage.until - Date.now()), this.leaseAbort.signal);
+    } catch {
+      return false;
+    }
+    if (await this.o.edge.probeStorage(outage.url, this.leaseAbort.signal)) {
+      this.log({ event: "storage.probe", ok: true, failures: outage.failures });
+      this.storageOutage = null;
+      return true;
+    }
+    this.storageFailed(outage.url);
+    return false;
+  }
+
+  /** Storage failed (a job's uploads, or a probe): lease nothing until the next probe, backing off exponentially. */
+  private storageFailed(url: string): void {
+    const { baseMs, maxMs } = this.o.storageBackoffMs ?? { baseMs: 1_000, maxMs: 30_000 };
+    const failures = (this.storageOutage?.failures ?? 0) + 1;
+    const wait = Math.min(maxMs, baseMs * 2 ** (failures - 1)) * (0.75 + Math.random() * 0.5);
+    this.storageOutage = { until: Date.now() + wait, failures, url };
+    this.log({ event: "storage.backoff", failures, wait_ms: Math.round(wait) });
   }
 
   /**
@@ -149,7 +214,10 @@ export class Runner {
     await Promise.all(
       leased.addons.map(async (a) => {
         if (!a.sha256) throw new AddonIntegrityError(`add-on ${a.ref} has no sha256 to verify against`);
-        fetched.set(a.ref, await this.o.addons.get({ ref: a.ref, url: a.get_url, sha256: a.sha256, sizeBytes: a.size_bytes }));
+        fetched.set(
+          a.ref,
+          await this.o.addons.get({ ref: a.ref, url: a.get_url, sha256: a.sha256, sizeBytes: a.size_bytes }),
+        );
       }),
     );
     const need = (id: string, version: number) => {
@@ -159,13 +227,26 @@ export class Runner {
     };
     const r = leased.job.request;
     return {
-      loras: r.loras.map((l) => ({ sha256: need(l.id, l.version).sha256, bytes: need(l.id, l.version).bytes, scale: l.scale })),
+      loras: r.loras.map((l) => ({
+        sha256: need(l.id, l.version).sha256,
+        bytes: need(l.id, l.version).bytes,
+        scale: l.scale,
+        allowPartial: l.allow_partial,
+      })),
       controlnets: r.controlnets.map((c, i) => {
         const dir = this.unpackControlNet(need(c.id, c.version));
         const manifest = ControlNetManifest.safeParse(JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")));
-        if (!manifest.success) throw new RunnerError("addon_invalid", `ControlNet add-on ${formatAddonRef(c.id, c.version)}: manifest.json: ${describeIssues(manifest.error.issues).join("; ")}`);
+        if (!manifest.success)
+          throw new RunnerError(
+            "addon_invalid",
+            `ControlNet add-on ${formatAddonRef(c.id, c.version)}: manifest.json: ${describeIssues(manifest.error.issues).join("; ")}`,
+          );
         try {
-          return { dir, conditioning: conditioningTensor(decodePng(dataUrlBytes(c.image)), manifest.data.conditioning), scale: c.scale };
+          return {
+            dir,
+            conditioning: conditioningTensor(decodePng(dataUrlBytes(c.image)), manifest.data.conditioning),
+            scale: c.scale,
+          };
         } catch (err) {
           throw new ControlImageError(`controlnets[${i}].image: ${(err as Error).message}`, { cause: err });
         }
@@ -182,7 +263,9 @@ export class Runner {
     try {
       entries = readTar(addon.bytes);
     } catch (err) {
-      throw new RunnerError("addon_invalid", `ControlNet add-on ${addon.ref}: ${(err as Error).message}`, { cause: err });
+      throw new RunnerError("addon_invalid", `ControlNet add-on ${addon.ref}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     for (const entry of entries) {
       const path = join(tmp, entry.path);
@@ -201,6 +284,33 @@ export class Runner {
     return dir;
   }
 
+  /**
+   * PUTs each image to its URL, all by the URLs' expiry (after it no try can succeed): the images as `complete`
+   * names them. `onFailure` learns the URL of a store that failed, for the probe.
+   */
+  private async uploadAll<D extends { index: number }>(
+    uploads: OutputUpload[],
+    declared: D[],
+    pngs: Uint8Array[],
+    signal: AbortSignal,
+    onFailure: (url: string) => void,
+  ) {
+    const deadline = Math.min(...uploads.map((u) => Date.parse(u.expires_at))) - UPLOAD_DEADLINE_MARGIN_MS;
+    return Promise.all(
+      declared.map(async (d) => {
+        const up = uploads.find((u) => u.index === d.index);
+        if (!up) throw new Error(`the edge gave no upload URL for image ${d.index}`);
+        try {
+          await this.o.edge.upload(up.put_url, pngs[d.index]!, up.headers, signal, deadline);
+        } catch (err) {
+          if (err instanceof StorageUnavailable) onFailure(up.put_url);
+          throw err;
+        }
+        return { ...d, storage_key: up.storage_key };
+      }),
+    );
+  }
+
   private async process(leased: LeasedJob): Promise<void> {
     const { job, lease_id: leaseId } = leased;
     const started = performance.now();
@@ -210,9 +320,15 @@ export class Runner {
     this.jobAbort.signal.addEventListener("abort", abortOnShutdown);
     let progress: { step: number; total: number } | undefined;
     let canceled = false;
+    /** Every storage URL the job failed to write to (the probe's target once it is handed back). */
+    let storageUrl: string | undefined;
     const beat = async () => {
       try {
-        const hb = await this.o.edge.heartbeat(job.id, { lease_id: leaseId, warm_addons: this.o.addons.warm(), ...(progress ? { progress } : {}) });
+        const hb = await this.o.edge.heartbeat(job.id, {
+          lease_id: leaseId,
+          warm_addons: this.o.addons.warm(),
+          ...(progress ? { progress } : {}),
+        });
         if (hb.cancel && !cancel.signal.aborted) {
           canceled = true;
           cancel.abort(new Error("canceled by the tenant"));
@@ -226,41 +342,53 @@ export class Runner {
         this.log({ event: "heartbeat.error", job: job.id, error: String(err) });
       }
     };
+    let interval: number;
     try {
       // The acknowledgement: the edge counts the attempt now, or says the lease is gone (its deadline passed).
       const ack = await this.o.edge.heartbeat(job.id, { lease_id: leaseId, warm_addons: this.o.addons.warm() });
       if (ack.cancel) throw new EdgeError(409, "job_canceled", "canceled before it started");
+      interval = heartbeatInterval(ack.lease_ttl_ms, this.heartbeatMs);
     } catch (err) {
       this.jobAbort.signal.removeEventListener("abort", abortOnShutdown);
       this.done.push({ id: job.id, status: "lost", ms: performance.now() - started });
       this.log({ event: "lease.lost", job: job.id, error: String(err) });
       return;
     }
-    const timer = setInterval(beat, this.heartbeatMs);
+    const timer = setInterval(beat, interval);
     let lastProgressBeat = 0;
-    this.log({ event: "job.start", job: job.id, attempt: job.attempt, queued_ms: job.queued_ms, sampler: job.request.sampler, steps: job.request.steps });
+    this.log({
+      event: "job.start",
+      job: job.id,
+      attempt: job.attempt,
+      queued_ms: job.queued_ms,
+      sampler: job.request.sampler,
+      steps: job.request.steps,
+    });
     try {
       if (!model) throw new RunnerError("model_not_served", `this runner does not serve model '${job.request.model}'`);
       const tAddons = performance.now();
       let addonLoadMs = 0;
       let joinedAt: number | null = null;
       let lorasMerged = false;
+      let loraLoads: LoraLoadReport[] = [];
       const loading = this.prepareAddons(leased).then((a) => {
         addonLoadMs = performance.now() - tAddons;
         return [a];
       });
       const late = this.o.addonJoinFraction !== undefined && leased.addons.length > 0;
       // The LoRA set's key is known from the lease before the files arrive: a worker holding it merged uses it.
-      const shaOf = (id: string, version: number) => leased.addons.find((a) => a.ref === formatAddonRef(id, version))?.sha256;
+      const shaOf = (id: string, version: number) =>
+        leased.addons.find((a) => a.ref === formatAddonRef(id, version))?.sha256;
       const loras = job.request.loras.map((l) => ({ sha256: shaOf(l.id, l.version) ?? "", scale: l.scale }));
       const t0 = performance.now();
       const result = await this.o.pool.generate(model.dir, pipelineRequest(job.request), {
         addons: late ? loading : await loading,
         ...(late ? { addonJoinFraction: this.o.addonJoinFraction } : {}),
         ...(loras.length && loras.every((l) => l.sha256) ? { loraSets: [loraSetKey(loras)] } : {}),
-        onAddonsJoined: (step, merged) => {
+        onAddonsJoined: (step, merged, loads) => {
           joinedAt = step;
           lorasMerged = merged;
+          loraLoads = loads[0] ?? [];
         },
         signal: cancel.signal,
         onProgress: ({ step, steps }) => {
@@ -274,21 +402,15 @@ export class Runner {
       });
       const inferenceMs = performance.now() - t0;
       const t1 = performance.now();
-      const declared = result.images.map((png, index) => ({ index, sha256: createHash("sha256").update(png).digest("hex"), size_bytes: png.byteLength }));
-      // The URLs are signed with each image's size and checksum: the store refuses other bytes.
-      const uploads = await this.o.edge.outputs(job.id, { lease_id: leaseId, images: declared });
-      const images = await Promise.all(
-        declared.map(async (d) => {
-          const up = uploads.find((u) => u.index === d.index);
-          if (!up) throw new Error(`the edge gave no upload URL for image ${d.index}`);
-          await this.o.edge.upload(up.put_url, result.images[d.index]!, up.headers, cancel.signal);
-          return { ...d, storage_key: up.storage_key, width: result.width, height: result.height, seed: result.seeds[d.index]! };
-        }),
-      );
-      const uploadMs = performance.now() - t1;
-      await this.o.edge.complete(job.id, {
+      const declared = result.images.map((png, index) => ({
+        index,
+        sha256: createHash("sha256").update(png).digest("hex"),
+        size_bytes: png.byteLength,
+      }));
+      let uploadMs = 0;
+      const completion = (images: Array<(typeof declared)[number] & { storage_key: string }>) => ({
         lease_id: leaseId,
-        images,
+        images: images.map((i) => ({ ...i, width: result.width, height: result.height, seed: result.seeds[i.index]! })),
         timings: {
           addon_load_ms: round(addonLoadMs),
           inference_ms: round(inferenceMs),
@@ -312,23 +434,72 @@ export class Runner {
           addons_joined_at_step: joinedAt,
           // The LoRAs ran merged into the weights (a hot set) rather than stacked into the branch inputs.
           loras_merged: lorasMerged,
+          // Per LoRA of the request, in order: its file's keys used of its total (less only with allow_partial).
+          lora_keys: job.request.loras.map((l, i) => ({
+            ref: formatAddonRef(l.id, l.version),
+            mapped: loraLoads[i]?.mapped ?? null,
+            total: loraLoads[i]?.total ?? null,
+          })),
         },
       });
+      // A store that lies (answers 200 without keeping the bytes, or keeps other bytes) shows at complete, which
+      // checks what is stored: the images go up again, with fresh URLs, a few times before the job is handed back.
+      for (let round = 1; ; round++) {
+        // The URLs are signed with each image's size and checksum: the store refuses other bytes.
+        const uploads = await this.o.edge.outputs(job.id, { lease_id: leaseId, images: declared });
+        const images = await this.uploadAll(
+          uploads,
+          declared,
+          result.images,
+          cancel.signal,
+          (url) => (storageUrl = url),
+        );
+        uploadMs = performance.now() - t1;
+        try {
+          await this.o.edge.complete(job.id, completion(images));
+          break;
+        } catch (err) {
+          if (!(err instanceof EdgeError && STORED_WRONG.has(err.code))) throw err;
+          storageUrl = uploads[0]?.put_url;
+          if (round === STORE_ROUNDS)
+            throw new StorageUnavailable(`the store did not keep the images after ${round} uploads: ${err.message}`, {
+              cause: err,
+            });
+          this.log({ event: "upload.again", job: job.id, round, error: err.message });
+        }
+      }
       this.done.push({ id: job.id, status: "succeeded", ms: performance.now() - started });
-      this.log({ event: "job.done", job: job.id, ms: round(performance.now() - started), inference_ms: round(inferenceMs), upload_ms: round(uploadMs) });
+      this.log({
+        event: "job.done",
+        job: job.id,
+        ms: round(performance.now() - started),
+        inference_ms: round(inferenceMs),
+        upload_ms: round(uploadMs),
+      });
     } catch (err) {
       if (canceled) {
         this.done.push({ id: job.id, status: "canceled", ms: performance.now() - started });
         this.log({ event: "job.canceled", job: job.id });
       } else if (this.jobAbort.signal.aborted) {
         // Shutting down: hand the job back so another runner finishes it.
-        await this.o.edge.fail(job.id, { lease_id: leaseId, error: { code: "runner_shutdown", message: "The runner shut down mid-job; requeued." }, retryable: FAILURE_CODES.runner_shutdown }).catch(() => {});
+        await this.o.edge
+          .fail(job.id, {
+            lease_id: leaseId,
+            error: { code: "runner_shutdown", message: "The runner shut down mid-job; requeued." },
+            retryable: FAILURE_CODES.runner_shutdown,
+          })
+          .catch(() => {});
         this.done.push({ id: job.id, status: "released", ms: performance.now() - started });
         this.log({ event: "job.released", job: job.id });
       } else {
         const { code, retryable } = failureOf(err);
+        if (err instanceof StorageUnavailable && storageUrl) this.storageFailed(storageUrl);
         await this.o.edge
-          .fail(job.id, { lease_id: leaseId, error: { code, message: String((err as Error).message).slice(0, 2000) }, retryable })
+          .fail(job.id, {
+            lease_id: leaseId,
+            error: { code, message: String((err as Error).message).slice(0, 2000) },
+            retryable,
+          })
           .catch((e) => this.log({ event: "fail.error", job: job.id, error: String(e) }));
         this.done.push({ id: job.id, status: "failed", ms: performance.now() - started });
         this.log({ event: "job.failed", job: job.id, code, error: String((err as Error).message), retryable });
@@ -341,3 +512,18 @@ export class Runner {
 }
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
+
+/** Complete's refusals that mean the store does not hold what was uploaded (a lying or corrupting store). */
+const STORED_WRONG = new Set(["output_missing", "output_checksum_mismatch"]);
+/** Uploads of one job's images (fresh URLs each) before a store that keeps losing them counts as down. */
+const STORE_ROUNDS = 3;
+/** Tries stop this long before the URLs expire: a PUT that starts later would be refused anyway. */
+const UPLOAD_DEADLINE_MARGIN_MS = 250;
+/** Without an announced TTL (an older edge), beat this often: well inside the default 30 s lease. */
+const DEFAULT_HEARTBEAT_MS = 5_000;
+
+/** Three beats per lease TTL (two may be lost before the lease is), at most `maxMs` apart, at least 50 ms. */
+export function heartbeatInterval(leaseTtlMs: number | undefined, maxMs = Number.POSITIVE_INFINITY): number {
+  const follow = leaseTtlMs ? leaseTtlMs / 3 : DEFAULT_HEARTBEAT_MS;
+  return Math.max(50, Math.floor(Math.min(follow, maxMs)));
+}

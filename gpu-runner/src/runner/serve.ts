@@ -6,7 +6,8 @@
  *
  * (from the repository root; `npx node` is the project-local Node 22, which runs the .ts directly)
  *
- * SIGINT / SIGTERM: stop leasing, finish the job in hand (or hand it back after --grace-ms), then exit.
+ * SIGINT / SIGTERM: stop leasing, finish the job in hand (or hand it back after --grace-ms), then exit. A closed
+ * stdout or stderr (the launcher gone first) loses log lines, never the job: writes to it are dropped (EPIPE).
  */
 import { tmpdir } from "node:os";
 import { delimiter, dirname, join } from "node:path";
@@ -26,7 +27,8 @@ const DEFAULT_MODELS = join(dirname(fileURLToPath(import.meta.url)), "..", "..",
 function joinFraction(value: string | undefined): { addonJoinFraction?: number } {
   if (value === undefined || value === "off") return {};
   const f = Number(value);
-  if (!(f >= 0 && f <= 1)) throw new Error(`--addon-join-fraction must be a number in [0, 1] or "off" (got "${value}")`);
+  if (!(f >= 0 && f <= 1))
+    throw new Error(`--addon-join-fraction must be a number in [0, 1] or "off" (got "${value}")`);
   return { addonJoinFraction: f };
 }
 
@@ -46,11 +48,15 @@ const { values } = parseArgs({
     workers: { type: "string", default: process.env.RUNNER_WORKERS ?? "1" },
     threads: { type: "string", default: process.env.RUNNER_THREADS ?? "1" },
     ep: { type: "string", default: process.env.EXECUTION_PROVIDERS ?? "cpu" },
-    "heartbeat-ms": { type: "string", default: "5000" },
+    // Unset: three beats per lease TTL the edge announces. Set: at most this long between beats.
+    "heartbeat-ms": { type: "string" },
     "addon-cache": { type: "string", default: process.env.ADDON_CACHE_DIR ?? join(tmpdir(), "imagegen-addons") },
     "addon-memory-mb": { type: "string", default: process.env.ADDON_MEMORY_MB ?? "512" },
     "addon-disk-mb": { type: "string", default: process.env.ADDON_DISK_MB ?? "4096" },
-    "addon-join-fraction": { type: "string", default: process.env.ADDON_JOIN_FRACTION ?? String(DEFAULT_ADDON_JOIN_FRACTION) },
+    "addon-join-fraction": {
+      type: "string",
+      default: process.env.ADDON_JOIN_FRACTION ?? String(DEFAULT_ADDON_JOIN_FRACTION),
+    },
     "parallel-controlnet": { type: "boolean", default: process.env.PARALLEL_CONTROLNET === "1" },
     "lora-merge-after": { type: "string", default: process.env.LORA_MERGE_AFTER ?? String(DEFAULT_MERGE_HOT_AFTER) },
     "grace-ms": { type: "string", default: "30000" },
@@ -63,7 +69,12 @@ if (!values.token) {
 }
 
 // --models / MODELS_DIR: one folder of bundles, or several joined like PATH (the zoo's, imported ones).
-let models = new Map(values.models.split(delimiter).filter(Boolean).flatMap((dir) => [...discoverModels(dir)]));
+let models = new Map(
+  values.models
+    .split(delimiter)
+    .filter(Boolean)
+    .flatMap((dir) => [...discoverModels(dir)]),
+);
 if (values.only) {
   const keep = new Set(values.only.split(","));
   models = new Map([...models].filter(([name]) => keep.has(name)));
@@ -77,10 +88,14 @@ const pool = new InferencePool({
   size: Number(values.workers),
   parallelControlNet: values["parallel-controlnet"],
   mergeHotAfter: mergeAfter(values["lora-merge-after"]),
-  session: SessionConfigSchema.parse({ executionProviders: values.ep.split(","), intraOpNumThreads: Number(values.threads) }),
+  session: SessionConfigSchema.parse({
+    executionProviders: values.ep.split(","),
+    intraOpNumThreads: Number(values.threads),
+  }),
 });
 const runner = new Runner({
-  edge: new EdgeClient(values.edge, values.token),
+  // STORAGE_PROXY: the fault suite's fault-injecting proxy in front of the store (tests/faults).
+  edge: new EdgeClient(values.edge, values.token, undefined, process.env.STORAGE_PROXY || undefined),
   pool,
   models,
   addons: new AddonStore({
@@ -90,9 +105,16 @@ const runner = new Runner({
   }),
   controlNetDir: join(values["addon-cache"], "controlnets"),
   ...joinFraction(values["addon-join-fraction"]),
-  heartbeatMs: Number(values["heartbeat-ms"]),
+  ...(values["heartbeat-ms"] ? { heartbeatMs: Number(values["heartbeat-ms"]) } : {}),
   shutdownGraceMs: Number(values["grace-ms"]),
 });
+
+// A log line to a reader that has gone must not crash the runner mid-job (an unhandled EPIPE 'error' event would).
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code !== "EPIPE" && err.code !== "ERR_STREAM_DESTROYED") throw err;
+  });
+}
 
 let stopping = false;
 const shutdown = async () => {
