@@ -87,11 +87,9 @@ export const WebhookDeliveryStatus = z.enum(WEBHOOK_DELIVERY_STATUSES);
 
 export const WebhookDelivery = z
   .object({
-    id: z
-      .string()
-      .openapi({
-        description: "Also the `webhook-id` header: the same on every attempt, for receivers to deduplicate.",
-      }),
+    id: z.string().openapi({
+      description: "Also the `webhook-id` header: the same on every attempt, for receivers to deduplicate.",
+    }),
     object: z.literal("webhook_delivery"),
     event: z.string(),
     url: z.string(),

@@ -29,10 +29,15 @@ import { median } from "./stats.ts";
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ZOO = join(HERE, "..", "models");
 const { values: args } = parseArgs({
-  options: { bundle: { type: "string" }, rounds: { type: "string", default: "7" }, "join-fraction": { type: "string", default: String(DEFAULT_ADDON_JOIN_FRACTION) } },
+  options: {
+    bundle: { type: "string" },
+    rounds: { type: "string", default: "7" },
+    "join-fraction": { type: "string", default: String(DEFAULT_ADDON_JOIN_FRACTION) },
+  },
 });
 const trained = join(ZOO, "tiny-shapes-lcm");
-const bundle = args.bundle ?? (existsSync(join(trained, "manifest.json")) ? trained : join(ZOO, "tiny-shapes-random-lcm"));
+const bundle =
+  args.bundle ?? (existsSync(join(trained, "manifest.json")) ? trained : join(ZOO, "tiny-shapes-random-lcm"));
 const manifest = readManifest(bundle);
 const random = manifest.name.includes("random");
 const ROUNDS = Number(args.rounds);
@@ -56,7 +61,11 @@ function familyAddons() {
 const found = familyAddons();
 if (found.loras.length === 0) throw new Error(`no LoRA files for family ${manifest.family}`);
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-const loraOf = (i: number, scale = 0.8) => ({ sha256: sha(found.loras[i % found.loras.length]!), bytes: found.loras[i % found.loras.length]!, scale });
+const loraOf = (i: number, scale = 0.8) => ({
+  sha256: sha(found.loras[i % found.loras.length]!),
+  bytes: found.loras[i % found.loras.length]!,
+  scale,
+});
 
 function maskConditioning(dir: string): Float32Array {
   const rgb = new Uint8Array(64 * 64 * 3);
@@ -65,7 +74,12 @@ function maskConditioning(dir: string): Float32Array {
   return conditioningTensor(decodePng(encodePng(rgb, 64, 64)), cond);
 }
 
-const request = { prompt: "a large red circle on the left, blue background", seed: 3, sampler: "lcm" as const, steps: 4 };
+const request = {
+  prompt: "a large red circle on the left, blue background",
+  seed: 3,
+  sampler: "lcm" as const,
+  steps: 4,
+};
 /**
  * The merge-mode twin of the bundle (same weights, no LoRA branch inputs), built from the zoo's checkpoints by
  * `python -m zoo.export merge` into the git-ignored zoo/.work/bundles: 8 MB of float32 that a script regenerates in seconds.
@@ -75,8 +89,14 @@ function mergeBundle(): string | undefined {
   if (random) return undefined;
   if (!existsSync(join(dir, "manifest.json"))) {
     process.stderr.write(`building ${dir} (python -m zoo.export merge) ...\n`);
-    const r = spawnSync("/usr/bin/python3", ["-m", "zoo.export", "merge"], { cwd: join(HERE, ".."), stdio: ["ignore", "ignore", "inherit"] });
-    if (r.status !== 0) process.stderr.write("could not build the merge-mode bundle (needs /usr/bin/python3 with torch): merge rows skipped\n");
+    const r = spawnSync("/usr/bin/python3", ["-m", "zoo.export", "merge"], {
+      cwd: join(HERE, ".."),
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    if (r.status !== 0)
+      process.stderr.write(
+        "could not build the merge-mode bundle (needs /usr/bin/python3 with torch): merge rows skipped\n",
+      );
   }
   return existsSync(join(dir, "manifest.json")) ? dir : undefined;
 }
@@ -120,38 +140,84 @@ let coldMerges = 0;
 const configs: Config[] = [
   { label: "LCM-4, no add-on", addons: () => ({ addons: [none] }) },
   { label: "LCM-4, 1 LoRA (warm)", addons: () => ({ addons: [{ loras: [loraOf(0)], controlnets: [] }] }) },
-  { label: "LCM-4, 3 LoRAs stacked (warm)", addons: () => ({ addons: [{ loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] }] }) },
+  {
+    label: "LCM-4, 3 LoRAs stacked (warm)",
+    addons: () => ({ addons: [{ loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] }] }),
+  },
   ...(found.controlnets.length
     ? [
         ...[false, true].flatMap((sequential) => [
           {
             label: `LCM-4, 1 ControlNet, ${sequential ? "in sequence" : "in parallel"}`,
             sequential,
-            addons: () => ({ addons: [{ loras: [], controlnets: [{ dir: found.controlnets[0]!, conditioning: maskConditioning(found.controlnets[0]!), scale: 1 }] }] }),
+            addons: () => ({
+              addons: [
+                {
+                  loras: [],
+                  controlnets: [
+                    { dir: found.controlnets[0]!, conditioning: maskConditioning(found.controlnets[0]!), scale: 1 },
+                  ],
+                },
+              ],
+            }),
           },
           {
             label: `LCM-4, 2 ControlNets, ${sequential ? "in sequence" : "in parallel"}`,
             sequential,
-            addons: () => ({ addons: [{ loras: [], controlnets: [0, 1].map(() => ({ dir: found.controlnets[0]!, conditioning: maskConditioning(found.controlnets[0]!), scale: 0.5 })) }] }),
+            addons: () => ({
+              addons: [
+                {
+                  loras: [],
+                  controlnets: [0, 1].map(() => ({
+                    dir: found.controlnets[0]!,
+                    conditioning: maskConditioning(found.controlnets[0]!),
+                    scale: 0.5,
+                  })),
+                },
+              ],
+            }),
           },
         ]),
       ]
     : []),
   // The same worker's baseline: the hot rows run on a worker of their own.
   { label: "LCM-4, no add-on, on the hot-set worker", hot: true, addons: () => ({ addons: [none] }) },
-  { label: "LCM-4, 1 LoRA, hot set (merged into the branch model)", hot: true, addons: () => ({ addons: [{ loras: [loraOf(0)], controlnets: [] }] }) },
-  { label: "LCM-4, 3 LoRAs, hot set (merged into the branch model)", hot: true, addons: () => ({ addons: [{ loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] }] }) },
+  {
+    label: "LCM-4, 1 LoRA, hot set (merged into the branch model)",
+    hot: true,
+    addons: () => ({ addons: [{ loras: [loraOf(0)], controlnets: [] }] }),
+  },
+  {
+    label: "LCM-4, 3 LoRAs, hot set (merged into the branch model)",
+    hot: true,
+    addons: () => ({ addons: [{ loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] }] }),
+  },
   ...(merged
     ? [
-        { label: "LCM-4, 1 LoRA merged (warm: merged session cached)", bundle: merged, addons: () => ({ addons: [{ loras: [loraOf(0)], controlnets: [] }] }) },
-        { label: "LCM-4, 3 LoRAs merged (warm: merged session cached)", bundle: merged, addons: () => ({ addons: [{ loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] }] }) },
+        {
+          label: "LCM-4, 1 LoRA merged (warm: merged session cached)",
+          bundle: merged,
+          addons: () => ({ addons: [{ loras: [loraOf(0)], controlnets: [] }] }),
+        },
+        {
+          label: "LCM-4, 3 LoRAs merged (warm: merged session cached)",
+          bundle: merged,
+          addons: () => ({ addons: [{ loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] }] }),
+        },
         // A new add-on set every time (the scale differs): merge into the weights and build a session, per request.
-        { label: "LCM-4, 1 LoRA merged (cold: merge + session rebuild)", bundle: merged, addons: () => ({ addons: [{ loras: [loraOf(0, 0.8 + ++coldMerges * 1e-4)], controlnets: [] }] }) },
+        {
+          label: "LCM-4, 1 LoRA merged (cold: merge + session rebuild)",
+          bundle: merged,
+          addons: () => ({ addons: [{ loras: [loraOf(0, 0.8 + ++coldMerges * 1e-4)], controlnets: [] }] }),
+        },
       ]
     : []),
   ...[50, 200].flatMap((delay) => [
     { label: `LCM-4, cold LoRA, ${delay} ms storage, loaded first`, addons: () => ({ addons: coldFetch(delay)() }) },
-    { label: `LCM-4, cold LoRA, ${delay} ms storage, overlapped (join by step ${JOIN_STEP})`, addons: () => ({ addons: coldFetch(delay)(), joinFraction: JOIN }) },
+    {
+      label: `LCM-4, cold LoRA, ${delay} ms storage, overlapped (join by step ${JOIN_STEP})`,
+      addons: () => ({ addons: coldFetch(delay)(), joinFraction: JOIN }),
+    },
   ]),
 ];
 
@@ -171,7 +237,11 @@ for (const c of configs) {
   const mergeable = mergesLoras(c);
   for (let i = 0, merged = false; i < (mergeable ? 20 : 1) && !(mergeable && merged); i++) {
     const { addons, joinFraction } = c.addons();
-    await poolFor(c).generate(c.bundle ?? bundle, request, { addons, ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}), onAddonsJoined: (_, m) => (merged = m) });
+    await poolFor(c).generate(c.bundle ?? bundle, request, {
+      addons,
+      ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}),
+      onAddonsJoined: (_, m) => (merged = m),
+    });
     if (mergeable) hotWarmup++;
   }
 }
@@ -181,11 +251,15 @@ for (let round = 0; round < ROUNDS; round++) {
     const c = configs[(k + round) % configs.length]!;
     const start = performance.now();
     const { addons, joinFraction } = c.addons();
-    await poolFor(c).generate(c.bundle ?? bundle, { ...request, seed: request.seed + round }, {
-      addons,
-      ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}),
-      onAddonsJoined: (_, m) => mergesLoras(c) && (hotRuns++, (hotMerged += m ? 1 : 0)),
-    });
+    await poolFor(c).generate(
+      c.bundle ?? bundle,
+      { ...request, seed: request.seed + round },
+      {
+        addons,
+        ...(joinFraction !== undefined ? { addonJoinFraction: joinFraction } : {}),
+        onAddonsJoined: (_, m) => mergesLoras(c) && (hotRuns++, (hotMerged += m ? 1 : 0)),
+      },
+    );
     samples.get(c.label)!.push(performance.now() - start);
   }
 }
@@ -193,9 +267,15 @@ for (let round = 0; round < ROUNDS; round++) {
 let agreement = "";
 if (merged) {
   const three = { loras: [loraOf(0), loraOf(1), loraOf(2)], controlnets: [] };
-  const [a, b] = [await pool.generate(bundle, request, { addons: [three] }), await pool.generate(merged, request, { addons: [three] })];
-  let maxDiff = 0, norm = 0;
-  a.latents.forEach((v, i) => ((maxDiff = Math.max(maxDiff, Math.abs(v - b.latents[i]!))), (norm = Math.max(norm, Math.abs(v)))));
+  const [a, b] = [
+    await pool.generate(bundle, request, { addons: [three] }),
+    await pool.generate(merged, request, { addons: [three] }),
+  ];
+  let maxDiff = 0,
+    norm = 0;
+  a.latents.forEach(
+    (v, i) => ((maxDiff = Math.max(maxDiff, Math.abs(v - b.latents[i]!))), (norm = Math.max(norm, Math.abs(v)))),
+  );
   agreement = `Stacked against merged, 3 LoRAs, same seed: final latents differ by at most ${maxDiff.toExponential(2)} (latents up to ${norm.toFixed(2)} in magnitude).`;
 }
 await Promise.all([pool.close(), sequentialPool.close(), hotPool.close()]);
@@ -206,13 +286,19 @@ const rows = configs.map((c) => {
   return `| ${c.label} | ${m.toFixed(1)} | ${Math.min(...samples.get(c.label)!).toFixed(1)} | ${(((m - base) / base) * 100).toFixed(1)}% |`;
 });
 const cold = (delay: number, overlapped: boolean) =>
-  median(samples.get(`LCM-4, cold LoRA, ${delay} ms storage, ${overlapped ? `overlapped (join by step ${JOIN_STEP})` : "loaded first"}`)!);
+  median(
+    samples.get(
+      `LCM-4, cold LoRA, ${delay} ms storage, ${overlapped ? `overlapped (join by step ${JOIN_STEP})` : "loaded first"}`,
+    )!,
+  );
 const hidden = (delay: number) => ((cold(delay, false) - cold(delay, true)) / delay) * 100;
 const report = `# Add-on serving benchmark
 
 Bundle: \`${relative(join(HERE, ".."), bundle)}\`${random ? " — **randomly initialised test bundle** (timings only: the trained family was not exported yet)" : ""}.
 Command: \`npm run bench:addons -w gpu-runner -- --rounds ${ROUNDS}\`; one inference worker (1 thread); ${ROUNDS} interleaved rounds after a warm-up, each starting at the next configuration;
-load average at the end ${loadavg().map((l) => l.toFixed(2)).join(" / ")} (other work on the machine raises it).
+load average at the end ${loadavg()
+  .map((l) => l.toFixed(2))
+  .join(" / ")} (other work on the machine raises it).
 Latency is request to PNG through the worker pool (text encoding, 4 LCM steps, VAE, PNG, add-on application).
 
 | configuration | median ms | best ms | vs no add-on |

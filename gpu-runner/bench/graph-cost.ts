@@ -15,9 +15,15 @@ import type { ModelManifest } from "@imagegen/formats/manifest";
 import { median } from "./stats.ts";
 
 const { values: args } = parseArgs({
-  options: { a: { type: "string" }, b: { type: "string" }, rounds: { type: "string", default: "200" }, out: { type: "string" } },
+  options: {
+    a: { type: "string" },
+    b: { type: "string" },
+    rounds: { type: "string", default: "200" },
+    out: { type: "string" },
+  },
 });
-if (!args.a || !args.b) throw new Error("usage: graph-cost.ts --a <bundle dir> --b <bundle dir> [--rounds n] [--out file.md]");
+if (!args.a || !args.b)
+  throw new Error("usage: graph-cost.ts --a <bundle dir> --b <bundle dir> [--rounds n] [--out file.md]");
 const ROUNDS = Number(args.rounds);
 
 /** The symbolic axes of an Optimum export's U-Net (gpu-runner/src/import/), sized as the SD fixtures' 64×64 run. */
@@ -29,14 +35,24 @@ async function open(dir: string) {
   // Read, not validated: only the unet component is needed (a bundle half-written by an experiment will do).
   const m = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")) as ModelManifest;
   const spec = m.components.unet!;
-  const session = await ort.InferenceSession.create(join(dir, spec.path), { intraOpNumThreads: 1, interOpNumThreads: 1 });
+  const session = await ort.InferenceSession.create(join(dir, spec.path), {
+    intraOpNumThreads: 1,
+    interOpNumThreads: 1,
+  });
   const feeds = (batch: number) => {
     const f: Record<string, ort.Tensor> = {};
     for (const t of spec.inputs) {
       // Symbolic dims: batch, an imported export's own axes (an 8×8 latent, 77 tokens), or a LoRA rank (0: no LoRA).
-      const dims = t.shape.map((d) => (typeof d === "number" ? d : d === "batch" || d === "batch_size" ? batch : (IMPORTED_AXES[d] ?? 0)));
+      const dims = t.shape.map((d) =>
+        typeof d === "number" ? d : d === "batch" || d === "batch_size" ? batch : (IMPORTED_AXES[d] ?? 0),
+      );
       const n = dims.reduce((a, d) => a * d, 1);
-      const data = t.name === "timestep" ? new Float32Array(n).fill(500) : t.name.includes("residual") || isLora(t.name) ? new Float32Array(n) : Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
+      const data =
+        t.name === "timestep"
+          ? new Float32Array(n).fill(500)
+          : t.name.includes("residual") || isLora(t.name)
+            ? new Float32Array(n)
+            : Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
       f[t.name] = new ort.Tensor("float32", data, dims);
     }
     return f;
@@ -71,14 +87,18 @@ for (const batch of [1, 2]) {
   }
   const ma = median(ta);
   const mb = median(tb);
-  rows.push(`| ${batch} | ${ma.toFixed(3)} | ${mb.toFixed(3)} | ${(((mb - ma) / ma) * 100).toFixed(1)}% | ${diff.toExponential(1)} |`);
+  rows.push(
+    `| ${batch} | ${ma.toFixed(3)} | ${mb.toFixed(3)} | ${(((mb - ma) / ma) * 100).toFixed(1)}% | ${diff.toExponential(1)} |`,
+  );
 }
 const report = `# U-Net graph cost with no LoRA (\`bench/graph-cost.ts\`)
 
 - a: \`${a.m.name}\` ${a.m.version}, ${a.loraInputs} LoRA targets (\`${args.a}\`)
 - b: \`${b.m.name}\` ${b.m.version}, ${b.loraInputs} LoRA targets (\`${args.b}\`)
 - ${ROUNDS} interleaved rounds per batch size, one intra-op thread, median ms of one \`unet\` call; every LoRA input at rank 0,
-  residuals zero. Load average at the end ${loadavg().map((l) => l.toFixed(2)).join(" / ")}.
+  residuals zero. Load average at the end ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" / ")}.
 
 | batch | a (ms) | b (ms) | b vs a | max |output a − output b| |
 |---|---|---|---|---|

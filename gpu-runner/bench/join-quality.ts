@@ -34,7 +34,12 @@ interface Config {
   joins: number[];
 }
 const CONFIGS: Config[] = [
-  { label: "DDIM-50 + CFG 4", bundle: "tiny-shapes", request: { sampler: "ddim", steps: 50, guidance: 4 }, joins: [0, 3, 5, 10, 20] },
+  {
+    label: "DDIM-50 + CFG 4",
+    bundle: "tiny-shapes",
+    request: { sampler: "ddim", steps: 50, guidance: 4 },
+    joins: [0, 3, 5, 10, 20],
+  },
   { label: "LCM-4", bundle: "tiny-shapes-lcm", request: { sampler: "lcm", steps: 4 }, joins: [0, 1, 2] },
 ];
 
@@ -42,7 +47,10 @@ const evaluator = await ImageEvaluator.load();
 const styles = evaluator.spec.styles;
 const loraFiles = styles.map((s) => join(ZOO, "tiny-shapes", "addons", `lora-${s}.safetensors`));
 const missing = loraFiles.filter((f) => !existsSync(f));
-if (missing.length) throw new Error(`bench:join needs the trained style LoRAs (missing ${missing.map((f) => relative(ZOO, f)).join(", ")})`);
+if (missing.length)
+  throw new Error(
+    `bench:join needs the trained style LoRAs (missing ${missing.map((f) => relative(ZOO, f)).join(", ")})`,
+  );
 const loras = loraFiles.map((f) => {
   const bytes = new Uint8Array(readFileSync(f));
   return { sha256: createHash("sha256").update(bytes).digest("hex"), bytes };
@@ -73,15 +81,23 @@ for (const config of CONFIGS) {
       prompt: styled,
       options: async (batch) => {
         if (!withLora) return {};
-        const addons: RequestAddons[] = batch.map((p) => ({ loras: [{ ...loras[styleOf(p)]!, scale: 1 }], controlnets: [] }));
-        const provider = await runtime.provider(bundle, batch.map(() => 1), addons);
+        const addons: RequestAddons[] = batch.map((p) => ({
+          loras: [{ ...loras[styleOf(p)]!, scale: 1 }],
+          controlnets: [],
+        }));
+        const provider = await runtime.provider(
+          bundle,
+          batch.map(() => 1),
+          addons,
+        );
         return { unetInputs: (step) => (step.stepIndex < k ? {} : provider!(step)) };
       },
     });
     rows.push({ config: config.label, join, q, ms: (performance.now() - t0) / N });
   };
   await measure("no LoRA (trigger word only)", false, 0);
-  for (const k of config.joins) await measure(k === 0 ? "joins at step 0 (warm)" : `joins at step ${k} of ${config.request.steps}`, true, k);
+  for (const k of config.joins)
+    await measure(k === 0 ? "joins at step 0 (warm)" : `joins at step ${k} of ${config.request.steps}`, true, k);
   await bundle.release();
 }
 
@@ -92,14 +108,17 @@ const choice = CONFIGS.filter((c) => rows.some((r) => r.config === c.label)).map
   let best = 0;
   for (const k of c.joins) {
     const r = mine.find((x) => x.join.includes(`step ${k}`))!;
-    if ((warm.styleDetected ?? 0) - (r.q.styleDetected ?? 0) <= 0.05 && warm.mean - r.q.mean <= 0.02) best = Math.max(best, k);
+    if ((warm.styleDetected ?? 0) - (r.q.styleDetected ?? 0) <= 0.05 && warm.mean - r.q.mean <= 0.02)
+      best = Math.max(best, k);
   }
   return { config: c, k: best, fraction: best / c.request.steps! };
 });
 
 const report = `# Bounded asynchronous loading: quality by join step
 
-Run ${started.toISOString()} by \`npm run bench:join -w gpu-runner\`; load average ${loadavg().map((l) => l.toFixed(2)).join(" / ")} at the end.
+Run ${started.toISOString()} by \`npm run bench:join -w gpu-runner\`; load average ${loadavg()
+  .map((l) => l.toFixed(2))
+  .join(" / ")} at the end.
 ${N} held-out prompts per row (seeds 5000 + index), each with its style's trigger word; the style LoRA (trained,
 scale 1) rotates over ${styles.join(", ")}. "Style detected": the evaluator sees the prompt's style. Attributes:
 mean accuracy over shape, colour, size, position, background.

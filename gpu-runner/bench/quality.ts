@@ -40,11 +40,19 @@ export async function scoreConfiguration(
   for (let i = 0; i < prompts.length; i += 16) {
     const chunk = prompts.slice(i, i + 16);
     const options = (await plan.options?.(chunk)) ?? {};
-    const results = await generateBatch(bundle, chunk.map((p, j) => ({ ...base, prompt: texts[i + j]!.text, seed: 5000 + p.index, n: 1 })), options);
+    const results = await generateBatch(
+      bundle,
+      chunk.map((p, j) => ({ ...base, prompt: texts[i + j]!.text, seed: 5000 + p.index, n: 1 })),
+      options,
+    );
     images.push(...results.map((r) => r.images[0]!));
   }
   const styles = texts.map((t) => t.styles ?? []);
-  return evaluator.score(images, prompts.map((p) => p.attributes), styles.some((l) => l.length) ? { styles } : {});
+  return evaluator.score(
+    images,
+    prompts.map((p) => p.attributes),
+    styles.some((l) => l.length) ? { styles } : {},
+  );
 }
 
 /** "0.997 · FD 396" */

@@ -36,7 +36,11 @@ const PROMPTS = [
 ];
 
 const { values: args } = parseArgs({
-  options: { bundle: { type: "string" }, rounds: { type: "string", default: "7" }, "quality-n": { type: "string", default: "128" } },
+  options: {
+    bundle: { type: "string" },
+    rounds: { type: "string", default: "7" },
+    "quality-n": { type: "string", default: "128" },
+  },
 });
 const ROUNDS = Number(args.rounds);
 const QUALITY_N = Number(args["quality-n"]);
@@ -69,9 +73,21 @@ const ROWS: Row[] = [
     cache: { mode: "deepcache", interval: 3, schedule: "non-uniform" },
     baseline: "DDIM-50 + CFG",
   },
-  { label: "LCM-4, DeepCache 2", sampler: "lcm", steps: 4, cache: { mode: "deepcache", interval: 2, schedule: "uniform" }, baseline: "LCM-4" },
+  {
+    label: "LCM-4, DeepCache 2",
+    sampler: "lcm",
+    steps: 4,
+    cache: { mode: "deepcache", interval: 2, schedule: "uniform" },
+    baseline: "LCM-4",
+  },
   { label: "LCM-8", sampler: "lcm", steps: 8, cache: null },
-  { label: "LCM-8, DeepCache 2", sampler: "lcm", steps: 8, cache: { mode: "deepcache", interval: 2, schedule: "uniform" }, baseline: "LCM-8" },
+  {
+    label: "LCM-8, DeepCache 2",
+    sampler: "lcm",
+    steps: 8,
+    cache: { mode: "deepcache", interval: 2, schedule: "uniform" },
+    baseline: "LCM-8",
+  },
 ];
 
 interface Choice {
@@ -93,7 +109,11 @@ function chooseBundle(sampler: SamplerName): Choice {
     const m = readManifest(args.bundle);
     return { dir: args.bundle, name: m.name, random: /random/.test(m.name), forced: !m.samplers.includes(sampler) };
   }
-  const dirs = existsSync(ZOO) ? readdirSync(ZOO).filter((d) => existsSync(join(ZOO, d, "manifest.json"))).sort() : [];
+  const dirs = existsSync(ZOO)
+    ? readdirSync(ZOO)
+        .filter((d) => existsSync(join(ZOO, d, "manifest.json")))
+        .sort()
+    : [];
   const manifests = dirs.flatMap((d) => {
     try {
       const m = readManifest(join(ZOO, d));
@@ -104,7 +124,11 @@ function chooseBundle(sampler: SamplerName): Choice {
   });
   const listing = manifests
     .filter(({ m }) => m.samplers.includes(sampler))
-    .sort((a, b) => Number(a.random) - Number(b.random) || Number(b.m.default_sampler === sampler) - Number(a.m.default_sampler === sampler));
+    .sort(
+      (a, b) =>
+        Number(a.random) - Number(b.random) ||
+        Number(b.m.default_sampler === sampler) - Number(a.m.default_sampler === sampler),
+    );
   const pick = listing[0];
   if (pick && !pick.random) return { dir: pick.dir, name: pick.m.name, random: false, forced: false };
   const trained = manifests.find(({ random, m }) => !random && m.prediction_type === "epsilon");
@@ -131,7 +155,8 @@ async function main(): Promise<void> {
   for (const row of ROWS) {
     const choice = chooseBundle(row.sampler);
     choices.set(row.label, choice);
-    if (!bundles.has(choice.dir)) bundles.set(choice.dir, await loadBundle(choice.dir, { executionProviders: ["cpu"], intraOpNumThreads: 1 }));
+    if (!bundles.has(choice.dir))
+      bundles.set(choice.dir, await loadBundle(choice.dir, { executionProviders: ["cpu"], intraOpNumThreads: 1 }));
   }
   const request = (row: Row, round: number): GenerationRequest => {
     const choice = choices.get(row.label)!;
@@ -142,7 +167,8 @@ async function main(): Promise<void> {
       sampler: row.sampler,
       steps: row.steps,
       // DDIM's baseline is guided: the model's default scale, or SD's 7.5 when the default is 1 (no guidance).
-      guidance: row.guidance ?? (row.sampler === "ddim" && m.guidance.default_scale <= 1 ? 7.5 : m.guidance.default_scale),
+      guidance:
+        row.guidance ?? (row.sampler === "ddim" && m.guidance.default_scale <= 1 ? 7.5 : m.guidance.default_scale),
       cache: row.cache,
       forceSampler: choice.forced,
     };
@@ -228,7 +254,10 @@ async function main(): Promise<void> {
   await twoThreads.release();
   const jobs = 8;
   const throughput = async (size: number, threads: number, allowSpinning = false) => {
-    const pool = new InferencePool({ size, session: { executionProviders: ["cpu"], intraOpNumThreads: threads, allowSpinning } });
+    const pool = new InferencePool({
+      size,
+      session: { executionProviders: ["cpu"], intraOpNumThreads: threads, allowSpinning },
+    });
     try {
       await Promise.all(Array.from({ length: size }, (_, i) => pool.generate(ddimDir, request(ddimRow, i)))); // load sessions
       const t0 = performance.now();
@@ -270,11 +299,15 @@ async function main(): Promise<void> {
   const lcmRuns = results.get("LCM-4")!;
   const measuredStep = Math.min(...lcmRuns.map((r) => r.timings.unetMs / r.steps)); // batch 1, no CFG
   const floorMs = (unetFlops.flops / matmul1) * 1000;
-  const cachedShare = split.unet_deep !== undefined ? (split.unet_head! + split.unet_tail!) / (split.unet_head! + split.unet_deep! + split.unet_tail!) : NaN;
+  const cachedShare =
+    split.unet_deep !== undefined
+      ? (split.unet_head! + split.unet_tail!) / (split.unet_head! + split.unet_deep! + split.unet_tail!)
+      : NaN;
 
   // Per-run time of each split part in DeepCache 3's fastest round (the sessions time their own runs).
   const dc3Best = best("DDIM-50 + CFG, DeepCache 3");
-  const avgMs = (c: "unet_head" | "unet_deep" | "unet_tail") => (dc3Best.componentMs[c] ?? NaN) / Math.max(1, dc3Best.componentRuns[c] ?? 0);
+  const avgMs = (c: "unet_head" | "unet_deep" | "unet_tail") =>
+    (dc3Best.componentMs[c] ?? NaN) / Math.max(1, dc3Best.componentRuns[c] ?? 0);
   const cachedStepMs = avgMs("unet_head") + avgMs("unet_tail");
   const fullSplitStepMs = cachedStepMs + avgMs("unet_deep");
   const wholeStepMs = stat("DDIM-50 + CFG", "unetMs") / 50;
@@ -283,7 +316,8 @@ async function main(): Promise<void> {
   const target = (ok: boolean) => (ok ? "met" : "**missed**");
   const deepCacheQualityLine = () => {
     const [plain, cached] = [qualityOf("DDIM-50 + CFG"), qualityOf("DDIM-50 + CFG, DeepCache 3")];
-    if (!plain || !cached) return `| … within 0.03 of its quality | not measured (${qualityCell("DDIM-50 + CFG, DeepCache 3")}) | — | latent change ${changeOf("DDIM-50 + CFG, DeepCache 3")} meanwhile`;
+    if (!plain || !cached)
+      return `| … within 0.03 of its quality | not measured (${qualityCell("DDIM-50 + CFG, DeepCache 3")}) | — | latent change ${changeOf("DDIM-50 + CFG, DeepCache 3")} meanwhile`;
     const drop = plain.mean - cached.mean;
     return `| … within 0.03 of its quality | ${cached.mean.toFixed(3)} vs ${plain.mean.toFixed(3)} uncached (${drop >= 0 ? "−" : "+"}${Math.abs(drop).toFixed(3)}) | ${target(drop <= 0.03)} | FD ${cached.fd.toFixed(0)} vs ${plain.fd.toFixed(0)}; latent change ${changeOf("DDIM-50 + CFG, DeepCache 3")}`;
   };
@@ -292,7 +326,9 @@ async function main(): Promise<void> {
 Run ${started.toISOString()} by \`npm run bench -w gpu-runner\` (${ROUNDS} interleaved rounds after one warm-up, one
 image per request, in-process on one thread per session; the serving path runs the same
 pipeline inside a worker). Machine: ${cpus()[0]?.model ?? "unknown CPU"}, ${availableParallelism()} cores, load average
-${loadavg().map((l) => l.toFixed(2)).join(" / ")} at the end (shared with other work: read ratios, not absolute times).
+${loadavg()
+  .map((l) => l.toFixed(2))
+  .join(" / ")} at the end (shared with other work: read ratios, not absolute times).
 
 ${
   anyRandom || anyForced
@@ -334,10 +370,14 @@ ${fmt(speedup("LCM-8", "LCM-8, DeepCache 2"), 2)}× on LCM-8 (latent change ${ch
 ${fmt(speedup("DDIM-50 + CFG", "DDIM-50 + CFG, DeepCache 2"), 2)}× on DDIM-50 (latent change ${changeOf("DDIM-50 + CFG, DeepCache 2")}). With few steps a
 cached step reuses a deep feature from a much noisier timestep (LCM-4 jumps 240–260 timesteps per step, DDIM-50
 jumps 20) and the fixed costs (text, VAE, PNG) weigh more. Measured here, caching on LCM-4 ${
-  speedup("LCM-4", "LCM-4, DeepCache 2") < speedup("DDIM-50 + CFG", "DDIM-50 + CFG, DeepCache 2") ? "saves less" : "saves as much or more"
-} and ${
-  Number(changeOf("LCM-4, DeepCache 2")) > Number(changeOf("DDIM-50 + CFG, DeepCache 2")) ? "moves the latents more" : "moves the latents no more"
-} than on DDIM-50${qualityOf("LCM-4") && qualityOf("LCM-4, DeepCache 2") ? ` (quality ${formatQuality(qualityOf("LCM-4")!)} uncached, ${formatQuality(qualityOf("LCM-4, DeepCache 2")!)} cached)` : " (whether the change is visible needs the evaluator on a trained LCM bundle)"}.
+    speedup("LCM-4", "LCM-4, DeepCache 2") < speedup("DDIM-50 + CFG", "DDIM-50 + CFG, DeepCache 2")
+      ? "saves less"
+      : "saves as much or more"
+  } and ${
+    Number(changeOf("LCM-4, DeepCache 2")) > Number(changeOf("DDIM-50 + CFG, DeepCache 2"))
+      ? "moves the latents more"
+      : "moves the latents no more"
+  } than on DDIM-50${qualityOf("LCM-4") && qualityOf("LCM-4, DeepCache 2") ? ` (quality ${formatQuality(qualityOf("LCM-4")!)} uncached, ${formatQuality(qualityOf("LCM-4, DeepCache 2")!)} cached)` : " (whether the change is visible needs the evaluator on a trained LCM bundle)"}.
 
 ## Threads per session
 
@@ -351,18 +391,22 @@ Best throughput here: ${poolSettings[poolResults.indexOf(Math.max(...poolResults
 ${Math.min(...latency2) > Math.min(...latency1) ? "slow a single image down" : "speed a single image up"} (${fmt(Math.min(...latency1))} → ${fmt(Math.min(...latency2))} ms): the U-Net's
 kernels are too small to split across threads, and on a shared CPU the second thread waits for a core. The runner
 keeps one thread per session with spinning off, and one worker per core so that jobs, not operators, fill the cores${
-  poolResults[3]! >= poolResults[0]!
-    ? "; two workers measured at least as fast as one here."
-    : `. Here one worker (${fmt(poolResults[0]!, 2)} images/s) beat two (${fmt(poolResults[3]!, 2)}): the second core was busy with other work
+    poolResults[3]! >= poolResults[0]!
+      ? "; two workers measured at least as fast as one here."
+      : `. Here one worker (${fmt(poolResults[0]!, 2)} images/s) beat two (${fmt(poolResults[3]!, 2)}): the second core was busy with other work
 (load average ${loadavg()[0]!.toFixed(1)} on ${availableParallelism()} cores), so a second worker only queued for it. On an idle machine two workers run
 the same U-Net at single-worker speed each (REFERENCE.md); size the pool to the cores the runner really has.`
-}
+  }
 
 ## Physical floor
 
 | quantity | value |
 |---|---|
-| U-Net FLOPs per step per image (Conv/MatMul/Gemm from the graph, \`${ddimBundle.manifest.name}\`) | ${fmt(unetFlops.flops / 1e6, 1)} MFLOP (${Object.entries(unetFlops.byOp).map(([op, f]) => `${op} ${fmt(f / 1e6, 1)}`).join(", ")}) |
+| U-Net FLOPs per step per image (Conv/MatMul/Gemm from the graph, \`${ddimBundle.manifest.name}\`) | ${fmt(unetFlops.flops / 1e6, 1)} MFLOP (${Object.entries(
+    unetFlops.byOp,
+  )
+    .map(([op, f]) => `${op} ${fmt(f / 1e6, 1)}`)
+    .join(", ")}) |
 | split for DeepCache: head / deep / tail | ${split.unet_deep !== undefined ? `${fmt(split.unet_head! / 1e6, 1)} / ${fmt(split.unet_deep / 1e6, 1)} / ${fmt(split.unet_tail! / 1e6, 1)} MFLOP; a cached step does ${pct(cachedShare, 1)} of a full step's work` : "not split"} |
 | DeepCache's FLOP bound on U-Net time, DDIM-50, intervals 2 / 3 / 5 | ${[2, 3, 5].map((k) => `${fmt(deepCacheBound(50, k, cachedShare), 2)}×`).join(" / ")} |
 | sustained MatMul 1024×1024×1024, 1 thread | ${fmt(matmul1 / 1e9, 1)} GFLOP/s |
