@@ -24,7 +24,8 @@ interface ProfileEvent {
   };
 }
 
-const shapeOf = (entry: Record<string, number[]> | undefined): number[] => (entry ? (Object.values(entry)[0] ?? []) : []);
+const shapeOf = (entry: Record<string, number[]> | undefined): number[] =>
+  entry ? (Object.values(entry)[0] ?? []) : [];
 const numel = (dims: number[]) => dims.reduce((a, b) => a * b, 1);
 
 /** Zero feeds for a component at batch 1 (dynamic rank axes at 0, as with no LoRA). */
@@ -35,7 +36,12 @@ function zeroFeeds(spec: ComponentSpec): Record<string, ort.Tensor> {
     const size = numel(dims);
     if (input.dtype === "int64") feeds[input.name] = new ort.Tensor("int64", new BigInt64Array(size).fill(500n), dims);
     else if (input.dtype === "int32") feeds[input.name] = new ort.Tensor("int32", new Int32Array(size).fill(500), dims);
-    else feeds[input.name] = new ort.Tensor("float32", new Float32Array(size).fill(input.name === "timestep" ? 500 : 0), dims);
+    else
+      feeds[input.name] = new ort.Tensor(
+        "float32",
+        new Float32Array(size).fill(input.name === "timestep" ? 500 : 0),
+        dims,
+      );
   }
   return feeds;
 }
@@ -151,7 +157,10 @@ export async function runOverheadPerInput(runs = 2000): Promise<{ baseUs: number
     });
     const session = await ort.InferenceSession.create(model, { intraOpNumThreads: 1 });
     const feeds = Object.fromEntries(
-      names.map((name, i) => [name, new ort.Tensor("float32", new Float32Array(i === 0 ? 16 : 0), [1, i === 0 ? 16 : 0])]),
+      names.map((name, i) => [
+        name,
+        new ort.Tensor("float32", new Float32Array(i === 0 ? 16 : 0), [1, i === 0 ? 16 : 0]),
+      ]),
     );
     for (let i = 0; i < 100; i++) await session.run(feeds);
     const start = performance.now();
