@@ -52,8 +52,15 @@ export interface FlopCount {
   byOp: Record<string, number>;
 }
 
-/** Counts one run's FLOPs at batch 1 by profiling an unoptimised session (so node indices match the file). */
-export async function countFlops(modelPath: string, spec: ComponentSpec): Promise<FlopCount> {
+/**
+ * Counts one run's FLOPs by profiling an unoptimised session (so node indices match the file), at batch 1 with
+ * symbolic axes at 1 unless `feeds` gives the real shapes (an imported export's height, width and tokens are symbolic).
+ */
+export async function countFlops(
+  modelPath: string,
+  spec: ComponentSpec,
+  feeds?: Record<string, ort.Tensor>,
+): Promise<FlopCount> {
   const graph = readOnnxGraph(readFileSync(modelPath));
   const dir = mkdtempSync(join(tmpdir(), "flops-"));
   const session = await ort.InferenceSession.create(modelPath, {
@@ -62,7 +69,7 @@ export async function countFlops(modelPath: string, spec: ComponentSpec): Promis
     profileFilePrefix: join(dir, "profile"),
     intraOpNumThreads: 1,
   });
-  await session.run(zeroFeeds(spec));
+  await session.run(feeds ?? zeroFeeds(spec));
   session.endProfiling();
   await session.release();
   const file = readdirSync(dir).find((f) => f.endsWith(".json"));

@@ -81,6 +81,7 @@ def test_missing_headers_and_bad_secrets_fail():
 def test_agrees_with_the_official_package():
     """Against the official `standardwebhooks` package (in .ci/.venv, which .ci/run creates)."""
     import standardwebhooks.webhooks as official  # .ci/run installs it: a check that cannot run fails
+
     now = int(time.time())
     ours = {k.lower(): v for k, v in headers(timestamp=now).items()}
     assert official.Webhook(SECRET).verify(BODY, ours) == json.loads(BODY)
