@@ -8,7 +8,7 @@ import type { Provenance, Timings } from "@imagegen/contracts/generations";
 import { and, desc, eq, gte, inArray, lt, sql } from "drizzle-orm";
 import { transaction } from "../batch.ts";
 import type { Db } from "../index.ts";
-import { images, jobs, usageCounters } from "../schema.ts";
+import { images, jobs, type JobStatus } from "../schema.ts";
 import { utcDay } from "./usage.ts";
 
 export type Job = typeof jobs.$inferSelect;
