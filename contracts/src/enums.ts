@@ -59,9 +59,38 @@ export const WEBHOOK_DELIVERY_STATUSES = ["pending", "delivered", "failed"] as c
 /** What a webhook announces: `generation.<terminal status>`. */
 export const WEBHOOK_EVENT_TYPES = ["generation.succeeded", "generation.failed", "generation.canceled"] as const;
 
-/** The `type` of the one error body; the HTTP status goes with it. */
+/** Every failure code, and whether a job that failed with it goes back to the queue. */
+export const FAILURE_CODES = {
+  /** A model bundle or a ControlNet bundle that does not load or lies about its tensors. */
+  bundle_invalid: false,
+  /** The lease named a model this runner has no bundle for. */
+  model_not_served: false,
+  /** The execution providers asked for cannot run on this machine. */
+  execution_provider_unavailable: false,
+  /** The sampler does not fit the model (not listed in its manifest, or the wrong prediction type). */
+  sampler_mismatch: false,
+  /** The request does not validate. */
+  request_invalid: false,
+  /** The request cannot be generated on this model (size, batch, U-Net inputs). */
+  generation_failed: false,
+  lora_invalid: false,
+  control_image_invalid: false,
+  /** An add-on file whose bytes are not the ones its sha256 names. */
+  addon_integrity: false,
+  /** An add-on file that is not what its kind needs (a ControlNet archive without a bundle). */
+  addon_invalid: false,
+  /** Anything unforeseen (network, storage, a worker that died): another attempt may well succeed. */
+  runner_error: true,
+  /** The runner shut down mid-job and hands it back. */
+  runner_shutdown: true,
+  /** Storage failed the uploads (`STORAGE_UNAVAILABLE` in contracts): requeued, no attempt counted. */
+  storage_unavailable: true,
+} as const satisfies Record<string, boolean>;
+
+export type FailureCode = keyof typeof FAILURE_CODES;
+
 /**
- * Runner failure codes (gpu-runner/src/errors.ts FAILURE_CODES) caused by what the tenant sent: the same request
+ * Runner failure codes (FAILURE_CODES above) caused by what the tenant sent: the same request
  * fails the same way again, so the synchronous OpenAI-compatible face answers them 400, not 500.
  */
 export const INPUT_FAILURE_CODES = [
@@ -71,8 +100,9 @@ export const INPUT_FAILURE_CODES = [
   "lora_invalid",
   "control_image_invalid",
   "addon_invalid",
-] as const;
+] as const satisfies readonly FailureCode[];
 
+/** The `type` of the one error body; the HTTP status goes with it. */
 export const ERROR_TYPES = [
   "invalid_request_error",
   "authentication_error",

@@ -374,7 +374,7 @@ describe("the whole stack, on loopback", () => {
       .generate({ ...params, size: "100x100" } as unknown as OpenAI.ImageGenerateParamsNonStreaming)
       .catch((e) => e);
     expect(bad).toBeInstanceOf(OpenAI.BadRequestError);
-    expect(bad.param).toBe("width");
+    expect(bad.param).toBe("size"); // the OpenAI request names a size, not a width (issue 22)
     const wrongKey = await new OpenAI({ apiKey: "igk_nope", baseURL: `${stack.edgeUrl}/v1`, maxRetries: 0 }).images
       .generate({ prompt: "x" })
       .catch((e) => e);
