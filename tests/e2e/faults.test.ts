@@ -27,10 +27,12 @@ describe("faults", () => {
       seed: 5,
     });
     expect(job.status).toBe(202);
-    await waitFor(
-      "the job to start",
-      async () => (await api(stack, "GET", `/v1/generations/${job.body.id}`, stack.apiKey)).body.status === "running",
-    );
+    // Killed mid-job, not between lease and acknowledgement: a lease the runner never acknowledged costs no attempt
+    // (issue 20), so wait until the runner has acknowledged it and its attempt counts.
+    await waitFor("the job to start", async () => {
+      const r = (await api(stack, "GET", `/v1/generations/${job.body.id}`, stack.apiKey)).body;
+      return r.status === "running" && r.attempts === 1;
+    });
     doomed.kill("SIGKILL");
     const survivor = await spawnRunner(stack, "survivor");
     try {
