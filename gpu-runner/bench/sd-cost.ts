@@ -78,18 +78,19 @@ export async function importForBench(
   return { dir, ms: performance.now() - start };
 }
 
-/** The settings a fixture's `reference/base.safetensors` was made with (make_references.py), as a runner request. */
-export function referenceRequest(family: string): GenerationRequest {
-  const bytes = new Uint8Array(readFileSync(join(FIXTURES, family, "reference", "base.safetensors")));
-  const s = JSON.parse(parseHeader(bytes, bytes.length).metadata.settings!) as {
-    prompt: string;
-    negative_prompt: string | null;
-    scheduler: string;
-    steps: number;
-    guidance_scale: number;
-    height: number;
-    width: number;
-  };
+/** The settings make_references.py records in a reference's `__metadata__.settings`. */
+export interface ReferenceSettings {
+  prompt: string;
+  negative_prompt: string | null;
+  scheduler: string;
+  steps: number;
+  guidance_scale: number;
+  height: number;
+  width: number;
+}
+
+/** The runner's request for the same run: prompt, negative prompt, sampler of the scheduler class, steps, guidance, size. */
+export function requestFromSettings(s: ReferenceSettings): GenerationRequest {
   return {
     prompt: s.prompt,
     negative_prompt: s.negative_prompt ?? "",
@@ -100,6 +101,12 @@ export function referenceRequest(family: string): GenerationRequest {
     width: s.width,
     height: s.height,
   };
+}
+
+/** The settings a fixture's `reference/base.safetensors` was made with (make_references.py), as a runner request. */
+export function referenceRequest(family: string): GenerationRequest {
+  const bytes = new Uint8Array(readFileSync(join(FIXTURES, family, "reference", "base.safetensors")));
+  return requestFromSettings(JSON.parse(parseHeader(bytes, bytes.length).metadata.settings!) as ReferenceSettings);
 }
 
 export interface RunLog {

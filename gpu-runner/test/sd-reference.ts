@@ -6,26 +6,16 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseHeader, readFloatTensor, type SafetensorsHeader } from "@imagegen/formats/safetensors";
 import { expect } from "vitest";
-import { toNhwc01 } from "../bench/sd-cost.ts";
+import { type ReferenceSettings, requestFromSettings, toNhwc01 } from "../bench/sd-cost.ts";
 import type { Bundle } from "../src/pipeline/bundle.ts";
 import { generate, type GenerateOptions } from "../src/pipeline/pipeline.ts";
 import type { GenerationRequest } from "../src/pipeline/request.ts";
 import type { TextConditioning } from "../src/pipeline/text.ts";
-import { SCHEDULER_CLASSES } from "../src/samplers/index.ts";
 import type { NoiseSource } from "../src/samplers/types.ts";
 
 export const SD_FIXTURES = join(import.meta.dirname, "fixtures", "sd");
 
-/** `__metadata__.settings` of a reference: the run's settings as JSON. */
-export interface ReferenceSettings {
-  prompt: string;
-  negative_prompt: string | null;
-  scheduler: string;
-  steps: number;
-  guidance_scale: number;
-  height: number;
-  width: number;
-}
+export type { ReferenceSettings };
 
 export class Reference {
   readonly header: SafetensorsHeader;
@@ -56,17 +46,7 @@ export class Reference {
 
   /** The runner's request for the same run: prompt, negative prompt, sampler of the scheduler class, steps, guidance, size. */
   request(): GenerationRequest {
-    const s = this.settings;
-    return {
-      prompt: s.prompt,
-      negative_prompt: s.negative_prompt ?? "",
-      seed: 0,
-      sampler: SCHEDULER_CLASSES[s.scheduler]!,
-      steps: s.steps,
-      guidance: s.guidance_scale,
-      width: s.width,
-      height: s.height,
-    };
+    return requestFromSettings(this.settings);
   }
 }
 
