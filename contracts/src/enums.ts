@@ -50,7 +50,8 @@ export const ENABLED_STATUSES = ["active", "disabled"] as const;
 /** A runner as the operator sees it: its stored status, or `revoked` once its token was revoked (final). */
 export const RUNNER_STATUSES = [...ENABLED_STATUSES, "revoked"] as const;
 
-export const USER_ROLES = ["owner", "member"] as const;
+/** member: uses; admin: + keys, add-on writes, webhooks; owner: + users and invites. */
+export const USER_ROLES = ["owner", "admin", "member"] as const;
 
 export const SCOPES = ["generations:write", "generations:read", "addons:write", "addons:read", "keys:write"] as const;
 

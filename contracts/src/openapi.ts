@@ -12,6 +12,8 @@ interface Surface {
   title: string;
   description: string;
   credential: string;
+  /** A session cookie that authenticates as well (the dashboard's), if the surface has one. */
+  cookie?: { name: string; description: string };
 }
 
 const SURFACES: Record<OpenApiSurface, Surface> = {
@@ -20,6 +22,10 @@ const SURFACES: Record<OpenApiSurface, Surface> = {
     title: "imagegen API",
     description: "Multi-tenant image generation with LoRA and ControlNet add-ons, few-step samplers and block caching.",
     credential: "An API key (igk_…)",
+    cookie: {
+      name: "ig_session",
+      description: "The dashboard's session (POST /v1/auth/signin); state changes also need the X-CSRF-Token header",
+    },
   },
   admin: {
     prefix: "/admin/v1/",
@@ -81,12 +87,17 @@ export function surfaceDocument(full: OpenApiDocument, surface: OpenApiSurface):
       if (reached.has(`#/components/${kind}/${name}`)) (components[kind] ??= {})[name] = value;
     }
   }
-  components.securitySchemes = { bearerAuth: { type: "http", scheme: "bearer", description: s.credential } };
+  components.securitySchemes = {
+    bearerAuth: { type: "http", scheme: "bearer", description: s.credential },
+    ...(s.cookie
+      ? { cookieAuth: { type: "apiKey", in: "cookie", name: s.cookie.name, description: s.cookie.description } }
+      : {}),
+  };
   return {
     openapi: "3.1.0",
     info: { title: s.title, version: OPENAPI_VERSION, description: s.description },
     servers: [{ url: "/" }],
-    security: [{ bearerAuth: [] }],
+    security: s.cookie ? [{ bearerAuth: [] }, { cookieAuth: [] }] : [{ bearerAuth: [] }],
     paths,
     components,
   };

@@ -47,11 +47,83 @@ export const users = sqliteTable(
     tenantId: text("tenant_id")
       .notNull()
       .references(() => tenants.id),
+    /** Lower-cased; unique across tenants, since signing in names only the email. */
     email: text("email").notNull(),
+    name: text("name").notNull().default(""),
     role: text("role", { enum: USER_ROLES }).notNull().default("member"),
+    /** "pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>" (edge/src/users/password.ts). */
+    passwordHash: text("password_hash"),
     createdAt: integer("created_at").notNull(),
   },
-  (t) => [uniqueIndex("users_tenant_email").on(t.tenantId, t.email)],
+  (t) => [
+    uniqueIndex("users_email").on(t.email), // sign-in
+    index("users_tenant").on(t.tenantId, t.createdAt), // user list, last-owner checks
+  ],
+);
+
+/** Dashboard sessions: the cookie holds a random token, stored here hashed like API keys. */
+export const sessions = sqliteTable(
+  "sessions",
+  {
+    id: text("id").primaryKey(),
+    /** SHA-256 of the cookie's token, hex. */
+    tokenHash: text("token_hash").notNull(),
+    userId: text("user_id")
+      .notNull()
+      .references(() => users.id),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
+    /** Sent back as X-CSRF-Token on state changes; not a credential alone (the cookie is). */
+    csrfToken: text("csrf_token").notNull(),
+    createdAt: integer("created_at").notNull(),
+    /** Sliding idle expiry counts from here (touched at most once a minute). */
+    lastSeenAt: integer("last_seen_at").notNull(),
+    /** Absolute expiry. */
+    expiresAt: integer("expires_at").notNull(),
+  },
+  (t) => [
+    uniqueIndex("sessions_token_hash").on(t.tokenHash), // every cookie-authenticated request
+    index("sessions_user").on(t.userId), // sign-out everywhere, password change
+  ],
+);
+
+export const invites = sqliteTable(
+  "invites",
+  {
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
+    email: text("email").notNull(),
+    role: text("role", { enum: USER_ROLES }).notNull().default("member"),
+    /** SHA-256 of the invite token, hex: the token is in the link, shown once. */
+    tokenHash: text("token_hash").notNull(),
+    /** A user id, or "admin" for the operator's bootstrap invite. */
+    createdBy: text("created_by").notNull(),
+    createdAt: integer("created_at").notNull(),
+    expiresAt: integer("expires_at").notNull(),
+    usedAt: integer("used_at"),
+  },
+  (t) => [
+    uniqueIndex("invites_token_hash").on(t.tokenHash), // sign-up
+    index("invites_tenant").on(t.tenantId, t.createdAt), // invite list
+  ],
+);
+
+/** Failed sign-ins, for lockout per email and per client address; old rows are pruned as new ones come. */
+export const loginAttempts = sqliteTable(
+  "login_attempts",
+  {
+    id: text("id").primaryKey(),
+    email: text("email").notNull(),
+    ip: text("ip").notNull(),
+    createdAt: integer("created_at").notNull(),
+  },
+  (t) => [
+    index("login_attempts_email").on(t.email, t.createdAt), // lockout by email
+    index("login_attempts_ip").on(t.ip, t.createdAt), // lockout by address
+  ],
 );
 
 export const apiKeys = sqliteTable(

@@ -1,11 +1,21 @@
 import { OpenAPIHono, type Hook } from "@hono/zod-openapi";
-import type { Db, apiKeysTable, runnersTable, tenantsTable } from "@imagegen/db";
+import type { Scope } from "@imagegen/contracts/keys";
+import type { Db, apiKeysTable, runnersTable, sessionsTable, tenantsTable, usersTable } from "@imagegen/db";
 import type { Env as Bindings, Settings } from "./env.ts";
 import { ApiError } from "./errors.ts";
 
+/** Who calls the public API: a program with an API key, or a person signed in to the dashboard (session cookie). */
 export interface TenantAuth {
   tenant: tenantsTable.Tenant;
-  key: apiKeysTable.ApiKey;
+  /** Set when an API key authenticated the request. */
+  key?: apiKeysTable.ApiKey;
+  /** Set (with `session`) when a session cookie did. */
+  user?: usersTable.User;
+  session?: sessionsTable.Session;
+  /** The key's scopes, or those of the user's role (edge/src/users/roles.ts). */
+  scopes: readonly Scope[];
+  /** Who acts, for the audit log: the key's id or the user's id. */
+  actor: string;
 }
 
 export type AppEnv = {

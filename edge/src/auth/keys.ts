@@ -34,6 +34,8 @@ export async function createKey(
   tenant: tenantsTable.Tenant,
   body: z.infer<typeof CreateKeyBody>,
   actor: string,
+  /** The signed-in user who made it, if a person did. */
+  userId?: string,
 ) {
   const tenantId = tenant.id;
   const secret = newSecret(API_KEY_PREFIX);
@@ -44,6 +46,7 @@ export async function createKey(
     {
       id: newId("key", now),
       tenantId,
+      userId: userId ?? null,
       name: body.name,
       prefix: displayPrefix(secret),
       hash: await sha256Hex(secret),

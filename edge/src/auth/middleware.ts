@@ -1,15 +1,27 @@
 import type { Scope } from "@imagegen/contracts/keys";
 import type { MiddlewareHandler } from "hono";
-import { apiKeysTable, runnersTable } from "@imagegen/db";
-import type { AppEnv } from "../context.ts";
+import { apiKeysTable, type Db, runnersTable, sessionsTable } from "@imagegen/db";
+import type { AppEnv, TenantAuth } from "../context.ts";
+import { insufficientRole } from "../users/roles.ts";
+import { authenticateSession, SESSION_IDLE_MS, sessionCookie } from "../users/sessions.ts";
 import { ApiError } from "../errors.ts";
 import { sha256Hex, timingSafeEqualHex } from "../lib/crypto.ts";
 import { API_KEY_PREFIX, bearer, RUNNER_TOKEN_PREFIX } from "./secrets.ts";
 
-/** Tenant API: `Authorization: Bearer igk_…`. Revoked, expired or unknown keys all fail the same way. */
+/**
+ * Tenant API: `Authorization: Bearer igk_…` (programs), else the dashboard's session cookie (people; CSRF-checked on
+ * state changes, see edge/src/users/sessions.ts). Revoked, expired or unknown keys all fail the same way.
+ */
 export const tenantAuth = (): MiddlewareHandler<AppEnv> => async (c, next) => {
   const secret = bearer(c.req.header("authorization"));
-  if (!secret) throw ApiError.unauthenticated("Missing API key: send 'Authorization: Bearer <api key>'.");
+  if (!secret) {
+    const cookie = sessionCookie(c);
+    if (cookie) {
+      c.set("auth", await authenticateSession(c, cookie));
+      return next();
+    }
+    throw ApiError.unauthenticated("Missing API key: send 'Authorization: Bearer <api key>' (or sign in).");
+  }
   if (secret.startsWith(`${RUNNER_TOKEN_PREFIX}_`)) {
     throw ApiError.unauthenticated("A runner token cannot call the public API; use an API key.");
   }
@@ -24,15 +36,23 @@ export const tenantAuth = (): MiddlewareHandler<AppEnv> => async (c, next) => {
     throw new ApiError(401, "authentication_error", "api_key_expired", "This API key has expired.");
   }
   if (found.tenant.status !== "active") throw ApiError.forbidden("tenant_suspended", "This tenant is suspended.");
-  c.set("auth", { tenant: found.tenant, key: found.key });
+  c.set("auth", { tenant: found.tenant, key: found.key, scopes: found.key.scopes, actor: found.key.id });
   c.executionCtx.waitUntil(apiKeysTable.touchKey(c.var.db, found.key.id, now));
   await next();
 };
 
-export function requireScope(c: { var: AppEnv["Variables"] }, scope: Scope): void {
-  if (!c.var.auth.key.scopes.includes(scope)) {
-    throw ApiError.forbidden("missing_scope", `This API key lacks the '${scope}' scope.`);
-  }
+/** The caller's key has `scope`, or the signed-in user's role gives it (else 403 `insufficient_role`). */
+export function requireScope(c: { var: Pick<AppEnv["Variables"], "auth"> }, scope: Scope): void {
+  const { scopes, user } = c.var.auth;
+  if (scopes.includes(scope)) return;
+  if (user) throw insufficientRole("admin");
+  throw ApiError.forbidden("missing_scope", `This API key lacks the '${scope}' scope.`);
+}
+
+/** Whether the credential a request was made with still authenticates (long streams re-check it). */
+export function stillAuthenticated(db: Db, auth: TenantAuth, now = Date.now()): Promise<boolean> {
+  if (auth.session) return sessionsTable.isLive(db, auth.session.id, now, SESSION_IDLE_MS);
+  return apiKeysTable.isLive(db, auth.tenant.id, auth.key!.id, now);
 }
 
 /** Runner API: `Authorization: Bearer igr_…`, a runner's own token, never a tenant key. */

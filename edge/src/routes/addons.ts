@@ -115,7 +115,7 @@ export const addons = router()
       });
       await audit(c, {
         tenantId,
-        actor: c.var.auth.key.id,
+        actor: c.var.auth.actor,
         action: "addon.upload",
         target: formatAddonRef(addon.id, version.version),
         details: { name: body.name, size_bytes: body.size_bytes },
@@ -264,7 +264,7 @@ export const addons = router()
       if (!a) throw ApiError.notFound("add-on", id, "id");
       await audit(c, {
         tenantId,
-        actor: c.var.auth.key.id,
+        actor: c.var.auth.actor,
         action: "addon.visibility",
         target: id,
         details: { visibility: a.visibility },

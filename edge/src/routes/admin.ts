@@ -4,6 +4,7 @@ import { addonsTable, auditTable, modelsTable, runnersTable, tenantsTable } from
 import { presentAddon } from "../addons/present.ts";
 import { audit } from "../audit/log.ts";
 import { createKey } from "../auth/keys.ts";
+import { createInvite } from "../users/invites.ts";
 import { RUNNER_TOKEN_PREFIX } from "../auth/secrets.ts";
 import { type AppEnv, router } from "../context.ts";
 import type { Context } from "hono";
@@ -12,8 +13,10 @@ import { ApiError } from "../errors.ts";
 import { newSecret, sha256Hex } from "../lib/crypto.ts";
 import { newId } from "../lib/ids.ts";
 import {
+  AdminCreateInviteBody,
   Addon,
   CreatedApiKey,
+  CreatedInvite,
   CreatedRunner,
   CreateKeyBody,
   Runner,
@@ -184,6 +187,23 @@ export const admin = router()
       const tenant = await tenantsTable.getTenant(c.var.db, id);
       if (!tenant) throw ApiError.notFound("tenant", id, "id");
       return c.json(await createKey(c, tenant, c.req.valid("json"), "admin"), 201);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/tenants/{id}/invites",
+      operationId: "adminCreateTenantInvite",
+      tags: ["admin"],
+      summary: "Invite a person into a tenant (its first owner; the link is shown once)",
+      request: { params: TenantId, body: json(AdminCreateInviteBody) },
+      responses: { 201: ok(CreatedInvite, "Created"), ...errorResponses(400, 401, 403, 404, 409) },
+    }),
+    async (c) => {
+      const { id } = c.req.valid("param");
+      const tenant = await tenantsTable.getTenant(c.var.db, id);
+      if (!tenant) throw ApiError.notFound("tenant", id, "id");
+      return c.json(await createInvite(c, tenant, c.req.valid("json"), "admin"), 201);
     },
   )
   .openapi(

@@ -49,13 +49,13 @@ export const keys = router()
     }),
     async (c) => {
       requireScope(c, "keys:write");
-      const { tenant, key } = c.var.auth;
+      const { tenant, scopes, actor, user } = c.var.auth;
       const body = c.req.valid("json");
-      // A key cannot mint a key with more power than its own.
-      const excess = body.scopes.filter((s) => !key.scopes.includes(s));
+      // A key cannot mint a key with more power than its own (nor a user more than their role gives).
+      const excess = body.scopes.filter((s) => !scopes.includes(s));
       if (excess.length)
         throw ApiError.forbidden("missing_scope", `This API key cannot grant scopes it lacks: ${excess.join(", ")}.`);
-      return c.json(await createKey(c, tenant, body, key.id), 201);
+      return c.json(await createKey(c, tenant, body, actor, user?.id), 201);
     },
   )
   .openapi(
@@ -77,7 +77,7 @@ export const keys = router()
       const tenantId = c.var.auth.tenant.id;
       const revoked = await apiKeysTable.revokeKey(c.var.db, tenantId, id, Date.now());
       if (!revoked) throw ApiError.notFound("API key", id, "id");
-      await audit(c, { tenantId, actor: c.var.auth.key.id, action: "api_key.revoke", target: id });
+      await audit(c, { tenantId, actor: c.var.auth.actor, action: "api_key.revoke", target: id });
       return c.json(presentKey(revoked), 200);
     },
   );

@@ -15,6 +15,7 @@ import {
   WebhookSecret,
 } from "@imagegen/contracts";
 import { requireScope } from "../auth/middleware.ts";
+import { requireRole } from "../users/roles.ts";
 import type { Context } from "hono";
 import { router, type AppEnv } from "../context.ts";
 import { ApiError } from "../errors.ts";
@@ -82,7 +83,7 @@ export const webhooks = router()
       const created = await createEndpoint(c.env, c.var.db, c.var.auth.tenant.id, c.req.valid("json"));
       await audit(c, {
         tenantId: c.var.auth.tenant.id,
-        actor: c.var.auth.key.id,
+        actor: c.var.auth.actor,
         action: "webhook_endpoint.create",
         target: created.id,
       });
@@ -120,7 +121,7 @@ export const webhooks = router()
       const updated = await updateEndpoint(c.env, c.var.db, c.var.auth.tenant.id, id, c.req.valid("json"));
       await audit(c, {
         tenantId: c.var.auth.tenant.id,
-        actor: c.var.auth.key.id,
+        actor: c.var.auth.actor,
         action: "webhook_endpoint.update",
         target: id,
       });
@@ -144,7 +145,7 @@ export const webhooks = router()
         throw ApiError.notFound("webhook endpoint", id, "id");
       await audit(c, {
         tenantId: c.var.auth.tenant.id,
-        actor: c.var.auth.key.id,
+        actor: c.var.auth.actor,
         action: "webhook_endpoint.delete",
         target: id,
       });
@@ -194,7 +195,7 @@ export const webhooks = router()
       );
       await audit(c, {
         tenantId: c.var.auth.tenant.id,
-        actor: c.var.auth.key.id,
+        actor: c.var.auth.actor,
         action: "webhook_endpoint.rotate_secret",
         target: id,
       });
@@ -229,7 +230,7 @@ export const webhooks = router()
       requireScope(c, "keys:write");
       const { previous_secret_expires_in } = RotateWebhookSecretBody.parse(c.req.valid("json")); // an absent body skips validation
       const ring = await rotateTenantSecret(c.env, c.var.db, c.var.auth.tenant.id, previous_secret_expires_in * 1000);
-      await audit(c, { tenantId: c.var.auth.tenant.id, actor: c.var.auth.key.id, action: "webhook_secret.rotate" });
+      await audit(c, { tenantId: c.var.auth.tenant.id, actor: c.var.auth.actor, action: "webhook_secret.rotate" });
       return c.json(presentSecret(ring), 200);
     },
   )
@@ -241,10 +242,11 @@ export const webhooks = router()
       tags: ["webhooks"],
       summary: "Recent webhook deliveries",
       request: { query: ListWebhookDeliveriesQuery },
-      responses: { 200: ok(List(WebhookDelivery), "Deliveries"), ...errorResponses(400, 401, 429) },
+      responses: { 200: ok(List(WebhookDelivery), "Deliveries"), ...errorResponses(400, 401, 403, 429) },
     }),
     async (c) => {
       requireScope(c, "generations:read");
+      requireRole(c, "admin"); // webhooks are managed by admins; members only use the API
       const { endpoint_id } = c.req.valid("query");
       return c.json(
         {
@@ -265,10 +267,11 @@ export const webhooks = router()
       tags: ["webhooks"],
       summary: "Send a delivery again, now",
       request: { params: IdParam("delivery id", "whd_01hzy3k8m2q9w7e4r5t6y7u8i9") },
-      responses: { 200: ok(WebhookDelivery, "After the attempt"), ...errorResponses(401, 404, 429) },
+      responses: { 200: ok(WebhookDelivery, "After the attempt"), ...errorResponses(401, 403, 404, 429) },
     }),
     async (c) => {
       requireScope(c, "generations:write");
+      requireRole(c, "admin");
       const { id } = c.req.valid("param");
       const d = await webhooksTable.redeliver(c.var.db, c.var.auth.tenant.id, id, Date.now());
       if (!d) throw ApiError.notFound("webhook delivery", id, "id");
