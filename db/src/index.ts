@@ -19,3 +19,7 @@ export * as runnersTable from "./queries/runners.ts";
 export * as auditTable from "./queries/audit.ts";
 export * as usageTable from "./queries/usage.ts";
 export * as webhooksTable from "./queries/webhooks.ts";
+export * as usersTable from "./queries/users.ts";
+export * as sessionsTable from "./queries/sessions.ts";
+export * as invitesTable from "./queries/invites.ts";
+export * as metricsTable from "./queries/metrics.ts";
