@@ -34,7 +34,11 @@ async function run(runtime: AddonRuntime, addons: RequestAddons[]) {
 
 describe("hot LoRA sets on a branch model", () => {
   it("stacks a set until its n-th batch, then runs it merged, with the same image", async () => {
-    const runtime = new AddonRuntime({ executionProviders: ["cpu"], intraOpNumThreads: 1 }, { mergeHotAfter: 2 });
+    // Folding off: the set runs on the branches until merged (folding has its own tests, fold.test.ts).
+    const runtime = new AddonRuntime(
+      { executionProviders: ["cpu"], intraOpNumThreads: 1 },
+      { mergeHotAfter: 2, foldLoras: false },
+    );
     const addons = [set(0.8, true)];
     const first = await run(runtime, addons);
     expect(first.merged).toBeUndefined();
@@ -60,7 +64,10 @@ describe("hot LoRA sets on a branch model", () => {
     expect(await runtime.bundleFor(bundle, mixed)).toBe(bundle);
     await runtime.mergesSettled();
     expect(runtime.mergedBuilds).toBe(0);
-    const off = new AddonRuntime({ executionProviders: ["cpu"], intraOpNumThreads: 1 }, { mergeHotAfter: 0 });
+    const off = new AddonRuntime(
+      { executionProviders: ["cpu"], intraOpNumThreads: 1 },
+      { mergeHotAfter: 0, foldLoras: false },
+    );
     for (let i = 0; i < 3; i++) expect(await off.bundleFor(bundle, [set(1)])).toBe(bundle);
     await off.mergesSettled();
     expect(off.mergedBuilds).toBe(0);

@@ -11,7 +11,14 @@ import { ControlNetManifest, type ModelManifest } from "@imagegen/formats/manife
 import { describeIssues, fromWire, RunnerError } from "../errors.ts";
 import { BundleError, type SessionConfig } from "../pipeline/bundle.ts";
 import type { StepContext, StepFeeds } from "../pipeline/pipeline.ts";
-import type { FromControlNet, PlainTensor, ToControlNet } from "../workers/controlnet-worker.ts";
+import {
+  CONTROL,
+  CONTROL_SLOTS,
+  type FromControlNet,
+  type SharedResidual,
+  type ToControlNet,
+  waitAsync,
+} from "../workers/controlnet-protocol.ts";
 import { ControlImageError } from "./control-image.ts";
 import { loadControlNet, type ControlNet, type ControlNetRef, type ControlNetUse } from "./controlnet.ts";
 import type { RequestAddons } from "./request-addons.ts";
@@ -85,56 +92,118 @@ export function batchControlNets<N extends ControlNetRef>(
   });
 }
 
-const plain = (t: ort.Tensor): PlainTensor => ({ data: (t.data as Float32Array).slice(), dims: [...t.dims] });
+/** One batch's shared buffers and announcements, on the inference worker's side. */
+interface SharedBatch {
+  id: number;
+  control: Int32Array;
+  sample: Float32Array;
+  timestep: Float32Array;
+  /** The residual buffers, announced after the first step. */
+  residuals: Promise<Record<string, SharedResidual>>;
+  /** Rejects with the worker's error when a step fails. */
+  failure: Promise<never>;
+}
 
-/** A ControlNet worker of this inference worker's own: steps' residuals are computed there, in parallel. */
+/**
+ * A ControlNet worker of this inference worker's own: steps' residuals are computed there, in parallel. A batch is
+ * set up by one message; its steps cross threads through shared memory and Atomics only (controlnet-worker.ts).
+ */
 export class ControlNetWorker {
   private readonly worker: Worker;
   private nextId = 1;
-  private nextKey = 1;
-  private readonly waiting = new Map<
+  private readonly announced = new Map<
     number,
-    { resolve: (r: Record<string, PlainTensor>) => void; reject: (e: Error) => void }
+    {
+      residuals: (r: Record<string, SharedResidual>) => void;
+      fail: (e: Error) => void;
+    }
   >();
-  /** The current batch's control images, registered in the worker once each. */
-  private readonly registered = new Map<ControlNetUse<ControlNetRef>, string>();
+  /** The current batch's setups, by its ControlNet uses (the same array every step of a batch). */
+  private readonly batches = new Map<ControlNetUse<ControlNetRef>[], SharedBatch>();
 
   constructor(session: SessionConfig) {
     this.worker = new Worker(new URL("../workers/controlnet-worker.ts", import.meta.url), { workerData: { session } });
     this.worker.unref();
     this.worker.on("message", (msg: FromControlNet) => {
-      const w = this.waiting.get(msg.id);
-      this.waiting.delete(msg.id);
-      if (msg.type === "residuals") w?.resolve(msg.residuals);
-      else w?.reject(fromWire(msg.error));
+      const w = this.announced.get(msg.id);
+      if (msg.type === "residuals") w?.residuals(msg.residuals);
+      else w?.fail(fromWire(msg.error));
     });
     this.worker.on("error", (err) => {
-      for (const w of this.waiting.values()) w.reject(err);
-      this.waiting.clear();
+      for (const w of this.announced.values()) w.fail(err);
     });
+  }
+
+  private setUp(base: ModelManifest, uses: ControlNetUse<ControlNetRef>[], step: StepContext): SharedBatch {
+    const id = this.nextId++;
+    let residuals!: (r: Record<string, SharedResidual>) => void;
+    let fail!: (e: Error) => void;
+    const announced = new Promise<Record<string, SharedResidual>>((resolve, reject) => {
+      residuals = resolve;
+      fail = reject;
+    });
+    const failure = new Promise<never>((_, reject) => announced.catch(reject));
+    announced.catch(() => {});
+    failure.catch(() => {});
+    this.announced.set(id, { residuals, fail });
+    const sampleBuffer = new SharedArrayBuffer((step.sample.data as Float32Array).byteLength);
+    const timestepBuffer = new SharedArrayBuffer(step.timestepTensor.data.length * 4);
+    const controlBuffer = new SharedArrayBuffer(CONTROL_SLOTS * 4);
+    const ehs = step.encoderHiddenStates;
+    this.worker.postMessage({
+      type: "batch",
+      id,
+      base,
+      uses: uses.map((u) => ({ dir: u.net.dir, conditioning: u.conditioning, scales: u.scales })),
+      control: controlBuffer,
+      sample: sampleBuffer,
+      sampleDims: [...step.sample.dims],
+      timestep: timestepBuffer,
+      timestepDims: [...step.timestepTensor.dims],
+      encoderHiddenStates: { data: ehs.data as Float32Array, dims: [...ehs.dims] },
+    } satisfies ToControlNet);
+    const batch: SharedBatch = {
+      id,
+      control: new Int32Array(controlBuffer),
+      sample: new Float32Array(sampleBuffer),
+      timestep: new Float32Array(timestepBuffer),
+      residuals: announced,
+      failure,
+    };
+    this.batches.set(uses, batch);
+    return batch;
   }
 
   /**
    * One step's residuals as U-Net feeds, promised: the worker computes them while the U-Net's head (which reads
-   * none) runs here. Control images go over once per batch; each step sends only the sample.
+   * none) runs here. The tensors lie in shared memory the worker overwrites on the next step, which cannot start
+   * before this step's U-Net has read them (it needs this step's output).
    */
   residuals(base: ModelManifest, uses: ControlNetUse<ControlNetRef>[], step: StepContext): StepFeeds {
-    for (const use of uses) {
-      if (this.registered.has(use)) continue;
-      const key = `c${this.nextKey++}`;
-      this.worker.postMessage({ type: "conditioning", key, data: use.conditioning } satisfies ToControlNet);
-      this.registered.set(use, key);
-    }
-    const residuals = this.run({
-      base,
-      uses: uses.map((use) => ({ dir: use.net.dir, key: this.registered.get(use)!, scales: use.scales })),
-      sample: plain(step.sample),
-      timestep: plain(step.timestepTensor),
-      encoderHiddenStates: plain(step.encoderHiddenStates),
-    });
+    const batch = this.batches.get(uses) ?? this.setUp(base, uses, step);
+    const { control } = batch;
+    batch.sample.set(step.sample.data as Float32Array);
+    const t = step.timestepTensor.data as ArrayLike<number | bigint>;
+    for (let i = 0; i < t.length; i++) batch.timestep[i] = Number(t[i]);
+    const seq = Atomics.add(control, CONTROL.requested, 1) + 1;
+    Atomics.notify(control, CONTROL.requested);
+    const ready = (async () => {
+      for (;;) {
+        const done = Atomics.load(control, CONTROL.done);
+        if (done >= seq) break;
+        const wait = waitAsync(control, CONTROL.done, done);
+        if (wait.async) await wait.value;
+      }
+      if (Atomics.load(control, CONTROL.failed) === 1) await batch.failure;
+      return batch.residuals;
+    })();
     const feeds: StepFeeds = {};
     for (const name of new Set(uses.flatMap((u) => Object.values(u.net.manifest.residuals)))) {
-      const residual = residuals.then((r) => new ort.Tensor("float32", r[name]!.data, r[name]!.dims));
+      const residual = ready.then((r) => {
+        const shared = r[name];
+        if (!shared) throw new Error(`no ControlNet produced residual "${name}"`);
+        return new ort.Tensor("float32", new Float32Array(shared.buffer), shared.dims);
+      });
       // A part that does not read this residual on this step (a DeepCache step) must not turn a failure into
       // an unhandled rejection; the parts that do read it still see the error.
       residual.catch(() => {});
@@ -143,18 +212,12 @@ export class ControlNetWorker {
     return feeds;
   }
 
-  /** Called when a batch ends: the worker forgets the batch's control images. */
+  /** Called when a batch ends: the worker stops serving its steps and drops its buffers. */
   endBatch(): void {
-    if (this.registered.size === 0) return;
-    this.worker.postMessage({ type: "forget", keys: [...this.registered.values()] } satisfies ToControlNet);
-    this.registered.clear();
-  }
-
-  private run(msg: Omit<Extract<ToControlNet, { type: "run" }>, "type" | "id">): Promise<Record<string, PlainTensor>> {
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject });
-      this.worker.postMessage({ type: "run", id, ...msg } satisfies ToControlNet);
-    });
+    for (const batch of this.batches.values()) {
+      this.worker.postMessage({ type: "end", id: batch.id } satisfies ToControlNet);
+      this.announced.delete(batch.id);
+    }
+    this.batches.clear();
   }
 }

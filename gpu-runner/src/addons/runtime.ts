@@ -4,33 +4,53 @@
  * and ControlNets whose scaled residuals are summed per sample (controlnet-batch.ts). Produces the pipeline's
  * `unetInputs` provider; late-join.ts lets it join a generation already under way.
  */
+import { statSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { join } from "node:path";
 import * as ort from "onnxruntime-node";
 import type { Bundle, SessionConfig } from "../pipeline/bundle.ts";
-import type { StepFeeds, UnetInputProvider } from "../pipeline/pipeline.ts";
+import type { OverlapParts, StepFeeds, UnetInputProvider } from "../pipeline/pipeline.ts";
 import type { TextEncoderInputs, TextEncoderName } from "../pipeline/text.ts";
 import { batchControlNets, ControlNetSessions, ControlNetWorker, manifestOnly } from "./controlnet-batch.ts";
+import { ControlNetModeChooser, type ControlNetMode } from "./controlnet-mode.ts";
+import { ControlNetOverlap } from "./controlnet-overlap.ts";
 import { controlNetResiduals, type ControlNet, type ControlNetRef, type ControlNetUse } from "./controlnet.ts";
+import { LoraFold } from "./fold.ts";
 import { DEFAULT_MERGE_HOT_AFTER, HotMerge } from "./hot-merge.ts";
 import { LoraCache } from "./lora-cache.ts";
 import { LoraError, stackLoras, type LoraUse } from "./lora.ts";
 import { loraSetKey, type LoraLoadReport, type RequestAddons } from "./request-addons.ts";
+
+/** Models whose U-Net file is at most this big build their add-on sessions (fold, overlap) when a worker loads them. */
+const EAGER_PREPARE_BYTES = 256 * 1024 * 1024;
 
 /** An imported model's text encoders take LoRA branches too; the U-Net's stacking skips their targets. */
 const isTextEncoder = (component: string) => component === "text_encoder" || component === "text_encoder_2";
 const branchesLive = (bundle: Bundle) => bundle.manifest.lora?.mode === "branch" && bundle.lorasMerged === undefined;
 
 export interface AddonRuntimeOptions {
-  /** Run ControlNets in a worker of their own, beside the U-Net's head, or in sequence here (default). */
-  parallelControlNet?: boolean;
+  /**
+   * Run ControlNets in a worker of their own, beside the U-Net's head (true), in sequence here (false, the default),
+   * or whichever measures faster per model and ControlNet set ("auto", controlnet-mode.ts: what workers run).
+   */
+  parallelControlNet?: boolean | "auto";
   /** On a branch model, merge an add-on set into the weights on its n-th batch (bundleFor); 0: never. */
   mergeHotAfter?: number;
+  /**
+   * Run a batch whose requests share one LoRA set on its merged weights, fed as inputs of a shared session (fold.ts),
+   * instead of per-sample branches: on by default; off keeps the branches (tests compare the two).
+   */
+  foldLoras?: boolean;
 }
 
 export class AddonRuntime {
   private readonly session: SessionConfig;
-  private readonly parallel: boolean;
+  private readonly parallel: boolean | "auto";
+  private readonly modes = new ControlNetModeChooser({ cores: availableParallelism() });
   private readonly loras = new LoraCache();
   private readonly hot: HotMerge;
+  private readonly fold: LoraFold | undefined;
+  private readonly overlap: ControlNetOverlap | undefined;
   private readonly controlnets: ControlNetSessions;
   private cnWorker: ControlNetWorker | undefined;
 
@@ -38,6 +58,8 @@ export class AddonRuntime {
     this.session = session;
     this.parallel = options.parallelControlNet ?? false;
     this.hot = new HotMerge(session, this.loras, options.mergeHotAfter ?? DEFAULT_MERGE_HOT_AFTER);
+    this.fold = options.foldLoras === false ? undefined : new LoraFold(session, this.loras);
+    this.overlap = this.parallel === false ? undefined : new ControlNetOverlap(session);
     this.controlnets = new ControlNetSessions(session);
   }
 
@@ -56,8 +78,45 @@ export class AddonRuntime {
    *   merged, with the branches at rank 0. Stacking costs each U-Net call what the branches compute (a LoCon LoRA at
    *   rank 16 adds 18% of this U-Net's multiply-adds); merged weights cost nothing per call (bench/ADDONS.md).
    */
-  bundleFor(bundle: Bundle, addons: RequestAddons[]): Promise<Bundle> {
-    return this.hot.bundleFor(bundle, addons);
+  async bundleFor(bundle: Bundle, addons: RequestAddons[]): Promise<Bundle> {
+    const hot = await this.hot.bundleFor(bundle, addons);
+    if (hot !== bundle || !this.fold) return hot;
+    // Not merged (yet): one set for the whole batch folds into the weights, mixed sets stay on the branches.
+    return (await this.fold.bundleFor(bundle, addons)) ?? bundle;
+  }
+
+  /**
+   * Starts, in the background, the sessions a bundle's add-ons will use: the shared weights-as-inputs sessions of
+   * fold.ts and the U-Net cut of controlnet-overlap.ts (a batch that needs one before it is built waits for it).
+   * Called when a worker loads a bundle.
+   */
+  prepare(bundle: Bundle): void {
+    // Each costs about one more copy of the U-Net's weights: a big model builds them on the first batch that needs them.
+    let size = Number.POSITIVE_INFINITY;
+    try {
+      size = statSync(join(bundle.dir, bundle.components.unet.spec.path)).size;
+    } catch {}
+    if (size > EAGER_PREPARE_BYTES) return;
+    this.fold?.prepare(bundle);
+    this.overlap?.prepare(bundle);
+  }
+
+  /** Resolves when the background preparations started so far are done: for tests and the bench. */
+  async prepared(): Promise<void> {
+    await this.fold?.settled();
+  }
+
+  /**
+   * For a batch whose ControlNets run in parallel: the U-Net split where their residuals enter (controlnet-overlap.ts),
+   * or undefined where the bundle has none (merged or folded weights: those batches run the DeepCache parts).
+   */
+  overlapParts(bundle: Bundle): Promise<OverlapParts | undefined> {
+    return this.overlap?.parts(bundle) ?? Promise.resolve(undefined);
+  }
+
+  /** Merged weight sets the fold computed (per component), and why a bundle does not fold: for tests and the bench. */
+  get foldStats(): { folds: number; unsupported: ReadonlyMap<string, string> } {
+    return { folds: this.fold?.folds ?? 0, unsupported: this.fold?.unsupported ?? new Map() };
   }
 
   /** A branch model's merged copy for the batch's one LoRA set (`loraSetKey` per request), if it is ready. */
@@ -125,14 +184,49 @@ export class AddonRuntime {
 
   /** Whether a batch with these add-ons should run the U-Net split, so the head overlaps the ControlNets. */
   wantsSplit(addons: RequestAddons[]): boolean {
-    return this.parallel && addons.some((a) => a.controlnets.length > 0);
+    return this.parallel === true && addons.some((a) => a.controlnets.length > 0);
+  }
+
+  /** What the mode chooser tells ControlNet batches apart by: the model, the ControlNets, the images. */
+  private controlNetKind(bundle: Bundle, addons: RequestAddons[]): string {
+    const dirs = [...new Set(addons.flatMap((a) => a.controlnets.map((c) => c.dir)))].sort();
+    return `${bundle.dir}|${dirs.join(",")}|${addons.length}`;
+  }
+
+  /**
+   * How a batch's ControlNets run (undefined: it has none): as the options fix it, or, with "auto", as measured
+   * (controlnet-mode.ts). A model without split U-Net parts has nothing to overlap: sequence. The batch runs its
+   * U-Net split when the mode is "parallel"; report its step time with `recordControlNet`.
+   */
+  controlNetMode(bundle: Bundle, addons: RequestAddons[]): ControlNetMode | undefined {
+    if (!addons.some((a) => a.controlnets.length > 0)) return undefined;
+    if (this.parallel !== "auto") return this.parallel ? "parallel" : "sequence";
+    // Nothing to overlap without a split: neither the residual cut (the model's own weights) nor DeepCache parts.
+    if (!ControlNetOverlap.eligible(bundle) && bundle.manifest.cache === undefined) return "sequence";
+    return this.modes.choose(this.controlNetKind(bundle, addons));
+  }
+
+  /** A ControlNet batch ran in `mode` at `msPerStep` (U-Net and ControlNets): feeds the "auto" choice. */
+  recordControlNet(bundle: Bundle, addons: RequestAddons[], mode: ControlNetMode, msPerStep: number): void {
+    if (this.parallel === "auto") this.modes.record(this.controlNetKind(bundle, addons), mode, msPerStep);
+  }
+
+  /** Median step time per mode so far for this kind of batch (for logs and the bench). */
+  controlNetTimes(bundle: Bundle, addons: RequestAddons[]): Partial<Record<ControlNetMode, number>> {
+    return this.modes.summary(this.controlNetKind(bundle, addons));
   }
 
   /**
    * The provider for a batch of requests (`imagesPer[r]` images each, in order). Undefined when no request
    * brings add-ons, so the pipeline keeps its zero defaults untouched.
    */
-  async provider(bundle: Bundle, imagesPer: number[], addons: RequestAddons[]): Promise<UnetInputProvider | undefined> {
+  async provider(
+    bundle: Bundle,
+    imagesPer: number[],
+    addons: RequestAddons[],
+    mode: ControlNetMode = this.parallel === true ? "parallel" : "sequence",
+  ): Promise<UnetInputProvider | undefined> {
+    const parallel = mode === "parallel";
     if (bundle.lorasMerged !== undefined && addons.some((a) => loraSetKey(a.loras) !== bundle.lorasMerged)) {
       throw new LoraError("a batch on merged weights got LoRAs other than the ones merged");
     }
@@ -145,7 +239,7 @@ export class AddonRuntime {
     for (const a of addons) {
       for (const c of a.controlnets) {
         if (nets.has(c.dir)) continue;
-        nets.set(c.dir, this.parallel ? manifestOnly(c.dir) : await this.controlnets.get(bundle.manifest, c.dir));
+        nets.set(c.dir, parallel ? manifestOnly(c.dir) : await this.controlnets.get(bundle.manifest, c.dir));
       }
     }
     const cnPerImage = perImage((a) => a.controlnets);
@@ -175,7 +269,7 @@ export class AddonRuntime {
       return b;
     };
 
-    if (!this.parallel) {
+    if (!parallel) {
       return (step) => {
         const { loraFeeds, cn } = forBatch(step.unetBatch);
         // Sequential mode loaded every ControlNet's session in this thread (see `nets` above).

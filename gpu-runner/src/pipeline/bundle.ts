@@ -96,13 +96,24 @@ export class Component {
   readonly name: ComponentName;
   readonly spec: ComponentSpec;
   readonly session: ort.InferenceSession;
+  /**
+   * Inputs the session takes beyond the declared ones, the same on every run: a folded LoRA set's merged weights
+   * (addons/fold.ts), computed on the first run that needs them.
+   */
+  readonly extraFeeds: (() => Promise<Feeds>) | undefined;
   runs = 0;
   totalMs = 0;
 
-  constructor(name: ComponentName, spec: ComponentSpec, session: ort.InferenceSession) {
+  constructor(
+    name: ComponentName,
+    spec: ComponentSpec,
+    session: ort.InferenceSession,
+    extraFeeds?: () => Promise<Feeds>,
+  ) {
     this.name = name;
     this.spec = spec;
     this.session = session;
+    this.extraFeeds = extraFeeds;
   }
 
   input(name: string): TensorSpec | undefined {
@@ -118,6 +129,7 @@ export class Component {
       feeds[input.name] = toDtype(tensor, input.dtype);
     }
     const start = performance.now();
+    if (this.extraFeeds) Object.assign(feeds, await this.extraFeeds());
     const out = (await this.session.run(feeds)) as Feeds;
     this.totalMs += performance.now() - start;
     this.runs++;
@@ -145,6 +157,11 @@ export interface Bundle {
    * at rank 0, and only batches of this set may run on it.
    */
   lorasMerged?: string;
+  /**
+   * With `lorasMerged`: the set's merged weights are fed as inputs of one shared weights-as-inputs session per
+   * component (addons/fold.ts), rather than built into a session of their own (addons/hot-merge.ts).
+   */
+  lorasFolded?: boolean;
   release(): Promise<void>;
 }
 

@@ -40,6 +40,15 @@ export type StepFeeds = Record<string, ort.Tensor | Promise<ort.Tensor>>;
  */
 export type UnetInputProvider = (step: StepContext) => StepFeeds | Promise<StepFeeds>;
 
+/**
+ * The U-Net as two sessions split where the ControlNet residuals first enter (onnx/partition.ts): `early` reads
+ * none of them and hands its tensors to `late`.
+ */
+export interface OverlapParts {
+  early: Component;
+  late: Component;
+}
+
 /** What the loop needs to know of the batch; the sampler has its timesteps set. */
 export interface DenoiseSpec {
   sampler: Sampler;
@@ -59,6 +68,8 @@ export interface DenoiseOptions {
   signal?: AbortSignal | undefined;
   /** Every step through the split parts (see GenerateOptions.splitUnet). */
   splitUnet?: boolean | undefined;
+  /** The U-Net split where the ControlNet residuals enter (see GenerateOptions.overlap). */
+  overlap?: OverlapParts | undefined;
   onProgress?: ((progress: { step: number; steps: number }) => void) | undefined;
 }
 
@@ -86,6 +97,7 @@ async function awaitInputs(component: Component, feeds: StepFeeds): Promise<Feed
  */
 type UnetParts =
   | { kind: "whole"; whole: Component }
+  | { kind: "overlap"; early: Component; late: Component }
   | { kind: "cached"; head: Component; deep: Component; tail: Component; fullPass: Component | null };
 
 function unetParts(bundle: Bundle, cached: boolean): UnetParts {
@@ -111,7 +123,9 @@ function externalInputs(parts: UnetParts): TensorSpec[] {
   const list =
     parts.kind === "whole"
       ? [parts.whole]
-      : [parts.head, parts.deep, parts.tail, ...(parts.fullPass ? [parts.fullPass] : [])];
+      : parts.kind === "overlap"
+        ? [parts.early, parts.late]
+        : [parts.head, parts.deep, parts.tail, ...(parts.fullPass ? [parts.fullPass] : [])];
   const produced = new Set(list.flatMap((c) => c.spec.outputs.map((t) => t.name)));
   const seen = new Map<string, TensorSpec>();
   for (const c of list)
@@ -181,14 +195,19 @@ export async function denoise(
   const unetBatch = cfg ? 2 * n : n;
 
   const split = options.splitUnet === true && m.cache !== undefined;
-  const parts = unetParts(bundle, cache !== null || split);
+  const parts: UnetParts =
+    options.overlap && cache === null
+      ? { kind: "overlap", ...options.overlap }
+      : unetParts(bundle, cache !== null || split);
   const fullSteps = cache ? deepCacheSchedule(steps, { interval: cache.interval, mode: cache.schedule }) : null;
   // Split only for overlap: every step is a full pass through head, deep and tail (never the one-graph shortcut).
   if (split && parts.kind === "cached") parts.fullPass = null;
   const runsDeep = (i: number) => (fullSteps ? fullSteps[i]! : true);
   const textInputs = spec.textInputs ?? {};
   const defaults = addonDefaults(bundle, externalInputs(parts), unetBatch, textInputs);
-  const timestepSpec = (parts.kind === "whole" ? parts.whole : parts.head).input(UNET_IO.timestep)!;
+  const timestepSpec = (
+    parts.kind === "whole" ? parts.whole : parts.kind === "overlap" ? bundle.components.unet : parts.head
+  ).input(UNET_IO.timestep)!;
   const constant: Feeds = { ...defaults, ...textInputs, [UNET_IO.encoderHiddenStates]: spec.encoderHiddenStates };
   if (m.guidance.embedding) {
     const { input, dim, w_scale, freq_shift } = m.guidance.embedding;
@@ -225,6 +244,11 @@ export async function denoise(
     const prediction = await clock.time("unetMs", async () => {
       if (parts.kind === "whole")
         return predictionOf(parts.whole, await parts.whole.run(await awaitInputs(parts.whole, feeds)));
+      if (parts.kind === "overlap") {
+        // The early part reads no residual: it runs while they are computed elsewhere.
+        const handed = await parts.early.run(await awaitInputs(parts.early, feeds));
+        return predictionOf(parts.late, await parts.late.run(await awaitInputs(parts.late, { ...feeds, ...handed })));
+      }
       const full = runsDeep(i) || deepOutputs === null;
       if (full && parts.fullPass) {
         const out = await parts.fullPass.run(await awaitInputs(parts.fullPass, feeds));

@@ -13,7 +13,7 @@ import { createSampler, SamplerMismatchError } from "../samplers/index.ts";
 import type { NoiseSource, Sampler } from "../samplers/types.ts";
 import { describeIssues, RunnerError } from "../errors.ts";
 import type { Bundle, ComponentName } from "./bundle.ts";
-import { denoise, type UnetInputProvider } from "./denoise.ts";
+import { denoise, type OverlapParts, type UnetInputProvider } from "./denoise.ts";
 import { prepareLatents, type LatentShape } from "./latents.ts";
 import { encodePngs } from "./png.ts";
 import { GenerationRequest, type ResolvedRequest } from "./request.ts";
@@ -22,7 +22,7 @@ import { encodePrompt, type TextConditioning, type TextEncoderInputs } from "./t
 import { decodeLatents } from "./vae.ts";
 
 export { GenerationError } from "./tensors.ts";
-export type { StepContext, StepFeeds, UnetInputProvider } from "./denoise.ts";
+export type { OverlapParts, StepContext, StepFeeds, UnetInputProvider } from "./denoise.ts";
 
 export interface GenerateOptions {
   onProgress?: (progress: { step: number; steps: number }) => void;
@@ -33,6 +33,11 @@ export interface GenerateOptions {
    * read, ControlNet residuals computed in another thread, can arrive while the head runs.
    */
   splitUnet?: boolean;
+  /**
+   * The U-Net split where ControlNet residuals enter (addons/controlnet-overlap.ts): its early part runs while the
+   * residuals are computed in another thread. Takes precedence over `splitUnet` when no block cache runs.
+   */
+  overlap?: OverlapParts;
   /**
    * The unit-Gaussian starting latents and the sampler's noise, instead of the seeds' generators: parity tests
    * replay diffusers' own (the latents are still multiplied by the sampler's init noise sigma).

@@ -6,7 +6,9 @@ import { parentPort, workerData } from "node:worker_threads";
 import { loadBundle, SessionConfigSchema, type Bundle } from "../pipeline/bundle.ts";
 import { generateBatch, resolveRequest } from "../pipeline/pipeline.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./protocol.ts";
-import { lateAddons } from "../addons/late-join.ts";
+import type { ControlNetMode } from "../addons/controlnet-mode.ts";
+import { LoraFold } from "../addons/fold.ts";
+import { joinStepOf, lateAddons } from "../addons/late-join.ts";
 import type { RequestAddons } from "../addons/request-addons.ts";
 import { AddonRuntime } from "../addons/runtime.ts";
 import { fromWire, toWire } from "../errors.ts";
@@ -18,14 +20,20 @@ const init = workerData as WorkerInit;
 const session = SessionConfigSchema.parse(init.session);
 const bundles = new Map<string, Promise<Bundle>>();
 const addonRuntime = new AddonRuntime(session, {
-  parallelControlNet: init.parallelControlNet ?? false,
+  parallelControlNet: init.parallelControlNet ?? "auto",
   ...(init.mergeHotAfter !== undefined ? { mergeHotAfter: init.mergeHotAfter } : {}),
+  ...(init.foldLoras !== undefined ? { foldLoras: init.foldLoras } : {}),
 });
 
 function bundle(dir: string): Promise<Bundle> {
   let loading = bundles.get(dir);
   if (loading === undefined) {
     loading = loadBundle(dir, session);
+    // The sessions its add-ons use (folded LoRA sets, the ControlNet cut) are built beside the first jobs.
+    loading.then(
+      (b) => addonRuntime.prepare(b),
+      () => {},
+    );
     // A bundle that failed to load is not cached: the next job retries (the files may have been fixed).
     loading.catch(() => bundles.delete(dir));
     bundles.set(dir, loading);
@@ -57,18 +65,34 @@ port.on("message", async (msg: ToWorker) => {
     let loaded = await bundle(msg.bundleDir);
     const imagesPer = msg.requests.map((r) => resolveRequest(r).n);
     let unetInputs: UnetInputProvider | undefined;
+    // Late add-ons run their ControlNets in sequence: their batch cannot know in advance to run its U-Net split.
+    let cnMode: ControlNetMode | undefined;
     let joinedAt: () => number | null = () => (msg.addons ? 0 : null);
     let addons = msg.addons;
     // Merged weights are needed before the first step, text-encoder branches before the prompt is encoded:
     // such a model waits for its add-ons.
     const merging = loaded.manifest.lora?.mode === "merge" || addonRuntime.textEncoderLoras(loaded);
-    if (merging && arrival) {
+    // Add-ons due by step 0 that will fold (one LoRA set for the batch, known by its key before the files come) are
+    // waited for before the prompt is encoded instead of at step 0: the batch then runs on the set's merged weights
+    // rather than the branches, and applies them from step 0 either way (only the text encoding's overlap is lost).
+    const dueFirst =
+      msg.addonJoinFraction !== undefined &&
+      joinStepOf(msg.addonJoinFraction, resolveRequest(msg.requests[0]!).steps ?? loaded.manifest.default_steps) === 0;
+    const folds =
+      dueFirst &&
+      LoraFold.eligible(loaded) &&
+      msg.loraSets !== undefined &&
+      msg.loraSets.length > 0 &&
+      msg.loraSets[0] !== "" &&
+      msg.loraSets.every((k) => k === msg.loraSets![0]);
+    const waitFirst = merging || folds;
+    if (waitFirst && arrival) {
       addons = await arrival;
       joinedAt = () => 0;
     }
     let arrived = addons;
     if (addons) loaded = await addonRuntime.bundleFor(loaded, addons);
-    if (arrival && msg.addonJoinFraction !== undefined && !merging) {
+    if (arrival && msg.addonJoinFraction !== undefined && !waitFirst) {
       // A hot set's merged weights are picked by the set's key; the arriving add-ons count towards making it hot.
       const base = loaded;
       if (msg.loraSets) loaded = addonRuntime.hotMerged(base, msg.loraSets) ?? base;
@@ -86,19 +110,26 @@ port.on("message", async (msg: ToWorker) => {
       unetInputs = late.provider;
       joinedAt = late.joinedAt;
     } else if (addons) {
-      unetInputs = await addonRuntime.provider(loaded, imagesPer, addons);
+      cnMode = addonRuntime.controlNetMode(loaded, addons);
+      unetInputs = await addonRuntime.provider(loaded, imagesPer, addons, cnMode);
     }
+    // In parallel, the U-Net runs split where the residuals enter (or as its DeepCache parts where it cannot).
+    const overlap = cnMode === "parallel" ? await addonRuntime.overlapParts(loaded) : undefined;
     const results = await generateBatch(loaded, msg.requests, {
+      ...(overlap ? { overlap } : {}),
       ...(unetInputs ? { unetInputs } : {}),
       ...(addons ? { textEncoderInputs: addonRuntime.textInputs(loaded, imagesPer, addons) } : {}),
-      // Late add-ons cannot say in advance whether they bring ControlNets: their batch stays on the one-graph U-Net.
-      splitUnet: addons !== undefined && addonRuntime.wantsSplit(addons),
+      splitUnet: cnMode === "parallel" && overlap === undefined,
       signal: controller.signal,
       onProgress: ({ step, steps }) => {
         if (Atomics.load(cancel, 0) === 1) controller.abort(new Error("generation canceled"));
         send({ type: "progress", id: msg.id, step, steps });
       },
     });
+    if (cnMode && addons) {
+      const r = results[0]!;
+      addonRuntime.recordControlNet(loaded, addons, cnMode, r.timings.unetMs / r.steps);
+    }
     const buffers = results.flatMap((r) => [...r.images.map((img) => img.buffer), r.latents.buffer]) as ArrayBuffer[];
     const loraLoads = arrived ? addonRuntime.loraReports(loaded, arrived) : [];
     send(
@@ -107,7 +138,8 @@ port.on("message", async (msg: ToWorker) => {
         id: msg.id,
         results,
         addonsJoinedAt: joinedAt(),
-        lorasMerged: loaded.lorasMerged !== undefined,
+        // Merged into a session's weights (hot set, merge mode); a folded set is fed as inputs and does not count.
+        lorasMerged: loaded.lorasMerged !== undefined && loaded.lorasFolded !== true,
         loraLoads,
       },
       buffers,

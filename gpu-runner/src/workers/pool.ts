@@ -23,13 +23,15 @@ export interface PoolOptions {
   size?: number;
   session?: SessionConfig;
   /**
-   * ControlNets in a worker of their own, in parallel with the U-Net's head. Off by default: on the CPU and the
-   * small kernel-launch-bound tiny-shapes U-Net the message passing and the split U-Net cost more than the overlap
-   * saves (bench/ADDONS.md); turn it on where the U-Net's head is heavy enough to hide a ControlNet.
+   * ControlNets in a worker of their own, in parallel with the U-Net's head (true), in sequence (false), or, by
+   * default ("auto"), whichever each worker measures faster per model and ControlNet set (addons/controlnet-mode.ts;
+   * on the CPU and the small tiny-shapes U-Net that is sequence: bench/ADDONS.md).
    */
-  parallelControlNet?: boolean;
+  parallelControlNet?: boolean | "auto";
   /** Merge a LoRA set into a worker's U-Net weights on its n-th batch there (AddonRuntimeOptions); 0: never. */
   mergeHotAfter?: number;
+  /** Fold a batch's one LoRA set into weights fed as inputs (AddonRuntimeOptions.foldLoras; on by default). */
+  foldLoras?: boolean;
 }
 
 export interface JobOptions {
@@ -75,8 +77,9 @@ const WORKER_URL = new URL("./inference-worker.ts", import.meta.url);
 export class InferencePool {
   readonly size: number;
   readonly session: SessionConfig;
-  readonly parallelControlNet: boolean;
+  readonly parallelControlNet: boolean | "auto";
   private readonly mergeHotAfter: number | undefined;
+  private readonly foldLoras: boolean | undefined;
   private readonly slots: Slot[] = [];
   private readonly queue: Job[] = [];
   private nextId = 1;
@@ -86,8 +89,9 @@ export class InferencePool {
     this.size = options.size ?? availableParallelism();
     if (!Number.isInteger(this.size) || this.size < 1) throw new RangeError(`pool size must be ≥ 1, got ${this.size}`);
     this.session = options.session ?? DEFAULT_SESSION_CONFIG;
-    this.parallelControlNet = options.parallelControlNet ?? false;
+    this.parallelControlNet = options.parallelControlNet ?? "auto";
     this.mergeHotAfter = options.mergeHotAfter;
+    this.foldLoras = options.foldLoras;
     for (let i = 0; i < this.size; i++) this.slots.push(this.spawn());
   }
 
@@ -96,6 +100,7 @@ export class InferencePool {
       session: this.session,
       parallelControlNet: this.parallelControlNet,
       ...(this.mergeHotAfter !== undefined ? { mergeHotAfter: this.mergeHotAfter } : {}),
+      ...(this.foldLoras !== undefined ? { foldLoras: this.foldLoras } : {}),
     };
     const slot: Slot = { worker: new Worker(WORKER_URL, { workerData: init }), job: null, bundles: new Set() };
     slot.worker.on("message", (msg: FromWorker) => this.onMessage(slot, msg));

@@ -7,10 +7,15 @@ import type { WireError } from "../errors.ts";
 
 export interface WorkerInit {
   session: SessionConfig;
-  /** ControlNets in a worker of their own beside the U-Net's head, or in sequence (default; see PoolOptions). */
-  parallelControlNet?: boolean;
+  /**
+   * ControlNets in a worker of their own beside the U-Net's head (true), in sequence (false), or whichever measures
+   * faster per model and ControlNet set ("auto", the default; addons/controlnet-mode.ts).
+   */
+  parallelControlNet?: boolean | "auto";
   /** See AddonRuntimeOptions. */
   mergeHotAfter?: number;
+  /** See AddonRuntimeOptions. */
+  foldLoras?: boolean;
 }
 
 export type ToWorker =

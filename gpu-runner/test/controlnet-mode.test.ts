@@ -1,0 +1,44 @@
+import { describe, expect, it } from "vitest";
+import { ControlNetModeChooser, type ControlNetMode } from "../src/addons/controlnet-mode.ts";
+
+/** Runs `n` batches of one kind whose step time per mode is given (a function of the batch index). */
+function simulate(chooser: ControlNetModeChooser, n: number, ms: (mode: ControlNetMode, i: number) => number) {
+  const modes: ControlNetMode[] = [];
+  for (let i = 0; i < n; i++) {
+    const mode = chooser.choose("k");
+    modes.push(mode);
+    chooser.record("k", mode, ms(mode, i));
+  }
+  return modes;
+}
+
+describe("ControlNet mode chosen by measurement", () => {
+  it("calibrates both modes, then keeps the faster one and probes the other now and then", () => {
+    const chooser = new ControlNetModeChooser({ cores: 2, calibration: 2, probeEvery: 8 });
+    const modes = simulate(chooser, 40, (m) => (m === "sequence" ? 6 : 9));
+    expect(modes.slice(0, 4)).toEqual(["sequence", "parallel", "sequence", "parallel"]);
+    const after = modes.slice(4);
+    expect(after.filter((m) => m === "sequence").length).toBeGreaterThan(after.length * 0.8);
+    expect(after).toContain("parallel"); // probes
+    expect(chooser.preferred("k")).toBe("sequence");
+    expect(chooser.summary("k")).toEqual({ sequence: 6, parallel: 9 });
+  });
+
+  it("moves to parallel once it measures faster (a core freed)", () => {
+    const chooser = new ControlNetModeChooser({ cores: 2, calibration: 2, probeEvery: 4, window: 3 });
+    // Parallel is slow for 20 batches (the other core busy), then faster.
+    const modes = simulate(chooser, 80, (m, i) => (m === "sequence" ? 6 : i < 20 ? 9 : 4));
+    expect(modes.slice(10, 20).filter((m) => m === "parallel").length).toBeLessThanOrEqual(3);
+    expect(modes.slice(60).filter((m) => m === "parallel").length).toBeGreaterThanOrEqual(15); // all but the probes
+    expect(chooser.preferred("k")).toBe("parallel");
+  });
+
+  it("never tries parallel with one core, and ignores measurements that are not times", () => {
+    const one = new ControlNetModeChooser({ cores: 1 });
+    expect(new Set(simulate(one, 20, (m) => (m === "parallel" ? 1 : 10)))).toEqual(new Set(["sequence"]));
+    const chooser = new ControlNetModeChooser({ cores: 2 });
+    chooser.record("k", "parallel", Number.NaN);
+    chooser.record("k", "parallel", -1);
+    expect(chooser.summary("k")).toEqual({});
+  });
+});
