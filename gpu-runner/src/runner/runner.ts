@@ -6,6 +6,11 @@
  * a job that arrives anyway, finishes the job in hand, or, past the grace period, hands it back (a retryable failure
  * puts it back in the queue).
  *
+ * Capacity: a runner holds up to `workers × batch × depth` leases at once (the edge enforces what it registered), with a
+ * few lease long polls in flight while it has room; each job keeps its own lease, heartbeats, cancel, upload and
+ * complete. Compatible jobs run as one U-Net batch (batcher.ts). A job's add-ons start loading as it is leased, before
+ * the acknowledgement and the batching window.
+ *
  * Storage outages: uploads are bounded by the upload URLs' expiry (the lease's), each try cut short by cancel; a job
  * whose images could not be stored goes back as `storage_unavailable`, which costs it no attempt, and the runner
  * leases nothing more until a probe finds the store answering (exponential backoff), rather than burning the
@@ -25,6 +30,7 @@ import { ControlNetManifest } from "@imagegen/formats/manifest";
 
 import { formatAddonRef } from "@imagegen/contracts/refs";
 import type { GenerationRequest } from "../pipeline/request.ts";
+import { Batcher, requestBatchKey, type BatchEntry } from "./batcher.ts";
 import {
   EdgeError,
   sleep,
@@ -39,6 +45,8 @@ export interface ModelEntry {
   dir: string;
   /** SHA-256 of the bundle's manifest.json (which lists its components' hashes): what produced an image. */
   manifestSha256: string;
+  /** How the model applies LoRAs: "branch" lets requests with different LoRA sets share a batch. */
+  loraMode?: "branch" | "merge";
 }
 
 /** Every diffusion bundle under `modelsDir`, by model name. */
@@ -49,12 +57,17 @@ export function discoverModels(modelsDir: string): Map<string, ModelEntry> {
     const path = join(modelsDir, name, "manifest.json");
     if (!existsSync(path)) continue;
     const text = readFileSync(path);
-    const manifest = JSON.parse(text.toString("utf8")) as { kind?: string; name?: string };
+    const manifest = JSON.parse(text.toString("utf8")) as {
+      kind?: string;
+      name?: string;
+      lora?: { mode?: "branch" | "merge" };
+    };
     if (manifest.kind !== "diffusion" || !manifest.name) continue;
     models.set(manifest.name, {
       name: manifest.name,
       dir: join(modelsDir, name),
       manifestSha256: createHash("sha256").update(text).digest("hex"),
+      ...(manifest.lora?.mode ? { loraMode: manifest.lora.mode } : {}),
     });
   }
   return models;
@@ -91,6 +104,27 @@ export interface RunnerOptions {
   /** How long shutdown waits for the job in hand before handing it back. */
   shutdownGraceMs?: number;
   leaseWaitMs?: number;
+  /**
+   * Images per U-Net batch (default 1). The runner holds up to `pool.size × batch` jobs (its capacity, at most 64)
+   * and runs compatible ones together.
+   */
+  batch?: number;
+  /** How long a job waits for batch-mates while a worker is free (default 0: batches form only while all are busy). */
+  batchWindowMs?: number;
+  /**
+   * Batches per worker held at once (default 1): 2 lets the next batch be leased and acknowledged, and the last one
+   * upload and complete, while one runs, so the edge's round trips do not leave workers idle. Capacity is
+   * `pool.size × batch × depth`, at most 64.
+   */
+  depth?: number;
+  /**
+   * Ask the edge to acknowledge each lease as it makes it (one round trip less per job; an edge that does not, still
+   * gets the acknowledging heartbeat). The cost: a lease whose answer is lost, or that arrives as the runner stops,
+   * has counted its attempt, and a lost one waits out the full TTL. Default false.
+   */
+  acknowledgeInLease?: boolean;
+  /** Lease long polls in flight at once while the runner has room (default: workers × batch + 1, at most its capacity). */
+  leasePolls?: number;
   log?: (event: Record<string, unknown>) => void;
 }
 
@@ -98,8 +132,14 @@ export interface RunnerOptions {
 
 export class Runner {
   private stopping = false;
-  private current: Promise<void> | null = null;
   private loop: Promise<void> | null = null;
+  /** Jobs in hand and lease calls in flight; `wake` resolves the lease loop's wait when one of them ends. */
+  private readonly inHand = new Set<Promise<void>>();
+  private readonly polls = new Set<Promise<void>>();
+  private wake: () => void = () => {};
+  /** The most jobs this runner holds at once (declared on every lease; the edge may hold it lower). */
+  readonly capacity: number;
+  private readonly batcher: Batcher;
   private readonly leaseAbort = new AbortController();
   private readonly jobAbort = new AbortController();
   private readonly heartbeatMs: number | undefined;
@@ -115,6 +155,15 @@ export class Runner {
   constructor(options: RunnerOptions) {
     this.o = options;
     this.heartbeatMs = options.heartbeatMs;
+    const batch = options.batch ?? 1;
+    this.batcher = new Batcher(options.pool, {
+      maxBatch: batch,
+      windowMs: options.batchWindowMs ?? 0,
+      slots: options.pool.size,
+    });
+    const depth = options.depth ?? 1;
+    if (!Number.isInteger(depth) || depth < 1) throw new RangeError(`depth must be a whole number ≥ 1, got ${depth}`);
+    this.capacity = Math.min(MAX_CAPACITY, options.pool.size * batch * depth);
     this.log =
       options.log ?? ((e) => process.stderr.write(`${JSON.stringify({ t: new Date().toISOString(), ...e })}\n`));
   }
@@ -128,42 +177,86 @@ export class Runner {
   private async leaseLoop(): Promise<void> {
     const models = [...this.o.models.keys()];
     if (models.length === 0) throw new Error("no model bundles to serve");
-    this.log({ event: "runner.start", models });
+    // A batch's worth of polls per worker: where a lease takes a while to answer, fewer polls bound the leasing rate
+    // (polls / lease round trip) below what the workers could run.
+    const maxPolls = Math.max(
+      1,
+      Math.min(this.capacity, this.o.leasePolls ?? this.o.pool.size * (this.o.batch ?? 1) + 1),
+    );
+    this.log({
+      event: "runner.start",
+      models,
+      capacity: this.capacity,
+      batch: this.o.batch ?? 1,
+      depth: this.o.depth ?? 1,
+    });
     while (!this.stopping) {
-      if (this.storageOutage && !(await this.storageBack())) continue;
-      let leased: LeasedJob | null;
-      try {
-        leased = await this.o.edge.lease(
-          { models, warm_addons: this.o.addons.warm(), capacity: 1, wait_ms: this.o.leaseWaitMs ?? 25_000 },
-          this.leaseAbort.signal,
-        );
-      } catch (err) {
-        if (this.stopping) break;
-        this.log({ event: "lease.error", error: String(err) });
-        await new Promise((r) => setTimeout(r, 1_000));
+      if (this.storageOutage) {
+        // No new lease while the store is down; the jobs in hand go on.
+        await this.storageBack();
         continue;
       }
-      if (!leased) continue;
-      if (this.stopping) {
-        // The answer won the race with stop(): hand the job back unacknowledged, which costs it no attempt.
-        await this.o.edge
-          .fail(leased.job.id, {
-            lease_id: leased.lease_id,
-            error: {
-              code: "runner_shutdown",
-              message: "The runner stopped as the job arrived; handed back untouched.",
-            },
-            retryable: true,
-          })
-          .catch((e) => this.log({ event: "fail.error", job: leased.job.id, error: String(e) }));
-        this.done.push({ id: leased.job.id, status: "released", ms: 0 });
-        break;
-      }
-      this.current = this.process(leased);
-      await this.current;
-      this.current = null;
+      while (!this.stopping && this.polls.size < maxPolls && this.polls.size + this.inHand.size < this.capacity)
+        this.track(this.polls, this.leaseOne(models));
+      const changed = new Promise<void>((resolve) => (this.wake = resolve));
+      await changed;
     }
+    await Promise.all([...this.polls]);
+    await Promise.all([...this.inHand]);
+    // Canceled jobs were answered before their batch stopped: the pool may close only once it has.
+    await this.batcher.idle();
     this.log({ event: "runner.stop" });
+  }
+
+  /** Keeps `p` in `set` until it settles, then wakes the lease loop. */
+  private track(set: Set<Promise<void>>, p: Promise<void>): void {
+    const tracked = p
+      .catch((err: unknown) => this.log({ event: "runner.error", error: String(err) }))
+      .finally(() => {
+        set.delete(tracked);
+        this.wake();
+      });
+    set.add(tracked);
+  }
+
+  /** One lease call; a job it brings is in hand (counted against capacity) before the call counts as ended. */
+  private async leaseOne(models: string[]): Promise<void> {
+    let leased: LeasedJob | null;
+    try {
+      leased = await this.o.edge.lease(
+        {
+          models,
+          warm_addons: this.o.addons.warm(),
+          capacity: this.capacity,
+          wait_ms: this.o.leaseWaitMs ?? 25_000,
+          // Sent only when asked for: an edge older than the field refuses unknown fields.
+          ...(this.o.acknowledgeInLease ? { acknowledge: true } : {}),
+        },
+        this.leaseAbort.signal,
+      );
+    } catch (err) {
+      if (this.stopping) return;
+      this.log({ event: "lease.error", error: String(err) });
+      await sleep(1_000, this.leaseAbort.signal).catch(() => {});
+      return;
+    }
+    if (!leased) return;
+    if (this.stopping) {
+      // The answer won the race with stop(): hand the job back unacknowledged, which costs it no attempt.
+      await this.o.edge
+        .fail(leased.job.id, {
+          lease_id: leased.lease_id,
+          error: {
+            code: "runner_shutdown",
+            message: "The runner stopped as the job arrived; handed back untouched.",
+          },
+          retryable: true,
+        })
+        .catch((e) => this.log({ event: "fail.error", job: leased.job.id, error: String(e) }));
+      this.done.push({ id: leased.job.id, status: "released", ms: 0 });
+      return;
+    }
+    this.track(this.inHand, this.process(leased));
   }
 
   /**
@@ -204,7 +297,8 @@ export class Runner {
     this.leaseAbort.abort(new Error("runner stopping"));
     const grace = this.o.shutdownGraceMs ?? 30_000;
     const timer = setTimeout(() => this.jobAbort.abort(new Error("shutdown")), grace);
-    await (this.loop ?? this.current);
+    this.wake();
+    await (this.loop ?? Promise.all([...this.inHand]).then(() => this.batcher.idle()));
     clearTimeout(timer);
   }
 
@@ -311,10 +405,41 @@ export class Runner {
     );
   }
 
+  /**
+   * Which jobs may share a U-Net batch: same bundle and `batchKey` fields; jobs with add-ons only with each other,
+   * with the same ControlNets, and with the same LoRA set unless the model stacks LoRAs as branches (per sample).
+   */
+  private batchKeyOf(
+    model: ModelEntry,
+    leased: LeasedJob,
+    request: GenerationRequest,
+    loraSet?: string,
+  ): BatchEntry["key"] {
+    const fields = requestBatchKey(request);
+    if (fields === null) return null;
+    if (leased.addons.length === 0) return `plain|${fields}`;
+    if (leased.job.request.loras.length > 0 && loraSet === undefined) return null;
+    const nets = leased.job.request.controlnets.map((c) => formatAddonRef(c.id, c.version)).join(",");
+    const loras = model.loraMode === "branch" ? "branch" : (loraSet ?? "");
+    return `addons|${fields}|${loras}|${nets}`;
+  }
+
   private async process(leased: LeasedJob): Promise<void> {
     const { job, lease_id: leaseId } = leased;
     const started = performance.now();
     const model = this.o.models.get(job.request.model);
+    // Add-ons start loading now, beside the acknowledgement and any batching window (a lost lease wastes a warm cache).
+    let addonLoadMs = 0;
+    let addonsReady = false;
+    const loading =
+      leased.addons.length > 0
+        ? this.prepareAddons(leased).then((a) => {
+            addonLoadMs = performance.now() - started;
+            addonsReady = true;
+            return a;
+          })
+        : null;
+    loading?.catch(() => {}); // its failure reaches the job where it is awaited
     const cancel = new AbortController();
     const abortOnShutdown = () => cancel.abort(this.jobAbort.signal.reason);
     this.jobAbort.signal.addEventListener("abort", abortOnShutdown);
@@ -344,10 +469,15 @@ export class Runner {
     };
     let interval: number;
     try {
-      // The acknowledgement: the edge counts the attempt now, or says the lease is gone (its deadline passed).
-      const ack = await this.o.edge.heartbeat(job.id, { lease_id: leaseId, warm_addons: this.o.addons.warm() });
-      if (ack.cancel) throw new EdgeError(409, "job_canceled", "canceled before it started");
-      interval = heartbeatInterval(ack.lease_ttl_ms, this.heartbeatMs);
+      if (leased.acknowledged) {
+        // Acknowledged by the lease itself (`acknowledgeInLease`): no acknowledging round trip.
+        interval = heartbeatInterval(leased.lease_ttl_ms, this.heartbeatMs);
+      } else {
+        // The acknowledgement: the edge counts the attempt now, or says the lease is gone (its deadline passed).
+        const ack = await this.o.edge.heartbeat(job.id, { lease_id: leaseId, warm_addons: this.o.addons.warm() });
+        if (ack.cancel) throw new EdgeError(409, "job_canceled", "canceled before it started");
+        interval = heartbeatInterval(ack.lease_ttl_ms, this.heartbeatMs);
+      }
     } catch (err) {
       this.jobAbort.signal.removeEventListener("abort", abortOnShutdown);
       this.done.push({ id: job.id, status: "lost", ms: performance.now() - started });
@@ -355,7 +485,9 @@ export class Runner {
       return;
     }
     const timer = setInterval(beat, interval);
-    let lastProgressBeat = 0;
+    // Progress goes out once the job has run a while: a job done within a few hundred ms costs the edge no extra write
+    // (the regular beats still learn of cancel).
+    let lastProgressBeat = performance.now();
     this.log({
       event: "job.start",
       job: job.id,
@@ -366,29 +498,29 @@ export class Runner {
     });
     try {
       if (!model) throw new RunnerError("model_not_served", `this runner does not serve model '${job.request.model}'`);
-      const tAddons = performance.now();
-      let addonLoadMs = 0;
       let joinedAt: number | null = null;
       let lorasMerged = false;
       let loraLoads: LoraLoadReport[] = [];
-      const loading = this.prepareAddons(leased).then((a) => {
-        addonLoadMs = performance.now() - tAddons;
-        return [a];
-      });
-      const late = this.o.addonJoinFraction !== undefined && leased.addons.length > 0;
+      // Add-ons still loading join the generation by a fraction of its steps (a job alone); loaded ones go with it.
+      const late = loading !== null && this.o.addonJoinFraction !== undefined && !addonsReady;
       // The LoRA set's key is known from the lease before the files arrive: a worker holding it merged uses it.
       const shaOf = (id: string, version: number) =>
         leased.addons.find((a) => a.ref === formatAddonRef(id, version))?.sha256;
       const loras = job.request.loras.map((l) => ({ sha256: shaOf(l.id, l.version) ?? "", scale: l.scale }));
+      const loraSet = loras.length && loras.every((l) => l.sha256) ? loraSetKey(loras) : undefined;
+      const request = pipelineRequest(job.request);
       const t0 = performance.now();
-      const result = await this.o.pool.generate(model.dir, pipelineRequest(job.request), {
-        addons: late ? loading : await loading,
-        ...(late ? { addonJoinFraction: this.o.addonJoinFraction } : {}),
-        ...(loras.length && loras.every((l) => l.sha256) ? { loraSets: [loraSetKey(loras)] } : {}),
+      const result = await this.batcher.submit({
+        key: this.batchKeyOf(model, leased, request, loraSet),
+        bundleDir: model.dir,
+        request,
+        ...(loading === null ? {} : late ? {} : { addons: await loading }),
+        ...(late ? { late: { loading: loading!, joinFraction: this.o.addonJoinFraction! } } : {}),
+        ...(loraSet !== undefined ? { loraSet } : {}),
         onAddonsJoined: (step, merged, loads) => {
           joinedAt = step;
           lorasMerged = merged;
-          loraLoads = loads[0] ?? [];
+          loraLoads = loads;
         },
         signal: cancel.signal,
         onProgress: ({ step, steps }) => {
@@ -472,6 +604,7 @@ export class Runner {
       this.log({
         event: "job.done",
         job: job.id,
+        batch_images: result.batchSize,
         ms: round(performance.now() - started),
         inference_ms: round(inferenceMs),
         upload_ms: round(uploadMs),
@@ -512,6 +645,8 @@ export class Runner {
 }
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
+/** The most leases a runner may hold (the runner API's `capacity` bound). */
+const MAX_CAPACITY = 64;
 
 /** Complete's refusals that mean the store does not hold what was uploaded (a lying or corrupting store). */
 const STORED_WRONG = new Set(["output_missing", "output_checksum_mismatch"]);

@@ -4,6 +4,9 @@
  *
  *   EDGE_URL=http://127.0.0.1:8787 RUNNER_TOKEN=igr_… npx node gpu-runner/src/runner/serve.ts --workers 1
  *
+ * It holds up to --workers × --batch × --depth jobs and runs compatible ones as one U-Net batch (batcher.ts); a job
+ * waits at most --batch-window-ms for batch-mates while a worker is free.
+ *
  * (from the repository root; `npx node` is the project-local Node 22, which runs the .ts directly)
  *
  * SIGINT / SIGTERM: stop leasing, finish the job in hand (or hand it back after --grace-ms), then exit. A closed
@@ -21,6 +24,11 @@ import { InferencePool } from "../workers/pool.ts";
 import { EdgeClient } from "./edge-client.ts";
 import { discoverModels, Runner } from "./runner.ts";
 
+/** Measured in tests/bench/THROUGHPUT.md. */
+const DEFAULT_BATCH = 4;
+const DEFAULT_BATCH_WINDOW_MS = 0;
+const DEFAULT_DEPTH = 2;
+
 const DEFAULT_MODELS = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "models");
 
 /** `--addon-join-fraction`: a number in [0, 1], or "off" to load add-ons before sampling starts. */
@@ -30,6 +38,29 @@ function joinFraction(value: string | undefined): { addonJoinFraction?: number }
   if (!(f >= 0 && f <= 1))
     throw new Error(`--addon-join-fraction must be a number in [0, 1] or "off" (got "${value}")`);
   return { addonJoinFraction: f };
+}
+
+/** `--batch`, `--batch-window-ms`, `--depth`: images per U-Net batch, the batching window, batches per worker in hand. */
+function batching(
+  batch: string,
+  windowMs: string,
+  depth: string,
+): { batch: number; batchWindowMs: number; depth: number } {
+  const b = Number(batch);
+  if (!Number.isInteger(b) || b < 1 || b > 64)
+    throw new Error(`--batch must be a whole number in [1, 64] (got "${batch}")`);
+  const w = Number(windowMs);
+  if (!(w >= 0 && w <= 1_000)) throw new Error(`--batch-window-ms must be a number in [0, 1000] (got "${windowMs}")`);
+  const d = Number(depth);
+  if (!Number.isInteger(d) || d < 1 || d > 8)
+    throw new Error(`--depth must be a whole number in [1, 8] (got "${depth}")`);
+  return { batch: b, batchWindowMs: w, depth: d };
+}
+
+function wholeNumber(flag: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a whole number ≥ 1 (got "${value}")`);
+  return n;
 }
 
 /** `--lora-merge-after`: merge a LoRA set into a worker's weights on its n-th batch there; 0 never. */
@@ -46,6 +77,14 @@ const { values } = parseArgs({
     models: { type: "string", default: process.env.MODELS_DIR ?? DEFAULT_MODELS },
     only: { type: "string", default: process.env.RUNNER_MODELS },
     workers: { type: "string", default: process.env.RUNNER_WORKERS ?? "1" },
+    // Images per U-Net batch; the runner holds up to workers × batch × depth jobs (bench: tests/bench/THROUGHPUT.md).
+    batch: { type: "string", default: process.env.RUNNER_BATCH ?? String(DEFAULT_BATCH) },
+    // Batches per worker in hand: 2 overlaps the edge's round trips (ack, upload, complete) with inference.
+    depth: { type: "string", default: process.env.RUNNER_DEPTH ?? String(DEFAULT_DEPTH) },
+    "batch-window-ms": {
+      type: "string",
+      default: process.env.RUNNER_BATCH_WINDOW_MS ?? String(DEFAULT_BATCH_WINDOW_MS),
+    },
     threads: { type: "string", default: process.env.RUNNER_THREADS ?? "1" },
     ep: { type: "string", default: process.env.EXECUTION_PROVIDERS ?? "cpu" },
     // Unset: three beats per lease TTL the edge announces. Set: at most this long between beats.
@@ -60,6 +99,10 @@ const { values } = parseArgs({
     "parallel-controlnet": { type: "boolean", default: process.env.PARALLEL_CONTROLNET === "1" },
     "lora-merge-after": { type: "string", default: process.env.LORA_MERGE_AFTER ?? String(DEFAULT_MERGE_HOT_AFTER) },
     "grace-ms": { type: "string", default: "30000" },
+    // Lease long polls in flight while the runner has room (default: workers × batch + 1).
+    "lease-polls": { type: "string", default: process.env.RUNNER_LEASE_POLLS },
+    // One round trip less per job; a lease whose answer is lost then costs its attempt (RunnerOptions).
+    "ack-in-lease": { type: "boolean", default: process.env.RUNNER_ACK_IN_LEASE === "1" },
   },
 });
 
@@ -86,7 +129,8 @@ if (models.size === 0) {
 
 const pool = new InferencePool({
   size: Number(values.workers),
-  parallelControlNet: values["parallel-controlnet"],
+  // The flag forces parallel; without it each worker measures which mode is faster ("auto").
+  parallelControlNet: values["parallel-controlnet"] ? true : "auto",
   mergeHotAfter: mergeAfter(values["lora-merge-after"]),
   session: SessionConfigSchema.parse({
     executionProviders: values.ep.split(","),
@@ -107,6 +151,9 @@ const runner = new Runner({
   ...joinFraction(values["addon-join-fraction"]),
   ...(values["heartbeat-ms"] ? { heartbeatMs: Number(values["heartbeat-ms"]) } : {}),
   shutdownGraceMs: Number(values["grace-ms"]),
+  acknowledgeInLease: values["ack-in-lease"],
+  ...(values["lease-polls"] ? { leasePolls: wholeNumber("--lease-polls", values["lease-polls"]) } : {}),
+  ...batching(values.batch, values["batch-window-ms"], values.depth),
 });
 
 // A log line to a reader that has gone must not crash the runner mid-job (an unhandled EPIPE 'error' event would).
