@@ -11,6 +11,13 @@ export const LeaseBody = z
     capacity: z.number().int().min(1).max(64).default(1),
     /** How long to wait for a job before answering 204 (long poll). */
     wait_ms: z.number().int().min(0).max(60_000).default(25_000),
+    /**
+     * Acknowledge the lease in the lease itself (one round trip less before the work starts): the attempt counts at
+     * once and the lease runs its full TTL, so no first heartbeat is needed. The cost: a job whose answer is lost on
+     * the way (the runner hangs up first, it gets no job) waits out the full TTL, not the short acknowledgement
+     * deadline, before it goes back to the queue. Default false (the acknowledging heartbeat).
+     */
+    acknowledge: z.boolean().optional(),
   })
   .strict()
   .openapi("LeaseRequest");
@@ -38,6 +45,10 @@ export const LeasedJob = z
     outputs: z.array(
       z.object({ index: z.number().int(), storage_key: z.string(), content_type: z.literal("image/png") }),
     ),
+    /** True when the lease was acknowledged as it was made (`acknowledge` in the request): no heartbeat confirms it. */
+    acknowledged: z.boolean().optional(),
+    /** How long each heartbeat extends the lease (as `HeartbeatResult.lease_ttl_ms`), for a lease acknowledged at once. */
+    lease_ttl_ms: z.number().int().positive().optional(),
     /** Presigned GETs for the job's add-ons, with the hashes the runner must verify. */
     addons: z.array(
       z.object({

@@ -5,6 +5,8 @@ import type { WebhookDeliverer } from "./webhooks/deliverer.ts";
 /** The Worker's bindings, as wrangler.toml declares them. */
 export interface Env {
   DB: D1Database;
+  /** The dashboard's static files ([assets] in wrangler.toml; edge/src/dashboard/public). */
+  ASSETS?: Fetcher;
   /** The R2 bucket behind S3_ENDPOINT, for the edge's own reads; absent with a non-R2 store. */
   BUCKET?: R2Bucket;
   S3_ENDPOINT?: string;
@@ -31,6 +33,8 @@ export interface Env {
   MAX_JOB_ATTEMPTS: string;
   AFFINITY_MAX_WAIT_MS: string;
   DEFAULT_MODEL: string;
+  /** "true": one JSON line of server timing per request in the log (the latency bench reads them). */
+  TIMING_LOG?: string;
 }
 
 /** The edge's settings, read once per request from env (one config loader). */

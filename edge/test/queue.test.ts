@@ -171,6 +171,32 @@ describe("leases to runners that have gone", () => {
 
   // Guards the hang-up path (workerd cancels a long poll whose caller went away, and the handler checks the request's
   // signal where `enable_request_signal` fires it); the acknowledgement above is what makes a missed hang-up harmless.
+  it("a lease acknowledged in the lease request counts its attempt at once and runs the full TTL", async () => {
+    const t = await newTenant("ack-in-lease");
+    await registerModel("ack-lease-model");
+    const runner = await newRunner("ack-in-lease");
+    const job = await generate(t.key, { model: "ack-lease-model" });
+    const l = await leaseUnacked(runner.token, { models: ["ack-lease-model"], acknowledge: true });
+    expect(l.status).toBe(200);
+    expect(l.body).toMatchObject({ acknowledged: true, lease_ttl_ms: 30_000 });
+    expect(l.body.job).toMatchObject({ id: job.body.id, attempt: 1 });
+    // Not the short acknowledgement deadline: the whole TTL, with no heartbeat.
+    expect(Date.parse(l.body.lease_expires_at) - Date.now()).toBeGreaterThan(20_000);
+    expect(await jobRow(job.body.id)).toMatchObject({ status: "running", attempts: 1 });
+    const shown = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(shown.body.started_at).not.toBeNull();
+    // A later heartbeat extends it without counting another attempt; complete needs no acknowledgement.
+    expect((await acknowledge(runner.token, l.body)).status).toBe(200);
+    expect((await jobRow(job.body.id)).attempts).toBe(1);
+    expect((await complete(runner.token, l.body)).status).toBe(200);
+    expect(await jobRow(job.body.id)).toMatchObject({ status: "succeeded", attempts: 1 });
+    // Without the flag the lease stays provisional, as before.
+    const next = await generate(t.key, { model: "ack-lease-model" });
+    const plain = await leaseUnacked(runner.token, { models: ["ack-lease-model"] });
+    expect(plain.body.acknowledged).toBeUndefined();
+    expect((await jobRow(next.body.id)).attempts).toBe(0);
+  });
+
   it("a runner that hung up its long poll is not handed the next job", async () => {
     const t = await newTenant("hung-up");
     await registerModel("hangup-model");
@@ -254,6 +280,55 @@ describe("heartbeat, complete, fail", () => {
     expect(seen.body.timings.inference_ms).toBe(120);
     expect(seen.body.timings.queue_ms).toBeGreaterThanOrEqual(0);
     expect(seen.body.provenance.runner).toBe(runner.id);
+  });
+
+  it("complete refuses images under another lease's or tenant's keys, or a wrong count, and stores none of them", async () => {
+    const t = await newTenant("keys");
+    const other = await newTenant("keys-other");
+    await registerModel("keys-model");
+    const runner = await newRunner("keys");
+    const job = await generate(t.key, { model: "keys-model" });
+    const l = await lease(runner.token, { models: ["keys-model"] });
+    const [good] = await uploadOutputs(l.body);
+    const put = async (key: string) => {
+      const bytes = new TextEncoder().encode(`png ${good!.storage_key}`);
+      await env.BUCKET!.put(key, bytes, { httpMetadata: { contentType: "image/png" }, sha256: good!.sha256 });
+      return { ...good!, storage_key: key };
+    };
+    const completeWith = (images: unknown[]) =>
+      call("POST", `/internal/v1/jobs/${job.body.id}/complete`, {
+        token: runner.token,
+        body: { lease_id: l.body.lease_id, images, timings: { inference_ms: 7 } },
+      });
+    const elsewhere = [
+      // Stored under another tenant's prefix, and under another lease's: the bytes are there, the keys are wrong.
+      await put(good!.storage_key.replace(`tenants/${t.id}/`, `tenants/${other.id}/`)),
+      await put(good!.storage_key.replace(l.body.lease_id, "lease_someoneelse")),
+    ];
+    for (const image of elsewhere) {
+      const refused = await completeWith([image]);
+      expect(refused.status).toBe(400);
+      expect(refused.body.error.code).toBe("invalid_images");
+    }
+    const twice = await completeWith([good, { ...good!, index: 1 }]);
+    expect(twice.body.error.code).toBe("invalid_images");
+    const stored = () =>
+      env.DB.prepare("SELECT count(*) AS n FROM images WHERE job_id = ?").bind(job.body.id).first<{ n: number }>();
+    expect((await stored())!.n).toBe(0);
+    const row = await env.DB.prepare("SELECT status FROM jobs WHERE id = ?")
+      .bind(job.body.id)
+      .first<{ status: string }>();
+    expect(row!.status).toBe("running");
+    const done = await completeWith([good]);
+    expect(done.body).toEqual({ ok: true, status: "succeeded" });
+    expect((await stored())!.n).toBe(1);
+    const seen = await call("GET", `/v1/generations/${job.body.id}`, { token: t.key });
+    expect(seen.body.timings.inference_ms).toBe(7);
+    expect(seen.body.timings.queue_ms).toBeGreaterThanOrEqual(0);
+    expect(seen.body.timings.total_ms).toBeGreaterThanOrEqual(seen.body.timings.queue_ms);
+    // A repeat is acknowledged and changes nothing.
+    expect((await completeWith([good])).body).toEqual({ ok: true, status: "succeeded" });
+    expect((await stored())!.n).toBe(1);
   });
 
   it("an expired lease is requeued, leased by another runner, and the old lease can no longer complete", async () => {
@@ -407,5 +482,40 @@ describe("heartbeat, complete, fail", () => {
     const timeout = await generate(t.key, {}, { prefer: "wait=1" });
     expect(timeout.status).toBe(202);
     expect(timeout.body.status).toBe("queued");
+  });
+
+  it("Prefer: wait reads D1 only at the end, however often the job announces progress", async () => {
+    const t = await newTenant("sync-reads");
+    await registerModel("sync-reads-model");
+    const runner = await newRunner("sync-reads");
+    const worker = (async () => {
+      const l = await leaseUnacked(runner.token, { models: ["sync-reads-model"], wait_ms: 5000, acknowledge: true });
+      for (let step = 1; step <= 4; step++)
+        await heartbeat(runner.token, l.body.job.id, { lease_id: l.body.lease_id, progress: { step, total: 4 } });
+      return complete(runner.token, l.body);
+    })();
+    const r = await generate(t.key, { model: "sync-reads-model" }, { prefer: "wait=10" });
+    expect((await worker).status).toBe(200);
+    expect(r.body.status).toBe("succeeded");
+    expect(r.body.images[0].url).toMatch(/^http/);
+    expect(r.body.progress).toEqual({ step: 4, total: 4 });
+    // Server-Timing names each D1 round trip of the request: key, model, the insert (one batch), the end (one batch),
+    // and the key's last-used stamp; five progress announcements add none.
+    const d1 = r.headers.get("server-timing")?.match(/d1;dur=[\d.]+;desc="(\d+)x"/);
+    expect(d1).not.toBeNull();
+    expect(Number(d1![1])).toBeLessThanOrEqual(5);
+    expect(r.headers.get("server-timing")).toMatch(/total;dur=\d+/);
+  });
+
+  it("a late announcement cannot hide a job's end from a waiter (the doorbell keeps the final note)", async () => {
+    const bell = env.DOORBELL.get(env.DOORBELL.idFromName("job:late-ring-test"));
+    const seen = await bell.current();
+    await bell.ring({ status: "succeeded", final: true });
+    // The acknowledgement's ring, sent in the background, lands after the end.
+    await bell.ring({ status: "running" });
+    const woke = await bell.wait(seen, 1000);
+    expect(woke).toMatchObject({ rung: true, seq: seen + 2, note: { status: "succeeded", final: true } });
+    const idle = await bell.wait(woke.seq, 50);
+    expect(idle.rung).toBe(false);
   });
 });

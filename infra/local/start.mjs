@@ -285,6 +285,7 @@ function startEdge() {
       // The local stack allows private webhook destinations (its receivers live on 127.0.0.1) unless told otherwise.
       ...(process.env.ALLOW_PRIVATE_WEBHOOKS ? [] : ["--var", "ALLOW_PRIVATE_WEBHOOKS:true"]),
       ...(process.env.LEASE_TTL_MS ? ["--var", `LEASE_TTL_MS:${process.env.LEASE_TTL_MS}`] : []),
+      ...(process.env.TIMING_LOG ? ["--var", "TIMING_LOG:true"] : []),
       // A webhook receiver on this machine (examples, tests) is a private destination, refused unless allowed.
       ...(process.env.ALLOW_PRIVATE_WEBHOOKS
         ? ["--var", `ALLOW_PRIVATE_WEBHOOKS:${process.env.ALLOW_PRIVATE_WEBHOOKS}`]
@@ -306,6 +307,15 @@ function startEdge() {
   const keep = (d) => edgeLog.push(String(d)) > 200 && edgeLog.shift();
   edge.stdout.on("data", keep);
   edge.stderr.on("data", keep);
+  // TIMING_LOG: the edge's server-timing lines go to this process's output (the latency bench reads them).
+  if (process.env.TIMING_LOG) {
+    let partial = "";
+    edge.stdout.on("data", (d) => {
+      const lines = (partial + d).split("\n");
+      partial = lines.pop();
+      for (const line of lines) if (line.includes('"server_timing"')) process.stdout.write(`${line}\n`);
+    });
+  }
   edge.on("exit", (code) => {
     if (stopping || edgeChild !== edge) return;
     log(`the edge exited (${code}); its last output:\n${edgeLog.join("")}`);
@@ -337,7 +347,8 @@ async function localRunner(i) {
     if (rotated.status !== 404 && rotated.status !== 409)
       throw new Error(`rotating runner ${id} → ${rotated.status} ${JSON.stringify(rotated.body)}`);
   }
-  return api("POST", "/admin/v1/runners", adminToken, { name: `local-runner-${i + 1}` });
+  // The most a runner API lease may declare: each local runner declares its own (workers × batch), the edge takes the lower.
+  return api("POST", "/admin/v1/runners", adminToken, { name: `local-runner-${i + 1}`, capacity: 64 });
 }
 
 /** Runners get their own token only: not the admin token or the store's secret the launcher may hold. */
@@ -379,6 +390,18 @@ async function main() {
   }
   const dirs = await modelDirs();
   const models = await registerModels(dirs);
+  // The dashboard's first owner: while the demo tenant has none, a fresh invite link (single use, 7 days).
+  let ownerInvite = "";
+  try {
+    const people = (await api("GET", "/v1/users", apiKey)).data;
+    if (!people.some((u) => u.role === "owner")) {
+      const email = process.env.OWNER_EMAIL ?? "owner@example.com";
+      const invite = await api("POST", `/admin/v1/tenants/${tenant}/invites`, adminToken, { email, role: "owner" });
+      ownerInvite = `${invite.url}  (sign up as ${email})`;
+    }
+  } catch (err) {
+    log(`no owner invite: ${err.message}`);
+  }
   const demoAddons = await registerDemoAddons(tenant, apiKey);
   if (demoAddons.length) log(`published demo add-ons: ${demoAddons.join(", ")}`);
 
@@ -393,7 +416,7 @@ async function main() {
       [
         join(root, "gpu-runner/src/runner/serve.ts"),
         "--workers",
-        "1",
+        process.env.RUNNER_WORKERS ?? "1",
         "--models",
         dirs.join(":"),
         "--grace-ms",
@@ -458,6 +481,7 @@ async function main() {
       `imagegen is up (Ctrl-C stops it)`,
       `  edge        ${edgeUrl}`,
       `  dashboard   ${state.dashboard_url}  (sign in with the demo key)`,
+      ...(ownerInvite ? [`  owner invite ${ownerInvite}`] : []),
       `  OpenAPI     ${state.openapi_url}`,
       `  demo key    in the state file: KEY=$(node -p "require('${statePath}').demo_api_key")`,
       `  models      ${models.length ? models.join(", ") : "(none registered yet)"}`,

@@ -25,15 +25,17 @@ export interface Stack {
 const root = resolve(import.meta.dirname, "../..");
 
 export async function startStack(
-  opts: { runners?: number; port?: number; env?: Record<string, string> } = {},
+  opts: { runners?: number; port?: number; env?: Record<string, string>; root?: string } = {},
 ): Promise<Stack> {
+  // `root`: another checkout of the repository to start (the latency bench's baseline).
+  const home = opts.root ?? root;
   const stateDir = mkdtempSync(join(tmpdir(), "imagegen-e2e-"));
   const port = opts.port ?? 20000 + Math.floor(Math.random() * 20000);
   const child: ChildProcess = spawn(
     process.execPath,
-    [join(root, "infra/local/start.mjs"), "--runners", String(opts.runners ?? 1)],
+    [join(home, "infra/local/start.mjs"), "--runners", String(opts.runners ?? 1)],
     {
-      cwd: root,
+      cwd: home,
       env: { ...process.env, STATE_DIR: stateDir, EDGE_PORT: String(port), ...opts.env },
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,

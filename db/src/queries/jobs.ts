@@ -5,7 +5,7 @@
  */
 import { ACTIVE_JOB_STATUSES, TERMINAL_JOB_STATUSES } from "@imagegen/contracts/enums";
 import type { Provenance, Timings } from "@imagegen/contracts/generations";
-import { and, desc, eq, gte, inArray, lt, sql } from "drizzle-orm";
+import { and, desc, eq, getTableColumns, gte, inArray, lt, sql } from "drizzle-orm";
 import { transaction } from "../batch.ts";
 import type { Db } from "../index.ts";
 import { images, jobs, type JobStatus } from "../schema.ts";
@@ -47,11 +47,27 @@ export async function insertJobWithinCaps(
   const count = sql`INSERT INTO usage_counters (tenant_id, day, jobs, images, inference_ms)
     SELECT ${job.tenantId}, ${day}, 1, ${job.imageCount}, 0 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ${job.id})
     ON CONFLICT (tenant_id, day) DO UPDATE SET jobs = jobs + 1, images = images + excluded.images`;
-  await transaction(db, [insert, count]);
-  const created = await db.query.jobs.findFirst({ where: eq(jobs.id, job.id) });
+  // One round trip: the insert, its usage, and the row as inserted (D1 runs a batch as one transaction).
+  const results = await transaction(db, [insert, count, selectJob(db, job.id)]);
+  const created = jobRow(results[2]!);
   if (created) return { ok: true, job: created };
   const active = await db.$count(jobs, and(eq(jobs.tenantId, job.tenantId), inArray(jobs.status, ACTIVE)));
   return { ok: false, reason: active >= caps.maxConcurrentJobs ? "concurrency" : "daily_images" };
+}
+
+/** A statement reading one job, for the end of a `transaction` (raw rows: `jobRow` maps its answer). */
+const selectJob = (db: Db, id: string) => db.select().from(jobs).where(eq(jobs.id, id));
+
+/** The job row a raw `selectJob` answered, mapped as drizzle maps it (column names, JSON and booleans decoded). */
+function jobRow(result: { results?: unknown[] }): Job | undefined {
+  const raw = result.results?.[0] as Record<string, unknown> | undefined;
+  if (!raw) return undefined;
+  const row: Record<string, unknown> = {};
+  for (const [key, column] of Object.entries(getTableColumns(jobs))) {
+    const value = raw[column.name];
+    row[key] = value === null || value === undefined ? null : column.mapFromDriverValue(value);
+  }
+  return row as Job;
 }
 
 export async function findByIdempotencyKey(db: Db, tenantId: string, key: string): Promise<Job | undefined> {
@@ -85,9 +101,25 @@ export async function getJobAnyTenant(db: Db, id: string): Promise<Job | undefin
   return db.query.jobs.findFirst({ where: eq(jobs.id, id) });
 }
 
+const imagesOf = (db: Db, jobIds: string[]) =>
+  db.select().from(images).where(inArray(images.jobId, jobIds)).orderBy(images.jobId, images.index);
+
 export async function jobImages(db: Db, jobIds: string[]): Promise<Image[]> {
   if (jobIds.length === 0) return [];
-  return db.select().from(images).where(inArray(images.jobId, jobIds)).orderBy(images.jobId, images.index);
+  return imagesOf(db, jobIds);
+}
+
+/** A tenant's job and its images, in one round trip (what a finished job's answer shows). */
+export async function getJobWithImages(
+  db: Db,
+  tenantId: string,
+  id: string,
+): Promise<{ job: Job; images: Image[] } | undefined> {
+  const [job, rows] = await db.batch([
+    db.query.jobs.findFirst({ where: and(eq(jobs.id, id), eq(jobs.tenantId, tenantId)) }),
+    imagesOf(db, [id]),
+  ]);
+  return job ? { job, images: rows } : undefined;
 }
 
 export interface ListFilter {
@@ -140,6 +172,11 @@ export interface LeaseRequest {
   affinityMaxWaitMs: number;
   /** How many of each tenant's oldest queued jobs compete: enough for affinity to find a warm match. */
   headsPerTenant?: number;
+  /**
+   * The runner acknowledges in its lease request (`LeaseBody.acknowledge`): the lease is acknowledged as it is
+   * made, with this TTL, and no heartbeat needs to confirm it.
+   */
+  acknowledgeTtlMs?: number;
 }
 
 /**
@@ -150,6 +187,20 @@ export interface LeaseRequest {
  * that have waited past the affinity bound, then jobs whose add-ons this runner holds warm, then the oldest.
  */
 export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined> {
+  const [row] = await leaseStatement(db, r);
+  return row;
+}
+
+/**
+ * Requeues expired leases (as `expireLeases`) and leases one job (as `leaseJob`) in one round trip: one D1 batch,
+ * run in order as one transaction, so a job the sweep requeued can be leased at once.
+ */
+export async function expireAndLease(db: Db, r: LeaseRequest): Promise<{ expired: Job[]; job: Job | undefined }> {
+  const [expired, leased] = await db.batch([expireStatement(db, r.now), leaseStatement(db, r)]);
+  return { expired, job: leased[0] };
+}
+
+function leaseStatement(db: Db, r: LeaseRequest) {
   const heads = r.headsPerTenant ?? 8;
   const pick = sql`(
     SELECT h.id FROM (
@@ -167,14 +218,16 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
       h.id ASC
     LIMIT 1)`;
   const held = sql`(SELECT count(*) FROM jobs o WHERE o.lease_owner = ${r.runnerId} AND o.status = 'running' AND o.lease_expires_at >= ${r.now})`;
-  const [row] = await db
+  return db
     .update(jobs)
     .set({
       status: "running",
       leaseId: r.leaseId,
       leaseOwner: r.runnerId,
-      leaseExpiresAt: r.now + r.ackTimeoutMs,
-      leaseAckedAt: null,
+      // Acknowledged in the lease itself: the attempt counts now and the full TTL starts.
+      ...(r.acknowledgeTtlMs !== undefined
+        ? { ...acknowledgeNew(r.now), leaseExpiresAt: r.now + r.acknowledgeTtlMs }
+        : { leaseExpiresAt: r.now + r.ackTimeoutMs, leaseAckedAt: null }),
       progressStep: null,
       progressTotal: null,
       // A running job shows no error: a previous attempt's is history, not its state.
@@ -183,7 +236,6 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
     })
     .where(and(sql`${jobs.id} = ${pick}`, eq(jobs.status, "queued"), sql`${held} < ${r.capacity}`))
     .returning();
-  return row;
 }
 
 /**
@@ -192,6 +244,10 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
  * caller can announce each.
  */
 export async function expireLeases(db: Db, now: number): Promise<Job[]> {
+  return expireStatement(db, now);
+}
+
+function expireStatement(db: Db, now: number) {
   const exhausted = sql`(${jobs.leaseAckedAt} IS NOT NULL AND ${jobs.attempts} >= ${jobs.maxAttempts})`;
   return db
     .update(jobs)
@@ -240,6 +296,13 @@ const holds = (id: string, leaseId: string, runnerId: string, now: number) =>
     gte(jobs.leaseExpiresAt, now),
   );
 
+/** A lease acknowledged as it is made: its attempt counts (the lease is new, so never acknowledged before). */
+const acknowledgeNew = (now: number) => ({
+  attempts: sql`${jobs.attempts} + 1`,
+  leaseAckedAt: now,
+  startedAt: sql`coalesce(${jobs.startedAt}, ${now})`,
+});
+
 /** Acknowledging a lease (its first heartbeat, or a complete without one) counts the attempt, once. */
 const acknowledge = (now: number) => ({
   attempts: sql`${jobs.attempts} + (${jobs.leaseAckedAt} IS NULL)`,
@@ -247,12 +310,37 @@ const acknowledge = (now: number) => ({
   startedAt: sql`coalesce(${jobs.startedAt}, ${now})`,
 });
 
+export interface Heartbeat {
+  id: string;
+  runnerId: string;
+  leaseId: string;
+  now: number;
+  leaseTtlMs: number;
+  step?: number;
+  total?: number;
+}
+
 /** Extends a lease (acknowledging it on the first call) and records progress. */
-export async function heartbeat(
+export async function heartbeat(db: Db, h: Heartbeat): Promise<Job | undefined> {
+  const [row] = await heartbeatStatement(db, h);
+  return row;
+}
+
+/**
+ * A heartbeat and another write of the same call (the runner's report of what it holds warm), in one round trip.
+ * `also` is any statement of another table's query module (e.g. `runnersTable.reportRunner`).
+ */
+export async function heartbeatWith(
   db: Db,
-  h: { id: string; runnerId: string; leaseId: string; now: number; leaseTtlMs: number; step?: number; total?: number },
+  h: Heartbeat,
+  also: Parameters<Db["batch"]>[0][number],
 ): Promise<Job | undefined> {
-  const [row] = await db
+  const [, rows] = await db.batch([also, heartbeatStatement(db, h)]);
+  return (rows as Job[])[0];
+}
+
+function heartbeatStatement(db: Db, h: Heartbeat) {
+  return db
     .update(jobs)
     .set({
       ...acknowledge(h.now),
@@ -262,7 +350,6 @@ export async function heartbeat(
     })
     .where(holds(h.id, h.leaseId, h.runnerId, h.now))
     .returning();
-  return row;
 }
 
 export interface Completion {
@@ -271,38 +358,64 @@ export interface Completion {
   leaseId: string;
   now: number;
   images: NewImage[];
+  /** The runner's timings; the edge's own (`queue_ms`, `total_ms`) are computed from the row as it completes. */
   timings: Timings;
   provenance: Provenance;
+  /**
+   * Guards a caller that has not read the job first: the tenant its images are stored under, and how many images
+   * it asked for. The completion applies only where they hold, as it applies only for the lease that holds the job.
+   */
+  expect?: { tenantId: string; imageCount: number };
 }
 
-/** Completes a job held by this lease, with its images, in one transaction. Repeating it changes nothing. */
-export async function completeJob(db: Db, c: Completion): Promise<Job | undefined> {
+/**
+ * Completes a job held by this lease, with its images, in one transaction, and reads the row back in the same round
+ * trip. Repeating it changes nothing. `completed`: this call made the change (not an earlier one of the same lease).
+ */
+export async function completeJob(db: Db, c: Completion): Promise<{ job: Job; completed: boolean } | undefined> {
+  const { queue_ms, ...runnerTimings } = c.timings;
+  // As the edge always recorded them: the queue wait (unless the runner says), the runner's, then the whole.
+  const timings = sql`json_patch(json_patch(json_object('queue_ms', max(0, coalesce(${jobs.startedAt}, ${c.now}) - ${jobs.createdAt})),
+      json(${JSON.stringify(queue_ms !== undefined ? { queue_ms, ...runnerTimings } : runnerTimings)})),
+    json_object('total_ms', ${c.now} - ${jobs.createdAt}))`;
   const finish = db
     .update(jobs)
     .set({
       ...acknowledge(c.now),
       status: "succeeded",
       finishedAt: c.now,
-      timings: c.timings,
+      timings,
       provenance: c.provenance,
       progressStep: sql`${jobs.progressTotal}`,
       leaseExpiresAt: null,
     })
-    .where(holds(c.id, c.leaseId, c.runnerId, c.now));
+    .where(
+      and(
+        holds(c.id, c.leaseId, c.runnerId, c.now),
+        c.expect ? eq(jobs.tenantId, c.expect.tenantId) : undefined,
+        c.expect ? sql`json_extract(${jobs.request}, '$.n') = ${c.expect.imageCount}` : undefined,
+      ),
+    );
   const day = utcDay(c.now);
   const inferenceMs = c.timings.inference_ms ?? 0;
   const usage = sql`UPDATE usage_counters SET inference_ms = inference_ms + ${inferenceMs}
     WHERE tenant_id = (SELECT tenant_id FROM jobs WHERE id = ${c.id}) AND day = ${day}
       AND changes() > 0`;
-  const imageInserts = c.images.map((img) =>
-    db
-      .insert(images)
-      .values(img)
-      .onConflictDoNothing({ target: [images.jobId, images.index] }),
+  // Images only of a job this lease completed (now or before: a repeat finds them there and adds nothing).
+  const imageInserts = c.images.map(
+    (
+      img,
+    ) => sql`INSERT INTO images (id, job_id, tenant_id, "index", storage_key, width, height, seed, sha256, size_bytes, created_at)
+      SELECT ${img.id}, ${img.jobId}, ${img.tenantId}, ${img.index}, ${img.storageKey}, ${img.width}, ${img.height}, ${img.seed},
+        ${img.sha256}, ${img.sizeBytes}, ${img.createdAt}
+      WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ${c.id} AND status = 'succeeded' AND lease_id = ${c.leaseId} AND tenant_id = ${img.tenantId})
+      ON CONFLICT (job_id, "index") DO NOTHING`,
   );
-  await transaction(db, [finish, usage, ...imageInserts]);
-  const job = await getJobAnyTenant(db, c.id);
-  return job && job.status === "succeeded" && job.leaseId === c.leaseId ? job : undefined;
+  // One round trip: the writes (one transaction) and the row as they left it.
+  const results = await transaction(db, [finish, usage, ...imageInserts, selectJob(db, c.id)]);
+  const job = jobRow(results.at(-1)!);
+  if (job?.status !== "succeeded" || job.leaseId !== c.leaseId) return undefined;
+  return { job, completed: (results[0]!.meta.changes ?? 0) > 0 };
 }
 
 /**

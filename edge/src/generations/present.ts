@@ -2,6 +2,7 @@
 import { jobsTable, type Db } from "@imagegen/db";
 import { iso, type Generation } from "@imagegen/contracts";
 import type { Env } from "../env.ts";
+import { timed } from "../middleware/server-timing.ts";
 import { objectStore, storageConfigured } from "../storage/index.ts";
 
 type SignedUrls = Map<string, { url: string; expiresAt: number }>;
@@ -46,7 +47,8 @@ async function signImages(env: Env, jobs: jobsTable.Job[], images: jobsTable.Ima
   await Promise.all(
     images.map(async (img) => {
       const ttl = ttlOf.get(img.jobId) ?? 3600;
-      urls.set(img.id, { url: await store.presignGet(img.storageKey, ttl), expiresAt: now + ttl * 1000 });
+      const url = await timed("presign", () => store.presignGet(img.storageKey, ttl));
+      urls.set(img.id, { url, expiresAt: now + ttl * 1000 });
     }),
   );
   return urls;
@@ -61,6 +63,14 @@ export async function presentJobs(env: Env, db: Db, jobs: jobsTable.Job[]): Prom
   return jobs.map((j) => presentJob(j, images, urls));
 }
 
-export async function loadPresentedJob(env: Env, db: Db, job: jobsTable.Job): Promise<Generation> {
-  return (await presentJobs(env, db, [job]))[0]!;
+/** One job as the API shows it; `images`: its images when the caller read them with it (no second read). */
+export async function loadPresentedJob(
+  env: Env,
+  db: Db,
+  job: jobsTable.Job,
+  images?: jobsTable.Image[],
+): Promise<Generation> {
+  if (!images) return (await presentJobs(env, db, [job]))[0]!;
+  const shown = job.status === "succeeded" ? images : [];
+  return presentJob(job, shown, await signImages(env, [job], shown));
 }

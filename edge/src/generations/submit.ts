@@ -18,6 +18,7 @@ import { ApiError } from "../errors.ts";
 import { announce, announcerOf } from "../jobs/announce.ts";
 import { canonicalJson, sha256Hex } from "../lib/crypto.ts";
 import { newId } from "../lib/ids.ts";
+import { mark } from "../middleware/server-timing.ts";
 import { assertWebhookDestination } from "../webhooks/endpoints.ts";
 
 /**
@@ -181,13 +182,14 @@ function secondsToUtcMidnight(now: number): number {
  * with the same Idempotency-Key created), within the tenant's caps, and announces it. Shared by
  * `/v1/generations` and the OpenAI-compatible `/v1/images/generations`. `retrySince`: the request is a client's
  * automatic retry without a key, so the newest job this API key created since then from the same body is its job.
+ * `seq`: for a job this call created, its doorbell's number after the creation was announced (`waitForEnd`).
  */
 export async function submitGeneration(
   c: Context<AppEnv>,
   body: CreateGenerationBody,
   idempotencyKey: string | undefined,
   retrySince?: number,
-): Promise<{ job: jobsTable.Job; replayed: boolean }> {
+): Promise<{ job: jobsTable.Job; replayed: boolean; seq?: number }> {
   requireScope(c, "generations:write");
   const { tenant, key } = c.var.auth;
   const { db, settings } = c.var;
@@ -206,7 +208,7 @@ export async function submitGeneration(
   if (idempotencyKey) {
     const existing = await jobsTable.findByIdempotencyKey(db, tenant.id, idempotencyKey);
     if (existing) return replay(existing);
-  } else if (retrySince !== undefined) {
+  } else if (retrySince !== undefined && key) {
     const existing = await jobsTable.findRecentByRequestHash(db, tenant.id, key.id, requestHash, retrySince);
     if (existing) return { job: existing, replayed: true };
   }
@@ -220,7 +222,8 @@ export async function submitGeneration(
       {
         id: newId("gen", now),
         tenantId: tenant.id,
-        apiKeyId: key.id,
+        // Null for a signed-in user: usage counts it as the dashboard's.
+        apiKeyId: key?.id ?? null,
         modelId: request.model,
         request,
         addonRefs,
@@ -265,6 +268,7 @@ export async function submitGeneration(
       { "Retry-After": String(secondsToUtcMidnight(now)) },
     );
   }
-  await announce(announcerOf(c), outcome.job);
-  return { job: outcome.job, replayed: false };
+  mark("inserted", outcome.job.id);
+  const seq = await announce(announcerOf(c), outcome.job);
+  return { job: outcome.job, replayed: false, seq };
 }

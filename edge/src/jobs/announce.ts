@@ -10,6 +10,7 @@ import type { Context } from "hono";
 import type { AppEnv } from "../context.ts";
 import { doorbell, jobTopic, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
 import type { Env } from "../env.ts";
+import { mark } from "../middleware/server-timing.ts";
 import { generationEnded } from "../webhooks/index.ts";
 
 /** What announcing needs: the doorbells, the database (webhook deliveries), and work that may finish after the answer. */
@@ -27,11 +28,17 @@ export const announcerOf = (c: Context<AppEnv>): Announcer => ({
 
 const TERMINAL = new Set(jobsTable.TERMINAL);
 
-/** Tells everyone who cares that `job` (as it is now) changed. */
-export async function announce(to: Announcer, job: jobsTable.Job): Promise<void> {
-  await Promise.all([
-    doorbell(to.env, jobTopic(job.id)).ring(),
+/**
+ * Tells everyone who cares that `job` (as it is now) changed. Returns the sequence number of the job's doorbell
+ * after this change: a watcher that holds `job` waits from it without reading the row again.
+ */
+export async function announce(to: Announcer, job: jobsTable.Job): Promise<number> {
+  const final = TERMINAL.has(job.status);
+  const [seq] = await Promise.all([
+    doorbell(to.env, jobTopic(job.id)).ring({ status: job.status, final }),
     job.status === "queued" ? doorbell(to.env, QUEUE_TOPIC).ring() : undefined,
   ]);
-  if (TERMINAL.has(job.status)) await generationEnded(to.env, to.db, job, to.waitUntil);
+  mark("rung", job.id);
+  if (final) await generationEnded(to.env, to.db, job, to.waitUntil);
+  return seq;
 }

@@ -1,6 +1,6 @@
 /** `/v1/generations`: create (with `Prefer: wait`), get, list, cancel, re-sign an image URL, follow as SSE. */
 import { createRoute, z } from "@hono/zod-openapi";
-import { apiKeysTable, jobsTable } from "@imagegen/db";
+import { jobsTable } from "@imagegen/db";
 import {
   CreateGenerationBody,
   errorResponses,
@@ -12,13 +12,13 @@ import {
   SignedImageUrl,
   SignImageBody,
 } from "@imagegen/contracts";
-import { requireScope } from "../auth/middleware.ts";
+import { requireScope, stillAuthenticated } from "../auth/middleware.ts";
 import { router } from "../context.ts";
 import { ApiError } from "../errors.ts";
 import { loadPresentedJob, presentJob, presentJobs } from "../generations/present.ts";
 import { submitGeneration } from "../generations/submit.ts";
 import { announce, announcerOf } from "../jobs/announce.ts";
-import { followJob, waitForJob } from "../jobs/follow.ts";
+import { followJob, waitForEnd } from "../jobs/follow.ts";
 import { objectStore } from "../storage/index.ts";
 
 const TERMINAL = new Set(jobsTable.TERMINAL);
@@ -156,20 +156,23 @@ const KEY_CHECK_MS = 5_000;
 export const generations = router()
   .openapi(create, async (c) => {
     const headers = c.req.valid("header");
-    const { job, replayed } = await submitGeneration(c, c.req.valid("json"), headers["idempotency-key"]);
+    const { job, replayed, seq } = await submitGeneration(c, c.req.valid("json"), headers["idempotency-key"]);
     let current = job;
+    let images: jobsTable.Image[] | undefined;
     // A retry after a dropped answer waits as the first request did: it is the same request.
     const wait = preferWait(headers.prefer);
     if (wait !== undefined) {
       c.header("Preference-Applied", `wait=${wait}`);
-      current = (await waitForJob(c.env, c.var.db, c.var.auth.tenant.id, job.id, wait)) ?? job;
+      const from = seq !== undefined ? { job, seq } : undefined;
+      const ended = await waitForEnd(c.env, c.var.db, c.var.auth.tenant.id, job.id, wait, from);
+      if (ended) ({ job: current, images } = ended);
     }
     if (replayed) {
       c.header("Idempotent-Replayed", "true");
-      return c.json(await loadPresentedJob(c.env, c.var.db, current), 200);
+      return c.json(await loadPresentedJob(c.env, c.var.db, current, images), 200);
     }
     c.header("Location", `/v1/generations/${current.id}`);
-    return c.json(await loadPresentedJob(c.env, c.var.db, current), TERMINAL.has(current.status) ? 200 : 202);
+    return c.json(await loadPresentedJob(c.env, c.var.db, current, images), TERMINAL.has(current.status) ? 200 : 202);
   })
   .openapi(get, async (c) => {
     requireScope(c, "generations:read");
@@ -230,7 +233,7 @@ export const generations = router()
     const encoder = new TextEncoder();
     const changes = followJob(c.env, c.var.db, tenantId, id, { idleMs: KEY_CHECK_MS });
     const present = (job: jobsTable.Job) => loadPresentedJob(c.env, c.var.db, job);
-    const keyId = c.var.auth.key.id;
+    const auth = c.var.auth;
     const stream = new ReadableStream<Uint8Array>({
       async start(controller) {
         // The state is the event's id: a client reconnecting with Last-Event-ID is not sent that state again.
@@ -238,8 +241,8 @@ export const generations = router()
         let lastWrite = Date.now();
         try {
           for await (const job of changes) {
-            // The stream reads with its key: once the key is revoked or expired (or the tenant suspended), it ends.
-            if (!(await apiKeysTable.isLive(c.var.db, tenantId, keyId, Date.now()))) break;
+            // The stream reads with its key or session: once that is revoked or expired (or the tenant suspended), it ends.
+            if (!(await stillAuthenticated(c.var.db, auth))) break;
             if (!job) {
               if (Date.now() - lastWrite >= KEEPALIVE_MS) {
                 controller.enqueue(encoder.encode(": keep-alive\n\n"));

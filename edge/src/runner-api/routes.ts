@@ -1,16 +1,18 @@
 /**
- * The runner protocol (`/internal/v1`): lease (long-poll on the queue's doorbell), heartbeat (acknowledges the lease
- * at first, then extends it, reports progress, learns of cancel), outputs (upload URLs signed with each image's size
- * and checksum), complete and fail (idempotent for the lease that holds the job).
+ * The runner protocol (`/internal/v1`): lease (long-poll on the queue's doorbell; with `acknowledge`, acknowledged as
+ * it is made), heartbeat (acknowledges the lease at first, then extends it, reports progress, learns of cancel),
+ * outputs (upload URLs signed with each image's size and checksum), complete and fail (idempotent for the lease that
+ * holds the job). Each call makes as few D1 round trips as it can (batches): in production each is a network hop.
  */
 import { createRoute, z } from "@hono/zod-openapi";
 import { addonsTable, jobsTable, runnersTable } from "@imagegen/db";
 import { router } from "../context.ts";
 import { doorbell, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
-import { expireLeases } from "../dispatch/expiry.ts";
+import { announceExpired } from "../dispatch/expiry.ts";
 import { ApiError } from "../errors.ts";
 import { announce, announcerOf } from "../jobs/announce.ts";
 import { randomBase32 } from "../lib/ids.ts";
+import { mark, timed } from "../middleware/server-timing.ts";
 import {
   CompleteBody,
   errorResponses,
@@ -26,7 +28,7 @@ import {
   RunnerAck,
   STORAGE_UNAVAILABLE,
 } from "@imagegen/contracts";
-import { objectStore, outputKey } from "../storage/index.ts";
+import { type ObjectInfo, type ObjectStore, objectStore, outputKey } from "../storage/index.ts";
 
 /** Add-on downloads live long enough for a slow job; they only read. Output uploads expire with the lease. */
 const ADDON_URL_TTL_SECONDS = 3600;
@@ -138,6 +140,45 @@ function leaseError(check: jobsTable.LeaseCheck & { ok: false }, id: string): Ap
 
 const ack = (job: jobsTable.Job): RunnerAck => ({ ok: true, status: job.status });
 
+/** The tenant the images' keys name, when each key is the one this lease writes that image to (`outputKey`). */
+function tenantOfKeys(
+  images: ReadonlyArray<{ index: number; storage_key: string }>,
+  jobId: string,
+  leaseId: string,
+): string | undefined {
+  const tenant = images[0]?.storage_key.match(/^tenants\/([^/]+)\/outputs\//)?.[1];
+  if (!tenant || new Set(images.map((i) => i.index)).size !== images.length) return undefined;
+  return images.every((i) => i.storage_key === outputKey(tenant, jobId, leaseId, i.index)) ? tenant : undefined;
+}
+
+/** Whether the store holds each image with the declared size and SHA-256: the refusal to answer, or undefined. */
+async function storedProblem(
+  store: ObjectStore,
+  images: ReadonlyArray<{ index: number; storage_key: string; size_bytes: number; sha256: string }>,
+  heads: Map<string, Promise<ObjectInfo | undefined>>,
+): Promise<ApiError | undefined> {
+  for (const img of images) {
+    const stored = await (heads.get(img.storage_key) ?? store.head(img.storage_key));
+    if (!stored || stored.size !== img.size_bytes) {
+      return ApiError.invalid(
+        "output_missing",
+        `Image ${img.index} is not in storage with ${img.size_bytes} bytes (found ${stored ? `${stored.size} bytes` : "nothing"}); upload it to the lease's URL first.`,
+        "images",
+      );
+    }
+    // The checksum the store verified on the PUT where it keeps one; else the bytes themselves (a few MB at most).
+    const sha256 = stored.sha256 ?? (await timed("r2", () => store.sha256(img.storage_key)));
+    if (sha256 !== img.sha256) {
+      return ApiError.invalid(
+        "output_checksum_mismatch",
+        `Image ${img.index} in storage has SHA-256 ${sha256}, not the declared ${img.sha256}; upload it again.`,
+        "images",
+      );
+    }
+  }
+  return undefined;
+}
+
 /** The images a job asked for, each once: `images` must name distinct indexes below n (all n when `all`). */
 function checkIndexes(job: jobsTable.Job, images: ReadonlyArray<{ index: number }>, all: boolean): void {
   const count = job.request.n;
@@ -162,13 +203,15 @@ export const runnerApi = router()
     const bell = doorbell(c.env, QUEUE_TOPIC);
     const gone = c.req.raw.signal;
     const hangUp = hungUp(gone);
+    const acknowledge = body.acknowledge === true;
+    // Read before the first look at the queue; after that, each wait hands over the number it woke at.
+    let seq = await bell.current();
     for (;;) {
-      const seq = await bell.current();
-      await expireLeases(announcerOf(c), Date.now());
       // A runner that hung up gets no job (the lease would wait out its ack deadline for nobody).
       if (gone.aborted) return c.body(null, 204);
       const now = Date.now();
-      const job = await jobsTable.leaseJob(db, {
+      // The expiry sweep and the lease in one round trip (one D1 batch).
+      const { expired, job } = await jobsTable.expireAndLease(db, {
         runnerId: runner.id,
         capacity,
         models: body.models,
@@ -177,9 +220,14 @@ export const runnerApi = router()
         now,
         ackTimeoutMs: settings.leaseAckTimeoutMs,
         affinityMaxWaitMs: settings.affinityMaxWaitMs,
+        ...(acknowledge ? { acknowledgeTtlMs: settings.leaseTtlMs } : {}),
       });
+      if (expired.length) await announceExpired(announcerOf(c), expired);
       if (job) {
-        // Not announced yet: the lease is provisional until the runner acknowledges it (its first heartbeat).
+        mark("leased", job.id);
+        // An acknowledged lease is running now: its watchers hear of it (in the background of the answer).
+        if (acknowledge) c.executionCtx.waitUntil(announce(announcerOf(c), job));
+        // Otherwise not announced yet: the lease is provisional until the runner acknowledges it (first heartbeat).
         const request = job.request;
         const versions = await addonsTable.versionsForRefs(db, job.addonRefs);
         const missing = job.addonRefs.filter(
@@ -222,10 +270,12 @@ export const runnerApi = router()
             addons,
             lease_id: job.leaseId!,
             lease_expires_at: iso(job.leaseExpiresAt)!,
+            ...(acknowledge ? { acknowledged: true, lease_ttl_ms: settings.leaseTtlMs } : {}),
             job: {
               id: job.id,
               tenant_id: job.tenantId,
-              attempt: job.attempts + 1,
+              // The attempt this lease is (or becomes once acknowledged).
+              attempt: acknowledge ? job.attempts : job.attempts + 1,
               queued_ms: now - job.createdAt,
               request,
             },
@@ -236,7 +286,9 @@ export const runnerApi = router()
       const left = deadline - Date.now();
       if (left <= 0) return c.body(null, 204);
       // Also wake in time for the next lease (or acknowledgement) expiry, which no ring announces.
-      await Promise.race([bell.wait(seq, Math.min(left, settings.leaseAckTimeoutMs)), hangUp]);
+      const woke = await Promise.race([bell.wait(seq, Math.min(left, settings.leaseAckTimeoutMs)), hangUp]);
+      if (woke) seq = woke.seq;
+      mark("woken");
     }
   })
   .openapi(heartbeatRoute, async (c) => {
@@ -244,8 +296,7 @@ export const runnerApi = router()
     const body = c.req.valid("json");
     const { db, settings, runner } = c.var;
     const now = Date.now();
-    if (body.warm_addons) await runnersTable.reportRunner(db, runner.id, { warmAddons: body.warm_addons }, now);
-    const job = await jobsTable.heartbeat(db, {
+    const beat = {
       id,
       runnerId: runner.id,
       leaseId: body.lease_id,
@@ -253,10 +304,20 @@ export const runnerApi = router()
       leaseTtlMs: settings.leaseTtlMs,
       step: body.progress?.step,
       total: body.progress?.total,
-    });
+    };
+    // The runner's warm add-ons and the lease in one round trip.
+    const job = body.warm_addons
+      ? await jobsTable.heartbeatWith(
+          db,
+          beat,
+          runnersTable.reportRunner(db, runner.id, { warmAddons: body.warm_addons }, now),
+        )
+      : await jobsTable.heartbeat(db, beat);
     if (job) {
       const acknowledged = job.leaseAckedAt === now;
-      if (body.progress || acknowledged) await announce(announcerOf(c), job);
+      mark(acknowledged ? "acked" : "beat", id);
+      // Watchers hear of the start or the progress in the background: the runner's answer does not wait for them.
+      if (body.progress || acknowledged) c.executionCtx.waitUntil(announce(announcerOf(c), job));
       return c.json(
         { cancel: false, lease_expires_at: iso(job.leaseExpiresAt), lease_ttl_ms: settings.leaseTtlMs },
         200,
@@ -283,18 +344,21 @@ export const runnerApi = router()
       const check = await jobsTable.checkLease(db, id, runner.id, body.lease_id, now);
       throw leaseError(check.ok ? { ok: false, reason: "lease_lost" } : check, id);
     }
-    if (job.leaseAckedAt === now) await announce(announcerOf(c), job);
+    mark("signing", id);
+    if (job.leaseAckedAt === now) c.executionCtx.waitUntil(announce(announcerOf(c), job));
     checkIndexes(job, body.images, false);
     const store = objectStore(c.env);
     const ttlSeconds = Math.floor((job.leaseExpiresAt! - now) / 1000);
     const uploads = await Promise.all(
       body.images.map(async (img) => {
         const key = outputKey(job.tenantId, id, body.lease_id, img.index);
-        const put = await store.presignPut(key, ttlSeconds, {
-          contentType: "image/png",
-          contentLength: img.size_bytes,
-          sha256: img.sha256,
-        });
+        const put = await timed("presign", () =>
+          store.presignPut(key, ttlSeconds, {
+            contentType: "image/png",
+            contentLength: img.size_bytes,
+            sha256: img.sha256,
+          }),
+        );
         return {
           index: img.index,
           storage_key: key,
@@ -310,38 +374,17 @@ export const runnerApi = router()
     const { id } = c.req.valid("param");
     const body = c.req.valid("json");
     const { db, runner } = c.var;
-    const held = await jobsTable.checkLease(db, id, runner.id, body.lease_id, Date.now());
-    const replay = !held.ok && held.reason === "already_finished" && held.job?.status === "succeeded";
-    if (!held.ok && !replay) throw leaseError(held, id);
-    const job = held.job!;
-    checkIndexes(job, body.images, true);
-    if (!replay) {
-      const store = objectStore(c.env);
-      for (const img of body.images) {
-        const expected = outputKey(job.tenantId, id, body.lease_id, img.index);
-        if (img.storage_key !== expected)
-          throw ApiError.invalid("invalid_images", `Image ${img.index} must be stored at '${expected}'.`, "images");
-        const stored = await store.head(expected);
-        if (!stored || stored.size !== img.size_bytes) {
-          throw ApiError.invalid(
-            "output_missing",
-            `Image ${img.index} is not in storage with ${img.size_bytes} bytes (found ${stored ? `${stored.size} bytes` : "nothing"}); upload it to the lease's URL first.`,
-            "images",
-          );
-        }
-        // The checksum the store verified on the PUT where it keeps one; else the bytes themselves (a few MB at most).
-        const sha256 = stored.sha256 ?? (await store.sha256(expected));
-        if (sha256 !== img.sha256) {
-          throw ApiError.invalid(
-            "output_checksum_mismatch",
-            `Image ${img.index} in storage has SHA-256 ${sha256}, not the declared ${img.sha256}; upload it again.`,
-            "images",
-          );
-        }
-      }
-    }
-    const now = Date.now();
-    const done = await jobsTable.completeJob(db, {
+    mark("completing", id);
+    const store = objectStore(c.env);
+    // The stores' HEADs start at once, beside whatever is read first; those of keys that prove wrong are thrown away.
+    const heads = new Map(
+      body.images.map((img) => {
+        const head = timed("r2", () => store.head(img.storage_key));
+        head.catch(() => {}); // awaited below, or not needed
+        return [img.storage_key, head] as const;
+      }),
+    );
+    const completion = (tenantId: string, now: number): jobsTable.Completion => ({
       id,
       runnerId: runner.id,
       leaseId: body.lease_id,
@@ -349,7 +392,7 @@ export const runnerApi = router()
       images: body.images.map((img) => ({
         id: `img_${id.slice(4)}_${img.index}`,
         jobId: id,
-        tenantId: job.tenantId,
+        tenantId,
         index: img.index,
         storageKey: img.storage_key,
         width: img.width,
@@ -359,20 +402,47 @@ export const runnerApi = router()
         sizeBytes: img.size_bytes,
         createdAt: now,
       })),
-      timings: {
-        queue_ms: Math.max(0, (job.startedAt ?? now) - job.createdAt),
-        ...body.timings,
-        total_ms: now - job.createdAt,
-      },
+      timings: body.timings,
       provenance: { ...body.provenance, runner: runner.id },
     });
+    // The usual case: the keys are the ones this lease writes to and the store holds what they declare, so the job
+    // completes in one guarded D1 batch with no read before it (its guards are the lease check's).
+    const tenantId = tenantOfKeys(body.images, id, body.lease_id);
+    if (tenantId && !(await storedProblem(store, body.images, heads))) {
+      const now = Date.now();
+      const done = await jobsTable.completeJob(db, {
+        ...completion(tenantId, now),
+        expect: { tenantId, imageCount: body.images.length },
+      });
+      if (done) {
+        if (done.completed) await announce(announcerOf(c), done.job);
+        return c.json(ack(done.job), 200);
+      }
+    }
+    // Otherwise each check in turn, so that the answer names what is wrong first: the lease, the images, storage.
+    const held = await jobsTable.checkLease(db, id, runner.id, body.lease_id, Date.now());
+    const replay = !held.ok && held.reason === "already_finished" && held.job?.status === "succeeded";
+    if (!held.ok && !replay) throw leaseError(held, id);
+    const job = held.job!;
+    checkIndexes(job, body.images, true);
+    if (!replay) {
+      for (const img of body.images) {
+        const expected = outputKey(job.tenantId, id, body.lease_id, img.index);
+        if (img.storage_key !== expected)
+          throw ApiError.invalid("invalid_images", `Image ${img.index} must be stored at '${expected}'.`, "images");
+      }
+      const problem = await storedProblem(store, body.images, heads);
+      if (problem) throw problem;
+    }
+    const now = Date.now();
+    const done = await jobsTable.completeJob(db, completion(job.tenantId, now));
     if (!done) {
       // Lost a race with cancel or expiry between the check and the write.
       const again = await jobsTable.checkLease(db, id, runner.id, body.lease_id, now);
       throw leaseError(again.ok ? { ok: false, reason: "lease_lost", job: again.job } : again, id);
     }
-    if (!replay) await announce(announcerOf(c), done);
-    return c.json(ack(done), 200);
+    if (done.completed) await announce(announcerOf(c), done.job);
+    return c.json(ack(done.job), 200);
   })
   .openapi(fail, async (c) => {
     const { id } = c.req.valid("param");
