@@ -216,6 +216,41 @@ class ModelList:
 
 
 @dataclass(kw_only=True)
+class UsageDay:
+    date: str
+    images: int
+    generations: int
+    failed: int
+
+
+@dataclass(kw_only=True)
+class UsageKey:
+    key_id: str | None
+    key_name: str
+    images: int
+    generations: int
+
+
+@dataclass(kw_only=True)
+class Usage:
+    days: list[UsageDay]
+    keys: list[UsageKey]
+    since: str
+    until: str
+
+
+@dataclass(kw_only=True)
+class WarmAddonListData:
+    ref: str
+    runners: int
+
+
+@dataclass(kw_only=True)
+class WarmAddonList:
+    data: list[WarmAddonListData]
+
+
+@dataclass(kw_only=True)
 class Addon:
     id: str
     object: Literal["addon"]
@@ -388,3 +423,86 @@ class WebhookDelivery:
     last_response_status: int | None
     last_error: str | None
     created_at: str
+
+
+@dataclass(kw_only=True)
+class User:
+    id: str
+    email: str
+    name: str
+    role: Literal["owner", "admin", "member"]
+    tenant_id: str
+    created_at: str
+
+
+@dataclass(kw_only=True)
+class SessionTenant:
+    id: str
+    name: str
+
+
+@dataclass(kw_only=True)
+class SessionKey:
+    id: str
+    name: str
+    scopes: list[str]
+
+
+@dataclass(kw_only=True)
+class Session:
+    user: User
+    tenant: SessionTenant
+    csrf_token: str | None
+    key: SessionKey | None = None
+
+
+class SignIn(TypedDict):
+    email: str
+    password: str
+
+
+class SignUp(TypedDict):
+    invite_token: str
+    name: str
+    password: str
+
+
+class ChangePassword(TypedDict):
+    current_password: str
+    new_password: str
+
+
+@dataclass(kw_only=True)
+class UserList:
+    data: list[User]
+
+
+class UpdateUser(TypedDict):
+    role: Literal["owner", "admin", "member"]
+
+
+@dataclass(kw_only=True)
+class Invite:
+    id: str
+    email: str
+    role: Literal["owner", "admin", "member"]
+    created_by: str
+    expires_at: str
+    used_at: str | None
+    created_at: str
+
+
+@dataclass(kw_only=True)
+class CreatedInvite(Invite):
+    token: str
+    url: str
+
+
+class CreateInvite(TypedDict):
+    email: str
+    role: NotRequired[Literal["owner", "admin", "member"]]
+
+
+@dataclass(kw_only=True)
+class InviteList:
+    data: list[Invite]
