@@ -71,6 +71,24 @@ export function confirmAction(title, text, confirmLabel = "Confirm") {
 }
 
 /** An error paragraph that screen readers announce. */
+/**
+ * A button for an action that destroys something: it asks first (`confirmAction`), runs `action`, reports `done` or
+ * the error as a toast, then calls `after` (usually the page's refresh) either way.
+ */
+export function dangerButton(label, { title, text, confirmLabel, action, done, after }) {
+  const onclick = async () => {
+    if (!(await confirmAction(title, text, confirmLabel))) return;
+    try {
+      await action();
+      toast(done);
+    } catch (err) {
+      toast(err.message, "error");
+    }
+    after?.();
+  };
+  return h("button", { type: "button", class: "danger small", onclick }, label);
+}
+
 export const errorBox = () => h("p", { class: "error", role: "alert" });
 
 export function showError(box, err) {

@@ -5,7 +5,7 @@
  */
 import { api, putWithProgress, sha256Hex } from "../api.js";
 import { loadAddons, loadModels, loadWarm } from "../catalog.js";
-import { badge, card, confirmAction, errorBox, field, fmtBytes, fmtDate, h, showError, table, toast } from "../dom.js";
+import { badge, card, dangerButton, errorBox, field, fmtBytes, fmtDate, h, showError, table, toast } from "../dom.js";
 
 const SETTLED = new Set(["ready", "rejected"]);
 
@@ -112,31 +112,14 @@ export async function render(view, ctx) {
         "td",
         {},
         admin && a.owned
-          ? h(
-              "button",
-              {
-                type: "button",
-                class: "danger small",
-                onclick: async () => {
-                  if (
-                    !(await confirmAction(
-                      `Delete ${a.name}?`,
-                      "Every version is deleted; requests that name it will fail.",
-                      "Delete add-on",
-                    ))
-                  )
-                    return;
-                  try {
-                    await api("DELETE", `/addons/${a.id}`);
-                    toast(`${a.name} deleted.`);
-                  } catch (err) {
-                    toast(err.message, "error");
-                  }
-                  refresh();
-                },
-              },
-              "Delete",
-            )
+          ? dangerButton("Delete", {
+              title: `Delete ${a.name}?`,
+              text: "Every version is deleted; requests that name it will fail.",
+              confirmLabel: "Delete add-on",
+              action: () => api("DELETE", `/addons/${a.id}`),
+              done: `${a.name} deleted.`,
+              after: refresh,
+            })
           : null,
       ),
     );

@@ -1,6 +1,6 @@
 /** API keys for programs: create (scoped, optional expiry; the secret shown once), list, revoke with confirmation. */
 import { api } from "../api.js";
-import { card, confirmAction, copyButton, errorBox, field, fmtDate, h, showError, table, toast } from "../dom.js";
+import { card, dangerButton, copyButton, errorBox, field, fmtDate, h, showError, table } from "../dom.js";
 
 const SCOPES = ["generations:write", "generations:read", "addons:write", "addons:read", "keys:write"];
 
@@ -51,31 +51,14 @@ export async function render(view) {
                   {},
                   k.revoked_at
                     ? null
-                    : h(
-                        "button",
-                        {
-                          type: "button",
-                          class: "danger small",
-                          onclick: async () => {
-                            if (
-                              !(await confirmAction(
-                                `Revoke ${k.name}?`,
-                                "Programs using this key are refused from now on. This cannot be undone.",
-                                "Revoke key",
-                              ))
-                            )
-                              return;
-                            try {
-                              await api("DELETE", `/keys/${k.id}`);
-                              toast(`${k.name} revoked.`);
-                            } catch (err) {
-                              toast(err.message, "error");
-                            }
-                            refresh();
-                          },
-                        },
-                        "Revoke",
-                      ),
+                    : dangerButton("Revoke", {
+                        title: `Revoke ${k.name}?`,
+                        text: "Programs using this key are refused from now on. This cannot be undone.",
+                        confirmLabel: "Revoke key",
+                        action: () => api("DELETE", `/keys/${k.id}`),
+                        done: `${k.name} revoked.`,
+                        after: refresh,
+                      }),
                 ),
               ),
             ),

@@ -1,6 +1,18 @@
 /** Users of the organisation: owners invite (a link shown once), change roles and remove people; admins read. */
 import { api } from "../api.js";
-import { card, confirmAction, copyButton, errorBox, field, fmtDate, h, showError, table, toast } from "../dom.js";
+import {
+  card,
+  confirmAction,
+  dangerButton,
+  copyButton,
+  errorBox,
+  field,
+  fmtDate,
+  h,
+  showError,
+  table,
+  toast,
+} from "../dom.js";
 
 const ROLES = ["member", "admin", "owner"];
 
@@ -48,31 +60,14 @@ export async function render(view, ctx) {
               "td",
               {},
               owner && u.id !== me
-                ? h(
-                    "button",
-                    {
-                      type: "button",
-                      class: "danger small",
-                      onclick: async () => {
-                        if (
-                          !(await confirmAction(
-                            `Remove ${u.email}?`,
-                            "Their account and sessions are deleted; API keys stay with the organisation.",
-                            "Remove user",
-                          ))
-                        )
-                          return;
-                        try {
-                          await api("DELETE", `/users/${u.id}`);
-                          toast(`${u.email} removed.`);
-                        } catch (err) {
-                          toast(err.message, "error");
-                        }
-                        refresh();
-                      },
-                    },
-                    "Remove",
-                  )
+                ? dangerButton("Remove", {
+                    title: `Remove ${u.email}?`,
+                    text: "Their account and sessions are deleted; API keys stay with the organisation.",
+                    confirmLabel: "Remove user",
+                    action: () => api("DELETE", `/users/${u.id}`),
+                    done: `${u.email} removed.`,
+                    after: refresh,
+                  })
                 : null,
             ),
           ),
