@@ -480,7 +480,7 @@ async function main() {
       "",
       `imagegen is up (Ctrl-C stops it)`,
       `  edge        ${edgeUrl}`,
-      `  dashboard   ${state.dashboard_url}  (sign in with the demo key)`,
+      `  dashboard   ${state.dashboard_url}  (${ownerInvite ? "sign up through the owner invite below" : "sign in with your email and password"})`,
       ...(ownerInvite ? [`  owner invite ${ownerInvite}`] : []),
       `  OpenAPI     ${state.openapi_url}`,
       `  demo key    in the state file: KEY=$(node -p "require('${statePath}').demo_api_key")`,
