@@ -34,6 +34,8 @@ describe("operator control of runners", () => {
 
   it("a disabled runner is refused until enabled again", async () => {
     const runner = await newRunner("switched");
+    // Used first, so this isolate holds the runner in its token cache: the operator's change must still apply at once.
+    expect((await leaseUnacked(runner.token, { models: ["model-without-jobs"] })).status).toBe(204);
     const off = await call("POST", `/admin/v1/runners/${runner.id}/disable`, { token: ADMIN });
     expect(off.status).toBe(200);
     expect(off.body.status).toBe("disabled");
@@ -46,6 +48,7 @@ describe("operator control of runners", () => {
 
   it("rotation issues a new token once and the old one dies at once", async () => {
     const runner = await newRunner("rotated");
+    expect((await leaseUnacked(runner.token, { models: ["model-without-jobs"] })).status).toBe(204);
     const r = await call("POST", `/admin/v1/runners/${runner.id}/rotate`, { token: ADMIN });
     expect(r.status).toBe(200);
     expect(r.body.id).toBe(runner.id);
@@ -58,6 +61,7 @@ describe("operator control of runners", () => {
 
   it("revocation is final: the token dies, the record stays, nothing brings it back", async () => {
     const runner = await newRunner("revoked");
+    expect((await leaseUnacked(runner.token, { models: ["model-without-jobs"] })).status).toBe(204);
     const r = await call("DELETE", `/admin/v1/runners/${runner.id}`, { token: ADMIN });
     expect(r.status).toBe(200);
     expect(r.body.status).toBe("revoked");

@@ -467,19 +467,21 @@ describe("heartbeat, complete, fail", () => {
 
   it("Prefer: wait=N answers with the finished job", async () => {
     const t = await newTenant("sync");
+    // A model of its own: jobs other tests left queued must not be the one this runner leases.
+    await registerModel("sync-model");
     const runner = await newRunner("sync");
     const worker = (async () => {
-      const l = await lease(runner.token, { wait_ms: 5000 });
+      const l = await lease(runner.token, { models: ["sync-model"], wait_ms: 5000 });
       await heartbeat(runner.token, l.body.job.id, { lease_id: l.body.lease_id, progress: { step: 1, total: 4 } });
       return complete(runner.token, l.body);
     })();
-    const r = await generate(t.key, {}, { prefer: "wait=10" });
+    const r = await generate(t.key, { model: "sync-model" }, { prefer: "wait=10" });
     await worker;
     expect(r.status).toBe(200);
     expect(r.body.status).toBe("succeeded");
     expect(r.body.images).toHaveLength(1);
     expect(r.headers.get("preference-applied")).toBe("wait=10");
-    const timeout = await generate(t.key, {}, { prefer: "wait=1" });
+    const timeout = await generate(t.key, { model: "sync-model" }, { prefer: "wait=1" });
     expect(timeout.status).toBe(202);
     expect(timeout.body.status).toBe("queued");
   });
@@ -505,6 +507,52 @@ describe("heartbeat, complete, fail", () => {
     expect(d1).not.toBeNull();
     expect(Number(d1![1])).toBeLessThanOrEqual(5);
     expect(r.headers.get("server-timing")).toMatch(/total;dur=\d+/);
+  });
+
+  it("a runner's job costs one D1 round trip per call: lease, outputs and complete each (token and model cached)", async () => {
+    const t = await newTenant("round-trips");
+    await registerModel("round-trip-model");
+    const runner = await newRunner("round-trips");
+    // The first call reads the runner's row; later ones find it in the isolate's cache.
+    expect((await leaseUnacked(runner.token, { models: ["round-trip-model"] })).status).toBe(204);
+    const d1 = (r: { headers: Headers }) =>
+      Number(r.headers.get("server-timing")?.match(/d1;dur=[\d.]+;desc="(\d+)x"/)?.[1] ?? 0);
+    const created = await generate(t.key, { model: "round-trip-model" });
+    expect(created.status).toBe(202);
+    const l = await leaseUnacked(runner.token, { models: ["round-trip-model"], acknowledge: true });
+    expect(l.status).toBe(200);
+    // The runner's report, the expiry sweep and the lease: one batch. No add-ons: nothing else to read.
+    expect(d1(l), "lease").toBe(1);
+    const images = await uploadOutputs(l.body);
+    const done = await call("POST", `/internal/v1/jobs/${l.body.job.id}/complete`, {
+      token: runner.token,
+      body: { lease_id: l.body.lease_id, images, timings: {} },
+    });
+    expect(done.status).toBe(200);
+    expect(d1(done), "complete").toBe(1);
+    // A second generation of the same model reads no model row (cached): key, insert.
+    const again = await generate(t.key, { model: "round-trip-model" });
+    expect(again.status).toBe(202);
+    expect(d1(again)).toBeLessThanOrEqual(2);
+  });
+
+  it("a waiter for the end only is not woken by rings that say the job goes on", async () => {
+    const bell = env.DOORBELL.get(env.DOORBELL.idFromName("job:final-only-test"));
+    const seen = await bell.current();
+    const waiting = bell.wait(seen, 2000, true);
+    await bell.ring({ status: "running" });
+    await bell.ring({ status: "running" });
+    // Not woken by either (the wait would have answered with rung: true and seq + 1).
+    expect(
+      await Promise.race([waiting.then(() => "woken"), new Promise((r) => setTimeout(() => r("waiting"), 100))]),
+    ).toBe("waiting");
+    await bell.ring({ status: "succeeded", final: true });
+    expect(await waiting).toMatchObject({ rung: true, seq: seen + 3, note: { status: "succeeded", final: true } });
+    // A ring without a note (it says nothing of the job) still wakes such a waiter.
+    const other = env.DOORBELL.get(env.DOORBELL.idFromName("job:final-only-test-2"));
+    const next = other.wait(await other.current(), 2000, true);
+    await other.ring();
+    expect(await next).toMatchObject({ rung: true });
   });
 
   it("a late announcement cannot hide a job's end from a waiter (the doorbell keeps the final note)", async () => {

@@ -42,11 +42,11 @@ export async function findKeyByHash(db: Db, hash: string) {
 }
 
 /** Records use at most once a minute per key, so authentication does not write on every request. */
-export async function touchKey(db: Db, id: string, now: number): Promise<void> {
+export async function touchKey(db: Db, id: string, now: number, staleMs = 60_000): Promise<void> {
   await db
     .update(apiKeys)
     .set({ lastUsedAt: now })
-    .where(and(eq(apiKeys.id, id), or(isNull(apiKeys.lastUsedAt), lt(apiKeys.lastUsedAt, now - 60_000))));
+    .where(and(eq(apiKeys.id, id), or(isNull(apiKeys.lastUsedAt), lt(apiKeys.lastUsedAt, now - staleMs))));
 }
 
 export async function listKeys(db: Db, tenantId: string): Promise<ApiKey[]> {

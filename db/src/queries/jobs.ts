@@ -5,8 +5,8 @@
  */
 import { ACTIVE_JOB_STATUSES, TERMINAL_JOB_STATUSES } from "@imagegen/contracts/enums";
 import type { Provenance, Timings } from "@imagegen/contracts/generations";
-import { and, desc, eq, getTableColumns, gte, inArray, lt, sql } from "drizzle-orm";
-import { transaction } from "../batch.ts";
+import { and, desc, eq, gte, inArray, lt, sql } from "drizzle-orm";
+import { type D1LikeResult, rowsOf, type Statement, transaction } from "../batch.ts";
 import type { Db } from "../index.ts";
 import { images, jobs, type JobStatus } from "../schema.ts";
 import { utcDay } from "./usage.ts";
@@ -59,16 +59,7 @@ export async function insertJobWithinCaps(
 const selectJob = (db: Db, id: string) => db.select().from(jobs).where(eq(jobs.id, id));
 
 /** The job row a raw `selectJob` answered, mapped as drizzle maps it (column names, JSON and booleans decoded). */
-function jobRow(result: { results?: unknown[] }): Job | undefined {
-  const raw = result.results?.[0] as Record<string, unknown> | undefined;
-  if (!raw) return undefined;
-  const row: Record<string, unknown> = {};
-  for (const [key, column] of Object.entries(getTableColumns(jobs))) {
-    const value = raw[column.name];
-    row[key] = value === null || value === undefined ? null : column.mapFromDriverValue(value);
-  }
-  return row as Job;
-}
+const jobRow = (result: { results?: unknown[] }): Job | undefined => rowsOf(jobs, result)[0];
 
 export async function findByIdempotencyKey(db: Db, tenantId: string, key: string): Promise<Job | undefined> {
   return db.query.jobs.findFirst({ where: and(eq(jobs.tenantId, tenantId), eq(jobs.idempotencyKey, key)) });
@@ -195,7 +186,16 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
  * Requeues expired leases (as `expireLeases`) and leases one job (as `leaseJob`) in one round trip: one D1 batch,
  * run in order as one transaction, so a job the sweep requeued can be leased at once.
  */
-export async function expireAndLease(db: Db, r: LeaseRequest): Promise<{ expired: Job[]; job: Job | undefined }> {
+export async function expireAndLease(
+  db: Db,
+  r: LeaseRequest,
+  /** Another write of the same call in the same round trip (the runner's report: `runnersTable.reportRunner`). */
+  also?: Parameters<Db["batch"]>[0][number],
+): Promise<{ expired: Job[]; job: Job | undefined }> {
+  if (also) {
+    const [, expired, leased] = await db.batch([also, expireStatement(db, r.now), leaseStatement(db, r)]);
+    return { expired: expired as Job[], job: (leased as Job[])[0] };
+  }
   const [expired, leased] = await db.batch([expireStatement(db, r.now), leaseStatement(db, r)]);
   return { expired, job: leased[0] };
 }
@@ -372,7 +372,12 @@ export interface Completion {
  * Completes a job held by this lease, with its images, in one transaction, and reads the row back in the same round
  * trip. Repeating it changes nothing. `completed`: this call made the change (not an earlier one of the same lease).
  */
-export async function completeJob(db: Db, c: Completion): Promise<{ job: Job; completed: boolean } | undefined> {
+export async function completeJob(
+  db: Db,
+  c: Completion,
+  /** Reads of the same call, answered in the same round trip after the writes (e.g. the tenant's webhook endpoints). */
+  also: Statement[] = [],
+): Promise<{ job: Job; completed: boolean; also: D1LikeResult[] } | undefined> {
   const { queue_ms, ...runnerTimings } = c.timings;
   // As the edge always recorded them: the queue wait (unless the runner says), the runner's, then the whole.
   const timings = sql`json_patch(json_patch(json_object('queue_ms', max(0, coalesce(${jobs.startedAt}, ${c.now}) - ${jobs.createdAt})),
@@ -412,10 +417,10 @@ export async function completeJob(db: Db, c: Completion): Promise<{ job: Job; co
       ON CONFLICT (job_id, "index") DO NOTHING`,
   );
   // One round trip: the writes (one transaction) and the row as they left it.
-  const results = await transaction(db, [finish, usage, ...imageInserts, selectJob(db, c.id)]);
-  const job = jobRow(results.at(-1)!);
+  const results = await transaction(db, [finish, usage, ...imageInserts, selectJob(db, c.id), ...also]);
+  const job = jobRow(results.at(-1 - also.length)!);
   if (job?.status !== "succeeded" || job.leaseId !== c.leaseId) return undefined;
-  return { job, completed: (results[0]!.meta.changes ?? 0) > 0 };
+  return { job, completed: (results[0]!.meta.changes ?? 0) > 0, also: results.slice(results.length - also.length) };
 }
 
 /**

@@ -1,4 +1,5 @@
 import { and, desc, eq, isNull, like, lte } from "drizzle-orm";
+import { rowsOf } from "../batch.ts";
 import type { Db } from "../index.ts";
 import { tenants, webhookDeliveries, webhookEndpoints } from "../schema.ts";
 
@@ -96,12 +97,22 @@ export async function listEndpoints(db: Db, tenantId: string): Promise<Endpoint[
 
 /** The enabled endpoints of a tenant that subscribed to `event`. */
 export async function endpointsFor(db: Db, tenantId: string, event: Endpoint["events"][number]): Promise<Endpoint[]> {
-  const rows = await db
+  return subscribed(await liveEndpoints(db, tenantId), event);
+}
+
+/** A tenant's live endpoints, as a query another call can put in its own batch (`endpointsFrom` reads the answer). */
+export const liveEndpoints = (db: Db, tenantId: string) =>
+  db
     .select()
     .from(webhookEndpoints)
     .where(and(eq(webhookEndpoints.tenantId, tenantId), isNull(webhookEndpoints.disabledAt)));
-  return rows.filter((e) => e.events.includes(event));
-}
+
+/** The endpoints a batched `liveEndpoints` answered that subscribe to `event`. */
+export const endpointsFrom = (result: { results?: unknown[] } | undefined, event: Endpoint["events"][number]) =>
+  subscribed(rowsOf(webhookEndpoints, result), event);
+
+const subscribed = (rows: Endpoint[], event: Endpoint["events"][number]) =>
+  rows.filter((e) => e.events.includes(event));
 
 export async function updateEndpoint(
   db: Db,

@@ -6,6 +6,7 @@ import { insufficientRole } from "../users/roles.ts";
 import { authenticateSession, SESSION_IDLE_MS, sessionCookie } from "../users/sessions.ts";
 import { ApiError } from "../errors.ts";
 import { sha256Hex, timingSafeEqualHex } from "../lib/crypto.ts";
+import { IsolateCache } from "../lib/isolate-cache.ts";
 import { API_KEY_PREFIX, bearer, RUNNER_TOKEN_PREFIX } from "./secrets.ts";
 
 /**
@@ -37,7 +38,9 @@ export const tenantAuth = (): MiddlewareHandler<AppEnv> => async (c, next) => {
   }
   if (found.tenant.status !== "active") throw ApiError.forbidden("tenant_suspended", "This tenant is suspended.");
   c.set("auth", { tenant: found.tenant, key: found.key, scopes: found.key.scopes, actor: found.key.id });
-  c.executionCtx.waitUntil(apiKeysTable.touchKey(c.var.db, found.key.id, now));
+  // `last_used_at` is kept to the minute: a key in steady use costs no write per request.
+  if (found.key.lastUsedAt === null || found.key.lastUsedAt < now - KEY_TOUCH_MS)
+    c.executionCtx.waitUntil(apiKeysTable.touchKey(c.var.db, found.key.id, now, KEY_TOUCH_MS));
   await next();
 };
 
@@ -55,6 +58,22 @@ export function stillAuthenticated(db: Db, auth: TenantAuth, now = Date.now()): 
   return apiKeysTable.isLive(db, auth.tenant.id, auth.key!.id, now);
 }
 
+/** How stale an API key's `last_used_at` may be before a request writes it again. */
+export const KEY_TOUCH_MS = 60_000;
+
+/**
+ * Runners found by token hash, kept for a few seconds: every runner call (lease, heartbeat, outputs, complete) would
+ * otherwise read the runners table first. An operator's change (disable, rotate, revoke) clears this isolate's
+ * entries at once; other isolates apply it within `RUNNER_AUTH_CACHE_MS` (infra/deploy/SCALING.md).
+ */
+export const RUNNER_AUTH_CACHE_MS = 5_000;
+const runnersByToken = new IsolateCache<Awaited<ReturnType<typeof runnersTable.findRunnerByTokenHash>>>(
+  RUNNER_AUTH_CACHE_MS,
+);
+
+/** After an operator changed a runner: this isolate authenticates runners from D1 again. */
+export const forgetRunnerTokens = (env: { DB: D1Database }) => runnersByToken.clear(env.DB);
+
 /** Runner API: `Authorization: Bearer igr_…`, a runner's own token, never a tenant key. */
 export const runnerAuth = (): MiddlewareHandler<AppEnv> => async (c, next) => {
   const secret = bearer(c.req.header("authorization"));
@@ -62,7 +81,8 @@ export const runnerAuth = (): MiddlewareHandler<AppEnv> => async (c, next) => {
   if (!secret.startsWith(`${RUNNER_TOKEN_PREFIX}_`)) {
     throw ApiError.unauthenticated("The runner API takes runner tokens, not API keys.");
   }
-  const runner = await runnersTable.findRunnerByTokenHash(c.var.db, await sha256Hex(secret));
+  const hash = await sha256Hex(secret);
+  const runner = await runnersByToken.get(c.env.DB, hash, () => runnersTable.findRunnerByTokenHash(c.var.db, hash));
   if (!runner) throw ApiError.unauthenticated("Invalid runner token.");
   if (runner.status !== "active")
     throw new ApiError(401, "authentication_error", "runner_disabled", "This runner was disabled by the operator.");

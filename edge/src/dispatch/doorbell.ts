@@ -26,17 +26,22 @@ export interface Rung {
 export class Doorbell extends DurableObject {
   private seq = 0;
   private note: BellNote | undefined;
-  private waiters = new Set<(rung: boolean) => void>();
+  /** Each parked waiter, and whether it waits only for a final note (`finalOnly`). */
+  private waiters = new Map<(rung: boolean) => void, boolean>();
 
   /** The current sequence number: read it before looking for work. */
   async current(): Promise<number> {
     return this.seq;
   }
 
-  /** Resolves at the first ring after `seenSeq` (at once if one already happened), or on timeout (`rung: false`). */
-  async wait(seenSeq: number, timeoutMs: number): Promise<Rung> {
+  /**
+   * Resolves at the first ring after `seenSeq` (at once if one already happened), or on timeout (`rung: false`).
+   * `finalOnly`: a ring whose note says the change was not the last (a job acknowledged, progress) does not wake this
+   * waiter (one waiting for a job's end would only read nothing and wait again); a ring without a note still does.
+   */
+  async wait(seenSeq: number, timeoutMs: number, finalOnly = false): Promise<Rung> {
     const outcome = (rung: boolean): Rung => ({ rung, seq: this.seq, ...(this.note ? { note: this.note } : {}) });
-    if (this.seq !== seenSeq) return outcome(true);
+    if (this.seq !== seenSeq && this.wakes(finalOnly)) return outcome(true);
     if (timeoutMs <= 0) return outcome(false);
     return new Promise<Rung>((resolve) => {
       const done = (rung: boolean) => {
@@ -45,7 +50,7 @@ export class Doorbell extends DurableObject {
         resolve(outcome(rung));
       };
       const timer = setTimeout(() => done(false), timeoutMs);
-      this.waiters.add(done);
+      this.waiters.set(done, finalOnly);
     });
   }
 
@@ -54,8 +59,13 @@ export class Doorbell extends DurableObject {
     this.seq++;
     // A ring that was late (sent in the background before the end) must not hide the end from a waiter.
     if (!this.note?.final) this.note = note;
-    for (const wake of [...this.waiters]) wake(true);
+    for (const [wake, finalOnly] of [...this.waiters]) if (this.wakes(finalOnly)) wake(true);
     return this.seq;
+  }
+
+  /** Whether the last ring wakes a waiter: any ring wakes all but `finalOnly` ones, which a non-final note does not. */
+  private wakes(finalOnly: boolean): boolean {
+    return !finalOnly || this.note?.final === true || this.note?.status === undefined;
   }
 }
 
@@ -66,8 +76,8 @@ export function doorbell(env: DoorbellEnv, topic: string) {
   const stub = env.DOORBELL.get(env.DOORBELL.idFromName(topic));
   return {
     current: (): Promise<number> => timed("do", () => stub.current()),
-    wait: (seenSeq: number, timeoutMs: number): Promise<Rung> =>
-      timed("bell_wait", async () => (await stub.wait(seenSeq, timeoutMs)) as Rung),
+    wait: (seenSeq: number, timeoutMs: number, finalOnly = false): Promise<Rung> =>
+      timed("bell_wait", async () => (await stub.wait(seenSeq, timeoutMs, finalOnly)) as Rung),
     ring: (note?: BellNote): Promise<number> => timed("do", () => stub.ring(note)),
   };
 }

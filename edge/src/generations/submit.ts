@@ -1,5 +1,5 @@
 /** Creating a generation: the request as the job will run it, within the tenant's caps, exactly once per Idempotency-Key. */
-import { addonsTable, jobsTable, modelsTable, type Db } from "@imagegen/db";
+import { addonsTable, jobsTable, type Db } from "@imagegen/db";
 import {
   CONTROL_IMAGE_PREFIX,
   formatAddonRef,
@@ -14,11 +14,13 @@ import { PNG_HEADER_BYTES, plainPngProblem, readPngHeader } from "@imagegen/form
 import type { Context } from "hono";
 import { requireScope } from "../auth/middleware.ts";
 import type { AppEnv } from "../context.ts";
+import type { Env } from "../env.ts";
 import { ApiError } from "../errors.ts";
-import { announce, announcerOf } from "../jobs/announce.ts";
+import { announceCreated, announcerOf } from "../jobs/announce.ts";
 import { canonicalJson, sha256Hex } from "../lib/crypto.ts";
 import { newId } from "../lib/ids.ts";
 import { mark } from "../middleware/server-timing.ts";
+import { cachedModel } from "../models/cache.ts";
 import { assertWebhookDestination } from "../webhooks/endpoints.ts";
 
 /**
@@ -40,12 +42,13 @@ export function controlImageProblem(dataUrl: string): string | undefined {
 
 /** Applies the model's limits and defaults, resolves add-ons, and picks a seed: the request as the job runs it. */
 async function normalise(
+  env: Env,
   db: Db,
   tenantId: string,
   body: CreateGenerationBody,
   modelId: string,
 ): Promise<{ request: GenerationRequest; addonRefs: string[] }> {
-  const model = await modelsTable.getModel(db, modelId);
+  const model = await cachedModel(env, db, modelId);
   if (!model || model.status !== "active") throw ApiError.notFound("model", modelId, "model");
   const spec = ModelSpec.parse(model.spec);
   const width = body.width ?? spec.default_width;
@@ -213,7 +216,7 @@ export async function submitGeneration(
     if (existing) return { job: existing, replayed: true };
   }
   if (body.webhook_url) assertWebhookDestination(c.env, body.webhook_url, "webhook_url");
-  const { request, addonRefs } = await normalise(db, tenant.id, body, body.model ?? settings.defaultModel);
+  const { request, addonRefs } = await normalise(c.env, db, tenant.id, body, body.model ?? settings.defaultModel);
   const now = Date.now();
   let outcome: jobsTable.InsertOutcome;
   try {
@@ -269,6 +272,6 @@ export async function submitGeneration(
     );
   }
   mark("inserted", outcome.job.id);
-  const seq = await announce(announcerOf(c), outcome.job);
+  const seq = await announceCreated(announcerOf(c), outcome.job);
   return { job: outcome.job, replayed: false, seq };
 }

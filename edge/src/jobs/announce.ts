@@ -5,7 +5,7 @@
  * records and sends its webhook. Usage is not counted here: it is written in the same transaction as the change
  * it counts, so that the daily image cap holds under concurrent creates.
  */
-import { jobsTable, type Db } from "@imagegen/db";
+import { jobsTable, type Db, type webhooksTable } from "@imagegen/db";
 import type { Context } from "hono";
 import type { AppEnv } from "../context.ts";
 import { doorbell, jobTopic, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
@@ -32,13 +32,28 @@ const TERMINAL = new Set(jobsTable.TERMINAL);
  * Tells everyone who cares that `job` (as it is now) changed. Returns the sequence number of the job's doorbell
  * after this change: a watcher that holds `job` waits from it without reading the row again.
  */
-export async function announce(to: Announcer, job: jobsTable.Job): Promise<number> {
+export async function announce(
+  to: Announcer,
+  job: jobsTable.Job,
+  /** For a job that ended: its tenant's webhook endpoints for the event, read in the same round trip as the end. */
+  endpoints?: webhooksTable.Endpoint[],
+): Promise<number> {
   const final = TERMINAL.has(job.status);
   const [seq] = await Promise.all([
     doorbell(to.env, jobTopic(job.id)).ring({ status: job.status, final }),
     job.status === "queued" ? doorbell(to.env, QUEUE_TOPIC).ring() : undefined,
   ]);
   mark("rung", job.id);
-  if (final) await generationEnded(to.env, to.db, job, to.waitUntil);
+  if (final) await generationEnded(to.env, to.db, job, to.waitUntil, endpoints);
   return seq;
+}
+
+/**
+ * A job just created: only the runners' doorbell rings. The job's own doorbell has never rung (its id is new), so its
+ * number is 0 and whoever follows the job starts from there: a ring for the creation would wake nobody.
+ */
+export async function announceCreated(to: Announcer, job: jobsTable.Job): Promise<number> {
+  await doorbell(to.env, QUEUE_TOPIC).ring();
+  mark("rung", job.id);
+  return 0;
 }

@@ -70,10 +70,12 @@ export async function waitForEnd(
     if (TERMINAL.has(job.status)) break;
     const left = deadline - Date.now();
     if (left <= 0) return { job };
-    const woke = await bell.wait(seq, left);
+    // Only the end wakes this wait: rings that say the job goes on (acknowledged, progress) pass it by.
+    const woke = await bell.wait(seq, left, true);
     seq = woke.seq;
     mark("woken", id);
-    // Told that the job goes on: nothing to read. No note (an older ring), a final one, or a timeout: read it.
+    // Told that the job goes on (a doorbell that wakes on every ring): nothing to read. No note (an older ring), a
+    // final one, or a timeout: read it.
     if (woke.rung && woke.note?.status && !woke.note.final) continue;
     if (woke.rung && woke.note?.final) {
       const ended = await jobsTable.getJobWithImages(db, tenantId, id);

@@ -4,6 +4,7 @@ import { addonsTable, auditTable, modelsTable, runnersTable, tenantsTable } from
 import { presentAddon } from "../addons/present.ts";
 import { audit } from "../audit/log.ts";
 import { createKey } from "../auth/keys.ts";
+import { forgetRunnerTokens } from "../auth/middleware.ts";
 import { createInvite } from "../users/invites.ts";
 import { RUNNER_TOKEN_PREFIX } from "../auth/secrets.ts";
 import { type AppEnv, router } from "../context.ts";
@@ -32,6 +33,7 @@ import {
   UpdateTenantBody,
   UpsertModelBody,
 } from "@imagegen/contracts";
+import { forgetModels } from "../models/cache.ts";
 import { presentModel } from "../models/present.ts";
 import { DEFAULT_RETENTION_DAYS } from "../storage/retention.ts";
 
@@ -92,6 +94,7 @@ async function changeRunner(
   action: string,
 ) {
   const changed = await runnersTable.updateRunner(c.var.db, id, patch);
+  forgetRunnerTokens(c.env);
   const runner = await runnersTable.getRunner(c.var.db, id, Date.now());
   if (!runner) throw ApiError.notFound("runner", id, "id");
   if (!changed) throw ApiError.conflict("runner_revoked", `Runner '${id}' was revoked; register a new one.`);
@@ -314,6 +317,7 @@ export const admin = router()
         revokedAt: now,
         tokenHash: `revoked:${id}`,
       });
+      forgetRunnerTokens(c.env);
       const runner = await runnersTable.getRunner(c.var.db, id, now);
       if (!runner) throw ApiError.notFound("runner", id, "id");
       if (revoked) await audit(c, { actor: "admin", action: "runner.revoke", target: id });
@@ -343,6 +347,7 @@ export const admin = router()
         createdAt: now,
         updatedAt: now,
       });
+      forgetModels(c.env);
       await audit(c, {
         actor: "admin",
         action: "model.upsert",

@@ -5,7 +5,7 @@
  * holds the job). Each call makes as few D1 round trips as it can (batches): in production each is a network hop.
  */
 import { createRoute, z } from "@hono/zod-openapi";
-import { addonsTable, jobsTable, runnersTable } from "@imagegen/db";
+import { addonsTable, jobsTable, runnersTable, webhooksTable } from "@imagegen/db";
 import { router } from "../context.ts";
 import { doorbell, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
 import { announceExpired } from "../dispatch/expiry.ts";
@@ -197,7 +197,13 @@ export const runnerApi = router()
     const body = c.req.valid("json");
     const { db, settings, runner } = c.var;
     const deadline = Date.now() + body.wait_ms;
-    await runnersTable.reportRunner(db, runner.id, { warmAddons: body.warm_addons, models: body.models }, Date.now());
+    // What the runner holds is written with its first look at the queue (one D1 batch), not in a round trip of its own.
+    let report: ReturnType<typeof runnersTable.reportRunner> | undefined = runnersTable.reportRunner(
+      db,
+      runner.id,
+      { warmAddons: body.warm_addons, models: body.models },
+      Date.now(),
+    );
     // What the runner declares can lower what the operator registered, never raise it.
     const capacity = Math.min(body.capacity, runner.capacity);
     const bell = doorbell(c.env, QUEUE_TOPIC);
@@ -211,17 +217,23 @@ export const runnerApi = router()
       if (gone.aborted) return c.body(null, 204);
       const now = Date.now();
       // The expiry sweep and the lease in one round trip (one D1 batch).
-      const { expired, job } = await jobsTable.expireAndLease(db, {
-        runnerId: runner.id,
-        capacity,
-        models: body.models,
-        warmAddons: body.warm_addons,
-        leaseId: `lease_${randomBase32(20)}`,
-        now,
-        ackTimeoutMs: settings.leaseAckTimeoutMs,
-        affinityMaxWaitMs: settings.affinityMaxWaitMs,
-        ...(acknowledge ? { acknowledgeTtlMs: settings.leaseTtlMs } : {}),
-      });
+      const also = report;
+      report = undefined;
+      const { expired, job } = await jobsTable.expireAndLease(
+        db,
+        {
+          runnerId: runner.id,
+          capacity,
+          models: body.models,
+          warmAddons: body.warm_addons,
+          leaseId: `lease_${randomBase32(20)}`,
+          now,
+          ackTimeoutMs: settings.leaseAckTimeoutMs,
+          affinityMaxWaitMs: settings.affinityMaxWaitMs,
+          ...(acknowledge ? { acknowledgeTtlMs: settings.leaseTtlMs } : {}),
+        },
+        also,
+      );
       if (expired.length) await announceExpired(announcerOf(c), expired);
       if (job) {
         mark("leased", job.id);
@@ -229,7 +241,7 @@ export const runnerApi = router()
         if (acknowledge) c.executionCtx.waitUntil(announce(announcerOf(c), job));
         // Otherwise not announced yet: the lease is provisional until the runner acknowledges it (first heartbeat).
         const request = job.request;
-        const versions = await addonsTable.versionsForRefs(db, job.addonRefs);
+        const versions = job.addonRefs.length ? await addonsTable.versionsForRefs(db, job.addonRefs) : [];
         const missing = job.addonRefs.filter(
           (ref) => !versions.some((v) => formatAddonRef(v.addon.id, v.version.version) === ref),
         );
@@ -410,12 +422,15 @@ export const runnerApi = router()
     const tenantId = tenantOfKeys(body.images, id, body.lease_id);
     if (tenantId && !(await storedProblem(store, body.images, heads))) {
       const now = Date.now();
-      const done = await jobsTable.completeJob(db, {
-        ...completion(tenantId, now),
-        expect: { tenantId, imageCount: body.images.length },
-      });
+      // The tenant's webhook endpoints are read in the same round trip: the end's announcement needs them.
+      const done = await jobsTable.completeJob(
+        db,
+        { ...completion(tenantId, now), expect: { tenantId, imageCount: body.images.length } },
+        [webhooksTable.liveEndpoints(db, tenantId)],
+      );
       if (done) {
-        if (done.completed) await announce(announcerOf(c), done.job);
+        if (done.completed)
+          await announce(announcerOf(c), done.job, webhooksTable.endpointsFrom(done.also[0], "generation.succeeded"));
         return c.json(ack(done.job), 200);
       }
     }

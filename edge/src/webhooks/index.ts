@@ -18,9 +18,11 @@ export async function generationEnded(
   db: Db,
   job: jobsTable.Job,
   waitUntil: (p: Promise<unknown>) => void,
+  /** The tenant's endpoints for this event, when the caller read them with the change (no round trip of their own). */
+  subscribed?: webhooksTable.Endpoint[],
 ): Promise<void> {
   const event = `generation.${job.status}` as WebhookEventType;
-  const endpoints = await webhooksTable.endpointsFor(db, job.tenantId, event);
+  const endpoints = subscribed ?? (await webhooksTable.endpointsFor(db, job.tenantId, event));
   const targets = [
     ...(job.webhookUrl ? [{ url: job.webhookUrl, endpointId: null }] : []),
     ...endpoints.map((e) => ({ url: e.url, endpointId: e.id })),
