@@ -164,7 +164,7 @@ describe("runner lease loop", () => {
     await running;
   });
 
-  it("a lease is acknowledged before any work; one the edge no longer honours is dropped untouched", async () => {
+  it("a lease is acknowledged beside the work; one the edge no longer honours is dropped: nothing stored or reported", async () => {
     edge.lost.add("job_gone");
     edge.queue.push(leased(edge, "job_gone"), leased(edge, "job_kept"));
     const r = runner(edge);

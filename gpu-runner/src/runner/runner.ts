@@ -1,15 +1,16 @@
 /**
  * The lease loop: lease a job (long poll, no sleeping between polls), run it in the inference pool while a
  * heartbeat extends the lease, reports progress and learns of cancel, upload the PNGs to the job's presigned
- * URLs, complete with image metadata, timings and provenance. A lease is acknowledged (first heartbeat) before
- * any work: only then does the edge count the attempt. On shutdown it hangs up its long poll, hands back untouched
+ * URLs, complete with image metadata, timings and provenance. A lease is acknowledged (first heartbeat) beside
+ * the work, which starts at once: only then does the edge count the attempt, and nothing is stored or reported for
+ * a lease the acknowledgement finds gone. On shutdown it hangs up its long poll, hands back untouched
  * a job that arrives anyway, finishes the job in hand, or, past the grace period, hands it back (a retryable failure
  * puts it back in the queue).
  *
  * Capacity: a runner holds up to `workers × batch × depth` leases at once (the edge enforces what it registered), with a
  * few lease long polls in flight while it has room; each job keeps its own lease, heartbeats, cancel, upload and
  * complete. Compatible jobs run as one U-Net batch (batcher.ts). A job's add-ons start loading as it is leased, before
- * the acknowledgement and the batching window.
+ * the batching window.
  *
  * Storage outages: uploads are bounded by the upload URLs' expiry (the lease's), each try cut short by cancel; a job
  * whose images could not be stored goes back as `storage_unavailable`, which costs it no attempt, and the runner
@@ -467,24 +468,31 @@ export class Runner {
         this.log({ event: "heartbeat.error", job: job.id, error: String(err) });
       }
     };
-    let interval: number;
-    try {
-      if (leased.acknowledged) {
-        // Acknowledged by the lease itself (`acknowledgeInLease`): no acknowledging round trip.
-        interval = heartbeatInterval(leased.lease_ttl_ms, this.heartbeatMs);
-      } else {
-        // The acknowledgement: the edge counts the attempt now, or says the lease is gone (its deadline passed).
-        const ack = await this.o.edge.heartbeat(job.id, { lease_id: leaseId, warm_addons: this.o.addons.warm() });
-        if (ack.cancel) throw new EdgeError(409, "job_canceled", "canceled before it started");
-        interval = heartbeatInterval(ack.lease_ttl_ms, this.heartbeatMs);
-      }
-    } catch (err) {
-      this.jobAbort.signal.removeEventListener("abort", abortOnShutdown);
-      this.done.push({ id: job.id, status: "lost", ms: performance.now() - started });
-      this.log({ event: "lease.lost", job: job.id, error: String(err) });
-      return;
-    }
-    const timer = setInterval(beat, interval);
+    // The acknowledgement goes out beside the work rather than before it: it costs the job no round trip. The edge
+    // counts the attempt when it arrives, as before; if it says the lease is gone (its deadline passed, or the job was
+    // canceled), the work stops and its result is thrown away: nothing is stored or reported for a lease not held.
+    let timer: ReturnType<typeof setInterval> | undefined;
+    let finished = false;
+    let lost: unknown;
+    const acknowledged: Promise<boolean> = (
+      leased.acknowledged
+        ? // Acknowledged by the lease itself (`acknowledgeInLease`): no acknowledging round trip at all.
+          Promise.resolve(leased.lease_ttl_ms)
+        : this.o.edge.heartbeat(job.id, { lease_id: leaseId, warm_addons: this.o.addons.warm() }).then((ack) => {
+            if (ack.cancel) throw new EdgeError(409, "job_canceled", "canceled before it started");
+            return ack.lease_ttl_ms;
+          })
+    ).then(
+      (ttl) => {
+        if (!finished) timer = setInterval(beat, heartbeatInterval(ttl, this.heartbeatMs));
+        return true;
+      },
+      (err) => {
+        lost = err;
+        cancel.abort(err);
+        return false;
+      },
+    );
     // Progress goes out once the job has run a while: a job done within a few hundred ms costs the edge no extra write
     // (the regular beats still learn of cancel).
     let lastProgressBeat = performance.now();
@@ -574,6 +582,8 @@ export class Runner {
           })),
         },
       });
+      // Nothing is stored for a lease this runner does not hold.
+      if (!(await acknowledged)) throw lost;
       // A store that lies (answers 200 without keeping the bytes, or keeps other bytes) shows at complete, which
       // checks what is stored: the images go up again, with fresh URLs, a few times before the job is handed back.
       for (let round = 1; ; round++) {
@@ -610,7 +620,11 @@ export class Runner {
         upload_ms: round(uploadMs),
       });
     } catch (err) {
-      if (canceled) {
+      // Whatever stopped the work, a lease that was never held is reported as lost, not failed or canceled.
+      if (!(await acknowledged)) {
+        this.done.push({ id: job.id, status: "lost", ms: performance.now() - started });
+        this.log({ event: "lease.lost", job: job.id, error: String(lost) });
+      } else if (canceled) {
         this.done.push({ id: job.id, status: "canceled", ms: performance.now() - started });
         this.log({ event: "job.canceled", job: job.id });
       } else if (this.jobAbort.signal.aborted) {
@@ -638,6 +652,7 @@ export class Runner {
         this.log({ event: "job.failed", job: job.id, code, error: String((err as Error).message), retryable });
       }
     } finally {
+      finished = true;
       clearInterval(timer);
       this.jobAbort.signal.removeEventListener("abort", abortOnShutdown);
     }
