@@ -111,11 +111,12 @@ function stagesOf(r: Round & { id: string }, lines: EdgeLine[]): Record<string, 
     inserted -
     post.start +
     (lease.end - (lease.marks.woken ?? lease.marks.leased!)) +
-    (ack.end - ack.start) +
     (outputs.end - outputs.start) +
     (rung - complete.start) +
     (post.end - (post.marks.woken ?? ended));
-  const runnerSide = outputs.start - ack.end - r.inference;
+  // The runner's part from the lease's answer to the outputs call, minus inference: the acknowledgement's round trip
+  // too where the runner waits for it before working (before this change it did; now it goes beside the work).
+  const runnerSide = outputs.start - lease.end - r.inference;
   return {
     inside,
     runner_side: runnerSide,
@@ -127,9 +128,9 @@ function stagesOf(r: Round & { id: string }, lines: EdgeLine[]): Record<string, 
     queue_wake: (lease.marks.woken ?? lease.marks.leased!) - inserted,
     queue_lease: lease.marks.leased! - (lease.marks.woken ?? lease.marks.leased!),
     queue_answer: lease.end - lease.marks.leased!,
-    to_ack: ack.start - lease.end,
+    to_ack: ack.end - lease.end,
     ack: ack.end - ack.start,
-    runner: outputs.start - ack.end - r.inference,
+    ack_awaited: ack.end <= outputs.start - r.inference ? 1 : 0,
     outputs: outputs.end - outputs.start,
     presign: outputs.spans.presign?.ms ?? 0,
     upload: complete.start - outputs.end,
@@ -178,7 +179,12 @@ try {
     probes: [],
   });
   if (process.env.BASELINE_REV || process.env.BASELINE_DIR) {
-    const dir = copyTree({ jobPathRev: process.env.BASELINE_REV, jobPathDir: process.env.BASELINE_DIR, runnerRev });
+    // BASELINE_RUNNER_REV: the baseline runs the runner of that revision too (a change on both sides of the protocol).
+    const dir = copyTree({
+      jobPathRev: process.env.BASELINE_REV,
+      jobPathDir: process.env.BASELINE_DIR,
+      runnerRev: process.env.BASELINE_RUNNER_REV ?? runnerRev,
+    });
     trees.push(dir);
     sides.push({
       label: `baseline ${process.env.BASELINE_REV ?? process.env.BASELINE_DIR}`,
@@ -261,21 +267,25 @@ try {
       row("   doorbell wake-up (inserted → idle runner's long poll woken)", col("queue_wake")),
       row("   woken → job leased (lease expiry sweep + lease UPDATE)", col("queue_lease")),
       row("   leased → answer (add-on versions, presigned add-on GETs)", col("queue_answer")),
-      row("3. lease answered → ack arrives (runner, loopback)", col("to_ack")),
+      row(
+        "3. runner: lease answered → outputs call, minus inference (the ack where awaited, worker dispatch, PNG hash)",
+        col("runner_side"),
+      ),
+      row("   the acknowledgement: lease answered → ack answered (runner → edge → runner)", col("to_ack")),
       row("   ack handled at the edge (auth, heartbeat UPDATE, announce)", col("ack")),
-      row("4. runner: ack → outputs call, minus inference (worker dispatch, PNG hash)", col("runner")),
-      row("5. outputs call: upload URLs (auth, lease extend, presign)", col("outputs")),
+      row("   share of rounds whose work waited for the ack (1 = all)", col("ack_awaited")),
+      row("4. outputs call: upload URLs (auth, lease extend, presign)", col("outputs")),
       row("   presigning inside it", col("presign")),
-      row("6. upload: PUT of the PNG to the local R2 (runner → wrangler)", col("upload")),
-      row("7. complete: call → doorbell rung (auth, R2 HEAD, D1 batch)", col("complete")),
+      row("5. upload: PUT of the PNG to the local R2 (runner → wrangler)", col("upload")),
+      row("6. complete: call → doorbell rung (auth, R2 HEAD, D1 batch)", col("complete")),
       row("   D1 inside complete", col("complete_d1")),
       row("   R2 HEAD inside complete", col("complete_r2")),
-      row("8. client notification: ring → answer received", col("notify")),
+      row("7. client notification: ring → answer received", col("notify")),
       row("   ring → waiting POST sees the end (DO wake + D1 read)", col("notify_wake")),
       row("   → answer built (images read, GET URL presigned)", col("notify_present")),
       row("   → client has the answer (wrangler → client)", col("notify_answer")),
       row("where it goes: inside the Worker (edge handlers with local D1, Durable Objects, R2 HEAD)", col("inside")),
-      row("where it goes: in the runner (stage 4)", col("runner_side")),
+      row("where it goes: in the runner (stage 3)", col("runner_side")),
       row(
         "where it goes: between them (HTTP through wrangler dev, the PUT to local R2, the wait for the wake)",
         col("outside"),
@@ -322,7 +332,7 @@ ${sim.join("\n")}
 Model \`${model}\`; whole local stack (wrangler dev + local D1 + local R2 + one runner, 1 worker) on 127.0.0.1;
 ${N} sequential requests with \`Prefer: wait=60\` per stack after ${WARMUP} warm-up requests${sides.length > 1 ? ", the two stacks' requests interleaved" : ""}.
 Load average at the end: ${load} (2 cores, shared with other work).
-Command: \`${process.env.RUNNER_REV ? `RUNNER_REV=${process.env.RUNNER_REV} ` : ""}${process.env.BASELINE_REV ? `BASELINE_REV=${process.env.BASELINE_REV} ` : ""}${process.env.BASELINE_DIR ? "BASELINE_DIR=… " : ""}npm run bench -w tests\` (ROUNDS=${N}).
+Command: \`${process.env.RUNNER_REV ? `RUNNER_REV=${process.env.RUNNER_REV} ` : ""}${process.env.BASELINE_REV ? `BASELINE_REV=${process.env.BASELINE_REV} ` : ""}${process.env.BASELINE_RUNNER_REV ? `BASELINE_RUNNER_REV=${process.env.BASELINE_RUNNER_REV} ` : ""}${process.env.BASELINE_DIR ? "BASELINE_DIR=… " : ""}npm run bench -w tests\` (ROUNDS=${N}).
 
 | stack | client p50 ms | inference p50 ms | overhead p50 ms | overhead p95 ms |
 | --- | ---: | ---: | ---: | ---: |
