@@ -1,4 +1,5 @@
 import { env } from "cloudflare:workers";
+import { doorbell, JOB_SHARDS, jobTopic, QUEUE_TOPIC, topicAddress } from "../src/dispatch/doorbell.ts";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
   acknowledge,
@@ -553,6 +554,30 @@ describe("heartbeat, complete, fail", () => {
     const next = other.wait(await other.current(), 2000, true);
     await other.ring();
     expect(await next).toMatchObject({ rung: true });
+  });
+
+  it("jobs share doorbell objects (shards) without waking each other", async () => {
+    // Two job ids in the same shard: a ring for one is not a ring for the other.
+    const first = "gen_shard_a";
+    const same = Array.from({ length: 500 }, (_, i) => `gen_shard_${i}`).find(
+      (id) => topicAddress(jobTopic(id)).object === topicAddress(jobTopic(first)).object,
+    )!;
+    expect(same).toBeDefined();
+    expect(topicAddress(jobTopic(first)).key).toBe(first);
+    // Spread over the shards, and the runners' queue an object of its own.
+    const objects = new Set(Array.from({ length: 2000 }, (_, i) => topicAddress(jobTopic(`gen_${i}`)).object));
+    expect(objects.size).toBe(JOB_SHARDS);
+    expect(topicAddress(QUEUE_TOPIC)).toEqual({ object: QUEUE_TOPIC, key: "" });
+    const a = doorbell(env, jobTopic(first));
+    const b = doorbell(env, jobTopic(same));
+    const waiting = a.wait(await a.current(), 2000);
+    await b.ring({ status: "succeeded", final: true });
+    expect(
+      await Promise.race([waiting.then(() => "woken"), new Promise((r) => setTimeout(() => r("waiting"), 100))]),
+    ).toBe("waiting");
+    await a.ring({ status: "running" });
+    expect(await waiting).toMatchObject({ rung: true, seq: 1, note: { status: "running" } });
+    expect(await b.current()).toBe(1);
   });
 
   it("a late announcement cannot hide a job's end from a waiter (the doorbell keeps the final note)", async () => {
