@@ -385,6 +385,19 @@ calls stay as the runner protocol makes them (see "protocol" below).
   made (\`LeasedJob.acknowledged\`, \`lease_ttl_ms\`), which saves the runner the acknowledging heartbeat, a whole
   round trip before inference ("3." above). The runner of this run does not send it yet.
 - Measuring: \`Server-Timing\` on every answer, and \`TIMING_LOG\` lines (edge/src/middleware/server-timing.ts).
+
+## What was cut (second round)
+
+- The runner acknowledges a lease beside the work instead of before it (gpu-runner/src/runner/runner.ts): the ack's
+  round trip leaves the critical path (stage 3; "share of rounds whose work waited for the ack"). The edge counts the
+  attempt at the ack as before; a lease the ack finds gone is dropped with nothing stored or reported.
+- One D1 round trip per runner call: the runner found by its token hash is kept 5 s in the isolate (an operator's
+  change clears it), the lease writes the runner's report in its own batch and reads no add-on versions for a job
+  without add-ons, complete reads the tenant's webhook endpoints in the completion's batch.
+- POST: the model spec is kept 5 s in the isolate (the operator's PUT clears it); a key's last-used stamp is written
+  only when a minute old. A creation rings only the runners' doorbell.
+- Doorbells: a job's topic is a key in one of 64 shard objects (a job creates no Durable Object); \`Prefer: wait\` is
+  woken only by the end.
 `;
   const out = process.env.BENCH_OUT ?? join(import.meta.dirname, "LATENCY.md");
   writeFileSync(out, report);

@@ -353,6 +353,12 @@ the worker) and the outputs → PUT → complete round trips; what is left is th
 worker. A runner holds at most workers × batch × depth jobs, so when the edge's round trips take longer than the
 inference, its workers idle however many clients wait: images/s ≈ jobs in hand / runner ms per job.
 
+Why the stack stays below raw on this machine: workerd runs the Worker, its Durable Objects and the local D1 and R2
+on one thread, and shares the two cores with the runner's inference and the clients, while "raw" has a core to
+itself. A CPU profile of the edge isolate under 64 clients (the DevTools protocol on wrangler dev's inspector) found
+it busy over 90% of the time. Per generation the edge makes about 7 D1 round trips (15 before the second round of
+cuts) and creates no Durable Object; what would shard past one database is in infra/deploy/SCALING.md.
+
 ## At saturation
 
 ${sweeps
