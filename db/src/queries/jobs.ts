@@ -192,12 +192,8 @@ export async function expireAndLease(
   /** Another write of the same call in the same round trip (the runner's report: `runnersTable.reportRunner`). */
   also?: Parameters<Db["batch"]>[0][number],
 ): Promise<{ expired: Job[]; job: Job | undefined }> {
-  if (also) {
-    const [, expired, leased] = await db.batch([also, expireStatement(db, r.now), leaseStatement(db, r)]);
-    return { expired: expired as Job[], job: (leased as Job[])[0] };
-  }
-  const [expired, leased] = await db.batch([expireStatement(db, r.now), leaseStatement(db, r)]);
-  return { expired, job: leased[0] };
+  const results = await db.batch([expireStatement(db, r.now), leaseStatement(db, r), ...(also ? [also] : [])]);
+  return { expired: results[0] as Job[], job: (results[1] as Job[])[0] };
 }
 
 function leaseStatement(db: Db, r: LeaseRequest) {
