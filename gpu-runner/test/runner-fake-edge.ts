@@ -2,7 +2,9 @@
  * A stand-in edge and store on 127.0.0.1 for the runner's tests (runner*.test.ts): the runner API's lease (long poll),
  * heartbeat, outputs, complete and fail, presigned PUTs checked against their signed checksum, add-on files, and
  * faults to switch on (storage down or hung, lost leases, cancel). It records every call, and how many leases the
- * runner held at once (leased, not yet completed, failed or lost).
+ * runner held at once (leased, not yet completed, failed or lost). As the real edge does (LEASE_ACK_TIMEOUT_MS), a
+ * lease nobody acknowledges goes back to the queue: a long poll from a runner that has just stopped may still be
+ * answered (its hang-up not yet seen by this process), and its job must not vanish with it.
  */
 import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type Server } from "node:http";
@@ -36,6 +38,10 @@ export interface FakeEdge {
   /** Jobs leased and not yet completed, failed or lost; the most held at once. */
   held: Set<string>;
   maxHeld: number;
+  /** A lease not acknowledged in the lease answer and without any call on its job this long goes back to the queue. */
+  ackTimeoutMs: number;
+  /** Leases that went back that way. */
+  unacknowledged: number;
 }
 
 async function body(req: IncomingMessage): Promise<Buffer> {
@@ -63,6 +69,8 @@ export async function fakeEdge(): Promise<FakeEdge> {
     leaseTtlMs: undefined,
     held: new Set(),
     maxHeld: 0,
+    ackTimeoutMs: 2_000,
+    unacknowledged: 0,
   };
   edge.server = createServer(async (req, res) => {
     const raw = await body(req);
@@ -109,6 +117,16 @@ export async function fakeEdge(): Promise<FakeEdge> {
       const id = (job.job as { id: string }).id;
       edge.held.add(id);
       edge.maxHeld = Math.max(edge.maxHeld, edge.held.size);
+      if (!json?.acknowledge) {
+        const leasedAt = edge.calls.length;
+        setTimeout(() => {
+          const prefix = `/internal/v1/jobs/${id}/`;
+          if (edge.calls.slice(leasedAt).some((c) => c.path.startsWith(prefix))) return;
+          edge.held.delete(id);
+          edge.queue.unshift(job);
+          edge.unacknowledged++;
+        }, edge.ackTimeoutMs).unref();
+      }
       // An edge that acknowledges in the lease when asked (`acknowledge`), as the real one does.
       return reply(
         200,

@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { AddonStore } from "../src/addons/store.ts";
 import { EdgeClient, type LeasedJob } from "../src/runner/edge-client.ts";
@@ -28,7 +28,10 @@ function runner(edge: FakeEdge, opts: Partial<ConstructorParameters<typeof Runne
     controlNetDir: mkdtempSync(join(tmpdir(), "cn-")),
     heartbeatMs: 100,
     leaseWaitMs: 100,
-    log: process.env.RUNNER_TEST_LOG ? (e) => console.log(JSON.stringify(e)) : () => {},
+    log: (e) => {
+      events.push({ at: Date.now(), ...e });
+      if (process.env.RUNNER_TEST_LOG) console.log(JSON.stringify(e));
+    },
     ...opts,
   });
 }
@@ -36,6 +39,17 @@ function runner(edge: FakeEdge, opts: Partial<ConstructorParameters<typeof Runne
 let edge: FakeEdge;
 beforeAll(async () => {
   edge = await fakeEdge();
+});
+/** The runners' log of the running test, printed when it fails (with the edge calls it made) to say why. */
+let events: Array<Record<string, unknown>> = [];
+beforeEach(({ onTestFailed }) => {
+  events = [];
+  const callsBefore = edge.calls.length;
+  onTestFailed(() => {
+    console.error(`runner log:\n${events.map((e) => JSON.stringify(e)).join("\n")}`);
+    const calls = edge.calls.slice(callsBefore).map((c) => `${c.at} ${c.path} ${JSON.stringify(c.body).slice(0, 300)}`);
+    console.error(`edge calls:\n${calls.join("\n")}`);
+  });
 });
 afterAll(() => edge.server.close());
 
