@@ -9,6 +9,13 @@ export const LeaseBody = z
     /** "addon_id@version" (refs.ts) of every add-on this runner holds parsed and ready. */
     warm_addons: z.array(z.string().max(128)).max(1000).default([]),
     capacity: z.number().int().min(1).max(64).default(1),
+    /**
+     * Lease up to this many jobs in one call (one D1 round trip, one answer): the answer is then `LeasedJobs`, with
+     * at least one job, fewer when the queue or the runner's capacity holds fewer. Each job is leased exactly as by a
+     * call of its own (the same order, fairness and capacity checks, one after the other). Without it, one job and
+     * the answer is a `LeasedJob`.
+     */
+    max_jobs: z.number().int().min(1).max(64).optional(),
     /** How long to wait for a job before answering 204 (long poll). */
     wait_ms: z.number().int().min(0).max(60_000).default(25_000),
     /**
@@ -63,6 +70,9 @@ export const LeasedJob = z
     ),
   })
   .openapi("LeasedJob");
+
+/** The answer to a lease with `max_jobs`: each job with its own lease, as a `LeasedJob` alone would carry it. */
+export const LeasedJobs = z.object({ jobs: z.array(LeasedJob).min(1).max(64) }).openapi("LeasedJobs");
 
 export const Progress = z.object({ step: z.number().int().min(0), total: z.number().int().min(1) }).strict();
 

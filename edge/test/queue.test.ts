@@ -123,6 +123,70 @@ describe("lease", () => {
   });
 });
 
+describe("leasing several jobs in one call (max_jobs)", () => {
+  it("leases up to max_jobs in one D1 round trip, each with its own lease, fair across tenants", async () => {
+    await registerModel("many-model");
+    const burst = await newTenant("many-burst", { max_concurrent_jobs: 100 });
+    const quiet = await newTenant("many-quiet");
+    const runner = await newRunner("many");
+    const burstJobs = [];
+    for (let i = 0; i < 6; i++) burstJobs.push((await generate(burst.key, { model: "many-model", seed: i })).body.id);
+    const lone = (await generate(quiet.key, { model: "many-model" })).body.id;
+    // The runner's row is read once, then cached: the next call's D1 count is the lease alone.
+    expect((await leaseUnacked(runner.token, { models: ["nothing-here"] })).status).toBe(204);
+    const got = await leaseUnacked(runner.token, { models: ["many-model"], max_jobs: 4 });
+    expect(got.status).toBe(200);
+    const jobs = got.body.jobs as any[];
+    expect(jobs).toHaveLength(4);
+    expect(new Set(jobs.map((j) => j.lease_id)).size).toBe(4);
+    expect(new Set(jobs.map((j) => j.job.id)).size).toBe(4);
+    // Each lease sees the ones before it: the quiet tenant's job is not left behind the burst.
+    expect(jobs.map((j) => j.job.id)).toContain(lone);
+    expect(Number(got.headers.get("server-timing")?.match(/d1;dur=[\d.]+;desc="(\d+)x"/)?.[1])).toBe(1);
+    // Each is a lease of its own: acknowledged, uploaded and completed one by one.
+    for (const j of jobs) {
+      expect((await acknowledge(runner.token, j)).status).toBe(200);
+      expect((await complete(runner.token, j)).status).toBe(200);
+    }
+    // Three left; asking for ten gets those three, not an error.
+    const rest = await leaseUnacked(runner.token, { models: ["many-model"], max_jobs: 10 });
+    expect(rest.body.jobs.map((j: any) => j.job.id).sort()).toEqual(
+      burstJobs.filter((id) => !jobs.some((j) => j.job.id === id)).sort(),
+    );
+  });
+
+  it("never takes the runner past its capacity, and answers a single job without max_jobs", async () => {
+    await registerModel("cap-model");
+    const t = await newTenant("many-cap", { max_concurrent_jobs: 100 });
+    const runner = await newRunner("many-cap");
+    for (let i = 0; i < 5; i++) await generate(t.key, { model: "cap-model", seed: i });
+    const first = await leaseUnacked(runner.token, { models: ["cap-model"], max_jobs: 8, capacity: 3 });
+    expect(first.body.jobs).toHaveLength(3);
+    // At capacity: nothing more, however many are asked for.
+    expect((await leaseUnacked(runner.token, { models: ["cap-model"], max_jobs: 8, capacity: 3 })).status).toBe(204);
+    const single = await leaseUnacked(runner.token, { models: ["cap-model"], capacity: 4 });
+    expect(single.status).toBe(200);
+    expect(single.body.jobs).toBeUndefined();
+    expect(single.body.job.request.model).toBe("cap-model");
+    const bad = await leaseUnacked(runner.token, { models: ["cap-model"], max_jobs: 0 });
+    expect(bad.status).toBe(400);
+  });
+
+  it("a job whose add-on was deleted fails clearly and the others are still leased", async () => {
+    await registerModel("gone-addon-model");
+    const t = await newTenant("many-gone", { max_concurrent_jobs: 100 });
+    const addon = await registerAddon(t.id, "soon-gone");
+    const runner = await newRunner("many-gone");
+    const doomed = await generate(t.key, { model: "gone-addon-model", loras: [{ id: addon }] });
+    const plain = await generate(t.key, { model: "gone-addon-model", seed: 2 });
+    await env.DB.prepare("UPDATE addons SET deleted_at = ? WHERE id = ?").bind(Date.now(), addon).run();
+    const got = await leaseUnacked(runner.token, { models: ["gone-addon-model"], max_jobs: 4 });
+    expect(got.body.jobs.map((j: any) => j.job.id)).toEqual([plain.body.id]);
+    const failed = await call("GET", `/v1/generations/${doomed.body.id}`, { token: t.key });
+    expect(failed.body).toMatchObject({ status: "failed", error: { code: "addon_deleted" } });
+  });
+});
+
 describe("leases to runners that have gone", () => {
   const jobRow = (id: string) =>
     env.DB.prepare("SELECT status, attempts, lease_owner, lease_expires_at FROM jobs WHERE id = ?")

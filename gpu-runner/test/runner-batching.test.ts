@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { AddonStore } from "../src/addons/store.ts";
 import { batchKey } from "../src/pipeline/pipeline.ts";
@@ -33,14 +33,16 @@ class RecordingPool extends InferencePool {
 const pool = new RecordingPool({ size: 1 });
 afterAll(() => pool.close());
 
+// A fresh stand-in edge per test: a long poll of the previous test's runner, answered after it hung up (this process
+// may see the hang-up late), cannot take the next test's job.
 let edge: FakeEdge;
-beforeAll(async () => {
+beforeEach(async () => {
+  pool.batches.length = 0;
   edge = await fakeEdge();
 });
-afterAll(() => edge.server.close());
-beforeEach(() => {
-  pool.batches.length = 0;
-  edge.maxHeld = 0;
+afterEach(() => {
+  edge.server.closeAllConnections();
+  edge.server.close();
 });
 
 function runner(opts: Partial<ConstructorParameters<typeof Runner>[0]> = {}) {
@@ -76,6 +78,7 @@ async function runUntil(r: Runner, what: string, done: () => boolean) {
 describe("a runner fills its capacity and batches", () => {
   it("holds up to workers × batch jobs, never more, and declares that capacity on every lease", async () => {
     edge.queue.push(...Array.from({ length: 10 }, (_, i) => job(`job_cap${i}`, 100 + i, { steps: 8 })));
+    const callsBefore = edge.leaseCalls.length;
     const r = runner({ batch: 4 });
     expect(r.capacity).toBe(4);
     expect(runner({ batch: 4, depth: 2 }).capacity).toBe(8);
@@ -86,6 +89,11 @@ describe("a runner fills its capacity and batches", () => {
     const leases = edge.calls.filter((c) => c.path === "/internal/v1/lease");
     expect(leases.length).toBeGreaterThan(0);
     expect(leases.every((c) => c.body.capacity === 4)).toBe(true);
+    // A queue deeper than the batch: the first lease call brought a whole batch, and none asked past the capacity.
+    expect(edge.leaseCalls[callsBefore]).toBe(4);
+    expect(edge.leaseCalls.slice(callsBefore).reduce((a, b) => a + b)).toBe(10);
+    expect(edge.leaseCalls.length - callsBefore).toBeLessThan(10);
+    expect(leases.every((c) => (c.body.max_jobs ?? 1) <= 4)).toBe(true);
     // One worker, four jobs in hand: batches formed while it was busy.
     expect(pool.batches.some((b) => b.length > 1)).toBe(true);
     expect(pool.batches.flat().sort()).toEqual(Array.from({ length: 10 }, (_, i) => 100 + i));
@@ -229,6 +237,30 @@ describe("the acknowledgement", () => {
     expect(calls("job_ack_beat")[0]).toMatchObject({ path: "/internal/v1/jobs/job_ack_beat/heartbeat" });
     expect(calls("job_ack_beat")[0]!.body.progress).toBeUndefined();
     expect(edge.calls.filter((c) => c.path === "/internal/v1/lease").at(-1)!.body).not.toHaveProperty("acknowledge");
+  });
+});
+
+describe("leasing several jobs per call", () => {
+  it("asks one job per call with --lease-max 1, and of an edge that refuses max_jobs", async () => {
+    for (const [name, opts, refuse] of [
+      ["lease-max 1", { leaseMax: 1 }, false],
+      ["an older edge", {}, true],
+    ] as const) {
+      // Each on an edge of its own (as each test): the first runner's last long poll cannot take the second's jobs.
+      edge.server.closeAllConnections();
+      edge.server.close();
+      edge = await fakeEdge();
+      edge.refuseMaxJobs = refuse;
+      edge.queue.push(...[0, 1, 2, 3].map((i) => job(`job_one_${name}_${i}`, 300 + i)));
+      const before = edge.leaseCalls.length;
+      const r = runner({ batch: 4, ...opts });
+      await runUntil(r, `four jobs (${name})`, () => r.done.length === 4);
+      expect(
+        r.done.every((d) => d.status === "succeeded"),
+        name,
+      ).toBe(true);
+      expect(edge.leaseCalls.slice(before), name).toEqual([1, 1, 1, 1]);
+    }
   });
 });
 

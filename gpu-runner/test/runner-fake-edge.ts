@@ -42,6 +42,10 @@ export interface FakeEdge {
   ackTimeoutMs: number;
   /** Leases that went back that way. */
   unacknowledged: number;
+  /** Jobs each answered lease call brought (`max_jobs` asks for several). */
+  leaseCalls: number[];
+  /** Refuse `max_jobs` as an edge older than the field does (400 unknown_parameter). */
+  refuseMaxJobs: boolean;
 }
 
 async function body(req: IncomingMessage): Promise<Buffer> {
@@ -71,6 +75,8 @@ export async function fakeEdge(): Promise<FakeEdge> {
     maxHeld: 0,
     ackTimeoutMs: 2_000,
     unacknowledged: 0,
+    leaseCalls: [],
+    refuseMaxJobs: false,
   };
   edge.server = createServer(async (req, res) => {
     const raw = await body(req);
@@ -94,6 +100,8 @@ export async function fakeEdge(): Promise<FakeEdge> {
     const reply = (status: number, payload?: unknown) =>
       res.writeHead(status, { "content-type": "application/json" }).end(payload ? JSON.stringify(payload) : undefined);
     if (path === "/internal/v1/lease") {
+      if (edge.refuseMaxJobs && json?.max_jobs !== undefined)
+        return reply(400, { error: { code: "unknown_parameter", message: 'Unrecognized key: "max_jobs"' } });
       if (edge.leaseDelayMs) {
         let closed = false;
         res.on("close", () => (closed = true));
@@ -105,33 +113,34 @@ export async function fakeEdge(): Promise<FakeEdge> {
       }
       let gone = false;
       res.on("close", () => (gone = !res.writableFinished));
-      const job = edge.queue.shift();
-      if (!job) {
+      const jobs = edge.queue.splice(0, Math.max(1, json?.max_jobs ?? 1));
+      if (jobs.length === 0) {
         await new Promise((r) => setTimeout(r, 50));
         return reply(204);
       }
       // A runner that stopped an instant ago may still have a lease call in this process's queue: as the real edge
-      // does (an unacknowledged lease goes back), the job returns to the queue rather than to nobody.
+      // does (an unacknowledged lease goes back), the jobs return to the queue rather than to nobody.
       await new Promise((r) => setTimeout(r, 5));
-      if (gone || req.socket.destroyed) return void edge.queue.unshift(job);
-      const id = (job.job as { id: string }).id;
-      edge.held.add(id);
+      if (gone || req.socket.destroyed) return void edge.queue.unshift(...jobs);
+      edge.leaseCalls.push(jobs.length);
+      const answers = jobs.map((job) => {
+        const id = (job.job as { id: string }).id;
+        edge.held.add(id);
+        if (!json?.acknowledge) {
+          const leasedAt = edge.calls.length;
+          setTimeout(() => {
+            const prefix = `/internal/v1/jobs/${id}/`;
+            if (edge.calls.slice(leasedAt).some((c) => c.path.startsWith(prefix))) return;
+            edge.held.delete(id);
+            edge.queue.unshift(job);
+            edge.unacknowledged++;
+          }, edge.ackTimeoutMs).unref();
+        }
+        // An edge that acknowledges in the lease when asked (`acknowledge`), as the real one does.
+        return json?.acknowledge ? { ...job, acknowledged: true, lease_ttl_ms: edge.leaseTtlMs ?? 30_000 } : job;
+      });
       edge.maxHeld = Math.max(edge.maxHeld, edge.held.size);
-      if (!json?.acknowledge) {
-        const leasedAt = edge.calls.length;
-        setTimeout(() => {
-          const prefix = `/internal/v1/jobs/${id}/`;
-          if (edge.calls.slice(leasedAt).some((c) => c.path.startsWith(prefix))) return;
-          edge.held.delete(id);
-          edge.queue.unshift(job);
-          edge.unacknowledged++;
-        }, edge.ackTimeoutMs).unref();
-      }
-      // An edge that acknowledges in the lease when asked (`acknowledge`), as the real one does.
-      return reply(
-        200,
-        json?.acknowledge ? { ...job, acknowledged: true, lease_ttl_ms: edge.leaseTtlMs ?? 30_000 } : job,
-      );
+      return reply(200, json?.max_jobs === undefined ? answers[0] : { jobs: answers });
     }
     const m = path.match(/^\/internal\/v1\/jobs\/([^/]+)\/(heartbeat|outputs|complete|fail)$/);
     if (!m) return reply(404, { error: { code: "route_not_found", message: path } });

@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { encodeSafetensors } from "@imagegen/formats/safetensors";
 import { AddonStore } from "../src/addons/store.ts";
 import { EdgeClient, type LeasedJob } from "../src/runner/edge-client.ts";
@@ -36,22 +36,25 @@ function runner(edge: FakeEdge, opts: Partial<ConstructorParameters<typeof Runne
   });
 }
 
+// A fresh stand-in edge per test: a long poll of the previous test's runner, answered after it hung up (this process
+// may see the hang-up late), cannot take the next test's job.
 let edge: FakeEdge;
-beforeAll(async () => {
-  edge = await fakeEdge();
-});
 /** The runners' log of the running test, printed when it fails (with the edge calls it made) to say why. */
 let events: Array<Record<string, unknown>> = [];
-beforeEach(({ onTestFailed }) => {
+beforeEach(async ({ onTestFailed }) => {
+  edge = await fakeEdge();
   events = [];
-  const callsBefore = edge.calls.length;
+  const failed = edge;
   onTestFailed(() => {
     console.error(`runner log:\n${events.map((e) => JSON.stringify(e)).join("\n")}`);
-    const calls = edge.calls.slice(callsBefore).map((c) => `${c.at} ${c.path} ${JSON.stringify(c.body).slice(0, 300)}`);
+    const calls = failed.calls.map((c) => `${c.at} ${c.path} ${JSON.stringify(c.body).slice(0, 300)}`);
     console.error(`edge calls:\n${calls.join("\n")}`);
   });
 });
-afterAll(() => edge.server.close());
+afterEach(() => {
+  edge.server.closeAllConnections();
+  edge.server.close();
+});
 
 describe("runner lease loop", () => {
   it("storage down for a second: the upload is retried and the job completes", async () => {
@@ -162,9 +165,9 @@ describe("runner lease loop", () => {
     const arrived = new Promise<void>((resolve) => (arrive = resolve));
     // An answer already on its way when stop() is called: the abort cannot take it back.
     class LateAnswer extends EdgeClient {
-      override async lease(): Promise<LeasedJob | null> {
+      override async lease(): Promise<LeasedJob[]> {
         await arrived;
-        return leased(edge, "job_late") as LeasedJob;
+        return [leased(edge, "job_late") as LeasedJob];
       }
     }
     const r = runner(edge, { edge: new LateAnswer(edge.url, "igr_test") });

@@ -29,6 +29,7 @@ const DEFAULT: Config = { batch: 4, depth: 2, windowMs: 0 };
 const VARIANTS: Array<Config & { clients: number[] }> = JSON.parse(
   process.env.VARIANTS ??
     JSON.stringify([
+      { batch: 4, depth: 2, windowMs: 0, leaseMax: 1, clients: [1, 16, 64] },
       { batch: 4, depth: 2, windowMs: 5, clients: [1, 4, 16] },
       { batch: 4, depth: 1, windowMs: 0, clients: [4, 16, 64] },
       { batch: 4, depth: 2, windowMs: 0, ack: true, clients: [1, 16, 64] },
@@ -48,6 +49,8 @@ interface Config {
   ack?: boolean;
   /** Lease long polls in flight (`--lease-polls`; default workers × batch + 1). */
   polls?: number;
+  /** The most jobs one lease call brings (`--lease-max`; default the batch size; 1 is the runner before it). */
+  leaseMax?: number;
 }
 const request = (seed: number) => ({
   model: MODEL,
@@ -119,6 +122,7 @@ async function standIn(
     batchWindowMs: config.windowMs,
     acknowledgeInLease: config.ack ?? false,
     ...(config.polls ? { leasePolls: config.polls } : {}),
+    ...(config.leaseMax ? { leaseMax: config.leaseMax } : {}),
     log: (e) => {
       if (e.event !== "job.done") return;
       batchImages += Number(e.batch_images ?? 1);
@@ -240,6 +244,7 @@ async function sweep(runners: number, config: Config, clients: number[]): Promis
       RUNNER_BATCH_WINDOW_MS: String(config.windowMs),
       RUNNER_ACK_IN_LEASE: config.ack ? "1" : "0",
       ...(config.polls ? { RUNNER_LEASE_POLLS: String(config.polls) } : {}),
+      ...(config.leaseMax ? { RUNNER_LEASE_MAX: String(config.leaseMax) } : {}),
     },
   });
   const levels: Level[] = [];
@@ -266,7 +271,7 @@ async function sweep(runners: number, config: Config, clients: number[]): Promis
   } finally {
     if (process.env.STACK_LOG)
       writeFileSync(
-        `${process.env.STACK_LOG}.${runners}.${config.batch}.${config.depth}.${config.windowMs}${config.ack ? ".ack" : ""}${config.polls ? `.p${config.polls}` : ""}`,
+        `${process.env.STACK_LOG}.${runners}.${config.batch}.${config.depth}.${config.windowMs}${config.ack ? ".ack" : ""}${config.polls ? `.p${config.polls}` : ""}${config.leaseMax ? `.m${config.leaseMax}` : ""}`,
         stack.logs(),
       );
     await stack.stop();
@@ -283,7 +288,13 @@ for (const b of RAW_BATCHES) {
 }
 const standIns = [];
 const STAND_INS: Config[] = JSON.parse(
-  process.env.STAND_INS ?? JSON.stringify([DEFAULT, { ...DEFAULT, depth: 1 }, { ...DEFAULT, batch: 1, depth: 1 }]),
+  process.env.STAND_INS ??
+    JSON.stringify([
+      DEFAULT,
+      { ...DEFAULT, leaseMax: 1 },
+      { ...DEFAULT, depth: 1 },
+      { ...DEFAULT, batch: 1, depth: 1 },
+    ]),
 );
 for (const config of STAND_INS) {
   standIns.push(await standIn(config));
@@ -315,7 +326,7 @@ ${s.levels
 `;
 };
 function describe(c: Config): string {
-  return `--batch ${c.batch} --depth ${c.depth} --batch-window-ms ${c.windowMs}${c.ack ? " --ack-in-lease" : ""}${c.polls ? ` --lease-polls ${c.polls}` : ""}`;
+  return `--batch ${c.batch} --depth ${c.depth} --batch-window-ms ${c.windowMs}${c.ack ? " --ack-in-lease" : ""}${c.polls ? ` --lease-polls ${c.polls}` : ""}${c.leaseMax ? ` --lease-max ${c.leaseMax}` : ""}`;
 }
 const saturation = (s: Sweep) => Math.max(...s.levels.map((l) => l.imagesPerSecond)) / mean(s.raw);
 

@@ -183,17 +183,21 @@ export async function leaseJob(db: Db, r: LeaseRequest): Promise<Job | undefined
 }
 
 /**
- * Requeues expired leases (as `expireLeases`) and leases one job (as `leaseJob`) in one round trip: one D1 batch,
- * run in order as one transaction, so a job the sweep requeued can be leased at once.
+ * Requeues expired leases (as `expireLeases`) and leases up to one job per lease id (each as `leaseJob` would, one
+ * after the other) in one round trip: one D1 batch, run in order as one transaction, so a job the sweep requeued can
+ * be leased at once, and each lease sees the ones before it (tenants' running counts, the runner's capacity).
  */
 export async function expireAndLease(
   db: Db,
-  r: LeaseRequest,
+  r: Omit<LeaseRequest, "leaseId"> & { leaseIds: string[] },
   /** Another write of the same call in the same round trip (the runner's report: `runnersTable.reportRunner`). */
   also?: Parameters<Db["batch"]>[0][number],
-): Promise<{ expired: Job[]; job: Job | undefined }> {
-  const results = await db.batch([expireStatement(db, r.now), leaseStatement(db, r), ...(also ? [also] : [])]);
-  return { expired: results[0] as Job[], job: (results[1] as Job[])[0] };
+): Promise<{ expired: Job[]; jobs: Job[] }> {
+  if (r.leaseIds.length === 0) throw new RangeError("expireAndLease needs at least one lease id");
+  const leases = r.leaseIds.map((leaseId) => leaseStatement(db, { ...r, leaseId }));
+  const results = await db.batch([expireStatement(db, r.now), ...leases, ...(also ? [also] : [])]);
+  const jobs = results.slice(1, 1 + leases.length).flatMap((rows) => rows as Job[]);
+  return { expired: results[0] as Job[], jobs };
 }
 
 function leaseStatement(db: Db, r: LeaseRequest) {

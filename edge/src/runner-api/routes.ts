@@ -6,7 +6,8 @@
  */
 import { createRoute, z } from "@hono/zod-openapi";
 import { addonsTable, jobsTable, runnersTable, webhooksTable } from "@imagegen/db";
-import { router } from "../context.ts";
+import type { Context } from "hono";
+import { type AppEnv, router } from "../context.ts";
 import { doorbell, QUEUE_TOPIC } from "../dispatch/doorbell.ts";
 import { announceExpired } from "../dispatch/expiry.ts";
 import { ApiError } from "../errors.ts";
@@ -23,6 +24,7 @@ import {
   iso,
   LeaseBody,
   LeasedJob,
+  LeasedJobs,
   OutputUploadBody,
   OutputUploads,
   RunnerAck,
@@ -55,7 +57,10 @@ const lease = createRoute({
   summary: "Lease a job (long poll)",
   request: { body: { content: { "application/json": { schema: LeaseBody } }, required: true } },
   responses: {
-    200: { description: "A leased job", content: { "application/json": { schema: LeasedJob } } },
+    200: {
+      description: "A leased job; with `max_jobs`, up to that many",
+      content: { "application/json": { schema: z.union([LeasedJob, LeasedJobs]) } },
+    },
     204: { description: "No job within wait_ms" },
     ...errorResponses(400, 401),
   },
@@ -192,6 +197,79 @@ function checkIndexes(job: jobsTable.Job, images: ReadonlyArray<{ index: number 
   }
 }
 
+/**
+ * What a runner is told of each job it leased: its request, where its images go, and presigned GETs for its add-ons
+ * (the versions of all the jobs' add-ons read in one query). A job whose add-on was deleted while it waited fails
+ * here, clearly, rather than run without it, and is left out.
+ */
+async function leaseAnswers(
+  c: Context<AppEnv>,
+  jobs: jobsTable.Job[],
+  now: number,
+  acknowledge: boolean,
+): Promise<z.infer<typeof LeasedJob>[]> {
+  const { db, settings, runner } = c.var;
+  const refs = [...new Set(jobs.flatMap((j) => j.addonRefs))];
+  const versions = refs.length ? await addonsTable.versionsForRefs(db, refs) : [];
+  const byRef = new Map(versions.map((v) => [formatAddonRef(v.addon.id, v.version.version), v]));
+  const store = objectStore(c.env);
+  const answers: z.infer<typeof LeasedJob>[] = [];
+  for (const job of jobs) {
+    mark("leased", job.id);
+    const missing = job.addonRefs.filter((ref) => !byRef.has(ref));
+    if (missing.length) {
+      const failed = await jobsTable.failJob(db, {
+        id: job.id,
+        runnerId: runner.id,
+        leaseId: job.leaseId!,
+        now,
+        code: "addon_deleted",
+        message: `Add-on ${missing.join(", ")} was deleted before the job ran.`,
+        retryable: false,
+      });
+      if (failed) await announce(announcerOf(c), failed);
+      continue;
+    }
+    // An acknowledged lease is running now: its watchers hear of it (in the background of the answer). Otherwise
+    // not announced yet: the lease is provisional until the runner acknowledges it (first heartbeat).
+    if (acknowledge) c.executionCtx.waitUntil(announce(announcerOf(c), job));
+    const addons = await Promise.all(
+      [...new Set(job.addonRefs)].map(async (ref) => {
+        const { addon, version } = byRef.get(ref)!;
+        return {
+          id: addon.id,
+          version: version.version,
+          ref,
+          kind: addon.kind,
+          sha256: version.sha256,
+          size_bytes: version.sizeBytes,
+          get_url: await store.presignGet(version.storageKey, ADDON_URL_TTL_SECONDS),
+        };
+      }),
+    );
+    answers.push({
+      outputs: Array.from({ length: job.request.n }, (_, index) => ({
+        index,
+        storage_key: outputKey(job.tenantId, job.id, job.leaseId!, index),
+        content_type: "image/png" as const,
+      })),
+      addons,
+      lease_id: job.leaseId!,
+      lease_expires_at: iso(job.leaseExpiresAt)!,
+      ...(acknowledge ? { acknowledged: true, lease_ttl_ms: settings.leaseTtlMs } : {}),
+      job: {
+        id: job.id,
+        tenant_id: job.tenantId,
+        // The attempt this lease is (or becomes once acknowledged).
+        attempt: acknowledge ? job.attempts : job.attempts + 1,
+        queued_ms: now - job.createdAt,
+        request: job.request,
+      },
+    });
+  }
+  return answers;
+}
+
 export const runnerApi = router()
   .openapi(lease, async (c) => {
     const body = c.req.valid("json");
@@ -219,14 +297,14 @@ export const runnerApi = router()
       // The expiry sweep and the lease in one round trip (one D1 batch).
       const also = report;
       report = undefined;
-      const { expired, job } = await jobsTable.expireAndLease(
+      const { expired, jobs } = await jobsTable.expireAndLease(
         db,
         {
           runnerId: runner.id,
           capacity,
           models: body.models,
           warmAddons: body.warm_addons,
-          leaseId: `lease_${randomBase32(20)}`,
+          leaseIds: Array.from({ length: body.max_jobs ?? 1 }, () => `lease_${randomBase32(20)}`),
           now,
           ackTimeoutMs: settings.leaseAckTimeoutMs,
           affinityMaxWaitMs: settings.affinityMaxWaitMs,
@@ -235,65 +313,11 @@ export const runnerApi = router()
         also,
       );
       if (expired.length) await announceExpired(announcerOf(c), expired);
-      if (job) {
-        mark("leased", job.id);
-        // An acknowledged lease is running now: its watchers hear of it (in the background of the answer).
-        if (acknowledge) c.executionCtx.waitUntil(announce(announcerOf(c), job));
-        // Otherwise not announced yet: the lease is provisional until the runner acknowledges it (first heartbeat).
-        const request = job.request;
-        const versions = job.addonRefs.length ? await addonsTable.versionsForRefs(db, job.addonRefs) : [];
-        const missing = job.addonRefs.filter(
-          (ref) => !versions.some((v) => formatAddonRef(v.addon.id, v.version.version) === ref),
-        );
-        if (missing.length) {
-          // The add-on was deleted while the job waited: fail it clearly rather than run without it.
-          const failed = await jobsTable.failJob(db, {
-            id: job.id,
-            runnerId: runner.id,
-            leaseId: job.leaseId!,
-            now,
-            code: "addon_deleted",
-            message: `Add-on ${missing.join(", ")} was deleted before the job ran.`,
-            retryable: false,
-          });
-          if (failed) await announce(announcerOf(c), failed);
-          continue;
-        }
-        const store = objectStore(c.env);
-        const outputs = Array.from({ length: request.n }, (_, index) => ({
-          index,
-          storage_key: outputKey(job.tenantId, job.id, job.leaseId!, index),
-          content_type: "image/png" as const,
-        }));
-        const addons = await Promise.all(
-          versions.map(async ({ addon, version }) => ({
-            id: addon.id,
-            version: version.version,
-            ref: formatAddonRef(addon.id, version.version),
-            kind: addon.kind,
-            sha256: version.sha256,
-            size_bytes: version.sizeBytes,
-            get_url: await store.presignGet(version.storageKey, ADDON_URL_TTL_SECONDS),
-          })),
-        );
-        return c.json(
-          {
-            outputs,
-            addons,
-            lease_id: job.leaseId!,
-            lease_expires_at: iso(job.leaseExpiresAt)!,
-            ...(acknowledge ? { acknowledged: true, lease_ttl_ms: settings.leaseTtlMs } : {}),
-            job: {
-              id: job.id,
-              tenant_id: job.tenantId,
-              // The attempt this lease is (or becomes once acknowledged).
-              attempt: acknowledge ? job.attempts : job.attempts + 1,
-              queued_ms: now - job.createdAt,
-              request,
-            },
-          },
-          200,
-        );
+      if (jobs.length) {
+        const answers = await leaseAnswers(c, jobs, now, acknowledge);
+        // Every job it leased had lost an add-on (each failed clearly): look at the queue again.
+        if (answers.length === 0) continue;
+        return body.max_jobs === undefined ? c.json(answers[0]!, 200) : c.json({ jobs: answers }, 200);
       }
       const left = deadline - Date.now();
       if (left <= 0) return c.body(null, 204);

@@ -157,19 +157,41 @@ export class EdgeClient {
     return { status: res.status, body: parsed };
   }
 
+  /** Set once an edge refused `max_jobs` (one older than the field): it is asked one job at a time from then on. */
+  private oneJobPerLease = false;
+
   /**
-   * Waits up to `wait_ms` for a job; null when none came. Aborting `signal` hangs up the long poll itself, so the
-   * edge hands the next job to a runner that is still there.
+   * Waits up to `wait_ms` for jobs: up to `max_jobs` of them (one without it); none when none came. Aborting `signal`
+   * hangs up the long poll itself, so the edge hands the next job to a runner that is still there.
    */
-  async lease(req: LeaseRequest, signal?: AbortSignal): Promise<LeasedJob | null> {
+  async lease(req: LeaseRequest, signal?: AbortSignal): Promise<LeasedJob[]> {
     const wait = req.wait_ms ?? 25_000;
-    const r = await withRetry(
-      "lease",
-      () => this.post<LeasedJob>("/internal/v1/lease", req, wait + 15_000, signal),
-      this.retry,
-      signal,
-    );
-    return r.status === 204 ? null : r.body;
+    const { max_jobs, ...one } = req;
+    const ask = max_jobs === undefined || this.oneJobPerLease ? one : req;
+    let r: { status: number; body: LeasedJob | { jobs: LeasedJob[] } | null };
+    try {
+      r = await withRetry(
+        "lease",
+        () => this.post<LeasedJob | { jobs: LeasedJob[] }>("/internal/v1/lease", ask, wait + 15_000, signal),
+        this.retry,
+        signal,
+      );
+    } catch (err) {
+      // An edge older than the field refuses it by name (`unknown_parameter`, as every unknown field).
+      if (
+        ask === req &&
+        max_jobs !== undefined &&
+        err instanceof EdgeError &&
+        err.code === "unknown_parameter" &&
+        /max_jobs/.test(err.message)
+      ) {
+        this.oneJobPerLease = true;
+        return this.lease(one, signal);
+      }
+      throw err;
+    }
+    if (r.status === 204 || r.body === null) return [];
+    return "jobs" in r.body ? r.body.jobs : [r.body];
   }
 
   async heartbeat(jobId: string, hb: Heartbeat): Promise<z.infer<typeof HeartbeatResult>> {

@@ -126,6 +126,14 @@ export interface RunnerOptions {
   acknowledgeInLease?: boolean;
   /** Lease long polls in flight at once while the runner has room (default: workers × batch + 1, at most its capacity). */
   leasePolls?: number;
+  /**
+   * The most jobs one lease call may bring (`max_jobs`; default: the batch size): a busy queue fills a batch in one
+   * round trip, not one per job. Never more than the room the runner has left beside its other polls (the edge caps
+   * the jobs a runner holds at its capacity in any case); not a whole capacity at once either, so that with a short
+   * queue other runners' polls get their share rather than one runner holding jobs its busy workers cannot start.
+   * 1 asks one job per call (as an edge older than `max_jobs` is asked anyway).
+   */
+  leaseMax?: number;
   log?: (event: Record<string, unknown>) => void;
 }
 
@@ -133,6 +141,8 @@ export interface RunnerOptions {
 
 export class Runner {
   private stopping = false;
+  /** Jobs the lease calls in flight asked for (each may bring that many). */
+  private asked = 0;
   private loop: Promise<void> | null = null;
   /** Jobs in hand and lease calls in flight; `wake` resolves the lease loop's wait when one of them ends. */
   private readonly inHand = new Set<Promise<void>>();
@@ -197,7 +207,7 @@ export class Runner {
         await this.storageBack();
         continue;
       }
-      while (!this.stopping && this.polls.size < maxPolls && this.polls.size + this.inHand.size < this.capacity)
+      while (!this.stopping && this.polls.size < maxPolls && this.asked + this.inHand.size < this.capacity)
         this.track(this.polls, this.leaseOne(models));
       const changed = new Promise<void>((resolve) => (this.wake = resolve));
       await changed;
@@ -220,9 +230,16 @@ export class Runner {
     set.add(tracked);
   }
 
-  /** One lease call; a job it brings is in hand (counted against capacity) before the call counts as ended. */
+  /** One lease call; the jobs it brings are in hand (counted against capacity) before the call counts as ended. */
   private async leaseOne(models: string[]): Promise<void> {
-    let leased: LeasedJob | null;
+    // The room left beside the jobs in hand and what the other polls asked for: the runner never holds more than
+    // its capacity (which the edge enforces too).
+    const room = Math.max(
+      1,
+      Math.min(this.o.leaseMax ?? this.o.batch ?? 1, this.capacity - this.inHand.size - this.asked),
+    );
+    this.asked += room;
+    let leased: LeasedJob[];
     try {
       leased = await this.o.edge.lease(
         {
@@ -232,32 +249,37 @@ export class Runner {
           wait_ms: this.o.leaseWaitMs ?? 25_000,
           // Sent only when asked for: an edge older than the field refuses unknown fields.
           ...(this.o.acknowledgeInLease ? { acknowledge: true } : {}),
+          ...(room > 1 ? { max_jobs: room } : {}),
         },
         this.leaseAbort.signal,
       );
     } catch (err) {
+      this.asked -= room;
       if (this.stopping) return;
       this.log({ event: "lease.error", error: String(err) });
       await sleep(1_000, this.leaseAbort.signal).catch(() => {});
       return;
     }
-    if (!leased) return;
-    if (this.stopping) {
-      // The answer won the race with stop(): hand the job back unacknowledged, which costs it no attempt.
-      await this.o.edge
-        .fail(leased.job.id, {
-          lease_id: leased.lease_id,
-          error: {
-            code: "runner_shutdown",
-            message: "The runner stopped as the job arrived; handed back untouched.",
-          },
-          retryable: true,
-        })
-        .catch((e) => this.log({ event: "fail.error", job: leased.job.id, error: String(e) }));
-      this.done.push({ id: leased.job.id, status: "released", ms: 0 });
-      return;
+    this.asked -= room;
+    for (const job of leased) {
+      if (this.stopping) await this.handBack(job);
+      else this.track(this.inHand, this.process(job));
     }
-    this.track(this.inHand, this.process(leased));
+  }
+
+  /** A lease that won the race with stop(): handed back unacknowledged, which costs its job no attempt. */
+  private async handBack(leased: LeasedJob): Promise<void> {
+    await this.o.edge
+      .fail(leased.job.id, {
+        lease_id: leased.lease_id,
+        error: {
+          code: "runner_shutdown",
+          message: "The runner stopped as the job arrived; handed back untouched.",
+        },
+        retryable: true,
+      })
+      .catch((e) => this.log({ event: "fail.error", job: leased.job.id, error: String(e) }));
+    this.done.push({ id: leased.job.id, status: "released", ms: 0 });
   }
 
   /**

@@ -101,6 +101,8 @@ const { values } = parseArgs({
     "grace-ms": { type: "string", default: "30000" },
     // Lease long polls in flight while the runner has room (default: workers × batch + 1).
     "lease-polls": { type: "string", default: process.env.RUNNER_LEASE_POLLS },
+    // The most jobs one lease call brings (default: the batch size; 1: one per call).
+    "lease-max": { type: "string", default: process.env.RUNNER_LEASE_MAX },
     // One round trip less per job; a lease whose answer is lost then costs its attempt (RunnerOptions).
     "ack-in-lease": { type: "boolean", default: process.env.RUNNER_ACK_IN_LEASE === "1" },
   },
@@ -153,6 +155,7 @@ const runner = new Runner({
   shutdownGraceMs: Number(values["grace-ms"]),
   acknowledgeInLease: values["ack-in-lease"],
   ...(values["lease-polls"] ? { leasePolls: wholeNumber("--lease-polls", values["lease-polls"]) } : {}),
+  ...(values["lease-max"] ? { leaseMax: wholeNumber("--lease-max", values["lease-max"]) } : {}),
   ...batching(values.batch, values["batch-window-ms"], values.depth),
 });
 
