@@ -100,7 +100,7 @@ async function rawThroughput(size: number, batch: number, seconds: number): Prom
  */
 async function standIn(
   config: Config,
-): Promise<{ config: Config; imagesPerSecond: number; raw: number; batchImages: number }> {
+): Promise<{ config: Config; imagesPerSecond: number; raw: number; batchImages: number; jobsPerLease: number }> {
   const edge = await fakeEdge();
   const pool = new InferencePool({
     size: WORKERS,
@@ -149,13 +149,14 @@ async function standIn(
     imagesPerSecond,
     raw: await rawThroughput(WORKERS, config.batch, Math.min(SECONDS, 5)),
     batchImages: batchImages / Math.max(1, batches),
+    jobsPerLease: edge.leaseCalls.reduce((a, b) => a + b, 0) / Math.max(1, edge.leaseCalls.length),
   };
 }
 
 interface Level {
   clients: number;
   /** From the runners' job.done log lines of this level: mean images per batch, medians in ms. */
-  runner?: { batchImages: number; jobMs: number; inferenceMs: number; uploadMs: number };
+  runner?: { batchImages: number; jobMs: number; inferenceMs: number; uploadMs: number; jobsPerLease: number };
   imagesPerSecond: number;
   p50: number;
   p95: number;
@@ -207,10 +208,13 @@ async function stackLevel(stack: Stack, key: string, clients: number, seedBase: 
 
 /** Where a job's time went in the runner, from its `job.done` log lines. */
 function runnerSide(logs: string): Pick<Level, "runner"> {
-  const done = logs
-    .split("\n")
-    .filter((l) => l.includes('"event":"job.done"'))
-    .map((l) => JSON.parse(l.slice(l.indexOf("{"))) as Record<string, number>);
+  const events = (name: string) =>
+    logs
+      .split("\n")
+      .filter((l) => l.includes(`"event":"${name}"`))
+      .map((l) => JSON.parse(l.slice(l.indexOf("{"))) as Record<string, number>);
+  const done = events("job.done");
+  const leases = events("lease");
   if (done.length === 0) return {};
   const med = (k: string) => done.map((d) => d[k]!).sort((a, b) => a - b)[Math.floor(done.length / 2)]!;
   return {
@@ -219,6 +223,7 @@ function runnerSide(logs: string): Pick<Level, "runner"> {
       jobMs: med("ms"),
       inferenceMs: med("inference_ms"),
       uploadMs: med("upload_ms"),
+      jobsPerLease: leases.reduce((s, l) => s + l.jobs!, 0) / Math.max(1, leases.length),
     },
   };
 }
@@ -315,12 +320,12 @@ const sweepTable = (s: Sweep) => {
 
 Raw inference (pool.generateBatch, ${s.runners * WORKERS} worker(s), batch ${s.config.batch}): ${s.raw.map(f).join(" before, ")} after the sweep → **${f(raw)} images/s**. Load average after: ${s.loadAfter}.
 
-| clients | images/s | stack / raw | p50 ms | p95 ms | completed | failed | images per batch | runner ms per job: total / inference / outputs+upload+complete |
-| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
+| clients | images/s | stack / raw | p50 ms | p95 ms | completed | failed | images per batch | jobs per lease answer | runner ms per job: total / inference / outputs+upload+complete |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
 ${s.levels
   .map(
     (l) =>
-      `| ${l.clients} | ${f(l.imagesPerSecond)} | ${((100 * l.imagesPerSecond) / raw).toFixed(0)}% | ${f(l.p50)} | ${f(l.p95)} | ${l.completed} | ${l.failed} | ${l.runner ? l.runner.batchImages.toFixed(2) : "–"} | ${l.runner ? `${f(l.runner.jobMs)} / ${f(l.runner.inferenceMs)} / ${f(l.runner.uploadMs)}` : "–"} |`,
+      `| ${l.clients} | ${f(l.imagesPerSecond)} | ${((100 * l.imagesPerSecond) / raw).toFixed(0)}% | ${f(l.p50)} | ${f(l.p95)} | ${l.completed} | ${l.failed} | ${l.runner ? l.runner.batchImages.toFixed(2) : "–"} | ${l.runner ? l.runner.jobsPerLease.toFixed(2) : "–"} | ${l.runner ? `${f(l.runner.jobMs)} / ${f(l.runner.inferenceMs)} / ${f(l.runner.uploadMs)}` : "–"} |`,
   )
   .join("\n")}
 `;
@@ -352,9 +357,9 @@ The runner tests' stand-in edge (\`gpu-runner/test/runner-fake-edge.ts\`: lease,
 complete, answered at once on loopback) with a deep queue: the runner's own cost (leases, acknowledgements, batching,
 PNG hashing, uploads) apart from the edge's, ${WORKERS} worker(s).
 
-| runner | images/s | raw (same pool and batch, right after) | runner / raw | images per batch |
-| --- | ---: | ---: | ---: | ---: |
-${standIns.map((s) => `| ${describe(s.config)} | ${f(s.imagesPerSecond)} | ${f(s.raw)} | ${((100 * s.imagesPerSecond) / s.raw).toFixed(0)}% | ${s.batchImages.toFixed(2)} |`).join("\n")}
+| runner | images/s | raw (same pool and batch, right after) | runner / raw | images per batch | jobs per lease answer |
+| --- | ---: | ---: | ---: | ---: | ---: |
+${standIns.map((s) => `| ${describe(s.config)} | ${f(s.imagesPerSecond)} | ${f(s.raw)} | ${((100 * s.imagesPerSecond) / s.raw).toFixed(0)}% | ${s.batchImages.toFixed(2)} | ${s.jobsPerLease.toFixed(2)} |`).join("\n")}
 
 ## Stack beside raw inference
 
@@ -362,7 +367,9 @@ ${sweeps.map(sweepTable).join("\n")}
 How to read the runner columns: a job's time in its runner from lease to completion, its inference (the batch's, in
 the worker) and the outputs → PUT → complete round trips; what is left is the acknowledgement and the wait for a
 worker. A runner holds at most workers × batch × depth jobs, so when the edge's round trips take longer than the
-inference, its workers idle however many clients wait: images/s ≈ jobs in hand / runner ms per job.
+inference, its workers idle however many clients wait: images/s ≈ jobs in hand / runner ms per job. "Jobs per lease
+answer": a lease call asks for up to a batch (\`max_jobs\`, the default) and brings what is queued up to that, never
+past the runner's room; \`--lease-max 1\` is the runner before it, one job per call.
 
 Why the stack stays below raw on this machine: workerd runs the Worker, its Durable Objects and the local D1 and R2
 on one thread, and shares the two cores with the runner's inference and the clients, while "raw" has a core to

@@ -261,6 +261,7 @@ export class Runner {
       return;
     }
     this.asked -= room;
+    if (leased.length) this.log({ event: "lease", asked: room, jobs: leased.length });
     for (const job of leased) {
       if (this.stopping) await this.handBack(job);
       else this.track(this.inHand, this.process(job));
