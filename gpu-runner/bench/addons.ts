@@ -323,7 +323,8 @@ let hotRuns = 0;
 let hotWarmup = 0;
 for (const c of configs) {
   const mergeable = mergesLoras(c);
-  // Hot rows until their set runs merged; "auto" rows through the chooser's calibration (two batches per mode).
+  // Hot rows until their set runs merged; "auto" rows through the chooser's calibration (a warm-up and two batches
+  // per mode).
   const runs = mergeable ? 20 : c.on === "auto" ? 6 : 1;
   for (let i = 0, merged = false; i < runs && !(mergeable && merged); i++) {
     await timed(c, request.seed, (m) => (merged = m));

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ControlNetModeChooser, type ControlNetMode } from "../src/addons/controlnet-mode.ts";
+import { ControlNetModeChooser, type ControlNetMode, controlNetKind } from "../src/addons/controlnet-mode.ts";
 
 /** Runs `n` batches of one kind whose step time per mode is given (a function of the batch index). */
 function simulate(chooser: ControlNetModeChooser, n: number, ms: (mode: ControlNetMode, i: number) => number) {
@@ -31,6 +31,32 @@ describe("ControlNet mode chosen by measurement", () => {
     expect(modes.slice(10, 20).filter((m) => m === "parallel").length).toBeLessThanOrEqual(3);
     expect(modes.slice(60).filter((m) => m === "parallel").length).toBeGreaterThanOrEqual(15); // all but the probes
     expect(chooser.preferred("k")).toBe("parallel");
+  });
+
+  it("does not count each mode's first run: a slow warm-up does not decide", () => {
+    // Parallel's first batch starts the ControlNet worker (100 ms a step); after that it is the faster mode.
+    const chooser = new ControlNetModeChooser({ cores: 2, calibration: 2, probeEvery: 16 });
+    let parallelRuns = 0;
+    const modes = simulate(chooser, 30, (m) => (m === "sequence" ? 6 : parallelRuns++ === 0 ? 100 : 4));
+    expect(modes.slice(0, 6)).toEqual(["sequence", "parallel", "sequence", "parallel", "sequence", "parallel"]);
+    expect(chooser.summary("k")).toEqual({ sequence: 6, parallel: 4 });
+    expect(modes.slice(6).filter((m) => m === "parallel").length).toBeGreaterThanOrEqual(23);
+    // Counted, the warm-up would have held sequence: the median of [100, 4] is 52.
+    const counted = new ControlNetModeChooser({ cores: 2, calibration: 2, probeEvery: 16, warmup: 0 });
+    parallelRuns = 0;
+    const held = simulate(counted, 14, (m) => (m === "sequence" ? 6 : parallelRuns++ === 0 ? 100 : 4));
+    expect(held.slice(4)).toEqual(Array(10).fill("sequence"));
+  });
+
+  it("tells batches apart by each request's ControlNets, counted, not by the set of them", () => {
+    const one = [{ controlnets: [{ dir: "/cn/a" }] }];
+    const twice = [{ controlnets: [{ dir: "/cn/a" }, { dir: "/cn/a" }] }];
+    const ab = [{ controlnets: [{ dir: "/cn/a" }, { dir: "/cn/b" }] }];
+    const ba = [{ controlnets: [{ dir: "/cn/b" }, { dir: "/cn/a" }] }];
+    expect(controlNetKind("/m", one)).not.toBe(controlNetKind("/m", twice));
+    expect(controlNetKind("/m", ab)).toBe(controlNetKind("/m", ba));
+    expect(controlNetKind("/m", one)).not.toBe(controlNetKind("/m", [...one, ...one]));
+    expect(controlNetKind("/m", one)).not.toBe(controlNetKind("/other", one));
   });
 
   it("never tries parallel with one core, and ignores measurements that are not times", () => {

@@ -4,7 +4,9 @@
  * not by a flag. The first batches of a kind alternate the two modes (sequence first); after that the mode with
  * the lower median step time (U-Net plus ControlNet, as the pipeline clocks it) runs, and every `probeEvery`-th
  * batch runs the other one once, so a change in what the machine has free (another worker busy, a core freed)
- * moves the choice. With one core, parallel cannot win and is never tried.
+ * moves the choice. The first run of each mode is not counted: it pays one-time costs (sessions created, the
+ * ControlNet worker started; 10× a step's time measured), and kept in a small window it would hold the choice for
+ * as long as it stays there. With one core, parallel cannot win and is never tried.
  */
 export type ControlNetMode = "sequence" | "parallel";
 
@@ -15,12 +17,16 @@ export interface ControlNetModeOptions {
   probeEvery?: number;
   /** Step times kept per mode (the most recent). */
   window?: number;
+  /** The first runs of each mode that are not counted (warm-up; default 1). */
+  warmup?: number;
   /** Cores this process may use: parallel needs two. */
   cores: number;
 }
 
 interface Stats {
   batches: number;
+  /** Runs recorded per mode, the warm-up ones included. */
+  runs: Record<ControlNetMode, number>;
   ms: Record<ControlNetMode, number[]>;
 }
 
@@ -30,10 +36,28 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
+/**
+ * What tells ControlNet batches apart for the choice: the model, each request's ControlNets with their count (the
+ * same ControlNet twice runs twice), and the number of requests. Images and scales do not change the cost.
+ */
+export function controlNetKind(
+  bundleDir: string,
+  requests: ReadonlyArray<{ controlnets: ReadonlyArray<{ dir: string }> }>,
+) {
+  const perRequest = requests.map((r) =>
+    r.controlnets
+      .map((c) => c.dir)
+      .sort()
+      .join("+"),
+  );
+  return `${bundleDir}|${perRequest.sort().join(";")}|${requests.length}`;
+}
+
 export class ControlNetModeChooser {
   private readonly calibration: number;
   private readonly probeEvery: number;
   private readonly window: number;
+  private readonly warmup: number;
   private readonly cores: number;
   private readonly kinds = new Map<string, Stats>();
 
@@ -41,13 +65,14 @@ export class ControlNetModeChooser {
     this.calibration = options.calibration ?? 2;
     this.probeEvery = options.probeEvery ?? 16;
     this.window = options.window ?? 8;
+    this.warmup = options.warmup ?? 1;
     this.cores = options.cores;
   }
 
   private stats(kind: string): Stats {
     let s = this.kinds.get(kind);
     if (!s) {
-      s = { batches: 0, ms: { sequence: [], parallel: [] } };
+      s = { batches: 0, runs: { sequence: 0, parallel: 0 }, ms: { sequence: [], parallel: [] } };
       this.kinds.set(kind, s);
       while (this.kinds.size > 256) this.kinds.delete(this.kinds.keys().next().value!);
     }
@@ -68,7 +93,7 @@ export class ControlNetModeChooser {
     s.batches++;
     const { sequence, parallel } = s.ms;
     if (sequence.length < this.calibration || parallel.length < this.calibration)
-      return sequence.length <= parallel.length ? "sequence" : "parallel";
+      return s.runs.sequence <= s.runs.parallel ? "sequence" : "parallel";
     const best = this.preferred(kind);
     if (s.batches % this.probeEvery === 0) return best === "sequence" ? "parallel" : "sequence";
     return best;
@@ -77,7 +102,9 @@ export class ControlNetModeChooser {
   /** A batch of this kind ran in `mode` at `msPerStep`. */
   record(kind: string, mode: ControlNetMode, msPerStep: number): void {
     if (!Number.isFinite(msPerStep) || msPerStep < 0) return;
-    const list = this.stats(kind).ms[mode];
+    const s = this.stats(kind);
+    if (++s.runs[mode] <= this.warmup) return;
+    const list = s.ms[mode];
     list.push(msPerStep);
     if (list.length > this.window) list.shift();
   }

@@ -12,7 +12,7 @@ import type { Bundle, SessionConfig } from "../pipeline/bundle.ts";
 import type { OverlapParts, StepFeeds, UnetInputProvider } from "../pipeline/pipeline.ts";
 import type { TextEncoderInputs, TextEncoderName } from "../pipeline/text.ts";
 import { batchControlNets, ControlNetSessions, ControlNetWorker, manifestOnly } from "./controlnet-batch.ts";
-import { ControlNetModeChooser, type ControlNetMode } from "./controlnet-mode.ts";
+import { ControlNetModeChooser, type ControlNetMode, controlNetKind } from "./controlnet-mode.ts";
 import { ControlNetOverlap } from "./controlnet-overlap.ts";
 import { controlNetResiduals, type ControlNet, type ControlNetRef, type ControlNetUse } from "./controlnet.ts";
 import { LoraFold } from "./fold.ts";
@@ -187,10 +187,9 @@ export class AddonRuntime {
     return this.parallel === true && addons.some((a) => a.controlnets.length > 0);
   }
 
-  /** What the mode chooser tells ControlNet batches apart by: the model, the ControlNets, the images. */
+  /** What the mode chooser tells ControlNet batches apart by (`controlNetKind`). */
   private controlNetKind(bundle: Bundle, addons: RequestAddons[]): string {
-    const dirs = [...new Set(addons.flatMap((a) => a.controlnets.map((c) => c.dir)))].sort();
-    return `${bundle.dir}|${dirs.join(",")}|${addons.length}`;
+    return controlNetKind(bundle.dir, addons);
   }
 
   /**
