@@ -304,7 +304,8 @@ export const runnerApi = router()
           capacity,
           models: body.models,
           warmAddons: body.warm_addons,
-          leaseIds: Array.from({ length: body.max_jobs ?? 1 }, () => `lease_${randomBase32(20)}`),
+          // No more statements than the runner may hold: one past its capacity could never lease.
+          leaseIds: Array.from({ length: Math.min(body.max_jobs ?? 1, capacity) }, () => `lease_${randomBase32(20)}`),
           now,
           ackTimeoutMs: settings.leaseAckTimeoutMs,
           affinityMaxWaitMs: settings.affinityMaxWaitMs,

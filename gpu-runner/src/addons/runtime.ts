@@ -187,11 +187,6 @@ export class AddonRuntime {
     return this.parallel === true && addons.some((a) => a.controlnets.length > 0);
   }
 
-  /** What the mode chooser tells ControlNet batches apart by (`controlNetKind`). */
-  private controlNetKind(bundle: Bundle, addons: RequestAddons[]): string {
-    return controlNetKind(bundle.dir, addons);
-  }
-
   /**
    * How a batch's ControlNets run (undefined: it has none): as the options fix it, or, with "auto", as measured
    * (controlnet-mode.ts). A model without split U-Net parts has nothing to overlap: sequence. The batch runs its
@@ -202,17 +197,17 @@ export class AddonRuntime {
     if (this.parallel !== "auto") return this.parallel ? "parallel" : "sequence";
     // Nothing to overlap without a split: neither the residual cut (the model's own weights) nor DeepCache parts.
     if (!ControlNetOverlap.eligible(bundle) && bundle.manifest.cache === undefined) return "sequence";
-    return this.modes.choose(this.controlNetKind(bundle, addons));
+    return this.modes.choose(controlNetKind(bundle.dir, addons));
   }
 
   /** A ControlNet batch ran in `mode` at `msPerStep` (U-Net and ControlNets): feeds the "auto" choice. */
   recordControlNet(bundle: Bundle, addons: RequestAddons[], mode: ControlNetMode, msPerStep: number): void {
-    if (this.parallel === "auto") this.modes.record(this.controlNetKind(bundle, addons), mode, msPerStep);
+    if (this.parallel === "auto") this.modes.record(controlNetKind(bundle.dir, addons), mode, msPerStep);
   }
 
   /** Median step time per mode so far for this kind of batch (for logs and the bench). */
   controlNetTimes(bundle: Bundle, addons: RequestAddons[]): Partial<Record<ControlNetMode, number>> {
-    return this.modes.summary(this.controlNetKind(bundle, addons));
+    return this.modes.summary(controlNetKind(bundle.dir, addons));
   }
 
   /**

@@ -241,26 +241,28 @@ export class Runner {
     this.asked += room;
     let leased: LeasedJob[];
     try {
-      leased = await this.o.edge.lease(
-        {
-          models,
-          warm_addons: this.o.addons.warm(),
-          capacity: this.capacity,
-          wait_ms: this.o.leaseWaitMs ?? 25_000,
-          // Sent only when asked for: an edge older than the field refuses unknown fields.
-          ...(this.o.acknowledgeInLease ? { acknowledge: true } : {}),
-          ...(room > 1 ? { max_jobs: room } : {}),
-        },
-        this.leaseAbort.signal,
-      );
+      leased = await this.o.edge
+        .lease(
+          {
+            models,
+            warm_addons: this.o.addons.warm(),
+            capacity: this.capacity,
+            wait_ms: this.o.leaseWaitMs ?? 25_000,
+            // Sent only when asked for: an edge older than the field refuses unknown fields.
+            ...(this.o.acknowledgeInLease ? { acknowledge: true } : {}),
+            ...(room > 1 ? { max_jobs: room } : {}),
+          },
+          this.leaseAbort.signal,
+        )
+        .finally(() => {
+          this.asked -= room;
+        });
     } catch (err) {
-      this.asked -= room;
       if (this.stopping) return;
       this.log({ event: "lease.error", error: String(err) });
       await sleep(1_000, this.leaseAbort.signal).catch(() => {});
       return;
     }
-    this.asked -= room;
     if (leased.length) this.log({ event: "lease", asked: room, jobs: leased.length });
     for (const job of leased) {
       if (this.stopping) await this.handBack(job);
